@@ -1,0 +1,89 @@
+"""maas-tune: adapt a hosted language model you can only reach through an inference API.
+
+Render labelled examples through a :class:`Task`, score them once each through a
+:class:`Provider` (answers kept in a :class:`ScoreCache`, spend capped by a
+:class:`QueryBudget`), and train a small decoder such as :class:`DecT` locally.
+"""
+
+from __future__ import annotations
+
+from . import datasets
+from ._sqlite import Store
+from ._version import __version__
+from .budget import BudgetStatus, QueryBudget
+from .cache import ScoreCache, cache_key
+from .client import Client
+from .data import Dataset, Example, load_examples, sample_k_shot
+from .decoders import (
+    BaseDecoder,
+    ContextualCalibration,
+    DecT,
+    LinearProbe,
+    ScoreLogisticRegression,
+    ZeroShot,
+    load_decoder,
+    save_decoder,
+)
+from .errors import (
+    BudgetExceeded,
+    CacheError,
+    ConfigurationError,
+    DataError,
+    MaasTuneError,
+    NotFittedError,
+    OfflineCacheMiss,
+    ProviderError,
+    SerializationError,
+    TaskError,
+)
+from .providers.base import Provider, ProviderAnswer
+from .scores import Scores
+from .task import Task
+
+
+def __getattr__(name: str) -> object:
+    # The local provider pulls in torch + transformers: import it only when asked for.
+    if name == "TransformersProvider":
+        from .providers.local import TransformersProvider
+
+        return TransformersProvider
+    raise AttributeError(f"module 'maas_tune' has no attribute {name!r}")
+
+
+__all__ = [
+    "BaseDecoder",
+    "BudgetExceeded",
+    "BudgetStatus",
+    "CacheError",
+    "Client",
+    "ConfigurationError",
+    "ContextualCalibration",
+    "DataError",
+    "Dataset",
+    "DecT",
+    "Example",
+    "LinearProbe",
+    "MaasTuneError",
+    "NotFittedError",
+    "OfflineCacheMiss",
+    "Provider",
+    "ProviderAnswer",
+    "ProviderError",
+    "QueryBudget",
+    "ScoreCache",
+    "ScoreLogisticRegression",
+    "Scores",
+    "SerializationError",
+    "Store",
+    "Task",
+    "TaskError",
+    "TransformersProvider",
+    "ZeroShot",
+    "__version__",
+    "cache_key",
+    "datasets",
+    "load_decoder",
+    "load_examples",
+    "sample_k_shot",
+    "save_decoder",
+]

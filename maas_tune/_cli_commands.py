@@ -1,0 +1,227 @@
+"""The subcommands behind :mod:`maas_tune.cli`: argument handling around one library call each."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import datasets
+from ._sqlite import Store
+from .budget import QueryBudget, list_budgets, reset_budget
+from .cache import ScoreCache
+from .client import Client
+from .data import Example, labels_to_indices, load_examples, sample_k_shot
+from .decoders import load_decoder, save_decoder
+from .errors import ConfigurationError
+from .experiment import (
+    TEST_BUDGET_SUFFIX,
+    EvalResult,
+    evaluate,
+    fit_method,
+    make_decoder,
+    needs_content_free,
+    subsample_test,
+)
+from .providers.base import Provider
+from .task import Task
+
+
+# -- shared argument handling ---------------------------------------------------
+def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
+    from .providers.local import TransformersProvider
+
+    return TransformersProvider(model or args.model, batch_size=args.batch_size)
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if args.quiet else None
+
+
+def _task_and_data(args: argparse.Namespace) -> tuple[str, Task, list[Example], list[Example]]:
+    """(dataset name, task, train pool, test set) from --dataset or --train/--test/--task."""
+    if args.dataset:
+        if args.train or args.test:
+            raise ConfigurationError("give either --dataset or --train/--test files, not both")
+        task = Task.from_file(args.task) if args.task else datasets.load_task(args.dataset)
+        ds = datasets.load(args.dataset)
+        return args.dataset, task, list(ds.train), list(ds.test)
+    if not (args.train and args.task):
+        raise ConfigurationError(
+            "say what to train on: --dataset NAME (bundled), or --train FILE and --task FILE"
+        )
+    task = Task.from_file(args.task)
+    train = load_examples(args.train, labels=task.labels)
+    test = load_examples(args.test, labels=task.labels) if getattr(args, "test", None) else []
+    return Path(args.train).stem, task, train, test
+
+
+def _budget(store: Store, name: str, max_queries: int | None, max_tokens: int | None = None) -> QueryBudget:
+    return QueryBudget(name, max_queries=max_queries, max_prompt_tokens=max_tokens, store=store)
+
+
+def _methods(raw: Sequence[str] | None) -> list[str]:
+    names = [m.strip() for item in (raw or ["dect"]) for m in item.split(",") if m.strip()]
+    for name in names:
+        make_decoder(name, shots=1)  # unknown names fail here, before any work
+    return names
+
+
+# -- eval -----------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    methods = _methods(args.method)
+    name, task, train, test = _task_and_data(args)
+    if not test:
+        raise ConfigurationError("eval needs a test set: --dataset NAME or --test FILE")
+    test = subsample_test(test, args.test_limit)
+    store = Store(args.cache)
+    budget = _budget(store, args.budget, args.max_queries, args.max_prompt_tokens)
+    test_budget = _budget(store, args.budget + TEST_BUDGET_SUFFIX, args.max_test_queries)
+    results = evaluate(
+        provider=_provider(args), task=task, dataset=name, train_pool=train, test=test,
+        methods=methods, shots=args.shots, seed=args.seed, cache=ScoreCache(store),
+        budget=budget, test_budget=test_budget, offline=args.offline, progress=_progress(args),
+    )
+    if args.json:
+        for r in results:
+            print(json.dumps(r.to_dict()))
+    else:
+        _print_summary(results, test_budget)
+    return 0
+
+
+def _print_summary(results: list[EvalResult], test_budget: QueryBudget) -> None:
+    r0 = results[0]
+    print(f"{r0.dataset}: {r0.shots}-shot, seed {r0.seed}, {r0.n_test} test examples, model {r0.model}")
+    print(f"  {'method':<14}{'accuracy':>10}{'fit (s)':>10}")
+    for r in results:
+        print(f"  {r.method:<14}{r.accuracy:>10.4f}{r.fit_seconds:>10.3f}")
+    limit = "unlimited" if r0.budget_limit is None else str(r0.budget_limit)
+    t = test_budget.status()
+    print(f"queries sent this run: {r0.queries_sent}   cache hits: {r0.cache_hits}")
+    print(f"training budget {r0.budget_name!r}: {r0.budget_spent} of {limit} queries spent")
+    print(f"test budget {t.name!r}: {t.spent_queries} queries spent in total")
+
+
+# -- fit / predict ----------------------------------------------------------------
+def cmd_fit(args: argparse.Namespace) -> int:
+    name, task, train, _ = _task_and_data(args)
+    store = Store(args.cache)
+    provider = _provider(args)
+    client = Client(
+        provider, cache=ScoreCache(store), offline=args.offline, progress=_progress(args),
+        budget=_budget(store, args.budget, args.max_queries, args.max_prompt_tokens),
+    )
+    shots = sample_k_shot(train, args.shots, labels=task.labels, seed=args.seed)
+    decoder = make_decoder(args.method, shots=args.shots, random_state=args.seed)
+    content_free = client.content_free(task) if needs_content_free([args.method]) else None
+    seconds = fit_method(decoder, client.score(task, shots), labels_to_indices(shots, task.labels), content_free)
+    meta = {
+        "task": task.to_dict(), "provider": provider.fingerprint(), "model": args.model,
+        "method": args.method, "dataset": name, "shots": args.shots, "seed": args.seed,
+    }
+    path = save_decoder(decoder, args.out, metadata=meta)
+    print(f"fitted {args.method} on {len(shots)} examples in {seconds:.3f} s; saved to {path}")
+    print(f"queries sent: {client.usage.queries_sent}, cache hits: {client.usage.cache_hits}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    decoder, meta = load_decoder(args.decoder)
+    task = Task.from_dict(meta["task"])
+    provider = _provider(args, model=args.model or meta.get("model"))
+    if provider.fingerprint() != meta.get("provider"):
+        print("maas-tune: warning: the provider differs from the one the decoder was fitted with",
+              file=sys.stderr)
+    examples = load_examples(args.input, labels=task.labels, require_label=False)
+    store = Store(args.cache)
+    client = Client(
+        provider, cache=ScoreCache(store), offline=args.offline, progress=_progress(args),
+        budget=_budget(store, args.budget, args.max_queries),
+    )
+    scores = client.score(task, examples)
+    preds, proba = decoder.predict(scores), decoder.predict_proba(scores)
+    with contextlib.ExitStack() as stack:
+        out: TextIO = (
+            stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else sys.stdout
+        )
+        for ex, label, p in zip(examples, preds, proba):
+            row: dict[str, Any] = {"text": ex.text, "prediction": str(label)}
+            row["probabilities"] = {c: round(float(v), 6) for c, v in zip(task.labels, p)}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return 0
+
+
+# -- cache / budget / datasets ------------------------------------------------------
+def cmd_cache(args: argparse.Namespace) -> int:
+    cache = ScoreCache(Store(args.cache))
+    if args.action == "stats":
+        s = cache.stats()
+        print(f"cache: {s.path}\nentries: {s.entries}\nsize: {s.size_bytes / 1e6:.1f} MB")
+        for model, count in sorted(s.per_model.items()):
+            print(f"  {model or '(unknown)'}: {count}")
+    elif args.action == "export":
+        n = cache.export(args.output or sys.stdout)
+        print(f"exported {n} entries", file=sys.stderr)
+    else:
+        if not args.yes and sys.stdin.isatty():
+            if input(f"delete cached answers in {cache.store.path}? [y/N] ").strip().lower() != "y":
+                print("nothing deleted")
+                return 1
+        print(f"deleted {cache.clear(args.model_filter)} entries")
+    return 0
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    store = Store(args.cache)
+    if args.action == "show":
+        rows = [b for b in list_budgets(store) if args.name in (None, b.name)]
+        if args.json:
+            print(json.dumps([_budget_row(b) for b in rows]))
+        elif not rows:
+            print("no budgets yet" if args.name is None else f"no budget named {args.name!r}")
+        for b in rows if not args.json else []:
+            cap = "unlimited" if b.max_queries is None else b.max_queries
+            print(f"{b.name}: {b.spent_queries} of {cap} queries spent, {b.reserved_queries} in flight, "
+                  f"{b.spent_prompt_tokens} prompt tokens")
+        return 0
+    if not args.name:
+        raise ConfigurationError(f"budget {args.action} needs a budget name")
+    if args.action == "reset":
+        reset_budget(store, args.name)
+        print(f"budget {args.name!r}: spent counters reset to 0")
+    else:
+        limits = {k: v for k, v in (("max_queries", args.max_queries),
+                                    ("max_prompt_tokens", args.max_prompt_tokens)) if v is not None}
+        if not limits:
+            raise ConfigurationError("budget set needs --max-queries and/or --max-prompt-tokens")
+        b = QueryBudget(args.name, store=store)
+        b.set_limits(**limits)
+        s = b.status()
+        print(f"budget {args.name!r}: max queries {s.max_queries}, max prompt tokens {s.max_prompt_tokens}")
+    return 0
+
+
+def _budget_row(b: Any) -> dict[str, Any]:
+    return {
+        "name": b.name, "max_queries": b.max_queries, "spent_queries": b.spent_queries,
+        "reserved_queries": b.reserved_queries, "max_prompt_tokens": b.max_prompt_tokens,
+        "spent_prompt_tokens": b.spent_prompt_tokens,
+    }
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    rows = []
+    for name in datasets.available():
+        task = datasets.load_task(name)
+        rows.append({"name": name, "labels": list(task.labels), "template": task.template,
+                     "words": {k: list(v) for k, v in task.verbalizer.items()}})
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+    for r in rows if not args.json else []:
+        print(f"{r['name']}: {', '.join(r['labels'])}\n  template: {r['template']!r}\n  words: {r['words']}")
+    return 0

@@ -1,0 +1,33 @@
+"""Named constants: schema versions, defaults and bounds used across the package."""
+
+from __future__ import annotations
+
+#: Version of the cache key / value layout; bump to invalidate every cached answer.
+CACHE_SCHEMA_VERSION = 1
+#: Version of the SQLite schema (cache + budget tables).
+DB_SCHEMA_VERSION = 1
+#: Version of the saved-decoder format (safetensors + JSON).
+DECODER_FORMAT_VERSION = 1
+
+#: Environment variable that overrides the user cache directory.
+ENV_CACHE_DIR = "MAAS_TUNE_CACHE_DIR"
+#: File name of the default store inside the cache directory.
+DEFAULT_DB_NAME = "maas-tune.sqlite"
+#: SQLite busy timeout in seconds: how long a writer waits for the lock.
+SQLITE_BUSY_TIMEOUT_S = 60.0
+#: How many keys go into one ``SELECT ... IN (...)`` when reading the cache.
+CACHE_READ_CHUNK = 500
+
+#: Default budget name used by the CLI.
+DEFAULT_BUDGET_NAME = "default"
+
+#: Default batch size of the in-process transformers provider.
+LOCAL_BATCH_SIZE = 16
+#: Name under which the embedded default model is known.
+DEFAULT_MODEL_NAME = "gemma-3-270m"
+
+#: Input used for contextual calibration (Zhao et al. 2021 use "N/A").
+CONTENT_FREE_TEXT = "N/A"
+
+#: Prefix put before every label word when it is appended to the prompt.
+LABEL_WORD_PREFIX = " "

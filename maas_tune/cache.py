@@ -1,0 +1,362 @@
+"""The content-hashed answer cache: each prompt is scored once, keyed by all that shaped it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ._constants import CACHE_READ_CHUNK, CACHE_SCHEMA_VERSION
+from ._sqlite import Store, coerce_store
+from .errors import CacheCorruptionError, ConfigurationError, ProviderResponseError
+from .providers.base import ProviderAnswer
+
+__all__ = ["CacheStats", "CachedAnswer", "ScoreCache", "cache_key"]
+
+#: On-disk layout of logprobs and hidden states: little-endian float32, whatever the host.
+BLOB_DTYPE = np.dtype("<f4")
+#: Bytes per stored value.
+_ITEM_BYTES = BLOB_DTYPE.itemsize
+#: How many characters of a key an error message shows.
+_KEY_EXCERPT = 12
+
+# The columns :func:`_decode` reads, in its order.
+_COLUMNS = "key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden"
+_SELECT = f"SELECT {_COLUMNS} FROM answers WHERE key IN "
+_INSERT = (
+    "INSERT OR REPLACE INTO answers "
+    "(key, model, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def cache_key(
+    fingerprint: Mapping[str, Any],
+    prompt: str,
+    token_ids: Sequence[int],
+    options: Mapping[str, Any] | None = None,
+) -> str:
+    """Content hash of one request: equal keys mean the provider would give equal answers.
+
+    Parameters
+    ----------
+    fingerprint : mapping
+        The provider's :meth:`~maas_tune.providers.base.Provider.fingerprint`.
+    prompt : str
+        The full prompt text.
+    token_ids : sequence of int, length t
+        The label tokens scored, in order.
+    options : mapping or None
+        Anything else that changes the answer (e.g. whether hidden states were
+        asked for); ``None`` is the same as ``{}``.
+
+    Returns
+    -------
+    str
+        SHA-256 hex digest (64 characters) of the canonical JSON of these fields
+        and ``CACHE_SCHEMA_VERSION``.
+
+    Raises
+    ------
+    ConfigurationError
+        If the fingerprint or options are not JSON-serialisable (or hold NaN).
+    """
+    payload = {
+        "schema": CACHE_SCHEMA_VERSION,
+        "fingerprint": dict(fingerprint),
+        "prompt": prompt,
+        "token_ids": [int(t) for t in token_ids],
+        "options": dict(options or {}),
+    }
+    try:
+        text = json.dumps(
+            payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"cannot build a cache key: the provider fingerprint or options are not plain "
+            f"JSON ({exc}); use only str, int, float, bool, None, lists and dicts there"
+        ) from exc
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """One stored answer.
+
+    Attributes
+    ----------
+    logprobs : np.ndarray, shape (t,), float32
+        Log-probabilities of the requested tokens (read-only when read from the cache).
+    hidden : np.ndarray of shape (d,), float32, or None
+        Hidden state at the prediction position, where the provider gave one.
+    prompt_tokens : int
+        Prompt tokens the query cost when it was sent.
+    created : float
+        Unix time at which the answer was first stored.
+    """
+
+    logprobs: np.ndarray
+    hidden: np.ndarray | None
+    prompt_tokens: int
+    created: float
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """What a store holds: see :meth:`ScoreCache.stats`.
+
+    Attributes
+    ----------
+    path : Path
+        The database file.
+    entries : int
+        Cached answers.
+    size_bytes : int
+        Size on disk of the database and its write-ahead log.
+    per_model : dict of str to int
+        Entries per ``model`` given to :meth:`ScoreCache.put_many` (``""`` if none was).
+    oldest, newest : float or None
+        Unix times of the oldest and newest entry (None when empty).
+    """
+
+    path: Path
+    entries: int
+    size_bytes: int
+    per_model: dict[str, int] = field(default_factory=dict)
+    oldest: float | None = None
+    newest: float | None = None
+
+
+def _malformed(key: str, problem: str) -> ProviderResponseError:
+    return ProviderResponseError(
+        f"the answer for cache key {key[:_KEY_EXCERPT]}… was not cached: {problem}; the provider "
+        "returned a malformed answer, retry the request or report it"
+    )
+
+
+def _as_blob(values: Any, what: str, key: str, *, allow_neg_inf: bool) -> tuple[int, bytes]:
+    """Validate one array and return (length, little-endian float32 bytes)."""
+    try:
+        array = np.asarray(values, dtype=BLOB_DTYPE)
+    except (TypeError, ValueError) as exc:
+        raise _malformed(key, f"its {what} is not numeric ({exc})") from exc
+    bad = np.isnan(array) | np.isposinf(array)
+    if not allow_neg_inf:
+        bad |= np.isneginf(array)
+    if array.ndim != 1:
+        raise _malformed(key, f"its {what} has shape {array.shape}, not one dimension")
+    if bad.any():
+        kinds = "NaN or +inf" if allow_neg_inf else "NaN or infinite"
+        raise _malformed(key, f"its {what} holds {int(bad.sum())} {kinds} values")
+    return array.size, array.tobytes()
+
+
+def _row(
+    key: str, answer: ProviderAnswer | CachedAnswer, model: str, now: float
+) -> tuple[Any, ...]:
+    if not isinstance(key, str) or not key:
+        raise ConfigurationError(
+            f"cache keys must be non-empty strings, got {key!r}; build them with cache_key()"
+        )
+    # -inf is a legitimate log-probability (a token the model rules out); +inf and NaN are not.
+    n_logprobs, logprobs = _as_blob(answer.logprobs, "logprobs", key, allow_neg_inf=True)
+    n_hidden, hidden = (None, None)
+    if answer.hidden is not None:
+        n_hidden, hidden = _as_blob(answer.hidden, "hidden state", key, allow_neg_inf=False)
+    tokens = answer.prompt_tokens
+    if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 0:
+        raise _malformed(key, f"prompt_tokens is {tokens!r}, not a non-negative integer")
+    created = answer.created if isinstance(answer, CachedAnswer) else now
+    return (key, model, int(tokens), float(created), n_logprobs, n_hidden, logprobs, hidden)
+
+
+def _floats(blob: bytes) -> np.ndarray:
+    # A read-only view of the row's bytes on little-endian hosts; a native copy elsewhere.
+    return np.frombuffer(blob, BLOB_DTYPE).astype(np.float32, copy=False)
+
+
+def _decode(path: Path, row: tuple[Any, ...]) -> CachedAnswer:
+    key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden = row
+    if len(logprobs) != n_logprobs * _ITEM_BYTES or (
+        hidden is not None and (n_hidden is None or len(hidden) != n_hidden * _ITEM_BYTES)
+    ):
+        raise CacheCorruptionError(
+            f"{path} is damaged: the entry {key[:_KEY_EXCERPT]}… has blobs of the wrong length; "
+            "run `maas-tune cache clear` or delete the file (answers are fetched again)"
+        )
+    return CachedAnswer(
+        logprobs=_floats(logprobs),
+        hidden=None if hidden is None else _floats(hidden),
+        prompt_tokens=prompt_tokens,
+        created=created,
+    )
+
+
+class ScoreCache:
+    """Answers keyed by :func:`cache_key`, in the SQLite store shared with the budget ledger.
+
+    Parameters
+    ----------
+    store : Store, str, Path or None
+        An open :class:`~maas_tune._sqlite.Store` (shared, not closed by
+        :meth:`close`), or a path to open one on; ``None`` is the default path.
+    """
+
+    def __init__(self, store: Store | str | Path | None = None) -> None:
+        self._store, self._owned = coerce_store(store)
+
+    @property
+    def store(self) -> Store:
+        """The underlying store."""
+        return self._store
+
+    def __repr__(self) -> str:
+        return f"ScoreCache({str(self._store.path)!r})"
+
+    def close(self) -> None:
+        """Close the store if this cache opened it."""
+        if self._owned:
+            self._store.close()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, CachedAnswer]:
+        """Look keys up; a key that is not cached is simply absent from the result.
+
+        Parameters
+        ----------
+        keys : sequence of str, length n
+            Keys from :func:`cache_key`.
+
+        Returns
+        -------
+        dict of str to CachedAnswer
+            At most n entries (duplicates collapse).
+        """
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, CachedAnswer] = {}
+        with self._store.read() as conn:
+            for start in range(0, len(unique), CACHE_READ_CHUNK):
+                chunk = unique[start : start + CACHE_READ_CHUNK]
+                # Equal SQL text for equal chunk sizes: sqlite3 reuses the prepared statement.
+                for row in conn.execute(f"{_SELECT}({','.join('?' * len(chunk))})", chunk):
+                    found[row[0]] = _decode(self._store.path, row)
+        return found
+
+    def put_many(
+        self,
+        items: Mapping[str, ProviderAnswer | CachedAnswer],
+        *,
+        model: str = "",
+        conn: sqlite3.Connection | None = None,
+    ) -> None:
+        """Store answers (replacing any under the same keys), all or none.
+
+        Parameters
+        ----------
+        items : mapping of str to ProviderAnswer or CachedAnswer
+            A :class:`CachedAnswer` keeps its ``created`` time; others get now.
+        model : str
+            Model name, kept for :meth:`stats` and :meth:`clear` only.
+        conn : sqlite3.Connection or None
+            The connection of a caller's open ``store.transaction()``, to commit these
+            writes atomically with other ones (e.g. a budget commit); by default the
+            writes get a transaction of their own.
+
+        Raises
+        ------
+        ProviderResponseError
+            An answer has NaN or +inf log-probabilities, a non-finite hidden state,
+            a wrong shape or bad usage; nothing is stored.
+        """
+        now = time.time()
+        rows = [
+            _row(key, answer, model, now) for key, answer in items.items()
+        ]  # validate all first
+        if not rows:
+            return
+        with self._store.joining(conn) as c:
+            c.executemany(_INSERT, rows)
+
+    def __len__(self) -> int:
+        with self._store.read() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+
+    def stats(self) -> CacheStats:
+        """Entries, size on disk (database plus write-ahead log), entries per model, age range."""
+        with self._store.read() as conn:
+            entries, oldest, newest = conn.execute(
+                "SELECT COUNT(*), MIN(created), MAX(created) FROM answers"
+            ).fetchone()
+            models = dict(
+                conn.execute(
+                    "SELECT model, COUNT(*) FROM answers GROUP BY model ORDER BY model"
+                ).fetchall()
+            )
+        path = self._store.path
+        size = sum(os.path.getsize(p) for p in (path, Path(f"{path}-wal")) if os.path.exists(p))
+        return CacheStats(
+            path=path,
+            entries=int(entries),
+            size_bytes=size,
+            per_model=models,
+            oldest=oldest,
+            newest=newest,
+        )
+
+    def _iter_records(self) -> Iterator[dict[str, Any]]:
+        sql = f"SELECT {_COLUMNS}, model FROM answers ORDER BY created, key"
+        with self._store.read() as conn:
+            for row in conn.execute(sql):
+                answer = _decode(self._store.path, row[:-1])
+                yield {
+                    "key": row[0],
+                    "model": row[7],
+                    "logprobs": answer.logprobs.tolist(),
+                    "hidden": None if answer.hidden is None else answer.hidden.tolist(),
+                    "prompt_tokens": answer.prompt_tokens,
+                    "created": answer.created,
+                }
+
+    def export(self, dest: str | Path | TextIO) -> int:
+        """Write every entry as JSON Lines, oldest first.
+
+        Each line is ``{key, model, logprobs, hidden, prompt_tokens, created}``;
+        ``hidden`` is a list or null. A log-probability of -inf is written as
+        ``-Infinity``, as Python's :mod:`json` does.
+
+        Parameters
+        ----------
+        dest : str, Path or text file
+            A path (overwritten) or an open text stream.
+
+        Returns
+        -------
+        int
+            Number of entries written.
+        """
+        if isinstance(dest, (str, Path)):
+            with open(dest, "w", encoding="utf-8") as stream:
+                return self._write_jsonl(stream)
+        return self._write_jsonl(dest)
+
+    def _write_jsonl(self, stream: TextIO) -> int:
+        count = 0
+        for record in self._iter_records():
+            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+        return count
+
+    def clear(self, model: str | None = None) -> int:
+        """Delete every entry, or only those stored for ``model``; return how many went."""
+        with self._store.transaction() as conn:
+            if model is None:
+                return conn.execute("DELETE FROM answers").rowcount
+            return conn.execute("DELETE FROM answers WHERE model = ?", (model,)).rowcount

@@ -1,0 +1,138 @@
+"""The ``maas-tune`` command line: ``main(argv) -> int``; each subcommand is one library call."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import _cli_commands as commands
+from ._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME
+from ._version import __version__
+from .errors import MaasTuneError
+from .experiment import METHODS
+
+__all__ = ["build_parser", "main"]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", metavar="PATH", help="cache/budget database (default: user cache dir)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_provider(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL_NAME,
+        help=f"local model: {DEFAULT_MODEL_NAME!r} (embedded), a .gguf file or a checkpoint dir",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
+    p.add_argument("--offline", action="store_true", help="answer from the cache only; send nothing")
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="bundled dataset name (see `maas-tune datasets`)")
+    p.add_argument("--train", metavar="FILE", help="training pool (.jsonl/.csv) instead of --dataset")
+    p.add_argument("--test", metavar="FILE", help="test set (.jsonl/.csv) instead of --dataset")
+    p.add_argument("--task", metavar="FILE", help="task file (.toml/.json); default: the dataset's")
+    p.add_argument("--shots", type=int, default=16, help="examples per class (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the k-shot draw and the decoder")
+    p.add_argument("--budget", default=DEFAULT_BUDGET_NAME, help="name of the training budget")
+    p.add_argument("--max-queries", type=int, help="cap on the training budget's queries")
+    p.add_argument("--max-prompt-tokens", type=int, help="cap on the training budget's prompt tokens")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``maas-tune`` (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(
+        prog="maas-tune",
+        description="Adapt a hosted LLM with cached, budgeted label scores and a local decoder.",
+    )
+    parser.add_argument("--version", action="version", version=f"maas-tune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("eval", help="fit methods on k shots and report test accuracy")
+    _add_common(p), _add_provider(p), _add_data(p)
+    p.add_argument(
+        "--method", action="append", metavar="NAME",
+        help=f"method(s), repeatable or comma-separated: {', '.join(METHODS)} (default dect)",
+    )
+    p.add_argument("--test-limit", type=_positive, help="score a seeded random subset of N test examples")
+    p.add_argument("--max-test-queries", type=int, help="cap on the test budget (<budget>:test)")
+    p.add_argument("--json", action="store_true", help="one JSON object per method, one per line")
+    p.set_defaults(func=commands.cmd_eval)
+
+    p = sub.add_parser("fit", help="fit a decoder on k shots and save it (safetensors + JSON)")
+    _add_common(p), _add_provider(p), _add_data(p)
+    p.add_argument("--method", default="dect", choices=list(METHODS))
+    p.add_argument("--out", required=True, metavar="DIR", help="where to save the decoder")
+    p.set_defaults(func=commands.cmd_fit)
+
+    p = sub.add_parser("predict", help="predict labels for a file with a saved decoder")
+    _add_common(p), _add_provider(p)
+    p.add_argument("--decoder", required=True, metavar="DIR", help="a decoder saved by `fit`")
+    p.add_argument("--input", required=True, metavar="FILE", help=".jsonl/.csv with a text field")
+    p.add_argument("--output", metavar="FILE", help="write JSON Lines here instead of stdout")
+    p.add_argument("--budget", default=DEFAULT_BUDGET_NAME + ":predict", help="budget name")
+    p.add_argument("--max-queries", type=int, help="cap on that budget's queries")
+    p.set_defaults(func=commands.cmd_predict, model=None)
+
+    p = sub.add_parser("cache", help="inspect or clear the answer cache")
+    p.add_argument("action", choices=["stats", "export", "clear"])
+    p.add_argument("--output", metavar="FILE", help="export: JSON Lines file (default stdout)")
+    p.add_argument("--model", dest="model_filter", help="clear: only this model's entries")
+    p.add_argument("--yes", action="store_true", help="clear: do not ask for confirmation")
+    _add_common(p)
+    p.set_defaults(func=commands.cmd_cache)
+
+    p = sub.add_parser("budget", help="show, set or reset query budgets")
+    p.add_argument("action", choices=["show", "set", "reset"])
+    p.add_argument("name", nargs="?", help="budget name (show: all when omitted)")
+    p.add_argument("--max-queries", type=int, help="set: new query cap")
+    p.add_argument("--max-prompt-tokens", type=int, help="set: new prompt-token cap")
+    p.add_argument("--json", action="store_true", help="show: JSON output")
+    _add_common(p)
+    p.set_defaults(func=commands.cmd_budget)
+
+    p = sub.add_parser("datasets", help="list the bundled datasets and their default tasks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=commands.cmd_datasets, debug=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except MaasTuneError as exc:
+        if debug:
+            raise
+        print(f"maas-tune: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("maas-tune: interrupted (everything answered so far is cached)", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as exc:
+        if debug:
+            raise
+        print(f"maas-tune: error: {exc} (rerun with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""The one orchestrator: cache key → cache → budget → provider → cache, for a task's examples."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._constants import CONTENT_FREE_TEXT
+from .budget import QueryBudget, Reservation
+from .cache import ScoreCache, cache_key
+from .data import Example
+from .errors import BudgetExceeded, OfflineCacheMiss, ProviderResponseError
+from .providers.base import Provider, ProviderAnswer
+from .scores import Scores
+from .task import Task
+
+__all__ = ["Client", "Usage"]
+
+log = logging.getLogger(__name__)
+
+ExampleLike = Example | Mapping[str, Any] | str
+
+#: Prompts sent per reservation / provider call / cache commit: a crash loses at most this many.
+CLIENT_CHUNK_SIZE = 16
+
+
+@dataclass
+class Usage:
+    """Running totals of what a :class:`Client` did (this process only)."""
+
+    queries_sent: int = 0
+    cache_hits: int = 0
+    prompt_tokens_sent: int = 0
+
+
+class Client:
+    """Score a task's examples through a provider, paying for each distinct prompt once.
+
+    Parameters
+    ----------
+    provider : Provider
+        The model backend.
+    cache : ScoreCache, path or None
+        Where answers are kept; ``None`` uses the default store in the user cache dir.
+    budget : QueryBudget or None
+        Cap on the queries (and prompt tokens) this client may send; ``None`` sends
+        without a cap. Cache hits are free.
+    offline : bool, default False
+        Never send anything: answer from the cache or raise :class:`OfflineCacheMiss`
+        before sending.
+    progress : bool or None, default None
+        Show a progress bar; ``None`` shows it only on a terminal.
+    chunk_size : int, default 16
+        Prompts per provider call; each chunk is reserved, sent and committed
+        together, so a crash loses at most one chunk's answers.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        cache: ScoreCache | str | Path | None = None,
+        budget: QueryBudget | None = None,
+        offline: bool = False,
+        progress: bool | None = None,
+        chunk_size: int = CLIENT_CHUNK_SIZE,
+    ) -> None:
+        self.provider = provider
+        self.cache = cache if isinstance(cache, ScoreCache) else ScoreCache(cache)
+        self.budget = budget
+        self.offline = offline
+        self.progress = progress
+        self.chunk_size = chunk_size
+        self.usage = Usage()
+
+    # -- public API -------------------------------------------------------------
+    def score(self, task: Task, examples: Sequence[ExampleLike]) -> Scores:
+        """Label scores (and hidden states) for ``examples`` rendered through ``task``.
+
+        Parameters
+        ----------
+        task : Task
+        examples : sequence of Example, mapping with ``text``/``text_b``, or str; length n
+
+        Returns
+        -------
+        Scores
+            ``label_logprobs`` of shape (n, K): per class, the log of the summed
+            probabilities of its label words.
+        """
+        prompts = [task.render(_as_example(e)) for e in examples]
+        token_ids = self.provider.label_token_ids(task.label_words)
+        answers, hits = self._answers(prompts, token_ids)
+        return _to_scores(task, answers, hits)
+
+    def content_free(self, task: Task) -> np.ndarray:
+        """Class log-probs of the content-free input ``"N/A"`` (contextual calibration).
+
+        Returns
+        -------
+        np.ndarray, shape (K,)
+        """
+        text_b = CONTENT_FREE_TEXT if task.is_pair else None
+        example = Example(text=CONTENT_FREE_TEXT, label=None, text_b=text_b)
+        return self.score(task, [example]).label_logprobs[0]
+
+    # -- internals --------------------------------------------------------------
+    def _answers(
+        self, prompts: list[str], token_ids: list[int]
+    ) -> tuple[list[ProviderAnswer], np.ndarray]:
+        fingerprint = self.provider.fingerprint()
+        keys = [cache_key(fingerprint, p, token_ids) for p in prompts]
+        found: dict[str, Any] = self.cache.get_many(list(dict.fromkeys(keys)))
+        hits = np.array([k in found for k in keys], dtype=bool)
+        # One query per distinct missing prompt, in first-seen order.
+        todo = {k: p for k, p in zip(keys, prompts) if k not in found}
+        self.usage.cache_hits += int(hits.sum())
+        if todo:
+            if self.offline:
+                raise OfflineCacheMiss(missing=int((~hits).sum()), total=len(prompts))
+            self._check_budget(len(todo))
+            found.update(self._fetch(todo, token_ids, fingerprint))
+        return [found[k] for k in keys], hits
+
+    def _check_budget(self, needed: int) -> None:
+        """Fail before sending anything when the whole job cannot fit the query cap."""
+        if self.budget is None:
+            return
+        status = self.budget.status()
+        if status.max_queries is None:
+            return
+        used = status.spent_queries + status.reserved_queries
+        if used + needed > status.max_queries:
+            raise BudgetExceeded(status.name, "queries", status.max_queries, used, needed)
+
+    def _fetch(
+        self, todo: dict[str, str], token_ids: list[int], fingerprint: Mapping[str, Any]
+    ) -> dict[str, ProviderAnswer]:
+        from tqdm.auto import tqdm
+
+        items = list(todo.items())
+        model = str(fingerprint.get("model", ""))
+        out: dict[str, ProviderAnswer] = {}
+        disable = None if self.progress is None else not self.progress
+        with tqdm(total=len(items), desc="scoring", unit="sample", disable=disable) as bar:
+            for start in range(0, len(items), self.chunk_size):
+                chunk = dict(items[start : start + self.chunk_size])
+                out.update(self._fetch_chunk(chunk, token_ids, model))
+                bar.update(len(chunk))
+        return out
+
+    def _fetch_chunk(
+        self, chunk: dict[str, str], token_ids: list[int], model: str
+    ) -> dict[str, ProviderAnswer]:
+        prompts = list(chunk.values())
+        reservation = None
+        if self.budget is not None:
+            tokens = sum(self.provider.count_tokens(prompts))
+            reservation = self.budget.reserve(len(prompts), tokens)
+        try:
+            answers = self.provider.score(prompts, token_ids)
+            _validate(answers, len(prompts), len(token_ids))
+        except BaseException as exc:
+            if reservation is not None:
+                self._settle_failed(reservation, exc)
+            raise
+        result = dict(zip(chunk, answers))
+        used = sum(a.prompt_tokens for a in answers)
+        with self.cache.store.transaction() as conn:  # answers and spend land together or not at all
+            self.cache.put_many(result, model=model, conn=conn)
+            if reservation is not None:
+                self._commit(reservation, len(prompts), used, conn)
+        self.usage.queries_sent += len(prompts)
+        self.usage.prompt_tokens_sent += used
+        log.debug("sent %d queries (%d prompt tokens)", len(prompts), used)
+        return result
+
+
+    def _commit(self, reservation: Reservation, queries: int, tokens: int, conn: Any) -> None:
+        budget = self.budget
+        assert budget is not None
+        if budget.store.path.resolve() == self.cache.store.path.resolve():
+            budget.commit(reservation, queries=queries, prompt_tokens=tokens, conn=conn)
+        else:  # the ledger lives in another database file: its own transaction
+            budget.commit(reservation, queries=queries, prompt_tokens=tokens)
+
+    def _settle_failed(self, reservation: Reservation, exc: BaseException) -> None:
+        """Release a failed chunk's reservation, unless the request may have been billed."""
+        assert self.budget is not None
+        if getattr(exc, "request_sent", False):
+            self.budget.commit(reservation)  # conservative: count what may have been paid for
+        else:
+            self.budget.release(reservation)
+
+
+def _as_example(example: ExampleLike) -> Example:
+    if isinstance(example, Example):
+        return example
+    if isinstance(example, str):
+        return Example(text=example, label=None)
+    return Example(text=example["text"], label=example.get("label"), text_b=example.get("text_b"))
+
+
+def _validate(answers: Sequence[ProviderAnswer], n: int, t: int) -> None:
+    """Refuse answers that must never reach the cache."""
+    if len(answers) != n:
+        raise ProviderResponseError(f"provider returned {len(answers)} answers for {n} prompts")
+    for answer in answers:
+        lp = np.asarray(answer.logprobs)
+        if lp.shape != (t,):
+            raise ProviderResponseError(f"provider returned logprobs of shape {lp.shape}, expected ({t},)")
+        if np.isnan(lp).any() or (lp > 0).any():
+            raise ProviderResponseError(f"provider returned invalid logprobs {lp.tolist()} (NaN or > 0)")
+
+
+def _to_scores(task: Task, answers: Sequence[Any], hits: np.ndarray) -> Scores:
+    k = len(task.labels)
+    words = np.stack([np.asarray(a.logprobs, dtype=np.float32) for a in answers]) if answers else np.zeros((0, len(task.label_words)), np.float32)  # (n, t)
+    word_class = np.asarray(task.word_class)
+    label_lp = np.full((len(answers), k), -np.inf, dtype=np.float32)  # (n, K)
+    for c in range(k):
+        cols = words[:, word_class == c]
+        label_lp[:, c] = np.logaddexp.reduce(cols, axis=1)
+    hidden = None
+    if answers and all(a.hidden is not None for a in answers):
+        hidden = np.stack([np.asarray(a.hidden, dtype=np.float32) for a in answers])  # (n, d)
+    tokens = np.array([a.prompt_tokens for a in answers], dtype=np.int64)
+    return Scores(label_lp, hidden, hits, tokens, tuple(task.labels))

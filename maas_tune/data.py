@@ -1,0 +1,297 @@
+"""Labelled examples: loading JSON Lines / CSV files and class-balanced k-shot sampling."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from .errors import ConfigurationError, DataError
+
+__all__ = [
+    "Dataset",
+    "Example",
+    "labels_to_indices",
+    "load_examples",
+    "parse_examples",
+    "sample_k_shot",
+]
+
+#: File suffix -> format understood by :func:`load_examples`.
+DATA_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
+#: Fields read from every record; other fields are ignored.
+TEXT_FIELD, PAIR_FIELD, LABEL_FIELD = "text", "text_b", "label"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input: its text, an optional second text (pair tasks) and its label.
+
+    ``label`` is ``None`` for unlabelled data (e.g. inputs to predict).
+    """
+
+    text: str
+    label: str | None = None
+    text_b: str | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named dataset: label names in class order and its train / test examples."""
+
+    name: str
+    labels: tuple[str, ...]
+    train: list[Example] = field(repr=False)
+    test: list[Example] = field(repr=False)
+
+    def __repr__(self) -> str:
+        sizes = f"train={len(self.train)}, test={len(self.test)}"
+        return f"Dataset(name={self.name!r}, labels={self.labels!r}, {sizes})"
+
+
+def _records_jsonl(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    if text.lstrip().startswith("["):
+        raise DataError(
+            f"{source}: holds a JSON array; write JSON Lines instead, one object per line"
+        )
+    # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 and others,
+    # which may occur raw inside JSON strings.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{source}, line {number}: invalid JSON ({exc.msg}); write one JSON object per line"
+            ) from exc
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{source}, line {number}: expected a JSON object like "
+                f'{{"text": ..., "label": ...}}, '
+                f"got {type(record).__name__}"
+            )
+        yield number, record
+
+
+def _records_csv(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    if TEXT_FIELD not in header:
+        raise DataError(
+            f"{source}, line 1: the CSV header {header} has no {TEXT_FIELD!r} column; "
+            f"name the columns {TEXT_FIELD!r}, {LABEL_FIELD!r} and optionally {PAIR_FIELD!r}"
+        )
+    for row in reader:
+        # An empty optional cell means "absent"; a short row gives None, also absent.
+        record = {
+            key: value for key, value in row.items() if key is not None and value not in (None, "")
+        }
+        if row.get(TEXT_FIELD) == "":
+            record[TEXT_FIELD] = ""
+        yield reader.line_num, record
+
+
+def _string_field(record: dict[str, Any], key: str, where: str, *, required: bool) -> str | None:
+    value = record.get(key)
+    if value is None:
+        if required:
+            raise DataError(f"{where}: missing field {key!r}; every record needs {key!r}")
+        return None
+    if not isinstance(value, str):
+        raise DataError(
+            f"{where}: field {key!r} must be a string, "
+            f"got {type(value).__name__} {value!r}; quote it"
+        )
+    return value
+
+
+def _to_example(
+    record: dict[str, Any], where: str, labels: Sequence[str] | None, require_label: bool
+) -> Example:
+    text = _string_field(record, TEXT_FIELD, where, required=True)
+    text_b = _string_field(record, PAIR_FIELD, where, required=False)
+    label = _string_field(record, LABEL_FIELD, where, required=require_label)
+    if label is not None and labels is not None and label not in labels:
+        raise DataError(f"{where}: unknown label {label!r}; allowed labels are {list(labels)}")
+    return Example(text=cast(str, text), label=label, text_b=text_b)
+
+
+def parse_examples(
+    raw: bytes,
+    *,
+    fmt: str,
+    source: str = "<bytes>",
+    labels: Sequence[str] | None = None,
+    require_label: bool = True,
+) -> list[Example]:
+    """Parse UTF-8 ``jsonl`` or ``csv`` content into examples.
+
+    Parameters
+    ----------
+    raw : bytes
+        File content, UTF-8 (a byte-order mark is tolerated).
+    fmt : {"jsonl", "csv"}
+        Content format.
+    source : str
+        Name used in error messages (usually the file path).
+    labels, require_label
+        See :func:`load_examples`.
+
+    Raises
+    ------
+    DataError
+        With the source and line number of the first bad record.
+    """
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{source}, line {line}: not valid UTF-8 ({exc.reason}); re-save the file as UTF-8"
+        ) from exc
+    if fmt not in ("jsonl", "csv"):
+        raise ConfigurationError(f"unknown data format {fmt!r}; use 'jsonl' or 'csv'")
+    records = _records_jsonl(text, source) if fmt == "jsonl" else _records_csv(text, source)
+    examples = [
+        _to_example(record, f"{source}, line {number}", labels, require_label)
+        for number, record in records
+    ]
+    if not examples:
+        raise DataError(f"{source}: the file is empty (no records); add examples, one per line")
+    return examples
+
+
+def load_examples(
+    path: str | Path, *, labels: Sequence[str] | None = None, require_label: bool = True
+) -> list[Example]:
+    """Read examples from a ``.jsonl`` / ``.json`` (JSON Lines) or ``.csv`` file.
+
+    Each record has ``text``, optionally ``text_b`` (second text of a pair) and
+    ``label``; other fields are ignored. A CSV file needs a header row.
+
+    Parameters
+    ----------
+    path : str or Path
+        File to read, UTF-8.
+    labels : sequence of str, optional
+        Allowed label names; a record with another label is an error.
+    require_label : bool, default True
+        Whether every record must have a label (``False`` for data to predict;
+        its missing labels become ``None``).
+
+    Returns
+    -------
+    list of Example
+        In file order.
+
+    Raises
+    ------
+    DataError
+        Naming the file and line: missing or non-string field, unknown label,
+        invalid JSON, invalid UTF-8, empty file, unsupported suffix.
+    """
+    path = Path(path)
+    fmt = DATA_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"{str(path)!r}: unsupported file suffix {path.suffix!r}; "
+            f"use one of {sorted(DATA_FORMATS)}"
+        )
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise DataError(f"data file {str(path)!r} does not exist; check the path") from exc
+    return parse_examples(
+        raw, fmt=fmt, source=str(path), labels=labels, require_label=require_label
+    )
+
+
+def _check_labels(labels: Sequence[str]) -> list[str]:
+    labels = list(labels)
+    if not labels:
+        raise ConfigurationError("labels is empty; pass the label names in class order")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ConfigurationError(
+            f"labels {duplicates} are listed more than once; list each label once"
+        )
+    return labels
+
+
+def labels_to_indices(examples: Sequence[Example], labels: Sequence[str]) -> np.ndarray:
+    """Class index of each example's label.
+
+    Returns
+    -------
+    np.ndarray of int64, shape (n,)
+        ``labels.index(example.label)`` for each example.
+
+    Raises
+    ------
+    DataError
+        If an example has no label or a label not in ``labels``.
+    """
+    index = {label: k for k, label in enumerate(_check_labels(labels))}
+    out = np.empty(len(examples), dtype=np.int64)
+    for i, example in enumerate(examples):
+        if example.label is None:
+            raise DataError(
+                f"example {i} has no label; only labelled examples can be converted to indices"
+            )
+        if example.label not in index:
+            raise DataError(
+                f"example {i} has unknown label {example.label!r}; allowed labels are {list(index)}"
+            )
+        out[i] = index[example.label]
+    return out
+
+
+def sample_k_shot(
+    examples: Sequence[Example], k: int, *, labels: Sequence[str], seed: int
+) -> list[Example]:
+    """Draw exactly ``k`` examples of every label, without replacement.
+
+    Parameters
+    ----------
+    examples : sequence of Example
+        The pool, all labelled with names from ``labels``.
+    k : int
+        Examples per label (shots), at least 1.
+    labels : sequence of str
+        Label names; the sample has ``k * len(labels)`` examples.
+    seed : int
+        Seed of ``numpy.random.default_rng``; the same pool and seed give the same sample.
+
+    Returns
+    -------
+    list of Example
+        ``k * len(labels)`` examples in a seeded random order (classes interleaved).
+
+    Raises
+    ------
+    DataError
+        If a label has fewer than ``k`` examples (the message names it), or an
+        example is unlabelled or has a label outside ``labels``.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigurationError(f"k must be a positive integer (examples per label), got {k!r}")
+    classes = labels_to_indices(examples, labels)  # (n,), validates every label
+    rng = np.random.default_rng(seed)
+    chosen: list[np.ndarray] = []
+    for c, label in enumerate(_check_labels(labels)):
+        pool = np.flatnonzero(classes == c)  # (n_c,)
+        if len(pool) < k:
+            raise DataError(
+                f"label {label!r} has only {len(pool)} example(s) but k={k} were requested; "
+                "lower k or add examples of that label"
+            )
+        chosen.append(rng.choice(pool, size=k, replace=False))
+    order = rng.permutation(np.concatenate(chosen))  # (k * K,)
+    return [examples[i] for i in order]

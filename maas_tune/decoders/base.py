@@ -1,0 +1,280 @@
+"""The estimator contract of every decoder: scikit-learn-style parameters, labels and checks."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import ConfigurationError, NotFittedError
+from ..scores import Scores
+from ._math import normalize_scores
+
+__all__ = [
+    "BaseDecoder",
+    "check_shapes",
+    "content_free_tensor",
+    "hidden_states",
+    "label_scores",
+    "torch_threads",
+]
+
+
+class BaseDecoder:
+    """Base class of the decoders: hyper-parameters, label handling, fitted check, scoring.
+
+    Subclasses store their keyword hyper-parameters in ``__init__`` (and nothing
+    else), learn in ``fit`` (setting attributes that end in ``_`` and returning
+    ``self``) and implement :meth:`_decision_function`. ``classes_`` is always the
+    array of class names, in the column order of ``Scores.label_logprobs``.
+
+    Saving goes through :meth:`_state_tensors` and :meth:`_restore`, which
+    :mod:`maas_tune.decoders.io` calls; a subclass lists its learned tensors in
+    ``_tensor_attrs`` and its learned JSON-able values in ``_meta_attrs``.
+    """
+
+    #: Learned attributes saved as tensors (each a ``torch.Tensor``).
+    _tensor_attrs: ClassVar[tuple[str, ...]] = ()
+    #: Learned attributes saved in the JSON metadata (plain JSON values).
+    _meta_attrs: ClassVar[tuple[str, ...]] = ()
+
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return sorted(
+            name
+            for name, p in sig.parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        )
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Hyper-parameters of this decoder, as given to ``__init__``.
+
+        Parameters
+        ----------
+        deep : bool
+            Accepted for scikit-learn compatibility; decoders hold no sub-estimators.
+        """
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> BaseDecoder:
+        """Set hyper-parameters by name; returns ``self``.
+
+        Raises
+        ------
+        ConfigurationError
+            If a name is not a hyper-parameter of this decoder.
+        """
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ConfigurationError(
+                    f"{type(self).__name__} has no parameter {name!r}; valid: {', '.join(valid)}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {
+            name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()
+        }
+        changed = [
+            f"{name}={value!r}"
+            for name, value in self.get_params().items()
+            if defaults.get(name, inspect.Parameter.empty) != value
+        ]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    # ------------------------------------------------------------------ labels and checks
+    def _set_classes(self, X: Scores) -> None:
+        self.classes_ = np.array(X.labels)
+
+    def _encode_y(self, X: Scores, y: Sequence[Any] | np.ndarray) -> torch.Tensor:
+        """Class indices, shape (n,), int64, from label names or integer indices."""
+        arr = np.asarray(y)
+        if arr.ndim != 1 or arr.shape[0] != len(X):
+            raise ConfigurationError(
+                f"y must be 1-D with one label per example ({len(X)}), got shape {arr.shape}"
+            )
+        k = len(X.labels)
+        if arr.dtype.kind in "iu":
+            if arr.size and (arr.min() < 0 or arr.max() >= k):
+                raise ConfigurationError(
+                    f"integer labels must lie in [0, {k}); got {arr.min()}..{arr.max()}"
+                )
+            return torch.as_tensor(arr.astype(np.int64))
+        lookup = {name: i for i, name in enumerate(X.labels)}
+        unknown = sorted({str(v) for v in arr.tolist()} - set(lookup))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown labels {unknown[:5]}; expected names from {list(X.labels)} "
+                "or integer class indices"
+            )
+        return torch.as_tensor([lookup[str(v)] for v in arr.tolist()], dtype=torch.int64)
+
+    def _check_X(self, X: Scores) -> None:
+        """Raise unless fitted and ``X`` has this decoder's classes."""
+        if not hasattr(self, "classes_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet; call fit(X, y) before using it"
+            )
+        if tuple(X.labels) != tuple(self.classes_.tolist()):
+            raise ConfigurationError(
+                f"X has labels {list(X.labels)} but the decoder was fitted on "
+                f"{self.classes_.tolist()}; score X with the same task"
+            )
+
+    # ------------------------------------------------------------------ prediction
+    def fit(self, X: Scores, y: Sequence[Any] | np.ndarray | None = None) -> BaseDecoder:
+        """Learn from scored examples; returns ``self``."""
+        raise NotImplementedError
+
+    def _decision_function(self, X: Scores) -> torch.Tensor:
+        """Class logits, shape (n, K); only called on a fitted decoder."""
+        raise NotImplementedError
+
+    def decision_function(self, X: Scores) -> np.ndarray:
+        """Unnormalised class scores, shape (n, K), float32."""
+        self._check_X(X)
+        with torch.no_grad(), torch_threads(getattr(self, "n_threads", None)):
+            return self._decision_function(X).numpy()
+
+    def predict_proba(self, X: Scores) -> np.ndarray:
+        """Class probabilities, shape (n, K), rows summing to 1."""
+        self._check_X(X)
+        with torch.no_grad(), torch_threads(getattr(self, "n_threads", None)):
+            return torch.softmax(self._decision_function(X).double(), dim=-1).numpy()
+
+    def predict(self, X: Scores) -> np.ndarray:
+        """Predicted class names, shape (n,)."""
+        self._check_X(X)
+        with torch.no_grad(), torch_threads(getattr(self, "n_threads", None)):
+            index = self._decision_function(X).argmax(dim=-1).numpy()
+        return self.classes_[index]
+
+    def score(self, X: Scores, y: Sequence[Any] | np.ndarray) -> float:
+        """Accuracy of :meth:`predict` against ``y`` (names or integer indices)."""
+        self._check_X(X)
+        truth = self._encode_y(X, y).numpy()
+        return float(np.mean(self.classes_[truth] == self.predict(X)))
+
+    # ------------------------------------------------------------------ persistence hooks
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        """Learned tensors by name, for saving (contiguous, on CPU)."""
+        self._check_fitted()
+        return {
+            name: getattr(self, name).detach().cpu().contiguous() for name in self._tensor_attrs
+        }
+
+    def _state_meta(self) -> dict[str, Any]:
+        """Learned JSON values by name, for saving (``classes_`` is saved by the caller)."""
+        self._check_fitted()
+        return {name: getattr(self, name) for name in self._meta_attrs}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Set the learned state from saved tensors and metadata.
+
+        Parameters
+        ----------
+        tensors : dict of str to Tensor
+            Exactly the names of ``_tensor_attrs``.
+        meta : dict
+            ``classes`` (list of str) and the names of ``_meta_attrs``.
+
+        Raises
+        ------
+        ValueError
+            If a tensor or value is missing or inconsistent with the classes.
+        """
+        missing = set(self._tensor_attrs) ^ set(tensors)
+        if missing:
+            raise ValueError(
+                f"tensors expected {sorted(self._tensor_attrs)}, got {sorted(tensors)}"
+            )
+        classes = meta.get("classes")
+        if (
+            not isinstance(classes, list)
+            or not classes
+            or not all(isinstance(c, str) for c in classes)
+        ):
+            raise ValueError("'classes' must be a non-empty list of str")
+        for name in self._meta_attrs:
+            if name not in meta:
+                raise ValueError(f"metadata lacks the learned value {name!r}")
+            setattr(self, name, meta[name])
+        for name in self._tensor_attrs:
+            setattr(self, name, tensors[name])
+        self.classes_ = np.array(classes)
+        self._check_state(len(classes))
+
+    def _check_state(self, k: int) -> None:
+        """Raise ``ValueError`` if the learned tensors do not fit ``k`` classes."""
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classes_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet; call fit(X, y) before saving it"
+            )
+
+
+def content_free_tensor(content_free: Any, k: int) -> torch.Tensor:
+    """Validated content-free log-probabilities, renormalised over the K classes, shape (K,)."""
+    if content_free is None:
+        raise ConfigurationError(
+            "content_free is required: pass the (K,) label log-probabilities of the "
+            "content-free input 'N/A' scored through the same template"
+        )
+    arr = np.asarray(content_free, dtype=np.float32)
+    if arr.shape != (k,) or not np.all(np.isfinite(arr)):
+        raise ConfigurationError(
+            f"content_free must be {k} finite label log-probabilities, got shape {arr.shape}"
+        )
+    return normalize_scores(torch.as_tensor(arr))  # (K,)
+
+
+def label_scores(X: Scores) -> torch.Tensor:
+    """Label log-probabilities renormalised over the K classes, shape (n, K)."""
+    return normalize_scores(torch.as_tensor(X.label_logprobs, dtype=torch.float32))
+
+
+def hidden_states(X: Scores) -> torch.Tensor:
+    """Hidden states, shape (n, d), float32; a ConfigurationError if there are none."""
+    if X.hidden is None:
+        raise ConfigurationError(
+            "these scores carry no hidden states (the provider returns none); "
+            "use a scores-only decoder such as ScoreLogisticRegression or DecT"
+        )
+    return torch.as_tensor(X.hidden, dtype=torch.float32)
+
+
+def check_shapes(expected: dict[str, tuple[int, ...]], obj: object) -> None:
+    """Raise ValueError if a learned tensor of ``obj`` has an unexpected shape."""
+    for name, shape in expected.items():
+        got = tuple(getattr(obj, name).shape)
+        if got != shape:
+            raise ValueError(f"{name} has shape {got}, expected {shape}")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads, restoring the previous count after.
+
+    Few-shot problems are too small to gain from threads, and on a machine whose
+    cores other processes keep busy, OpenMP threads waiting for each other turned
+    a 0.15 s DecT fit into 8 s. ``None`` leaves torch's setting alone. The setting
+    is process-wide while the block runs: do not fit from several threads at once.
+    """
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

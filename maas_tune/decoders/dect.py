@@ -1,0 +1,363 @@
+"""Decoder Tuning (DecT, Cui et al., ACL 2023): prototypes on hidden states plus model scores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import ConfigurationError
+from ..scores import Scores
+from . import _math
+from .base import BaseDecoder, check_shapes, content_free_tensor, label_scores, torch_threads
+
+__all__ = ["DecT"]
+
+#: Candidate weights of the model scores tried by cross-validation.
+DEFAULT_LAM_GRID: tuple[float, ...] = (0.0625, 0.25, 1.0, 4.0)
+_CALIBRATIONS = ("none", "mean", "content_free")
+_CV_METRICS = ("scaled_log_loss", "log_loss")
+#: Temperatures tried on held-out logits by the "scaled_log_loss" criterion.
+_CV_TEMPERATURES: tuple[float, ...] = tuple(2.0 ** (i / 2) for i in range(-4, 9))  # 0.25 .. 16
+_RADIUS_INITS = ("projected", "normalized")
+
+
+class DecT(BaseDecoder):
+    """Decoder Tuning: ``logit_k = -(||normalize(W h) - P_k|| - r_k) + lam * s_k``.
+
+    ``h`` is the (standardised) hidden state, ``W`` a trained (d, proto_dim)
+    projection, ``P_k`` fixed random (Xavier) prototypes, ``r_k`` trained radii and
+    ``s_k`` the model's calibrated label log-probabilities; cross-entropy, full-batch
+    Adam. :meth:`paper` gives the published recipe; the defaults differ from it where
+    measurements on Gemma 3 270M said so (``docs/dect-research.md``):
+
+    * ``lam`` is chosen per task by 4-fold cross-validation on the shots (the paper
+      fixes 1/shots; SST-2 wants ~4, AG News ~1/4), scored by held-out log-loss at
+      the best temperature per grid point (plain log-loss favours large ``lam``
+      because the distance term can never be confident);
+    * the fitted decoder averages the fold models of the chosen ``lam`` instead of
+      refitting one model on all rows (less variance, and no extra training);
+    * hidden states are standardised, scores calibrated by their training mean,
+      prototypes are 64-d (same accuracy as 128, half the time).
+
+    Parameters
+    ----------
+    lam : float or None
+        Weight of the model scores; None selects it from ``lam_grid``. All
+        (grid point × fold) models train at once as one batched tensor problem.
+    lam_grid : sequence of float
+        Candidates for ``lam`` when it is None.
+    lam_fallback : float
+        ``lam`` when cross-validation is impossible (a class has a single shot).
+    n_folds : int
+        Cross-validation folds, capped by the smallest class count.
+    cv_metric : {"scaled_log_loss", "log_loss"}
+        Held-out criterion for choosing ``lam``: log-loss at the best of a few
+        temperatures per grid point, or plain log-loss.
+    refit : bool
+        After choosing ``lam``, train one model on all rows instead of keeping the
+        fold models as an ensemble.
+    calibration : {"mean", "content_free", "none"}
+        Subtracted from the renormalised label log-probabilities: their mean over
+        the training rows (no extra query), the content-free input's (needs
+        ``fit(..., content_free=...)``), or nothing.
+    standardize : bool
+        Standardise features with the training mean and deviation before ``W``.
+    proto_dim : int
+        Dimension of the prototype space.
+    epochs, lr, weight_decay : int, float, float
+        Full-batch Adam steps, learning rate, L2 penalty on ``W``.
+    radius_init : {"projected", "normalized"}
+        ``r_k`` starts as the mean distance of class k's rows to their centre in
+        the raw projected space (reference code) or after normalisation.
+    random_state : int or None
+        Seed of ``W``'s initialisation, the prototypes and the folds.
+    n_threads : int or None
+        Torch intra-op threads while fitting and predicting (see
+        :func:`~maas_tune.decoders.base.torch_threads`); None keeps torch's setting.
+
+    Attributes
+    ----------
+    classes_ : np.ndarray of str, shape (K,)
+    lam_ : float
+        The weight used (given, selected, or the fallback).
+    cv_loss_ : list of float
+        Cross-validation criterion per ``lam_grid`` entry ([] without CV).
+    uses_hidden_ : bool
+        False in scores-only mode.
+    feature_mean_, feature_scale_ : torch.Tensor, shape (p,)
+        Standardisation (zeros and ones when off); p = d, or K in scores-only mode.
+    score_offset_ : torch.Tensor, shape (K,)
+        Calibration subtracted from the renormalised log-probabilities.
+    projection_ : torch.Tensor, shape (E, p, proto_dim)
+        ``W`` of each of the E ensemble members (E = n_folds, or 1).
+    prototypes_ : torch.Tensor, shape (K, proto_dim)
+    radii_ : torch.Tensor, shape (E, K)
+
+    Notes
+    -----
+    Scores-only mode (``X.hidden is None``): the K calibrated scores stand in for
+    the hidden state. The decoder keeps its class re-weighting and bias but loses
+    everything the hidden state knows beyond the K label words, so expect about the
+    accuracy of :class:`ScoreLogisticRegression`, not of DecT on hidden states.
+    """
+
+    _tensor_attrs: ClassVar[tuple[str, ...]] = (
+        "feature_mean_",
+        "feature_scale_",
+        "score_offset_",
+        "projection_",
+        "prototypes_",
+        "radii_",
+    )
+    _meta_attrs: ClassVar[tuple[str, ...]] = ("lam_", "cv_loss_", "uses_hidden_")
+
+    def __init__(
+        self,
+        *,
+        lam: float | None = None,
+        lam_grid: Sequence[float] = DEFAULT_LAM_GRID,
+        lam_fallback: float = 4.0,
+        n_folds: int = 4,
+        cv_metric: str = "scaled_log_loss",
+        refit: bool = False,
+        calibration: str = "mean",
+        standardize: bool = True,
+        proto_dim: int = 64,
+        epochs: int = 30,
+        lr: float = 0.01,
+        weight_decay: float = 0.0,
+        radius_init: str = "projected",
+        random_state: int | None = None,
+        n_threads: int | None = 1,
+    ) -> None:
+        self.lam = lam
+        self.lam_grid = lam_grid
+        self.lam_fallback = lam_fallback
+        self.n_folds = n_folds
+        self.cv_metric = cv_metric
+        self.refit = refit
+        self.calibration = calibration
+        self.standardize = standardize
+        self.proto_dim = proto_dim
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.radius_init = radius_init
+        self.random_state = random_state
+        self.n_threads = n_threads
+
+    @classmethod
+    def paper(cls, shots: int = 16, *, random_state: int | None = None) -> DecT:
+        """DecT with the published settings (thunlp/DecT ``run_dect.py`` defaults).
+
+        ``lam = 1/shots``, content-free calibration, raw hidden states, 128-d
+        prototypes, 30 epochs of Adam at lr 0.01, radii from the raw projections.
+        """
+        if shots < 1:
+            raise ConfigurationError(f"shots must be >= 1, got {shots}")
+        return cls(
+            lam=1.0 / shots,
+            calibration="content_free",
+            standardize=False,
+            proto_dim=128,
+            epochs=30,
+            lr=0.01,
+            weight_decay=0.0,
+            radius_init="projected",
+            random_state=random_state,
+        )
+
+    def fit(
+        self,
+        X: Scores,
+        y: Sequence[Any] | np.ndarray,
+        *,
+        content_free: np.ndarray | Sequence[float] | None = None,
+    ) -> DecT:
+        """Fit on scored examples; returns ``self``.
+
+        Parameters
+        ----------
+        X : Scores, n examples
+        y : array-like of str or int, shape (n,)
+        content_free : array-like, shape (K,), optional
+            Label log-probabilities of the content-free input; required when
+            ``calibration == "content_free"``, ignored otherwise.
+        """
+        self._validate_params()
+        with torch_threads(self.n_threads):
+            return self._fit(X, y, content_free)
+
+    def _fit(self, X: Scores, y: Sequence[Any] | np.ndarray, content_free: Any) -> DecT:
+        target = self._encode_y(X, y)  # (n,)
+        k = len(X.labels)
+        generator = torch.Generator().manual_seed(_seed(self.random_state))
+        offset = self._score_offset(X, content_free)  # (K,)
+        scores = label_scores(X) - offset  # (n, K)
+        feats, uses_hidden = _features(X, scores)  # (n, p)
+        mean, scale = _standardizer(feats, self.standardize)
+        h = (feats - mean) / scale  # (n, p)
+        prototypes = _math.init_prototypes(k, self.proto_dim, generator)  # (K, m)
+        weight0 = _math.init_projection(h.shape[1], self.proto_dim, generator)  # (p, m)
+        lam, cv_loss, weight, radii = self._fit_members(
+            h, scores, target, weight0, prototypes, generator
+        )
+        if self.refit or not cv_loss:
+            weight, radii = self._train(h, scores, target, weight0.unsqueeze(1), prototypes, [lam])
+        self.lam_, self.cv_loss_, self.uses_hidden_ = lam, cv_loss, uses_hidden
+        self.feature_mean_, self.feature_scale_, self.score_offset_ = mean, scale, offset
+        self.projection_ = weight.permute(1, 0, 2).contiguous()  # (E, p, m)
+        self.prototypes_, self.radii_ = prototypes, radii  # (K, m), (E, K)
+        self._set_classes(X)
+        return self
+
+    def _decision_function(self, X: Scores) -> torch.Tensor:
+        scores = label_scores(X) - self.score_offset_  # (n, K)
+        feats, _uses_hidden = _features(X, scores, need_hidden=self.uses_hidden_)
+        h = (feats - self.feature_mean_) / self.feature_scale_  # (n, p)
+        z = _math.project(h, self.projection_.permute(1, 0, 2))  # (n, E, m)
+        lam = torch.full((self.radii_.shape[0],), float(self.lam_))  # (E,)
+        logits = _math.dect_logits(z, self.prototypes_, self.radii_, scores, lam)  # (n, E, K)
+        # members vote by their mean log-probability (a normalised geometric mean)
+        return torch.log_softmax(logits, dim=-1).mean(dim=1)  # (n, K)
+
+    # ------------------------------------------------------------------ training
+    def _train(
+        self,
+        h: torch.Tensor,
+        scores: torch.Tensor,
+        target: torch.Tensor,
+        weight0: torch.Tensor,
+        prototypes: torch.Tensor,
+        lams: list[float],
+        weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train ``len(lams)`` models (one per column of ``weights``, all rows if None)."""
+        b = len(lams)
+        weights = torch.ones(h.shape[0], b) if weights is None else weights  # (n, B)
+        weight0 = weight0.expand(-1, b, -1)  # (p, B, m)
+        normalize = self.radius_init == "normalized"
+        u = _math.project(h, weight0, normalize=normalize)  # (n, B, m)
+        radii0 = _math.class_mean_distance(u, target, weights, prototypes.shape[0])  # (B, K)
+        lam = torch.tensor(lams, dtype=torch.float32)  # (B,)
+        hyper = {"epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay}
+        return _math.train_dect(
+            h, scores, target, weights, lam, weight0, prototypes, radii0, **hyper
+        )
+
+    def _fit_members(
+        self,
+        h: torch.Tensor,
+        scores: torch.Tensor,
+        target: torch.Tensor,
+        weight0: torch.Tensor,
+        prototypes: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[float, list[float], torch.Tensor, torch.Tensor]:
+        """Choose ``lam`` by cross-validation; return it, the CV losses and the fold models.
+
+        Every (grid point, fold) model trains at once. The fold models of the chosen
+        grid point, shapes (p, F, m) and (F, K), are returned as ensemble members;
+        both are empty, like the losses, when ``lam`` is fixed or CV is impossible.
+        """
+        empty = torch.empty(0), torch.empty(0)
+        if self.lam is not None:
+            return float(self.lam), [], *empty
+        grid = [float(v) for v in self.lam_grid]
+        n_folds = min(self.n_folds, int(torch.bincount(target).min()))
+        if n_folds < 2:
+            return float(self.lam_fallback), [], *empty
+        fold = _math.stratified_folds(target, n_folds, generator)  # (n,)
+        heldout = (
+            (fold.unsqueeze(1) == torch.arange(n_folds)).float().repeat(1, len(grid))
+        )  # (n, G*F)
+        lams = [lam for lam in grid for _ in range(n_folds)]  # grid-major, like heldout
+        weight, radii = self._train(
+            h, scores, target, weight0.unsqueeze(1), prototypes, lams, 1.0 - heldout
+        )
+        with torch.no_grad():
+            z = _math.project(h, weight)  # (n, G*F, m)
+            logits = _math.dect_logits(
+                z, prototypes, radii, scores, torch.tensor(lams)
+            )  # (n, G*F, K)
+            scaled = self.cv_metric == "scaled_log_loss"
+            temps = torch.tensor(_CV_TEMPERATURES if scaled else (1.0,))  # (T,)
+            loss = _math.heldout_loss(logits, target, heldout, temps)  # (G*F, T)
+        # one temperature per grid point, shared by its folds: ranks without penalising scale
+        cv_loss = loss.view(len(grid), n_folds, -1).sum(1).min(dim=1).values / h.shape[0]  # (G,)
+        best = int(torch.argmin(cv_loss))
+        members = slice(best * n_folds, (best + 1) * n_folds)
+        return grid[best], cv_loss.tolist(), weight[:, members], radii[members]
+
+    def _score_offset(self, X: Scores, content_free: Any) -> torch.Tensor:
+        """What calibration subtracts from the renormalised label log-probabilities, shape (K,)."""
+        k = len(X.labels)
+        if self.calibration == "content_free":
+            return content_free_tensor(content_free, k)
+        if self.calibration == "mean":
+            return label_scores(X).mean(dim=0)
+        return torch.zeros(k)
+
+    def _validate_params(self) -> None:
+        if self.calibration not in _CALIBRATIONS:
+            raise ConfigurationError(
+                f"calibration must be one of {_CALIBRATIONS}, got {self.calibration!r}"
+            )
+        if self.cv_metric not in _CV_METRICS:
+            raise ConfigurationError(
+                f"cv_metric must be one of {_CV_METRICS}, got {self.cv_metric!r}"
+            )
+        if self.radius_init not in _RADIUS_INITS:
+            raise ConfigurationError(
+                f"radius_init must be one of {_RADIUS_INITS}, got {self.radius_init!r}"
+            )
+        if self.lam is None and len(self.lam_grid) == 0:
+            raise ConfigurationError("lam_grid must not be empty when lam is None")
+        for name in ("proto_dim", "epochs", "n_folds"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ConfigurationError("lr must be > 0 and weight_decay >= 0")
+
+    def _check_state(self, k: int) -> None:
+        e, p, m = self.projection_.shape
+        expected = {
+            "feature_mean_": (p,),
+            "feature_scale_": (p,),
+            "score_offset_": (k,),
+            "projection_": (e, p, m),
+            "prototypes_": (k, m),
+            "radii_": (e, k),
+        }
+        check_shapes(expected, self)
+
+
+def _features(
+    X: Scores, scores: torch.Tensor, need_hidden: bool | None = None
+) -> tuple[torch.Tensor, bool]:
+    """Hidden states, or the calibrated scores in scores-only mode; and whether they are hidden."""
+    if need_hidden is None:
+        need_hidden = X.hidden is not None
+    if not need_hidden:
+        return scores, False
+    if X.hidden is None:
+        raise ConfigurationError(
+            "this DecT was fitted on hidden states but X has none; score X with the same provider"
+        )
+    return torch.as_tensor(X.hidden, dtype=torch.float32), True
+
+
+def _standardizer(feats: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if standardize:
+        return _math.fit_standardizer(feats)
+    return torch.zeros(feats.shape[1]), torch.ones(feats.shape[1])
+
+
+def _seed(random_state: int | None) -> int:
+    """A torch seed: ``random_state``, or fresh entropy when it is None."""
+    if random_state is None:
+        return int(np.random.default_rng().integers(2**63 - 1))
+    return int(random_state)

@@ -1,0 +1,92 @@
+"""The provider contract: what every model backend answers for a batch of prompts."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Provider", "ProviderAnswer"]
+
+
+@dataclass(frozen=True)
+class ProviderAnswer:
+    """One prompt's answer.
+
+    Attributes
+    ----------
+    logprobs : np.ndarray, shape (t,)
+        Log-probabilities of the requested tokens at the next-token position,
+        normalised over the full vocabulary, in the order they were requested.
+    hidden : np.ndarray of shape (d,) or None
+        Last-layer hidden state at the prediction position, where the provider
+        exposes one.
+    prompt_tokens : int
+        Number of prompt tokens the provider processed (usage).
+    """
+
+    logprobs: np.ndarray
+    hidden: np.ndarray | None
+    prompt_tokens: int
+
+
+class Provider(abc.ABC):
+    """A model backend that scores label tokens after a prompt.
+
+    Subclasses implement :meth:`fingerprint`, :meth:`label_token_ids`,
+    :meth:`count_tokens` and :meth:`score`. The fingerprint goes into every cache
+    key, so two providers with equal fingerprints must give equal answers.
+    """
+
+    #: Whether :meth:`score` returns hidden states.
+    returns_hidden: bool = False
+
+    @abc.abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
+        """JSON-serialisable identity: provider kind, model id, scoring strategy, options.
+
+        Never contains credentials.
+        """
+
+    @abc.abstractmethod
+    def label_token_ids(self, words: Sequence[str]) -> list[int]:
+        """Token id of each label word (as it follows the prompt, prefix included).
+
+        Raises
+        ------
+        TaskError
+            If a word is not exactly one token; the message names the word and how
+            it tokenizes.
+        """
+
+    @abc.abstractmethod
+    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+        """Number of prompt tokens each prompt will cost (exact or an upper estimate)."""
+
+    @abc.abstractmethod
+    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
+        """Score ``token_ids`` as the next token after each prompt.
+
+        Parameters
+        ----------
+        prompts : sequence of str, length n
+        token_ids : sequence of int, length t
+            The same tokens are scored for every prompt.
+
+        Returns
+        -------
+        list of ProviderAnswer, length n
+            In the order of ``prompts``.
+        """
+
+    def close(self) -> None:
+        """Release resources (connections, model memory). Default: nothing."""
+
+    def __enter__(self) -> Provider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

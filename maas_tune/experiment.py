@@ -103,8 +103,7 @@ def fit_method(
 
 def needs_content_free(methods: Sequence[str]) -> bool:
     """Whether any of ``methods`` uses the content-free query (contextual calibration)."""
-    probes = [make_decoder(m, shots=1) for m in methods]
-    return any("content_free" in inspect.signature(d.fit).parameters for d in probes)
+    return any(make_decoder(m, shots=1).needs_content_free for m in methods)
 
 
 def subsample_test(test: Sequence[Example], limit: int | None) -> list[Example]:

@@ -241,3 +241,22 @@ def test_dect_rejects_bad_parameters(
 def test_linear_alpha_must_be_positive(data: tuple[Scores, np.ndarray]) -> None:
     with pytest.raises(ConfigurationError, match="alpha"):
         ScoreLogisticRegression(alpha=0.0).fit(*data)
+
+
+def test_needs_content_free_follows_the_hyper_parameters() -> None:
+    assert not ZeroShot().needs_content_free and not LinearProbe().needs_content_free
+    assert ContextualCalibration().needs_content_free
+    assert ScoreLogisticRegression().needs_content_free
+    assert not DecT().needs_content_free and DecT.paper(16).needs_content_free
+    assert DecT(calibration="content_free").needs_content_free
+
+
+def test_dect_lam_tolerance_prefers_the_largest_lam_within_tolerance(
+    data: tuple[Scores, np.ndarray],
+) -> None:
+    X, y = data
+    strict = DecT(random_state=0).fit(X, y)
+    assert strict.lam_ == strict.lam_grid[int(np.argmin(strict.cv_loss_))]
+    lenient = DecT(random_state=0, lam_tolerance=1e9).fit(X, y)
+    assert lenient.lam_ == max(lenient.lam_grid)
+    assert lenient.cv_loss_ == pytest.approx(strict.cv_loss_)

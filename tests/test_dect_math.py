@@ -109,11 +109,11 @@ def test_batched_cross_entropy_matches_torch_on_each_subset() -> None:
     assert torch.allclose(out[1], F.cross_entropy(logits[keep, 1], y[keep]))
 
 
-def test_heldout_loss_at_temperature_one_is_the_summed_cross_entropy() -> None:
+def test_heldout_nll_at_temperature_one_is_the_cross_entropy() -> None:
     logits = torch.randn(6, 2, 3, generator=_gen())
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     heldout = torch.tensor([[1, 0], [0, 1], [1, 0], [0, 1], [1, 0], [0, 1]], dtype=torch.float32)
-    loss = _math.heldout_loss(logits, y, heldout, torch.tensor([1.0, 2.0]))
+    loss = _math.heldout_nll(logits, y, heldout, torch.tensor([1.0, 2.0])).sum(0)
     assert loss.shape == (2, 2)
     rows = heldout[:, 0].bool()
     assert torch.allclose(loss[0, 0], F.cross_entropy(logits[rows, 0], y[rows], reduction="sum"))

@@ -19,7 +19,7 @@ __all__ = [
     "dect_logits",
     "fit_logistic_regression",
     "fit_standardizer",
-    "heldout_loss",
+    "heldout_nll",
     "init_projection",
     "init_prototypes",
     "normalize_scores",
@@ -255,10 +255,10 @@ def train_dect(
     return weight.detach(), radii.detach()
 
 
-def heldout_loss(
+def heldout_nll(
     logits: torch.Tensor, y: torch.Tensor, heldout: torch.Tensor, temperatures: torch.Tensor
 ) -> torch.Tensor:
-    """Summed held-out log-loss of each model under each temperature.
+    """Held-out negative log-likelihood of every row, model and temperature.
 
     Parameters
     ----------
@@ -271,13 +271,14 @@ def heldout_loss(
 
     Returns
     -------
-    Tensor, shape (B, T)
+    Tensor, shape (n, B, T)
+        0 where ``heldout`` is 0.
     """
     scaled = logits.unsqueeze(-2) * temperatures.view(-1, 1)  # (n, B, T, K)
     logp = torch.log_softmax(scaled, dim=-1)  # (n, B, T, K)
     index = y.view(-1, 1, 1, 1).expand(-1, logp.shape[1], logp.shape[2], 1)  # (n, B, T, 1)
     nll = -logp.gather(-1, index).squeeze(-1)  # (n, B, T)
-    return (heldout.unsqueeze(-1) * nll).sum(dim=0)  # (B, T)
+    return heldout.unsqueeze(-1) * nll  # (n, B, T)
 
 
 def stratified_folds(y: torch.Tensor, n_folds: int, generator: torch.Generator) -> torch.Tensor:

@@ -90,6 +90,16 @@ class BaseDecoder:
         ]
         return f"{type(self).__name__}({', '.join(changed)})"
 
+    @property
+    def needs_content_free(self) -> bool:
+        """Whether ``fit`` uses the content-free scores (``fit(..., content_free=...)``).
+
+        Decided by the hyper-parameters, not by ``fit``'s signature: ``DecT()``
+        accepts ``content_free`` but uses it only with ``calibration="content_free"``.
+        A caller can skip the content-free query when this is False.
+        """
+        return False
+
     # ------------------------------------------------------------------ labels and checks
     def _set_classes(self, X: Scores) -> None:
         self.classes_ = np.array(X.labels)

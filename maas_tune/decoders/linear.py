@@ -72,6 +72,11 @@ class ScoreLogisticRegression(BaseDecoder):
         self.random_state = random_state
         self.n_threads = n_threads
 
+    @property
+    def needs_content_free(self) -> bool:
+        """True: the features are calibrated with the content-free scores when given."""
+        return True
+
     def fit(
         self,
         X: Scores,

@@ -54,6 +54,11 @@ class ContextualCalibration(BaseDecoder):
     def __init__(self) -> None:
         pass
 
+    @property
+    def needs_content_free(self) -> bool:
+        """Always True: the calibration is the content-free scores."""
+        return True
+
     def fit(
         self,
         X: Scores,

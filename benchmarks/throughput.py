@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import write_result
+from _common import STORE_PATH, write_result
 
 import maas_tune as mt
-from maas_tune.experiment import make_decoder
+from maas_tune.experiment import fit_method, make_decoder
 
 N_PROMPTS = 128
 BATCH_SIZES = (1, 8, 16, 32)
@@ -51,15 +51,13 @@ def cache_hit_rate(provider: mt.Provider, task: mt.Task, examples: list[mt.Examp
     return round(statistics.median(rates), 1)
 
 
-def fit_times(train: mt.Scores, y: np.ndarray, shots: int) -> dict:
+def fit_times(train: mt.Scores, y: np.ndarray, shots: int, content_free: np.ndarray) -> dict:
     out = {}
     for method in ("dect-paper", "dect", "lr", "linear-probe"):
         times = []
         for seed in range(FIT_REPEATS):
             dec = make_decoder(method, shots=shots, random_state=seed)
-            start = time.perf_counter()
-            dec.fit(train, y)
-            times.append(time.perf_counter() - start)
+            times.append(fit_method(dec, train, y, content_free))
         out[method] = round(statistics.median(times), 4)
     return out
 
@@ -71,10 +69,11 @@ def main() -> None:
     hit_rate = cache_hit_rate(provider, sst2_task, sst2.test[:CACHE_HIT_SAMPLES])
     ag_task, ag = mt.datasets.load_task("agnews"), mt.datasets.load("agnews")
     shots = mt.sample_k_shot(ag.train, 16, labels=ag_task.labels, seed=0)
-    store = mt.Store(Path(__file__).resolve().parent / ".cache" / "bench.sqlite")
-    train = mt.Client(provider, cache=mt.ScoreCache(store), progress=False).score(ag_task, shots)
+    store = mt.Store(STORE_PATH)
+    client = mt.Client(provider, cache=mt.ScoreCache(store), progress=False)
+    train, content_free = client.score(ag_task, shots), client.content_free(ag_task)
     y = np.array([ag_task.labels.index(e.label) for e in shots])
-    fits = fit_times(train, y, 16)
+    fits = fit_times(train, y, 16, content_free)
     path = write_result("throughput", {
         "scoring_samples_per_s_by_batch_size": throughput,
         "scoring_prompts": N_PROMPTS,

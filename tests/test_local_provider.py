@@ -62,3 +62,25 @@ def test_fingerprint_names_model_and_strategy_without_secrets(gemma):
     assert fp["provider"] == "transformers" and fp["model"].startswith("gemma-3-270m")
     assert fp["strategy"] == "next-token-logprobs"
     assert not any("key" in k.lower() for k in fp)
+
+
+@pytest.mark.slow
+def test_cold_conversion_from_gguf_gives_the_same_model(gemma, tmp_path, monkeypatch):
+    """A fresh machine has no converted checkpoint: convert from the GGUF package, once."""
+    from maas_tune.providers._model_files import CONVERSION_MARKER, resolve_model
+    from maas_tune.providers.local import TransformersProvider
+
+    monkeypatch.setenv("MAAS_TUNE_CACHE_DIR", str(tmp_path))
+    resolved = resolve_model("gemma-3-270m")
+    assert resolved.directory.is_relative_to(tmp_path)
+    assert (resolved.directory / CONVERSION_MARKER).is_file()
+    assert not list(resolved.directory.parent.glob(".converting-*"))  # no half-written leftovers
+    assert resolve_model("gemma-3-270m").directory == resolved.directory  # second call: no work
+    fresh = TransformersProvider()
+    assert fresh.fingerprint() == gemma.fingerprint()
+    ids = gemma.label_token_ids(["negative", "positive"])
+    a, b = fresh.score(PROMPTS, ids), gemma.score(PROMPTS, ids)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-5)
+        np.testing.assert_allclose(x.hidden, y.hidden, atol=1e-4)
+    fresh.close()

@@ -166,8 +166,15 @@ def _load(resolved: ResolvedModel, num_threads: int | None) -> tuple[Any, Any, A
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        resolved.directory, dtype=torch.float32
-    )
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # a sub-second load needs no progress bar
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            resolved.directory, dtype=torch.float32
+        )
+    finally:
+        if shown:
+            bars.enable_progress_bar()
     model.eval()
     return torch, model, tokenizer

@@ -71,6 +71,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "wd=1e-3": {"weight_decay": 1e-3},
     "folds=2": {"n_folds": 2},
     "grid+16": {"lam_grid": (0.0625, 0.25, 1.0, 4.0, 16.0)},
+    "select=best": {"lam_selection": "best"},
 }
 
 

@@ -94,7 +94,7 @@ def test_unfitted_or_unserialisable_is_refused(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def saved(tmp_path: Path) -> Path:
-    model, _ = _fitted(DecT(random_state=0, proto_dim=8, lam_grid=(1.0, 4.0)))
+    model, _ = _fitted(DecT(random_state=0, proto_dim=8, lam_grid=(1.0, 4.0), lam_selection="best"))
     return save_decoder(model, tmp_path / "model", metadata=METADATA)
 
 
@@ -159,6 +159,8 @@ def test_tensor_shape_mismatch(saved: Path) -> None:
         "projection_": torch.zeros(4, 16, 9),
         "prototypes_": torch.zeros(3, 8),
         "radii_": torch.zeros(4, 3),
+        "member_lams_": torch.ones(4),
+        "member_weights_": torch.full((4,), 0.25),
     }
     save_file(tensors, str(saved / TENSORS_NAME))
     with pytest.raises(SerializationError, match="'projection_' has shape"):

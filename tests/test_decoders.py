@@ -178,7 +178,9 @@ def test_dect_selects_lam_from_the_grid_and_keeps_the_fold_models(
     data: tuple[Scores, np.ndarray],
 ) -> None:
     X, y = data
-    model = DecT(random_state=0, lam_grid=(0.1, 1.0, 10.0), n_folds=4, proto_dim=8).fit(X, y)
+    model = DecT(
+        random_state=0, lam_grid=(0.1, 1.0, 10.0), n_folds=4, proto_dim=8, lam_selection="best"
+    ).fit(X, y)
     assert model.lam_ in (0.1, 1.0, 10.0) and len(model.cv_loss_) == 3
     assert model.projection_.shape == (4, 16, 8) and model.radii_.shape == (4, 3)
     refit = DecT(random_state=0, lam_grid=(0.1, 1.0, 10.0), refit=True, proto_dim=8).fit(X, y)
@@ -251,12 +253,31 @@ def test_needs_content_free_follows_the_hyper_parameters() -> None:
     assert DecT(calibration="content_free").needs_content_free
 
 
-def test_dect_lam_tolerance_prefers_the_largest_lam_within_tolerance(
+def test_dect_weighted_selection_averages_grid_points_by_heldout_likelihood(
     data: tuple[Scores, np.ndarray],
 ) -> None:
     X, y = data
-    strict = DecT(random_state=0).fit(X, y)
-    assert strict.lam_ == strict.lam_grid[int(np.argmin(strict.cv_loss_))]
-    lenient = DecT(random_state=0, lam_tolerance=1e9).fit(X, y)
-    assert lenient.lam_ == max(lenient.lam_grid)
-    assert lenient.cv_loss_ == pytest.approx(strict.cv_loss_)
+    grid = (0.1, 1.0, 10.0)
+    model = DecT(random_state=0, lam_grid=grid, proto_dim=8).fit(X, y)
+    weights = model.member_weights_.numpy()
+    assert weights.sum() == pytest.approx(1.0, abs=1e-6) and (weights > 0).all()
+    assert model.projection_.shape[0] == len(weights) <= 3 * 4
+    member_lams = model.member_lams_.numpy()
+    assert all(np.isclose(member_lams, lam).any() for lam in set(member_lams.tolist()))
+    # the weight of each grid point is its share of the held-out likelihood
+    n = len(y)
+    expected = np.exp(-n * (np.array(model.cv_loss_) - min(model.cv_loss_)))
+    expected /= expected.sum()
+    for lam, w in zip(grid, expected):
+        assert weights[np.isclose(member_lams, lam)].sum() == pytest.approx(w, abs=1e-3)
+    # with one grid point, "weighted" and "best" are the same decoder
+    one = dict(random_state=0, lam_grid=(1.0,), proto_dim=8)
+    a = DecT(**one).fit(X, y).predict_proba(X)
+    b = DecT(lam_selection="best", **one).fit(X, y).predict_proba(X)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_dect_rejects_unknown_lam_selection(data: tuple[Scores, np.ndarray]) -> None:
+    X, y = data
+    with pytest.raises(ConfigurationError, match="lam_selection"):
+        DecT(lam_selection="vote").fit(X, y)

@@ -349,3 +349,21 @@ def fit_logistic_regression(
 
     optimizer.step(closure)
     return weight.detach(), bias.detach()
+
+
+def pseudo_bma_weights(cv_loss: torch.Tensor, n: int) -> torch.Tensor:
+    """Pseudo-BMA model weights from mean held-out losses (Yao et al. 2018).
+
+    Parameters
+    ----------
+    cv_loss : Tensor, shape (G,)
+        Mean held-out negative log-likelihood per candidate model.
+    n : int
+        Number of held-out rows the means are over.
+
+    Returns
+    -------
+    Tensor, shape (G,)
+        ``exp(-n * cv_loss_g)`` normalised: each model's held-out likelihood share.
+    """
+    return torch.softmax(-float(n) * cv_loss, dim=0)  # (G,)

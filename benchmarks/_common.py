@@ -29,5 +29,7 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     """Write ``results/<name>.json`` and return its path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps({"machine": machine(), **payload}, indent=2) + "\n", encoding="utf-8"
+    )
     return path

@@ -33,19 +33,36 @@ def run(datasets: list[str], shots_list: list[int], methods: list[str]) -> dict:
             fit_s: dict[str, list] = {m: [] for m in methods}
             for seed in SEEDS:
                 results = evaluate(
-                    provider=provider, task=task, dataset=name, train_pool=data.train, test=test,
-                    methods=methods, shots=shots, seed=seed, cache=cache, budget=budget,
+                    provider=provider,
+                    task=task,
+                    dataset=name,
+                    train_pool=data.train,
+                    test=test,
+                    methods=methods,
+                    shots=shots,
+                    seed=seed,
+                    cache=cache,
+                    budget=budget,
                     progress=False,
                 )
                 for r in results:
                     per_method[r.method].append(r.accuracy)
                     fit_s[r.method].append(r.fit_seconds)
-            table.setdefault(name, {"n_test": len(test), "template": task.template,
-                                    "words": {k: list(v) for k, v in task.verbalizer.items()}})
+            table.setdefault(
+                name,
+                {
+                    "n_test": len(test),
+                    "template": task.template,
+                    "words": {k: list(v) for k, v in task.verbalizer.items()},
+                },
+            )
             table[name][str(shots)] = {
-                m: {"mean": round(statistics.mean(a), 4), "std": round(statistics.pstdev(a), 4),
+                m: {
+                    "mean": round(statistics.mean(a), 4),
+                    "std": round(statistics.pstdev(a), 4),
                     "runs": [round(x, 4) for x in a],
-                    "fit_seconds_median": round(statistics.median(fit_s[m]), 4)}
+                    "fit_seconds_median": round(statistics.median(fit_s[m]), 4),
+                }
                 for m, a in per_method.items()
             }
             print(name, shots, {m: table[name][str(shots)][m]["mean"] for m in methods}, flush=True)

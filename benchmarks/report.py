@@ -11,9 +11,12 @@ from _common import RESULTS
 
 ORDER = ("zero-shot", "calibrated", "lr", "linear-probe", "dect-paper", "dect")
 NAMES = {
-    "zero-shot": "zero-shot", "calibrated": "calibrated (Zhao et al.)",
-    "lr": "LR on calibrated scores", "linear-probe": "linear probe (hidden state)",
-    "dect-paper": "DecT as in the paper", "dect": "**DecT (default)**",
+    "zero-shot": "zero-shot",
+    "calibrated": "calibrated (Zhao et al.)",
+    "lr": "LR on calibrated scores",
+    "linear-probe": "linear probe (hidden state)",
+    "dect-paper": "DecT as in the paper",
+    "dect": "**DecT (default)**",
 }
 
 

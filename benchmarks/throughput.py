@@ -74,13 +74,16 @@ def main() -> None:
     train, content_free = client.score(ag_task, shots), client.content_free(ag_task)
     y = np.array([ag_task.labels.index(e.label) for e in shots])
     fits = fit_times(train, y, 16, content_free)
-    path = write_result("throughput", {
-        "scoring_samples_per_s_by_batch_size": throughput,
-        "scoring_prompts": N_PROMPTS,
-        "cache_hit_samples_per_s": hit_rate,
-        "cache_hit_samples": CACHE_HIT_SAMPLES,
-        "fit_seconds_agnews_16shot_x4": fits,
-    })
+    path = write_result(
+        "throughput",
+        {
+            "scoring_samples_per_s_by_batch_size": throughput,
+            "scoring_prompts": N_PROMPTS,
+            "cache_hit_samples_per_s": hit_rate,
+            "cache_hit_samples": CACHE_HIT_SAMPLES,
+            "fit_seconds_agnews_16shot_x4": fits,
+        },
+    )
     print(path.read_text())
 
 

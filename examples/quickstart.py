@@ -11,17 +11,19 @@ from pathlib import Path
 import maas_tune as mt
 
 
-def main(provider: mt.Provider | None = None, cache: str | Path | None = None, n_test: int = 200) -> float:
-    provider = provider or mt.TransformersProvider()          # Gemma 3 270M, in process
-    store = mt.Store(cache)                                   # SQLite: cache + budget ledger
+def main(
+    provider: mt.Provider | None = None, cache: str | Path | None = None, n_test: int = 200
+) -> float:
+    provider = provider or mt.TransformersProvider()  # Gemma 3 270M, in process
+    store = mt.Store(cache)  # SQLite: cache + budget ledger
     budget = mt.QueryBudget("quickstart", max_queries=64, store=store)
     client = mt.Client(provider, cache=mt.ScoreCache(store), budget=budget)
 
-    task = mt.datasets.load_task("sst2")                      # template + verbalizer
+    task = mt.datasets.load_task("sst2")  # template + verbalizer
     data = mt.datasets.load("sst2")
     shots = mt.sample_k_shot(data.train, 16, labels=task.labels, seed=0)
 
-    train = client.score(task, shots)                         # 32 queries, then cached
+    train = client.score(task, shots)  # 32 queries, then cached
     decoder = mt.DecT(random_state=0).fit(train, [ex.label for ex in shots])
 
     test = mt.Client(provider, cache=mt.ScoreCache(store)).score(task, data.test[:n_test])

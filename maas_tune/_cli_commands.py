@@ -60,7 +60,9 @@ def _task_and_data(args: argparse.Namespace) -> tuple[str, Task, list[Example], 
     return Path(args.train).stem, task, train, test
 
 
-def _budget(store: Store, name: str, max_queries: int | None, max_tokens: int | None = None) -> QueryBudget:
+def _budget(
+    store: Store, name: str, max_queries: int | None, max_tokens: int | None = None
+) -> QueryBudget:
     return QueryBudget(name, max_queries=max_queries, max_prompt_tokens=max_tokens, store=store)
 
 
@@ -82,9 +84,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     budget = _budget(store, args.budget, args.max_queries, args.max_prompt_tokens)
     test_budget = _budget(store, args.budget + TEST_BUDGET_SUFFIX, args.max_test_queries)
     results = evaluate(
-        provider=_provider(args), task=task, dataset=name, train_pool=train, test=test,
-        methods=methods, shots=args.shots, seed=args.seed, cache=ScoreCache(store),
-        budget=budget, test_budget=test_budget, offline=args.offline, progress=_progress(args),
+        provider=_provider(args),
+        task=task,
+        dataset=name,
+        train_pool=train,
+        test=test,
+        methods=methods,
+        shots=args.shots,
+        seed=args.seed,
+        cache=ScoreCache(store),
+        budget=budget,
+        test_budget=test_budget,
+        offline=args.offline,
+        progress=_progress(args),
     )
     if args.json:
         for r in results:
@@ -96,7 +108,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _print_summary(results: list[EvalResult], test_budget: QueryBudget) -> None:
     r0 = results[0]
-    print(f"{r0.dataset}: {r0.shots}-shot, seed {r0.seed}, {r0.n_test} test examples, model {r0.model}")
+    print(
+        f"{r0.dataset}: {r0.shots}-shot, seed {r0.seed}, {r0.n_test} test examples, model {r0.model}"
+    )
     print(f"  {'method':<14}{'accuracy':>10}{'fit (s)':>10}")
     for r in results:
         print(f"  {r.method:<14}{r.accuracy:>10.4f}{r.fit_seconds:>10.3f}")
@@ -113,16 +127,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
     store = Store(args.cache)
     provider = _provider(args)
     client = Client(
-        provider, cache=ScoreCache(store), offline=args.offline, progress=_progress(args),
+        provider,
+        cache=ScoreCache(store),
+        offline=args.offline,
+        progress=_progress(args),
         budget=_budget(store, args.budget, args.max_queries, args.max_prompt_tokens),
     )
     shots = sample_k_shot(train, args.shots, labels=task.labels, seed=args.seed)
     decoder = make_decoder(args.method, shots=args.shots, random_state=args.seed)
     content_free = client.content_free(task) if needs_content_free([args.method]) else None
-    seconds = fit_method(decoder, client.score(task, shots), labels_to_indices(shots, task.labels), content_free)
+    seconds = fit_method(
+        decoder, client.score(task, shots), labels_to_indices(shots, task.labels), content_free
+    )
     meta = {
-        "task": task.to_dict(), "provider": provider.fingerprint(), "model": args.model,
-        "method": args.method, "dataset": name, "shots": args.shots, "seed": args.seed,
+        "task": task.to_dict(),
+        "provider": provider.fingerprint(),
+        "model": args.model,
+        "method": args.method,
+        "dataset": name,
+        "shots": args.shots,
+        "seed": args.seed,
     }
     path = save_decoder(decoder, args.out, metadata=meta)
     print(f"fitted {args.method} on {len(shots)} examples in {seconds:.3f} s; saved to {path}")
@@ -135,19 +159,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     task = Task.from_dict(meta["task"])
     provider = _provider(args, model=args.model or meta.get("model"))
     if provider.fingerprint() != meta.get("provider"):
-        print("maas-tune: warning: the provider differs from the one the decoder was fitted with",
-              file=sys.stderr)
+        print(
+            "maas-tune: warning: the provider differs from the one the decoder was fitted with",
+            file=sys.stderr,
+        )
     examples = load_examples(args.input, labels=task.labels, require_label=False)
     store = Store(args.cache)
     client = Client(
-        provider, cache=ScoreCache(store), offline=args.offline, progress=_progress(args),
+        provider,
+        cache=ScoreCache(store),
+        offline=args.offline,
+        progress=_progress(args),
         budget=_budget(store, args.budget, args.max_queries),
     )
     scores = client.score(task, examples)
     preds, proba = decoder.predict(scores), decoder.predict_proba(scores)
     with contextlib.ExitStack() as stack:
         out: TextIO = (
-            stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else sys.stdout
+            stack.enter_context(open(args.output, "w", encoding="utf-8"))
+            if args.output
+            else sys.stdout
         )
         for ex, label, p in zip(examples, preds, proba):
             row: dict[str, Any] = {"text": ex.text, "prediction": str(label)}
@@ -186,8 +217,10 @@ def cmd_budget(args: argparse.Namespace) -> int:
             print("no budgets yet" if args.name is None else f"no budget named {args.name!r}")
         for b in rows if not args.json else []:
             cap = "unlimited" if b.max_queries is None else b.max_queries
-            print(f"{b.name}: {b.spent_queries} of {cap} queries spent, {b.reserved_queries} in flight, "
-                  f"{b.spent_prompt_tokens} prompt tokens")
+            print(
+                f"{b.name}: {b.spent_queries} of {cap} queries spent, {b.reserved_queries} in flight, "
+                f"{b.spent_prompt_tokens} prompt tokens"
+            )
         return 0
     if not args.name:
         raise ConfigurationError(f"budget {args.action} needs a budget name")
@@ -195,21 +228,32 @@ def cmd_budget(args: argparse.Namespace) -> int:
         reset_budget(store, args.name)
         print(f"budget {args.name!r}: spent counters reset to 0")
     else:
-        limits = {k: v for k, v in (("max_queries", args.max_queries),
-                                    ("max_prompt_tokens", args.max_prompt_tokens)) if v is not None}
+        limits = {
+            k: v
+            for k, v in (
+                ("max_queries", args.max_queries),
+                ("max_prompt_tokens", args.max_prompt_tokens),
+            )
+            if v is not None
+        }
         if not limits:
             raise ConfigurationError("budget set needs --max-queries and/or --max-prompt-tokens")
         b = QueryBudget(args.name, store=store)
         b.set_limits(**limits)
         s = b.status()
-        print(f"budget {args.name!r}: max queries {s.max_queries}, max prompt tokens {s.max_prompt_tokens}")
+        print(
+            f"budget {args.name!r}: max queries {s.max_queries}, max prompt tokens {s.max_prompt_tokens}"
+        )
     return 0
 
 
 def _budget_row(b: Any) -> dict[str, Any]:
     return {
-        "name": b.name, "max_queries": b.max_queries, "spent_queries": b.spent_queries,
-        "reserved_queries": b.reserved_queries, "max_prompt_tokens": b.max_prompt_tokens,
+        "name": b.name,
+        "max_queries": b.max_queries,
+        "spent_queries": b.spent_queries,
+        "reserved_queries": b.reserved_queries,
+        "max_prompt_tokens": b.max_prompt_tokens,
         "spent_prompt_tokens": b.spent_prompt_tokens,
     }
 
@@ -218,10 +262,18 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     rows = []
     for name in datasets.available():
         task = datasets.load_task(name)
-        rows.append({"name": name, "labels": list(task.labels), "template": task.template,
-                     "words": {k: list(v) for k, v in task.verbalizer.items()}})
+        rows.append(
+            {
+                "name": name,
+                "labels": list(task.labels),
+                "template": task.template,
+                "words": {k: list(v) for k, v in task.verbalizer.items()},
+            }
+        )
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))
     for r in rows if not args.json else []:
-        print(f"{r['name']}: {', '.join(r['labels'])}\n  template: {r['template']!r}\n  words: {r['words']}")
+        print(
+            f"{r['name']}: {', '.join(r['labels'])}\n  template: {r['template']!r}\n  words: {r['words']}"
+        )
     return 0

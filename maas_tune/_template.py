@@ -13,6 +13,8 @@ __all__ = ["PLACEHOLDERS", "Segment", "Slot", "parse_template", "validate_templa
 
 #: Placeholders a template may use; ``{text}`` is required.
 PLACEHOLDERS = ("text", "text_b")
+
+
 @dataclass(frozen=True)
 class Slot:
     """A placeholder in a parsed template."""

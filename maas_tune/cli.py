@@ -17,30 +17,39 @@ __all__ = ["build_parser", "main"]
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache", metavar="PATH", help="cache/budget database (default: user cache dir)")
+    p.add_argument(
+        "--cache", metavar="PATH", help="cache/budget database (default: user cache dir)"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_provider(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", default=DEFAULT_MODEL_NAME,
+        "--model",
+        default=DEFAULT_MODEL_NAME,
         help=f"local model: {DEFAULT_MODEL_NAME!r} (embedded), a .gguf file or a checkpoint dir",
     )
     p.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
-    p.add_argument("--offline", action="store_true", help="answer from the cache only; send nothing")
+    p.add_argument(
+        "--offline", action="store_true", help="answer from the cache only; send nothing"
+    )
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="bundled dataset name (see `maas-tune datasets`)")
-    p.add_argument("--train", metavar="FILE", help="training pool (.jsonl/.csv) instead of --dataset")
+    p.add_argument(
+        "--train", metavar="FILE", help="training pool (.jsonl/.csv) instead of --dataset"
+    )
     p.add_argument("--test", metavar="FILE", help="test set (.jsonl/.csv) instead of --dataset")
     p.add_argument("--task", metavar="FILE", help="task file (.toml/.json); default: the dataset's")
     p.add_argument("--shots", type=int, default=16, help="examples per class (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the k-shot draw and the decoder")
     p.add_argument("--budget", default=DEFAULT_BUDGET_NAME, help="name of the training budget")
     p.add_argument("--max-queries", type=int, help="cap on the training budget's queries")
-    p.add_argument("--max-prompt-tokens", type=int, help="cap on the training budget's prompt tokens")
+    p.add_argument(
+        "--max-prompt-tokens", type=int, help="cap on the training budget's prompt tokens"
+    )
 
 
 def _positive(text: str) -> int:
@@ -62,10 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="fit methods on k shots and report test accuracy")
     _add_common(p), _add_provider(p), _add_data(p)
     p.add_argument(
-        "--method", action="append", metavar="NAME",
+        "--method",
+        action="append",
+        metavar="NAME",
         help=f"method(s), repeatable or comma-separated: {', '.join(METHODS)} (default dect)",
     )
-    p.add_argument("--test-limit", type=_positive, help="score a seeded random subset of N test examples")
+    p.add_argument(
+        "--test-limit", type=_positive, help="score a seeded random subset of N test examples"
+    )
     p.add_argument("--max-test-queries", type=int, help="cap on the test budget (<budget>:test)")
     p.add_argument("--json", action="store_true", help="one JSON object per method, one per line")
     p.set_defaults(func=commands.cmd_eval)

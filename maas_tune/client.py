@@ -171,7 +171,9 @@ class Client:
             raise
         result = dict(zip(chunk, answers))
         used = sum(a.prompt_tokens for a in answers)
-        with self.cache.store.transaction() as conn:  # answers and spend land together or not at all
+        with (
+            self.cache.store.transaction() as conn
+        ):  # answers and spend land together or not at all
             self.cache.put_many(result, model=model, conn=conn)
             if reservation is not None:
                 self._commit(reservation, len(prompts), used, conn)
@@ -179,7 +181,6 @@ class Client:
         self.usage.prompt_tokens_sent += used
         log.debug("sent %d queries (%d prompt tokens)", len(prompts), used)
         return result
-
 
     def _commit(self, reservation: Reservation, queries: int, tokens: int, conn: Any) -> None:
         budget = self.budget
@@ -213,14 +214,22 @@ def _validate(answers: Sequence[ProviderAnswer], n: int, t: int) -> None:
     for answer in answers:
         lp = np.asarray(answer.logprobs)
         if lp.shape != (t,):
-            raise ProviderResponseError(f"provider returned logprobs of shape {lp.shape}, expected ({t},)")
+            raise ProviderResponseError(
+                f"provider returned logprobs of shape {lp.shape}, expected ({t},)"
+            )
         if np.isnan(lp).any() or (lp > 0).any():
-            raise ProviderResponseError(f"provider returned invalid logprobs {lp.tolist()} (NaN or > 0)")
+            raise ProviderResponseError(
+                f"provider returned invalid logprobs {lp.tolist()} (NaN or > 0)"
+            )
 
 
 def _to_scores(task: Task, answers: Sequence[Any], hits: np.ndarray) -> Scores:
     k = len(task.labels)
-    words = np.stack([np.asarray(a.logprobs, dtype=np.float32) for a in answers]) if answers else np.zeros((0, len(task.label_words)), np.float32)  # (n, t)
+    words = (
+        np.stack([np.asarray(a.logprobs, dtype=np.float32) for a in answers])
+        if answers
+        else np.zeros((0, len(task.label_words)), np.float32)
+    )  # (n, t)
     word_class = np.asarray(task.word_class)
     label_lp = np.full((len(answers), k), -np.inf, dtype=np.float32)  # (n, K)
     for c in range(k):

@@ -142,7 +142,9 @@ def evaluate(
     y_train = labels_to_indices(shots_set, task.labels)
     y_test = labels_to_indices(test, task.labels)
     train_client = Client(provider, cache=cache, budget=budget, offline=offline, progress=progress)
-    test_client = Client(provider, cache=cache, budget=test_budget, offline=offline, progress=progress)
+    test_client = Client(
+        provider, cache=cache, budget=test_budget, offline=offline, progress=progress
+    )
     train_scores = train_client.score(task, shots_set)
     content_free = train_client.content_free(task) if needs_content_free(methods) else None
     test_scores = test_client.score(task, test)
@@ -156,10 +158,19 @@ def evaluate(
         accuracy = float(np.mean(decoder.predict(test_scores) == np.asarray(task.labels)[y_test]))
         results.append(
             EvalResult(
-                method=method, dataset=dataset, shots=shots, seed=seed, accuracy=accuracy,
-                n_test=len(test), queries_sent=sent, cache_hits=hits, budget_name=status.name,
-                budget_limit=status.max_queries, budget_spent=status.spent_queries,
-                fit_seconds=seconds, model=str(provider.fingerprint().get("model", "")),
+                method=method,
+                dataset=dataset,
+                shots=shots,
+                seed=seed,
+                accuracy=accuracy,
+                n_test=len(test),
+                queries_sent=sent,
+                cache_hits=hits,
+                budget_name=status.name,
+                budget_limit=status.max_queries,
+                budget_spent=status.spent_queries,
+                fit_seconds=seconds,
+                model=str(provider.fingerprint().get("model", "")),
             )
         )
     return results

@@ -39,7 +39,9 @@ class Scores:
     def __post_init__(self) -> None:
         n, k = self.label_logprobs.shape
         if k != len(self.labels):
-            raise ValueError(f"label_logprobs has {k} columns but {len(self.labels)} labels were given")
+            raise ValueError(
+                f"label_logprobs has {k} columns but {len(self.labels)} labels were given"
+            )
         for name, arr in (("cache_hit", self.cache_hit), ("prompt_tokens", self.prompt_tokens)):
             if arr.shape != (n,):
                 raise ValueError(f"{name} has shape {arr.shape}, expected ({n},)")

@@ -31,12 +31,32 @@ def run_json(capsys, argv):
 
 @pytest.mark.model
 def test_eval_json_then_rerun_sends_nothing_then_offline(use_gemma, capsys, db_path):
-    argv = EVAL + ["--method", "zero-shot,calibrated,dect", "--cache", str(db_path),
-                   "--budget", "t", "--max-queries", "64", "--json"]
+    argv = EVAL + [
+        "--method",
+        "zero-shot,calibrated,dect",
+        "--cache",
+        str(db_path),
+        "--budget",
+        "t",
+        "--max-queries",
+        "64",
+        "--json",
+    ]
     first = run_json(capsys, argv)
     assert [r["method"] for r in first] == ["zero-shot", "calibrated", "dect"]
-    for key in ("method", "dataset", "shots", "seed", "accuracy", "n_test", "queries_sent",
-                "cache_hits", "budget_limit", "budget_spent", "fit_seconds"):
+    for key in (
+        "method",
+        "dataset",
+        "shots",
+        "seed",
+        "accuracy",
+        "n_test",
+        "queries_sent",
+        "cache_hits",
+        "budget_limit",
+        "budget_spent",
+        "fit_seconds",
+    ):
         assert key in first[0]
     r = first[0]
     assert r["n_test"] == 24 and r["budget_limit"] == 64
@@ -71,13 +91,41 @@ def test_budget_too_small_is_refused_before_sending(use_gemma, capsys, db_path):
 @pytest.mark.model
 def test_fit_save_then_predict(use_gemma, capsys, db_path, tmp_path):
     out_dir = tmp_path / "decoder"
-    assert main(["fit", "--dataset", "sst2", "--shots", "4", "--cache", str(db_path),
-                 "--out", str(out_dir), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--dataset",
+                "sst2",
+                "--shots",
+                "4",
+                "--cache",
+                str(db_path),
+                "--out",
+                str(out_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     inputs = tmp_path / "in.jsonl"
     inputs.write_text('{"text": "a joyous, moving film"}\n{"text": "tedious and ugly"}\n')
-    assert main(["predict", "--decoder", str(out_dir), "--input", str(inputs),
-                 "--cache", str(db_path), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--decoder",
+                str(out_dir),
+                "--input",
+                str(inputs),
+                "--cache",
+                str(db_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [set(r) for r in rows] == [{"text", "prediction", "probabilities"}] * 2
     assert all(r["prediction"] in ("negative", "positive") for r in rows)
@@ -126,8 +174,17 @@ def test_datasets_lists_every_bundled_dataset(capsys):
 def test_console_script_end_to_end_in_a_subprocess(gemma, db_path):
     """The real entry point, its own process and model load, as a user runs it."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    argv = [sys.executable, "-m", "maas_tune", *EVAL, "--method", "dect", "--json",
-            "--cache", str(db_path)]
+    argv = [
+        sys.executable,
+        "-m",
+        "maas_tune",
+        *EVAL,
+        "--method",
+        "dect",
+        "--json",
+        "--cache",
+        str(db_path),
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = [json.loads(x) for x in proc.stdout.splitlines()]

@@ -20,12 +20,16 @@ TASK = Task(
     template="Review: {text}\nSentiment:",
     verbalizer={"negative": ["bad", "awful"], "positive": ["good"]},
 )
-EXAMPLES = [Example(text=f"sample {i}", label="negative" if i % 2 else "positive") for i in range(40)]
+EXAMPLES = [
+    Example(text=f"sample {i}", label="negative" if i % 2 else "positive") for i in range(40)
+]
 
 
 def make_client(db_path, provider=None, **kwargs):
     store = Store(db_path)
-    return Client(provider or FakeProvider(), cache=ScoreCache(store), progress=False, **kwargs), store
+    return Client(
+        provider or FakeProvider(), cache=ScoreCache(store), progress=False, **kwargs
+    ), store
 
 
 def test_scores_shape_and_logsumexp_over_label_words(db_path):
@@ -34,8 +38,12 @@ def test_scores_shape_and_logsumexp_over_label_words(db_path):
     assert scores.label_logprobs.shape == (5, 2)
     assert scores.hidden.shape == (5, 8)
     assert scores.labels == ("negative", "positive")
-    raw = client.provider.score([TASK.render(EXAMPLES[0])], client.provider.label_token_ids(TASK.label_words))[0]
-    assert scores.label_logprobs[0, 0] == pytest.approx(np.logaddexp(raw.logprobs[0], raw.logprobs[1]), rel=1e-6)
+    raw = client.provider.score(
+        [TASK.render(EXAMPLES[0])], client.provider.label_token_ids(TASK.label_words)
+    )[0]
+    assert scores.label_logprobs[0, 0] == pytest.approx(
+        np.logaddexp(raw.logprobs[0], raw.logprobs[1]), rel=1e-6
+    )
     assert scores.label_logprobs[0, 1] == pytest.approx(raw.logprobs[2], rel=1e-6)
 
 
@@ -94,7 +102,9 @@ def test_budget_caps_queries_and_cache_hits_are_free(db_path):
     assert err.value.remaining == 10 and len(client.provider.sent) == 20
     status = budget.status()
     assert status.spent_queries == 20 and status.reserved_queries == 0
-    assert status.spent_prompt_tokens == sum(client.provider.count_tokens([TASK.render(e) for e in EXAMPLES[:20]]))
+    assert status.spent_prompt_tokens == sum(
+        client.provider.count_tokens([TASK.render(e) for e in EXAMPLES[:20]])
+    )
 
 
 def test_provider_failure_releases_reservation_and_keeps_earlier_chunks(db_path):

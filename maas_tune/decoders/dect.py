@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ..errors import ConfigurationError
 from ..scores import Scores
 from . import _math
+from ._inputs import features, standardizer, torch_seed
 from .base import BaseDecoder, check_shapes, content_free_tensor, label_scores, torch_threads
 
 __all__ = ["DecT"]
@@ -24,6 +25,13 @@ _CV_METRICS = ("scaled_log_loss", "log_loss")
 _CV_TEMPERATURES: tuple[float, ...] = tuple(2.0 ** (i / 2) for i in range(-4, 9))  # 0.25 .. 16
 _RADIUS_INITS = ("projected", "normalized")
 _LAM_SELECTIONS = ("weighted", "best")
+#: Hyper-parameters that take one of a few names, and those names.
+_CHOICES = {
+    "calibration": _CALIBRATIONS,
+    "lam_selection": _LAM_SELECTIONS,
+    "cv_metric": _CV_METRICS,
+    "radius_init": _RADIUS_INITS,
+}
 #: Ensemble members lighter than this are dropped (and the rest renormalised).
 _MIN_MEMBER_WEIGHT = 1e-4
 
@@ -225,11 +233,11 @@ class DecT(BaseDecoder):
     def _fit(self, X: Scores, y: Sequence[Any] | np.ndarray, content_free: Any) -> DecT:
         target = self._encode_y(X, y)  # (n,)
         k = len(X.labels)
-        generator = torch.Generator().manual_seed(_seed(self.random_state))
+        generator = torch.Generator().manual_seed(torch_seed(self.random_state))
         offset = self._score_offset(X, content_free)  # (K,)
         scores = label_scores(X) - offset  # (n, K)
-        feats, uses_hidden = _features(X, scores)  # (n, p)
-        mean, scale = _standardizer(feats, self.standardize)
+        feats, uses_hidden = features(X, scores)  # (n, p)
+        mean, scale = standardizer(feats, self.standardize)
         h = (feats - mean) / scale  # (n, p)
         prototypes = _math.init_prototypes(k, self.proto_dim, generator)  # (K, m)
         weight0 = _math.init_projection(h.shape[1], self.proto_dim, generator)  # (p, m)
@@ -249,7 +257,7 @@ class DecT(BaseDecoder):
 
     def _decision_function(self, X: Scores) -> torch.Tensor:
         scores = label_scores(X) - self.score_offset_  # (n, K)
-        feats, _uses_hidden = _features(X, scores, need_hidden=self.uses_hidden_)
+        feats, _uses_hidden = features(X, scores, need_hidden=self.uses_hidden_)
         h = (feats - self.feature_mean_) / self.feature_scale_  # (n, p)
         z = _math.project(h, self.projection_.permute(1, 0, 2))  # (n, E, m)
         logits = _math.dect_logits(z, self.prototypes_, self.radii_, scores, self.member_lams_)
@@ -352,22 +360,11 @@ class DecT(BaseDecoder):
         return torch.zeros(k)
 
     def _validate_params(self) -> None:
-        if self.calibration not in _CALIBRATIONS:
-            raise ConfigurationError(
-                f"calibration must be one of {_CALIBRATIONS}, got {self.calibration!r}"
-            )
-        if self.lam_selection not in _LAM_SELECTIONS:
-            raise ConfigurationError(
-                f"lam_selection must be one of {_LAM_SELECTIONS}, got {self.lam_selection!r}"
-            )
-        if self.cv_metric not in _CV_METRICS:
-            raise ConfigurationError(
-                f"cv_metric must be one of {_CV_METRICS}, got {self.cv_metric!r}"
-            )
-        if self.radius_init not in _RADIUS_INITS:
-            raise ConfigurationError(
-                f"radius_init must be one of {_RADIUS_INITS}, got {self.radius_init!r}"
-            )
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigurationError(
+                    f"{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         if self.lam is None and len(self.lam_grid) == 0:
             raise ConfigurationError("lam_grid must not be empty when lam is None")
         for name in ("proto_dim", "epochs", "n_folds"):
@@ -389,31 +386,3 @@ class DecT(BaseDecoder):
             "member_weights_": (e,),
         }
         check_shapes(expected, self)
-
-
-def _features(
-    X: Scores, scores: torch.Tensor, need_hidden: bool | None = None
-) -> tuple[torch.Tensor, bool]:
-    """Hidden states, or the calibrated scores in scores-only mode; and whether they are hidden."""
-    if need_hidden is None:
-        need_hidden = X.hidden is not None
-    if not need_hidden:
-        return scores, False
-    if X.hidden is None:
-        raise ConfigurationError(
-            "this DecT was fitted on hidden states but X has none; score X with the same provider"
-        )
-    return torch.as_tensor(X.hidden, dtype=torch.float32), True
-
-
-def _standardizer(feats: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    if standardize:
-        return _math.fit_standardizer(feats)
-    return torch.zeros(feats.shape[1]), torch.ones(feats.shape[1])
-
-
-def _seed(random_state: int | None) -> int:
-    """A torch seed: ``random_state``, or fresh entropy when it is None."""
-    if random_state is None:
-        return int(np.random.default_rng().integers(2**63 - 1))
-    return int(random_state)

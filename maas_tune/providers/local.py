@@ -95,9 +95,7 @@ class TransformersProvider(Provider):
         from ..task import check_single_tokens
 
         check_single_tokens(words, lambda w: self._tokenizer.tokenize(w))
-        return [
-            int(self._tokenizer.convert_tokens_to_ids(self.tokenize_word(w)[0])) for w in words
-        ]
+        return [int(self._tokenizer.convert_tokens_to_ids(self.tokenize_word(w)[0])) for w in words]
 
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self._tokenizer(list(prompts))["input_ids"]]

@@ -1,0 +1,40 @@
+"""Turning :class:`~maas_tune.scores.Scores` into the tensors a decoder trains on."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import ConfigurationError
+from ..scores import Scores
+from . import _math
+
+__all__ = ["features", "standardizer", "torch_seed"]
+
+
+def features(
+    X: Scores, scores: torch.Tensor, need_hidden: bool | None = None
+) -> tuple[torch.Tensor, bool]:
+    """Hidden states, or the calibrated scores in scores-only mode; and whether they are hidden."""
+    if need_hidden is None:
+        need_hidden = X.hidden is not None
+    if not need_hidden:
+        return scores, False
+    if X.hidden is None:
+        raise ConfigurationError(
+            "this DecT was fitted on hidden states but X has none; score X with the same provider"
+        )
+    return torch.as_tensor(X.hidden, dtype=torch.float32), True
+
+
+def standardizer(feats: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if standardize:
+        return _math.fit_standardizer(feats)
+    return torch.zeros(feats.shape[1]), torch.ones(feats.shape[1])
+
+
+def torch_seed(random_state: int | None) -> int:
+    """A torch seed: ``random_state``, or fresh entropy when it is None."""
+    if random_state is None:
+        return int(np.random.default_rng().integers(2**63 - 1))
+    return int(random_state)

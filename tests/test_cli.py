@@ -189,3 +189,40 @@ def test_console_script_end_to_end_in_a_subprocess(gemma, db_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = [json.loads(x) for x in proc.stdout.splitlines()]
     assert row["method"] == "dect" and row["n_test"] == 24 and row["queries_sent"] == 32
+
+
+def _fill_cache(db_path, n=5):
+    from maas_tune._sqlite import Store
+    from maas_tune.cache import ScoreCache
+    from maas_tune.client import Client
+
+    from .fakes import FakeProvider
+    from .test_client import TASK
+
+    Client(FakeProvider(), cache=ScoreCache(Store(db_path)), progress=False).score(
+        TASK, [f"t{i}" for i in range(n)]
+    )
+
+
+def test_cache_export_then_clear(capsys, db_path, tmp_path):
+    _fill_cache(db_path)
+    out = tmp_path / "export.jsonl"
+    assert main(["cache", "export", "--output", str(out), "--cache", str(db_path)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 5 and {"key", "logprobs", "hidden", "prompt_tokens"} <= set(rows[0])
+    assert main(["cache", "stats", "--cache", str(db_path)]) == 0
+    assert "entries: 5" in capsys.readouterr().out
+    assert main(["cache", "clear", "--yes", "--cache", str(db_path)]) == 0
+    assert "deleted 5 entries" in capsys.readouterr().out
+    assert main(["cache", "stats", "--cache", str(db_path)]) == 0
+    assert "entries: 0" in capsys.readouterr().out
+
+
+def test_budget_set_show_reset(capsys, db_path):
+    assert main(["budget", "set", "b1", "--max-queries", "10", "--cache", str(db_path)]) == 0
+    assert "max queries 10" in capsys.readouterr().out
+    assert main(["budget", "show", "--cache", str(db_path)]) == 0
+    assert "b1: 0 of 10 queries spent" in capsys.readouterr().out
+    assert main(["budget", "reset", "b1", "--cache", str(db_path)]) == 0
+    assert main(["budget", "set", "b1", "--cache", str(db_path)]) == 1
+    assert "needs --max-queries" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,4 @@ def test_cold_conversion_from_gguf_gives_the_same_model(gemma, tmp_path, monkeyp
         np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-5)
         np.testing.assert_allclose(x.hidden, y.hidden, atol=1e-4)
     fresh.close()
+    shutil.rmtree(resolved.directory)  # a 1 GB checkpoint: do not leave it in pytest's tmp

@@ -171,12 +171,18 @@ class Client:
             raise
         result = dict(zip(chunk, answers))
         used = sum(a.prompt_tokens for a in answers)
-        with (
-            self.cache.store.transaction() as conn
-        ):  # answers and spend land together or not at all
-            self.cache.put_many(result, model=model, conn=conn)
-            if reservation is not None:
-                self._commit(reservation, len(prompts), used, conn)
+        settled = False  # spend durably committed (a rolled-back transaction undoes it)
+        try:
+            with self.cache.store.transaction() as conn:  # answers and spend land together
+                self.cache.put_many(result, model=model, conn=conn)
+                if reservation is not None:
+                    self._commit(reservation, len(prompts), used, conn)
+                    settled = not self._same_store()
+        except BaseException:
+            # The answers arrived, so they were paid for, even if they cannot be cached.
+            if reservation is not None and not settled:
+                self.budget.commit(reservation, queries=len(prompts), prompt_tokens=used)  # type: ignore[union-attr]
+            raise
         self.usage.queries_sent += len(prompts)
         self.usage.prompt_tokens_sent += used
         log.debug("sent %d queries (%d prompt tokens)", len(prompts), used)
@@ -185,10 +191,15 @@ class Client:
     def _commit(self, reservation: Reservation, queries: int, tokens: int, conn: Any) -> None:
         budget = self.budget
         assert budget is not None
-        if budget.store.path.resolve() == self.cache.store.path.resolve():
+        if self._same_store():
             budget.commit(reservation, queries=queries, prompt_tokens=tokens, conn=conn)
         else:  # the ledger lives in another database file: its own transaction
             budget.commit(reservation, queries=queries, prompt_tokens=tokens)
+
+    def _same_store(self) -> bool:
+        """Whether the budget ledger is in the cache's database (one transaction for both)."""
+        assert self.budget is not None
+        return self.budget.store.path.resolve() == self.cache.store.path.resolve()
 
     def _settle_failed(self, reservation: Reservation, exc: BaseException) -> None:
         """Release a failed chunk's reservation, unless the request may have been billed."""

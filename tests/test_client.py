@@ -133,3 +133,25 @@ def test_accepts_strings_and_mappings(db_path):
     client, _ = make_client(db_path)
     scores = client.score(TASK, ["plain text", {"text": "mapped"}])
     assert len(scores) == 2
+
+
+def test_answer_that_cannot_be_cached_is_still_counted_as_spent(db_path):
+    """A NaN hidden state is refused by the cache; the query was answered, so it was paid."""
+    from maas_tune.errors import ProviderResponseError
+    from maas_tune.providers.base import ProviderAnswer
+
+    class NaNHidden(FakeProvider):
+        def score(self, prompts, token_ids):
+            good = super().score(prompts, token_ids)
+            return [
+                ProviderAnswer(a.logprobs, np.full(self.dim, np.nan), a.prompt_tokens) for a in good
+            ]
+
+    store = Store(db_path)
+    budget = QueryBudget("nan", max_queries=100, store=store)
+    client = Client(NaNHidden(), cache=ScoreCache(store), budget=budget, progress=False)
+    with pytest.raises(ProviderResponseError):
+        client.score(TASK, EXAMPLES[:4])
+    status = budget.status()
+    assert status.spent_queries == 4 and status.reserved_queries == 0
+    assert len(ScoreCache(store)) == 0

@@ -31,3 +31,17 @@ CONTENT_FREE_TEXT = "N/A"
 
 #: Prefix put before every label word when it is appended to the prompt.
 LABEL_WORD_PREFIX = " "
+
+# -- HTTP retries (openai-python's shape) ------------------------------------
+#: Retries after the first attempt (so at most ``MAX_RETRIES + 1`` requests per call).
+MAX_RETRIES = 4
+#: Backoff before the first retry when the server gives no Retry-After, in seconds.
+INITIAL_RETRY_DELAY_S = 0.5
+#: Cap on the exponential backoff, in seconds.
+MAX_RETRY_DELAY_S = 8.0
+#: Cap on a server-requested Retry-After, in seconds: longer waits are shortened to this.
+MAX_RETRY_AFTER_S = 60.0
+#: Fraction of the backoff that jitter may remove (delay lies in ``[(1 - f) * d, d]``).
+RETRY_JITTER_FRACTION = 0.25
+#: HTTP statuses worth retrying: timeout, conflict, rate limit and transient server errors.
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})

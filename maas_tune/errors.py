@@ -155,8 +155,11 @@ class ProviderStatusError(ProviderError):
     """The provider answered with an error status.
 
     The message carries the status, error type, request id and an excerpt of the
-    body, never credentials.
+    body, never credentials. ``retry_after`` is the delay the server asked for
+    (seconds), if any.
     """
+
+    retry_after: float | None = None
 
     def __init__(
         self,

@@ -195,7 +195,8 @@ def test_body_excerpt_is_bounded_and_redacted_before_cutting() -> None:
 
 
 def test_status_error_factory_directly() -> None:
-    request = httpx.Request("POST", f"{BASE}/completions", headers={"authorization": f"Bearer {KEY}"})
+    auth = {"authorization": f"Bearer {KEY}"}
+    request = httpx.Request("POST", f"{BASE}/completions", headers=auth)
     response = httpx.Response(
         503, json={"error": "overloaded"}, headers={"Retry-After": "2"}, request=request
     )

@@ -168,7 +168,7 @@ def status_error(response: httpx.Response) -> ProviderStatusError:
     err.request_sent = status >= 500 or status in (408, 409)
     # Read by RetryPolicy's wait; an attribute rather than a constructor argument
     # so errors.py stays the plain exception tree.
-    err.retry_after = parse_retry_after(response.headers)  # type: ignore[attr-defined]
+    err.retry_after = parse_retry_after(response.headers)
     return err
 
 

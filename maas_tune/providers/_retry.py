@@ -1,4 +1,4 @@
-"""Retry policy for HTTP providers: Retry-After parsing, backoff with jitter, and the tenacity loop."""
+"""Retry policy for HTTP providers: Retry-After parsing, jittered backoff and the tenacity loop."""
 
 from __future__ import annotations
 
@@ -14,6 +14,14 @@ from typing import TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from .._constants import (
+    INITIAL_RETRY_DELAY_S,
+    MAX_RETRIES,
+    MAX_RETRY_AFTER_S,
+    MAX_RETRY_DELAY_S,
+    RETRY_JITTER_FRACTION,
+    RETRYABLE_STATUSES,
+)
 from ..errors import (
     ConfigurationError,
     ProviderConnectionError,
@@ -37,19 +45,6 @@ __all__ = [
 T = TypeVar("T")
 
 _LOG = logging.getLogger("maas_tune.providers")
-
-#: Retries after the first attempt (so at most ``MAX_RETRIES + 1`` requests per call).
-MAX_RETRIES = 4
-#: Backoff before the first retry when the server gives no Retry-After, in seconds.
-INITIAL_RETRY_DELAY_S = 0.5
-#: Cap on the exponential backoff, in seconds.
-MAX_RETRY_DELAY_S = 8.0
-#: Cap on a server-requested Retry-After, in seconds: longer waits are shortened to this.
-MAX_RETRY_AFTER_S = 60.0
-#: Fraction of the backoff that jitter may remove (delay lies in ``[(1 - f) * d, d]``).
-RETRY_JITTER_FRACTION = 0.25
-#: HTTP statuses worth retrying: timeout, conflict, rate limit and transient server errors.
-RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 # 2 ** 32 * INITIAL is far above any cap; clamping avoids float overflow for absurd attempts.
 _MAX_BACKOFF_EXPONENT = 32
@@ -207,9 +202,8 @@ class RetryPolicy:
             return retrying(fn)
         except BaseException as exc:
             if is_retryable(exc):
-                _LOG.debug(
-                    "giving up after %d attempts: %s", retrying.statistics.get("attempt_number"), exc
-                )
+                attempts = retrying.statistics.get("attempt_number")
+                _LOG.debug("giving up after %d attempts: %s", attempts, exc)
             raise
 
     def _retrying(self) -> Retrying:

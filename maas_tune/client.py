@@ -123,7 +123,7 @@ class Client:
         if todo:
             if self.offline:
                 raise OfflineCacheMiss(missing=int((~hits).sum()), total=len(prompts))
-            self._check_budget(len(todo))
+            self._check_budget(len(todo) * self.provider.max_queries_per_prompt(len(token_ids)))
             found.update(self._fetch(todo, token_ids, fingerprint))
         return [found[k] for k in keys], hits
 
@@ -159,9 +159,10 @@ class Client:
     ) -> dict[str, ProviderAnswer]:
         prompts = list(chunk.values())
         reservation = None
+        per_prompt = self.provider.max_queries_per_prompt(len(token_ids))
         if self.budget is not None:
-            tokens = sum(self.provider.count_tokens(prompts))
-            reservation = self.budget.reserve(len(prompts), tokens)
+            tokens = sum(self.provider.count_tokens(prompts)) * per_prompt
+            reservation = self.budget.reserve(len(prompts) * per_prompt, tokens)
         try:
             answers = self.provider.score(prompts, token_ids)
             _validate(answers, len(prompts), len(token_ids))
@@ -171,21 +172,22 @@ class Client:
             raise
         result = dict(zip(chunk, answers))
         used = sum(a.prompt_tokens for a in answers)
+        queries = sum(a.queries for a in answers)
         settled = False  # spend durably committed (a rolled-back transaction undoes it)
         try:
             with self.cache.store.transaction() as conn:  # answers and spend land together
                 self.cache.put_many(result, model=model, conn=conn)
                 if reservation is not None:
-                    self._commit(reservation, len(prompts), used, conn)
+                    self._commit(reservation, queries, used, conn)
                     settled = not self._same_store()
         except BaseException:
             # The answers arrived, so they were paid for, even if they cannot be cached.
             if reservation is not None and not settled:
-                self.budget.commit(reservation, queries=len(prompts), prompt_tokens=used)  # type: ignore[union-attr]
+                self.budget.commit(reservation, queries=queries, prompt_tokens=used)  # type: ignore[union-attr]
             raise
-        self.usage.queries_sent += len(prompts)
+        self.usage.queries_sent += queries
         self.usage.prompt_tokens_sent += used
-        log.debug("sent %d queries (%d prompt tokens)", len(prompts), used)
+        log.debug("sent %d queries (%d prompt tokens)", queries, used)
         return result
 
     def _commit(self, reservation: Reservation, queries: int, tokens: int, conn: Any) -> None:

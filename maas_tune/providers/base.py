@@ -26,11 +26,15 @@ class ProviderAnswer:
         exposes one.
     prompt_tokens : int
         Number of prompt tokens the provider processed (usage).
+    queries : int, default 1
+        Requests this answer cost (a strategy may need more than one per prompt,
+        e.g. one per label word); the budget is charged this many.
     """
 
     logprobs: np.ndarray
     hidden: np.ndarray | None
     prompt_tokens: int
+    queries: int = 1
 
 
 class Provider(abc.ABC):

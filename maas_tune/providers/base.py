@@ -86,6 +86,14 @@ class Provider(abc.ABC):
             In the order of ``prompts``.
         """
 
+    def max_queries_per_prompt(self, n_tokens: int) -> int:
+        """Upper bound on the requests one prompt may cost when ``n_tokens`` are scored.
+
+        The client reserves this much budget before sending; the default (1) suits
+        providers that answer any number of label tokens in one request.
+        """
+        return 1
+
     def close(self) -> None:
         """Release resources (connections, model memory). Default: nothing."""
 

@@ -42,11 +42,15 @@ from .task import Task
 
 
 def __getattr__(name: str) -> object:
-    # The local provider pulls in torch + transformers: import it only when asked for.
+    # Providers pull in transformers / httpx machinery: import them only when asked for.
     if name == "TransformersProvider":
         from .providers.local import TransformersProvider
 
         return TransformersProvider
+    if name == "OpenAICompletionsProvider":
+        from .providers.openai import OpenAICompletionsProvider
+
+        return OpenAICompletionsProvider
     raise AttributeError(f"module 'maas_tune' has no attribute {name!r}")
 
 
@@ -66,6 +70,7 @@ __all__ = [
     "MaasTuneError",
     "NotFittedError",
     "OfflineCacheMiss",
+    "OpenAICompletionsProvider",
     "Provider",
     "ProviderAnswer",
     "ProviderError",

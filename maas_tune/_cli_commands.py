@@ -33,6 +33,12 @@ from .task import Task
 
 # -- shared argument handling ---------------------------------------------------
 def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
+    if getattr(args, "base_url", None):
+        from .providers.openai import OpenAICompletionsProvider
+
+        return OpenAICompletionsProvider(
+            args.base_url, args.api_model or model or args.model, strategy=args.strategy
+        )
     from .providers.local import TransformersProvider
 
     return TransformersProvider(model or args.model, batch_size=args.batch_size)
@@ -276,4 +282,28 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         print(
             f"{r['name']}: {', '.join(r['labels'])}\n  template: {r['template']!r}\n  words: {r['words']}"
         )
+    return 0
+
+
+# -- serve ----------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .server import run
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise ConfigurationError(
+                f"--api-key-env {args.api_key_env}: that environment variable is empty or unset"
+            )
+    run(
+        args.model,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+    )
     return 0

@@ -26,6 +26,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_provider(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="score through an OpenAI-compatible /v1/completions API at URL "
+        "(e.g. http://127.0.0.1:8000/v1); default: the local model in process",
+    )
+    p.add_argument("--api-model", metavar="NAME", help="with --base-url: the model name to ask for")
+    p.add_argument(
+        "--strategy",
+        default="auto",
+        choices=["auto", "extension", "top_logprobs", "echo"],
+        help="with --base-url: how label scores are obtained (auto probes the server once)",
+    )
+    p.add_argument(
         "--model",
         default=DEFAULT_MODEL_NAME,
         help=f"local model: {DEFAULT_MODEL_NAME!r} (embedded), a .gguf file or a checkpoint dir",
@@ -114,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="show: JSON output")
     _add_common(p)
     p.set_defaults(func=commands.cmd_budget)
+
+    p = sub.add_parser("serve", help="serve a local model over the OpenAI completions API")
+    p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="model to serve (as for eval)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="require `Authorization: Bearer <key>` with the key read from this variable",
+    )
+    p.add_argument("--max-batch-size", type=_positive, default=16)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.set_defaults(func=commands.cmd_serve)
 
     p = sub.add_parser("datasets", help="list the bundled datasets and their default tasks")
     p.add_argument("--json", action="store_true")

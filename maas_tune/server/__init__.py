@@ -1,0 +1,94 @@
+"""``maas-tune serve``: an OpenAI-compatible HTTP server over a local transformers model.
+
+Routes
+------
+``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/embeddings``
+and ``POST /extras/tokenize`` (llama-cpp-python's shape). Every response carries the
+``x-maas-tune-version`` header; errors use OpenAI's ``{"error": {...}}`` shape.
+
+Extension
+---------
+A completions request may carry ``"maas_tune": {"label_token_ids": [...],
+"return_hidden": bool}``; each choice then carries ``"maas_tune": {"label_logprobs":
+[...], "hidden": base64 float32 little-endian | null, "prompt_tokens": int}``, scored at
+the position right after the prompt (log-softmax over the full vocabulary), so one
+request per sample gives maas-tune everything it needs; ``max_tokens`` may then be 0.
+Such requests are batched dynamically across clients.
+
+Embeddings are the last-layer hidden state at the last prompt token (BOS prepended).
+
+FastAPI and uvicorn are imported only when the server is used (``pip install
+'maas-tune[server]'``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from .._constants import DEFAULT_MODEL_NAME
+from ..errors import MissingDependencyError
+
+if TYPE_CHECKING:
+    from .app import create_app
+    from .engine import Engine
+
+__all__ = ["Engine", "create_app", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that importing maas_tune.server does not import fastapi or torch.
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    if name == "Engine":
+        from .engine import Engine
+
+        return Engine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def run(
+    model: str | os.PathLike[str] = DEFAULT_MODEL_NAME,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    max_batch_size: int = 16,
+    max_wait_ms: float = 5,
+) -> None:
+    """Load ``model`` in process and serve it until SIGINT/SIGTERM (a graceful shutdown).
+
+    Parameters
+    ----------
+    model : str or path, default "gemma-3-270m"
+        What :class:`~maas_tune.providers.local.TransformersProvider` accepts; the served
+        model id is ``"gemma-3-270m"`` for the default, else the provider's ``model_id``.
+    host, port : str, int
+        Where to listen.
+    api_key : str or None
+        Require ``Authorization: Bearer <api_key>`` on every route except ``/health``.
+    max_batch_size, max_wait_ms : int, float
+        Dynamic batching of label scoring (prompts per forward pass, wait for company).
+
+    Raises
+    ------
+    MissingDependencyError
+        If fastapi or uvicorn is not installed.
+    """
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise MissingDependencyError("uvicorn", "server") from exc
+    from ..providers.local import TransformersProvider
+    from .app import create_app
+    from .engine import Engine
+
+    provider = TransformersProvider(model)
+    model_id = DEFAULT_MODEL_NAME if str(model) == DEFAULT_MODEL_NAME else provider.model_id
+    app = create_app(Engine(provider, model_id), api_key=api_key,
+                     max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+    try:
+        uvicorn.run(app, host=host, port=port)
+    finally:
+        provider.close()

@@ -1,0 +1,113 @@
+"""The ``/v1/completions`` handler: validation against the model, extension scoring, generation."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+
+import numpy as np
+
+from .batching import ScoreBatcher
+from .engine import Completion, Engine, GenerationParams
+from .schemas import (
+    APIError,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ExtensionResult,
+    Logprobs,
+    Usage,
+)
+
+__all__ = ["check_model", "create_completion", "encode_hidden"]
+
+#: Default of OpenAI's legacy completions when ``max_tokens`` is null.
+DEFAULT_MAX_TOKENS = 16
+#: Default of OpenAI's legacy completions when ``temperature`` is null.
+DEFAULT_TEMPERATURE = 1.0
+
+
+def check_model(engine: Engine, model: str | None) -> None:
+    """Raise a 404 :class:`APIError` unless ``model`` is None or the served model."""
+    if model is not None and model != engine.model_id:
+        raise APIError(
+            404, f"the model {model!r} does not exist; this server serves {engine.model_id!r}",
+            param="model", code="model_not_found",
+        )
+
+
+def encode_hidden(hidden: np.ndarray) -> str:
+    """Base64 of the little-endian float32 bytes of a (d,) vector."""
+    return base64.b64encode(np.ascontiguousarray(hidden, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _params(engine: Engine, req: CompletionRequest) -> GenerationParams:
+    bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
+    for ids, param in ((bias, "logit_bias"),
+                       (req.maas_tune.label_token_ids if req.maas_tune else [],
+                        "maas_tune.label_token_ids")):
+        bad = [i for i in ids if i >= engine.vocab_size]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary "
+                           f"(size {engine.vocab_size})", param=param)
+    return GenerationParams(
+        max_tokens=DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens,
+        temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
+        logprobs=req.logprobs, echo=req.echo, logit_bias=bias, stop=req.stops, seed=req.seed,
+    )
+
+
+async def _extension(
+    batcher: ScoreBatcher, req: CompletionRequest, prompts: list[str]
+) -> list[ExtensionResult | None]:
+    if req.maas_tune is None:
+        return [None] * len(prompts)
+    answers = await batcher.submit(prompts, req.maas_tune.label_token_ids)
+    want_hidden = req.maas_tune.return_hidden
+    return [
+        ExtensionResult(
+            label_logprobs=[float(x) for x in a.logprobs],
+            hidden=encode_hidden(a.hidden) if want_hidden and a.hidden is not None else None,
+            prompt_tokens=a.prompt_tokens,
+        )
+        for a in answers
+    ]
+
+
+def _choice(
+    index: int, done: Completion, ext: ExtensionResult | None, with_lp: bool
+) -> CompletionChoice:
+    logprobs = None
+    if with_lp:
+        logprobs = Logprobs(tokens=done.tokens, token_logprobs=done.token_logprobs,
+                            top_logprobs=done.top_logprobs, text_offset=done.text_offset)
+    return CompletionChoice(
+        index=index, text=done.text, logprobs=logprobs,
+        finish_reason=done.finish_reason, maas_tune=ext,  # type: ignore[arg-type]
+    )
+
+
+async def create_completion(
+    engine: Engine, batcher: ScoreBatcher, req: CompletionRequest
+) -> CompletionResponse:
+    """Answer one completions request (every prompt is checked before any work starts)."""
+    check_model(engine, req.model)
+    params = _params(engine, req)
+    prompts = req.prompts
+    for prompt in prompts:
+        engine.check_context(len(engine.encode_prompt(prompt)), params.max_tokens)
+    extensions = await _extension(batcher, req, prompts)
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for index, (prompt, ext) in enumerate(zip(prompts, extensions)):
+        done = await asyncio.to_thread(engine.complete, prompt, params)
+        prompt_tokens += done.prompt_tokens
+        completion_tokens += done.completion_tokens
+        choices.append(_choice(index, done, ext, req.logprobs is not None))
+    return CompletionResponse(
+        id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=engine.model_id,
+        choices=choices,
+        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens),
+    )

@@ -1,0 +1,185 @@
+"""The FastAPI application: OpenAI-compatible routes, auth, error mapping and the version header."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from .._version import __version__
+from ..errors import MissingDependencyError
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise MissingDependencyError(exc.name or "fastapi", "server") from exc
+
+from ._completions import check_model, create_completion, encode_hidden
+from .batching import QueueFull, ScoreBatcher
+from .engine import ContextLengthExceeded, Engine
+from .schemas import APIError, CompletionRequest, EmbeddingRequest, TokenizeRequest
+
+__all__ = ["VERSION_HEADER", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+#: Header carried by every response.
+VERSION_HEADER = "x-maas-tune-version"
+#: Seconds a client is asked to wait when the batching queue is full.
+RETRY_AFTER_S = 1
+#: Paths answered without an API key (liveness probes).
+PUBLIC_PATHS = frozenset({"/health"})
+
+
+def _error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+    if first.get("type") == "json_invalid":
+        return _error_response(APIError(400, "the request body is not valid JSON"))
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    msg = str(first.get("msg")).removeprefix("Value error, ")
+    message = f"{param}: {msg}" if param else msg
+    return _error_response(APIError(400, f"invalid request: {message}", param=param))
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def api_error(_r: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, APIError)
+        return _error_response(exc)
+
+    async def http_error(_r: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        return _error_response(APIError(exc.status_code, str(exc.detail), type=kind))
+
+    async def queue_full(_r: Request, exc: Exception) -> JSONResponse:
+        return _error_response(APIError(429, str(exc), type="rate_limit_error",
+                                        code="queue_full",
+                                        headers={"Retry-After": str(RETRY_AFTER_S)}))
+
+    async def too_long(_r: Request, exc: Exception) -> JSONResponse:
+        return _error_response(APIError(400, str(exc), param="prompt",
+                                        code="context_length_exceeded"))
+
+    async def validation(request: Request, exc: Exception) -> JSONResponse:
+        return _validation_error(request, exc)
+
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(QueueFull, queue_full)
+    app.add_exception_handler(ContextLengthExceeded, too_long)
+    app.add_exception_handler(RequestValidationError, validation)
+
+
+def _install_middleware(app: FastAPI, api_key: str | None) -> None:
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
+    @app.middleware("http")
+    async def version_and_auth(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if expected is not None and request.url.path not in PUBLIC_PATHS:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                response: Response = _error_response(APIError(
+                    401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
+                    code="invalid_api_key",
+                ))
+                response.headers[VERSION_HEADER] = __version__
+                return response
+        try:
+            response = await call_next(request)
+        except Exception:  # noqa: BLE001 - the client gets a 500 in OpenAI's shape
+            logger.exception("unhandled error on %s", request.url.path)
+            response = _error_response(APIError(500, "internal server error; see the server log",
+                                                type="server_error"))
+        response.headers[VERSION_HEADER] = __version__
+        return response
+
+
+def _install_routes(app: FastAPI, engine: Engine, batcher: ScoreBatcher) -> None:
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        card = {"id": engine.model_id, "object": "model", "created": 0, "owned_by": "maas-tune"}
+        return {"object": "list", "data": [card]}
+
+    @app.post("/extras/tokenize")
+    async def tokenize(req: TokenizeRequest) -> dict[str, list[int]]:
+        check_model(engine, req.model)
+        return {"tokens": engine.tokenize(req.input)}
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest) -> dict[str, Any]:
+        return (await create_completion(engine, batcher, req)).to_json()
+
+    @app.post("/v1/embeddings")
+    async def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
+        check_model(engine, req.model)
+        if not engine.returns_hidden:
+            raise APIError(400, "this server's provider returns no hidden states; "
+                           "start it with return_hidden=True", param="model")
+        inputs = req.inputs
+        for text in inputs:
+            engine.check_context(len(engine.encode_prompt(text)))
+        answers = await batcher.submit(inputs, ())
+        data = [
+            {"object": "embedding", "index": i,
+             "embedding": encode_hidden(a.hidden) if req.encoding_format == "base64"
+             else [float(x) for x in a.hidden]}  # type: ignore[union-attr]
+            for i, a in enumerate(answers)
+        ]
+        used = sum(a.prompt_tokens for a in answers)
+        return {"object": "list", "data": data, "model": engine.model_id,
+                "usage": {"prompt_tokens": used, "total_tokens": used}}
+
+
+def create_app(
+    engine: Engine, *, api_key: str | None = None, max_batch_size: int = 16,
+    max_wait_ms: float = 5, max_queue: int = 256,
+) -> FastAPI:
+    """Build the OpenAI-compatible server around ``engine``.
+
+    Parameters
+    ----------
+    engine : Engine
+        The model to serve.
+    api_key : str or None
+        When set, every request except ``GET /health`` needs ``Authorization: Bearer <key>``.
+    max_batch_size, max_wait_ms, max_queue : int
+        Dynamic batching of label scoring and embeddings (see :class:`ScoreBatcher`);
+        a full queue answers 429 with ``Retry-After``.
+
+    Returns
+    -------
+    FastAPI
+        The application; ``app.state.batcher`` exposes the batcher.
+    """
+    batcher = ScoreBatcher(engine.score, max_batch_size=max_batch_size,
+                           max_wait_ms=max_wait_ms, max_queue=max_queue)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await batcher.aclose()
+
+    app = FastAPI(title="maas-tune", version=__version__, lifespan=lifespan)
+    app.state.engine = engine
+    app.state.batcher = batcher
+    _install_error_handlers(app)
+    _install_middleware(app, api_key)
+    _install_routes(app, engine, batcher)
+    return app

@@ -3,8 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-DEMO_FLAGS := --dataset sst2 --method zero-shot,calibrated,dect --shots 16 --seed 0 \
-              --budget demo-train --max-queries 64
 
 .PHONY: install demo test bench clean
 
@@ -20,16 +18,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	@echo "== run 1: score SST-2 with Gemma 3 270M, fit 16-shot DecT under a 64-query training budget"
-	$(BIN)/maas-tune eval $(DEMO_FLAGS)
-	@echo "== run 2: the same job again, answered from the cache"
-	$(BIN)/maas-tune eval $(DEMO_FLAGS) --quiet
+	BIN=$(BIN) scripts/demo.sh
 
 test: install
 	$(PY) -m pytest -q
 
 bench: install
-	$(PY) benchmarks/run_all.py
+	cd benchmarks && ../$(PY) throughput.py && ../$(PY) accuracy.py && ../$(PY) report.py \
+	  && ../$(PY) server_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -122,6 +122,8 @@ def _print_summary(results: list[EvalResult], test_budget: QueryBudget) -> None:
         print(f"  {r.method:<14}{r.accuracy:>10.4f}{r.fit_seconds:>10.3f}")
     limit = "unlimited" if r0.budget_limit is None else str(r0.budget_limit)
     t = test_budget.status()
+    per_sample = f"{r0.queries_sent / r0.samples_sent:.2f}" if r0.samples_sent else "-"
+    print(f"provider: {r0.provider}, strategy {r0.strategy}, queries per sample: {per_sample}")
     print(f"queries sent this run: {r0.queries_sent}   cache hits: {r0.cache_hits}")
     print(f"training budget {r0.budget_name!r}: {r0.budget_spent} of {limit} queries spent")
     print(f"test budget {t.name!r}: {t.spent_queries} queries spent in total")

@@ -34,6 +34,7 @@ class Usage:
     """Running totals of what a :class:`Client` did (this process only)."""
 
     queries_sent: int = 0
+    samples_sent: int = 0
     cache_hits: int = 0
     prompt_tokens_sent: int = 0
 
@@ -186,6 +187,7 @@ class Client:
                 self.budget.commit(reservation, queries=queries, prompt_tokens=used)  # type: ignore[union-attr]
             raise
         self.usage.queries_sent += queries
+        self.usage.samples_sent += len(prompts)
         self.usage.prompt_tokens_sent += used
         log.debug("sent %d queries (%d prompt tokens)", queries, used)
         return result

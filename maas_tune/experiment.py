@@ -66,12 +66,15 @@ class EvalResult:
     accuracy: float
     n_test: int
     queries_sent: int
+    samples_sent: int
     cache_hits: int
     budget_name: str
     budget_limit: int | None
     budget_spent: int
     fit_seconds: float
     model: str
+    provider: str
+    strategy: str
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -150,7 +153,9 @@ def evaluate(
     test_scores = test_client.score(task, test)
     sent = train_client.usage.queries_sent + test_client.usage.queries_sent
     hits = train_client.usage.cache_hits + test_client.usage.cache_hits
+    samples = train_client.usage.samples_sent + test_client.usage.samples_sent
     status = budget.status()
+    fingerprint = provider.fingerprint()
     results = []
     for method in methods:
         decoder = make_decoder(method, shots=shots, random_state=seed)
@@ -165,12 +170,15 @@ def evaluate(
                 accuracy=accuracy,
                 n_test=len(test),
                 queries_sent=sent,
+                samples_sent=samples,
                 cache_hits=hits,
                 budget_name=status.name,
                 budget_limit=status.max_queries,
                 budget_spent=status.spent_queries,
                 fit_seconds=seconds,
-                model=str(provider.fingerprint().get("model", "")),
+                model=str(fingerprint.get("model", "")),
+                provider=str(fingerprint.get("provider", "")),
+                strategy=str(fingerprint.get("strategy", "")),
             )
         )
     return results

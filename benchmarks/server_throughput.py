@@ -24,9 +24,9 @@ import httpx
 import maas_tune as mt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests._servers import free_port  # noqa: E402
-
 from _common import write_result  # noqa: E402
+
+from tests._servers import free_port, wait_until_up  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 
@@ -45,15 +45,8 @@ def start_server(port: int) -> subprocess.Popen:
         "32",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("maas-tune serve did not start")
+    wait_until_up(f"http://127.0.0.1:{port}/health", proc, timeout=180)
+    return proc
 
 
 def run_clients(url: str, prompts: list[str], ids: list[int], concurrency: int) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -38,3 +39,20 @@ def serve_in_thread(app: object) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def wait_until_up(url: str, proc: subprocess.Popen | None = None, timeout: float = 120) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``proc`` exits first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server process exited with code {proc.returncode}")
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")

@@ -7,9 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
-import httpx
 import numpy as np
 import pytest
 
@@ -17,7 +15,7 @@ from maas_tune import _cli_commands
 from maas_tune.cli import main
 from maas_tune.providers.openai import OpenAICompletionsProvider
 
-from ._servers import free_port, serve_in_thread
+from ._servers import free_port, serve_in_thread, wait_until_up
 
 pytestmark = pytest.mark.model
 
@@ -93,15 +91,12 @@ def _llama_cpp_server():
         str(port),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                return proc, f"http://127.0.0.1:{port}/v1"
-        except httpx.TransportError:
-            time.sleep(0.3)
-    proc.kill()
-    pytest.fail("llama.cpp server did not start within 60 s")
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/v1/models", proc, timeout=60)
+    except RuntimeError as exc:
+        proc.kill()
+        pytest.fail(f"llama.cpp server: {exc}")
+    return proc, f"http://127.0.0.1:{port}/v1"
 
 
 def test_auto_finds_a_correct_strategy_on_llama_cpp(gemma):
@@ -129,16 +124,9 @@ def test_console_script_serve_answers_the_official_client(tmp_path):
     exe = shutil.which("maas-tune") or sys.executable
     args = ["serve", "--port", str(port), "--api-key-env", "MAAS_TUNE_TEST_KEY"]
     cmd = [exe, *args] if exe != sys.executable else [exe, "-m", "maas_tune", *args]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-                time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/health", proc)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k-123")
         out = client.completions.create(
             model="gemma-3-270m", prompt=PROMPTS[0], max_tokens=1, temperature=0, logprobs=5

@@ -87,3 +87,16 @@ def test_cold_conversion_from_gguf_gives_the_same_model(gemma, tmp_path, monkeyp
         np.testing.assert_allclose(x.hidden, y.hidden, atol=1e-4)
     fresh.close()
     shutil.rmtree(resolved.directory)  # a 1 GB checkpoint: do not leave it in pytest's tmp
+
+
+def test_concurrent_calls_get_their_own_hidden_states(gemma):
+    """Threads share one model: each call must get its own batch's answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = gemma.label_token_ids(["negative", "positive"])
+    expected = [gemma.score([p], ids)[0] for p in PROMPTS]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda i: gemma.score([PROMPTS[i % 3]], ids)[0], range(12)))
+    for i, answer in enumerate(got):
+        np.testing.assert_allclose(answer.logprobs, expected[i % 3].logprobs, atol=1e-5)
+        np.testing.assert_allclose(answer.hidden, expected[i % 3].hidden, atol=1e-4)

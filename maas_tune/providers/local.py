@@ -124,11 +124,13 @@ class TransformersProvider(Provider):
         # Explicit positions keep left-padded rows identical to unpadded ones.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         captured: dict[str, Any] = {}
-        hook = self._model.model.register_forward_hook(
-            lambda _m, _i, out: captured.__setitem__("h", out.last_hidden_state[:, -1, :])
-        )
-        try:
-            with self._lock, torch.inference_mode():
+        # The hook lives only inside the lock: a forward pass of another thread must
+        # never fire it (it would overwrite this batch's hidden states).
+        with self._lock, torch.inference_mode():
+            hook = self._model.model.register_forward_hook(
+                lambda _m, _i, out: captured.__setitem__("h", out.last_hidden_state[:, -1, :])
+            )
+            try:
                 out = self._model(
                     input_ids=enc["input_ids"],
                     attention_mask=mask,
@@ -136,8 +138,8 @@ class TransformersProvider(Provider):
                     logits_to_keep=1,
                     use_cache=False,
                 )
-        finally:
-            hook.remove()
+            finally:
+                hook.remove()
         logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (b, V)
         picked = logprobs[:, token_ids].numpy().astype(np.float32)  # (b, t)
         hidden = captured["h"].float().numpy().astype(np.float32) if self.returns_hidden else None

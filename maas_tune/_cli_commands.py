@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -220,7 +221,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
     if args.action == "show":
         rows = [b for b in list_budgets(store) if args.name in (None, b.name)]
         if args.json:
-            print(json.dumps([_budget_row(b) for b in rows]))
+            print(json.dumps([dataclasses.asdict(b) for b in rows]))
         elif not rows:
             print("no budgets yet" if args.name is None else f"no budget named {args.name!r}")
         for b in rows if not args.json else []:
@@ -253,17 +254,6 @@ def cmd_budget(args: argparse.Namespace) -> int:
             f"budget {args.name!r}: max queries {s.max_queries}, max prompt tokens {s.max_prompt_tokens}"
         )
     return 0
-
-
-def _budget_row(b: Any) -> dict[str, Any]:
-    return {
-        "name": b.name,
-        "max_queries": b.max_queries,
-        "spent_queries": b.spent_queries,
-        "reserved_queries": b.reserved_queries,
-        "max_prompt_tokens": b.max_prompt_tokens,
-        "spent_prompt_tokens": b.spent_prompt_tokens,
-    }
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:

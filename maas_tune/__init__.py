@@ -7,6 +7,8 @@ Render labelled examples through a :class:`Task`, score them once each through a
 
 from __future__ import annotations
 
+import importlib
+
 from . import datasets
 from ._sqlite import Store
 from ._version import __version__
@@ -40,17 +42,19 @@ from .providers.base import Provider, ProviderAnswer
 from .scores import Scores
 from .task import Task
 
+#: Public names imported on first use (module relative to this package).
+_LAZY = {
+    "OpenAICompletionsProvider": ".providers.openai",
+    "OpenAIEmbeddingsProvider": ".providers.embeddings",
+    "TransformersProvider": ".providers.local",
+    "WithEmbeddings": ".providers.with_embeddings",
+}
+
 
 def __getattr__(name: str) -> object:
     # Providers pull in transformers / httpx machinery: import them only when asked for.
-    if name == "TransformersProvider":
-        from .providers.local import TransformersProvider
-
-        return TransformersProvider
-    if name == "OpenAICompletionsProvider":
-        from .providers.openai import OpenAICompletionsProvider
-
-        return OpenAICompletionsProvider
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'maas_tune' has no attribute {name!r}")
 
 
@@ -71,6 +75,7 @@ __all__ = [
     "NotFittedError",
     "OfflineCacheMiss",
     "OpenAICompletionsProvider",
+    "OpenAIEmbeddingsProvider",
     "Provider",
     "ProviderAnswer",
     "ProviderError",
@@ -83,6 +88,7 @@ __all__ = [
     "Task",
     "TaskError",
     "TransformersProvider",
+    "WithEmbeddings",
     "ZeroShot",
     "__version__",
     "cache_key",

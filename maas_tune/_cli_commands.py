@@ -34,12 +34,20 @@ from .task import Task
 
 # -- shared argument handling ---------------------------------------------------
 def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
+    if getattr(args, "embeddings", False) and not getattr(args, "base_url", None):
+        raise ConfigurationError("--embeddings needs --base-url (the API to embed prompts with)")
     if getattr(args, "base_url", None):
         from .providers.openai import OpenAICompletionsProvider
 
-        return OpenAICompletionsProvider(
-            args.base_url, args.api_model or model or args.model, strategy=args.strategy
-        )
+        name = args.api_model or model or args.model
+        scorer = OpenAICompletionsProvider(args.base_url, name, strategy=args.strategy)
+        if not getattr(args, "embeddings", False):
+            return scorer
+        from .providers.embeddings import OpenAIEmbeddingsProvider
+        from .providers.with_embeddings import WithEmbeddings
+
+        embedder = OpenAIEmbeddingsProvider(args.base_url, args.embeddings_model or name)
+        return WithEmbeddings(scorer, embedder)
     from .providers.local import TransformersProvider
 
     return TransformersProvider(model or args.model, batch_size=args.batch_size)
@@ -297,5 +305,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=api_key,
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
+        max_body_bytes=args.max_body_bytes,
     )
     return 0

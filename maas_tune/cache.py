@@ -201,6 +201,10 @@ def _decode(path: Path, row: tuple[Any, ...]) -> CachedAnswer:
     )
 
 
+#: Prefix of provider facts in the store's ``meta`` table.
+_FACT_PREFIX = "fact:"
+
+
 class ScoreCache:
     """Answers keyed by :func:`cache_key`, in the SQLite store shared with the budget ledger.
 
@@ -209,6 +213,12 @@ class ScoreCache:
     store : Store, str, Path or None
         An open :class:`~maas_tune._sqlite.Store` (shared, not closed by
         :meth:`close`), or a path to open one on; ``None`` is the default path.
+
+    Notes
+    -----
+    Besides answers, the cache keeps small facts providers learn about their server
+    (:meth:`remember` / :meth:`recall`: the capability probe, label token ids), so
+    reruns and offline runs need no request for them; ``clear`` keeps them.
     """
 
     def __init__(self, store: Store | str | Path | None = None) -> None:
@@ -284,6 +294,20 @@ class ScoreCache:
             return
         with self._store.joining(conn) as c:
             c.executemany(_INSERT, rows)
+
+    def remember(self, key: str, value: Any) -> None:
+        """Keep a small JSON fact a provider learnt about its server (see :class:`FactStore`)."""
+        text = json.dumps(value, sort_keys=True)
+        with self._store.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         (_FACT_PREFIX + key, text))
+
+    def recall(self, key: str) -> Any | None:
+        """A fact kept by :meth:`remember`, or None."""
+        with self._store.read() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?",
+                               (_FACT_PREFIX + key,)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def __len__(self) -> int:
         with self._store.read() as conn:

@@ -39,6 +39,17 @@ def _add_provider(p: argparse.ArgumentParser) -> None:
         help="with --base-url: how label scores are obtained (auto probes the server once)",
     )
     p.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="with --base-url: take hidden states from the same API's /embeddings endpoint "
+        "(one more query per sample), for APIs that expose none",
+    )
+    p.add_argument(
+        "--embeddings-model",
+        metavar="NAME",
+        help="with --embeddings: the embedding model to ask for (default: the scoring model)",
+    )
+    p.add_argument(
         "--model",
         default=DEFAULT_MODEL_NAME,
         help=f"local model: {DEFAULT_MODEL_NAME!r} (embedded), a .gguf file or a checkpoint dir",
@@ -139,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-batch-size", type=_positive, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-body-bytes", type=_positive, default=None,
+                   help="largest request body (default 4 MiB); larger ones get 413")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.set_defaults(func=commands.cmd_serve)
 

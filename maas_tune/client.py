@@ -14,7 +14,7 @@ from ._constants import CONTENT_FREE_TEXT
 from .budget import QueryBudget, Reservation
 from .cache import ScoreCache, cache_key
 from .data import Example
-from .errors import BudgetExceeded, OfflineCacheMiss, ProviderResponseError
+from .errors import BudgetExceeded, OfflineCacheMiss, ProviderError, ProviderResponseError
 from .providers.base import Provider, ProviderAnswer
 from .scores import Scores
 from .task import Task
@@ -78,6 +78,7 @@ class Client:
         self.progress = progress
         self.chunk_size = chunk_size
         self.usage = Usage()
+        provider.attach_facts(self.cache, offline=offline)
 
     # -- public API -------------------------------------------------------------
     def score(self, task: Task, examples: Sequence[ExampleLike]) -> Scores:
@@ -181,8 +182,10 @@ class Client:
                 if reservation is not None:
                     self._commit(reservation, queries, used, conn)
                     settled = not self._same_store()
-        except BaseException:
+        except BaseException as exc:
             # The answers arrived, so they were paid for, even if they cannot be cached.
+            if isinstance(exc, ProviderError):
+                exc.request_sent = True
             if reservation is not None and not settled:
                 self.budget.commit(reservation, queries=queries, prompt_tokens=used)  # type: ignore[union-attr]
             raise
@@ -223,19 +226,33 @@ def _as_example(example: ExampleLike) -> Example:
 
 
 def _validate(answers: Sequence[ProviderAnswer], n: int, t: int) -> None:
-    """Refuse answers that must never reach the cache."""
+    """Refuse answers that must never reach the cache; they arrived, so they were paid for."""
     if len(answers) != n:
-        raise ProviderResponseError(f"provider returned {len(answers)} answers for {n} prompts")
+        raise _refused(f"provider returned {len(answers)} answers for {n} prompts")
     for answer in answers:
         lp = np.asarray(answer.logprobs)
         if lp.shape != (t,):
-            raise ProviderResponseError(
-                f"provider returned logprobs of shape {lp.shape}, expected ({t},)"
+            raise _refused(f"provider returned logprobs of shape {lp.shape}, expected ({t},)")
+        # -inf is no model's log-prob of a word: the server masked it (top-k/top-p filtering or
+        # a bias applied before reporting), and one such value breaks every decoder later.
+        if not np.isfinite(lp).all() or (lp > 0).any():
+            raise _refused(
+                f"provider returned label logprobs {lp.tolist()}; each must be a finite number "
+                "<= 0 (NaN, +inf or > 0 is corrupt; -inf means the server masked the word: it "
+                "reports log-probs after top-k/top-p filtering)"
             )
-        if np.isnan(lp).any() or (lp > 0).any():
-            raise ProviderResponseError(
-                f"provider returned invalid logprobs {lp.tolist()} (NaN or > 0)"
-            )
+        for name in ("prompt_tokens", "queries"):
+            value = getattr(answer, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise _refused(f"provider returned {name}={value!r}, not a count >= 0")
+
+
+def _refused(problem: str) -> ProviderResponseError:
+    err = ProviderResponseError(
+        f"{problem}; nothing was cached — retry later, and report it to the provider if it persists"
+    )
+    err.request_sent = True  # the answers came back: the provider did the work
+    return err
 
 
 def _to_scores(task: Task, answers: Sequence[Any], hits: np.ndarray) -> Scores:

@@ -108,11 +108,13 @@ class BudgetExceeded(MaasTuneError):
 class OfflineCacheMiss(MaasTuneError):
     """Offline (cache-only) mode was requested, but some samples are not cached."""
 
-    def __init__(self, missing: int, total: int) -> None:
+    def __init__(self, missing: int = 0, total: int = 0, *, what: str | None = None) -> None:
         self.missing = missing
         self.total = total
+        subject = what or f"{missing} of {total} samples"
+        verb = "is" if what else "are"
         super().__init__(
-            f"offline mode: {missing} of {total} samples are not in the cache and nothing was sent; "
+            f"offline mode: {subject} {verb} not in the cache and nothing was sent; "
             "run once without --offline to fetch them, or point --cache at the cache that has them"
         )
 

@@ -185,9 +185,15 @@ def _transport_error(exc: httpx.TransportError, method: str, url: str) -> Except
             f"{method} {url} timed out ({type(exc).__name__}: {cause}); retried automatically — "
             "if it persists, raise the client timeout or check the provider's status"
         )
-    else:
+    elif isinstance(exc, _NOT_SENT):
         err = ProviderConnectionError(
             f"{method} {url} failed: cannot reach the provider ({type(exc).__name__}: {cause}); "
+            "check the base URL, network and proxy settings, or try again later"
+        )
+    else:  # reset, or the answer cut short: the provider was reached, its answer was lost
+        err = ProviderConnectionError(
+            f"{method} {url} failed: the connection broke before the provider's answer was "
+            f"complete ({type(exc).__name__}: {cause}); retried automatically — if it persists, "
             "check the base URL, network and proxy settings, or try again later"
         )
     err.request_sent = not isinstance(exc, _NOT_SENT)

@@ -5,11 +5,24 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["Provider", "ProviderAnswer"]
+__all__ = ["FactStore", "Provider", "ProviderAnswer"]
+
+
+class FactStore(Protocol):
+    """Where a provider keeps small JSON facts about its server across runs.
+
+    :class:`~maas_tune.cache.ScoreCache` is one; keys never hold credentials.
+    """
+
+    def remember(self, key: str, value: Any) -> None:
+        """Keep ``value`` (JSON-serialisable) under ``key``."""
+
+    def recall(self, key: str) -> Any | None:
+        """The value kept under ``key``, or None."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,16 @@ class Provider(abc.ABC):
         providers that answer any number of label tokens in one request.
         """
         return 1
+
+    def attach_facts(self, facts: FactStore, *, offline: bool = False) -> None:
+        """Lend the provider a store for what it learns about its server.
+
+        The :class:`~maas_tune.client.Client` calls this with its cache. A provider that
+        asks its server things before scoring (capability probe, tokenizer) keeps the
+        answers there, so later runs need no request for them; with ``offline=True`` it
+        must send nothing and raise :class:`~maas_tune.errors.OfflineCacheMiss` for a
+        fact it does not have. Default: nothing to keep.
+        """
 
     def close(self) -> None:
         """Release resources (connections, model memory). Default: nothing."""

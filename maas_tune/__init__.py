@@ -14,6 +14,7 @@ from ._sqlite import Store
 from ._version import __version__
 from .budget import BudgetStatus, QueryBudget
 from .cache import ScoreCache, cache_key
+from .chat_format import ChatFormat
 from .client import Client
 from .data import Dataset, Example, load_examples, sample_k_shot
 from .decoders import (
@@ -22,6 +23,7 @@ from .decoders import (
     DecT,
     LinearProbe,
     ScoreLogisticRegression,
+    YTuning,
     ZeroShot,
     load_decoder,
     save_decoder,
@@ -44,6 +46,7 @@ from .task import Task
 
 #: Public names imported on first use (module relative to this package).
 _LAZY = {
+    "OpenAIChatProvider": ".providers.chat",
     "OpenAICompletionsProvider": ".providers.openai",
     "OpenAIEmbeddingsProvider": ".providers.embeddings",
     "TransformersProvider": ".providers.local",
@@ -63,6 +66,7 @@ __all__ = [
     "BudgetExceeded",
     "BudgetStatus",
     "CacheError",
+    "ChatFormat",
     "Client",
     "ConfigurationError",
     "ContextualCalibration",
@@ -74,6 +78,7 @@ __all__ = [
     "MaasTuneError",
     "NotFittedError",
     "OfflineCacheMiss",
+    "OpenAIChatProvider",
     "OpenAICompletionsProvider",
     "OpenAIEmbeddingsProvider",
     "Provider",
@@ -89,6 +94,7 @@ __all__ = [
     "TaskError",
     "TransformersProvider",
     "WithEmbeddings",
+    "YTuning",
     "ZeroShot",
     "__version__",
     "cache_key",

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,6 +29,7 @@ from .experiment import (
     needs_content_free,
     subsample_test,
 )
+from .methods import PromptMethod, is_saved_method, load_method, save_method
 from .providers.base import Provider
 from .task import Task
 
@@ -37,10 +39,8 @@ def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
     if getattr(args, "embeddings", False) and not getattr(args, "base_url", None):
         raise ConfigurationError("--embeddings needs --base-url (the API to embed prompts with)")
     if getattr(args, "base_url", None):
-        from .providers.openai import OpenAICompletionsProvider
-
         name = args.api_model or model or args.model
-        scorer = OpenAICompletionsProvider(args.base_url, name, strategy=args.strategy)
+        scorer = _http_scorer(args, name)
         if not getattr(args, "embeddings", False):
             return scorer
         from .providers.embeddings import OpenAIEmbeddingsProvider
@@ -51,6 +51,18 @@ def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
     from .providers.local import TransformersProvider
 
     return TransformersProvider(model or args.model, batch_size=args.batch_size)
+
+
+def _http_scorer(args: argparse.Namespace, name: str) -> Provider:
+    """The label scorer behind --base-url: completions (default) or chat (--api chat)."""
+    top = getattr(args, "top_logprobs", 5)
+    if getattr(args, "api", "completions") == "chat":
+        from .providers.chat import OpenAIChatProvider
+
+        return OpenAIChatProvider(args.base_url, name, strategy=args.strategy, top_logprobs=top)
+    from .providers.openai import OpenAICompletionsProvider
+
+    return OpenAICompletionsProvider(args.base_url, name, strategy=args.strategy, top_logprobs=top)
 
 
 def _progress(args: argparse.Namespace) -> bool | None:
@@ -152,10 +164,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     )
     shots = sample_k_shot(train, args.shots, labels=task.labels, seed=args.seed)
     decoder = make_decoder(args.method, shots=args.shots, random_state=args.seed)
-    content_free = client.content_free(task) if needs_content_free([args.method]) else None
-    seconds = fit_method(
-        decoder, client.score(task, shots), labels_to_indices(shots, task.labels), content_free
-    )
     meta = {
         "task": task.to_dict(),
         "provider": provider.fingerprint(),
@@ -165,15 +173,41 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "shots": args.shots,
         "seed": args.seed,
     }
-    path = save_decoder(decoder, args.out, metadata=meta)
+    if isinstance(decoder, PromptMethod):  # ICL, BDPL, prompt tuning: fit through the client
+        if "progress" in decoder.get_params():
+            decoder.set_params(progress=_progress(args))
+        start = time.perf_counter()
+        decoder.fit(client, task, shots)
+        seconds = time.perf_counter() - start
+        path = save_method(decoder, args.out, metadata=meta)
+    else:
+        content_free = client.content_free(task) if needs_content_free([args.method]) else None
+        seconds = fit_method(
+            decoder, client.score(task, shots), labels_to_indices(shots, task.labels), content_free
+        )
+        path = save_decoder(decoder, args.out, metadata=meta)
     print(f"fitted {args.method} on {len(shots)} examples in {seconds:.3f} s; saved to {path}")
     print(f"queries sent: {client.usage.queries_sent}, cache hits: {client.usage.cache_hits}")
     return 0
 
 
+def _in_class_order(task: Task, classes: Sequence[str]) -> Task:
+    """``task`` with its labels in the decoder's class order: maas-tune 0.1.0 saved the
+    task with its verbalizer's labels sorted, which no longer matched the decoder."""
+    classes = [str(c) for c in classes]
+    if list(task.labels) != classes and sorted(task.labels) == sorted(classes):
+        return task.with_verbalizer({label: task.verbalizer[label] for label in classes})
+    return task
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    decoder, meta = load_decoder(args.decoder)
-    task = Task.from_dict(meta["task"])
+    method: PromptMethod | None = None
+    if is_saved_method(args.decoder):  # saved by `fit --method icl|bdpl|prompt-tuning`
+        method, meta = load_method(args.decoder)
+        task = method.task_
+    else:
+        decoder, meta = load_decoder(args.decoder)
+        task = _in_class_order(Task.from_dict(meta["task"]), decoder.classes_.tolist())
     provider = _provider(args, model=args.model or meta.get("model"))
     if provider.fingerprint() != meta.get("provider"):
         print(
@@ -189,8 +223,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=_progress(args),
         budget=_budget(store, args.budget, args.max_queries),
     )
-    scores = client.score(task, examples)
-    preds, proba = decoder.predict(scores), decoder.predict_proba(scores)
+    if method is not None:
+        proba = method.predict_proba(client, examples)
+        preds = method.classes_[proba.argmax(axis=1)]
+    else:
+        scores = client.score(task, examples)
+        preds, proba = decoder.predict(scores), decoder.predict_proba(scores)
     with contextlib.ExitStack() as stack:
         out: TextIO = (
             stack.enter_context(open(args.output, "w", encoding="utf-8"))
@@ -306,5 +344,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_body_bytes=args.max_body_bytes,
+        max_top_logprobs=args.max_top_logprobs,
     )
     return 0

@@ -17,12 +17,19 @@ DEFAULT_DB_NAME = "maas-tune.sqlite"
 SQLITE_BUSY_TIMEOUT_S = 60.0
 #: How many keys go into one ``SELECT ... IN (...)`` when reading the cache.
 CACHE_READ_CHUNK = 500
+#: Longest record (one JSON Lines line, or one CSV field) a data file may hold, in
+#: characters: some 32k tokens, past any prompt worth paying for; it is also the limit
+#: of Python's csv module, so that both formats refuse the same records.
+MAX_RECORD_CHARS = 131_072
 
 #: Default budget name used by the CLI.
 DEFAULT_BUDGET_NAME = "default"
 
 #: Default batch size of the in-process transformers provider.
 LOCAL_BATCH_SIZE = 16
+#: Most prompt tokens the in-process provider packs into one forward pass (past ~512 the
+#: attention over the packed row costs more than padding saves on 2 CPU cores).
+LOCAL_PACK_TOKENS = 512
 #: Name under which the embedded default model is known.
 DEFAULT_MODEL_NAME = "gemma-3-270m"
 

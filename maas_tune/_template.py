@@ -71,7 +71,10 @@ def parse_template(template: str) -> tuple[Segment, ...]:
 
 def validate_template(template: object) -> tuple[Segment, ...]:
     if not isinstance(template, str):
-        raise TaskError(f"template must be a string, got {type(template).__name__}")
+        raise TaskError(
+            f"template must be a string, got {type(template).__name__}; write the prompt as "
+            "text with '{text}' where the input goes"
+        )
     if not template.strip():
         raise TaskError(
             "template is empty; write a prompt containing '{text}', "

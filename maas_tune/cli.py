@@ -28,15 +28,28 @@ def _add_provider(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--base-url",
         metavar="URL",
-        help="score through an OpenAI-compatible /v1/completions API at URL "
-        "(e.g. http://127.0.0.1:8000/v1); default: the local model in process",
+        help="score through an OpenAI-compatible API at URL (e.g. http://127.0.0.1:8000/v1); "
+        "default: the local model in process",
+    )
+    p.add_argument(
+        "--api",
+        default="completions",
+        choices=["completions", "chat"],
+        help="with --base-url: /v1/completions (default) or /v1/chat/completions with logprobs",
     )
     p.add_argument("--api-model", metavar="NAME", help="with --base-url: the model name to ask for")
     p.add_argument(
         "--strategy",
         default="auto",
-        choices=["auto", "extension", "top_logprobs", "echo"],
-        help="with --base-url: how label scores are obtained (auto probes the server once)",
+        choices=["auto", "extension", "top_logprobs", "echo", "force"],
+        help="with --base-url: how label scores are obtained (auto probes the server once); "
+        "completions: extension, top_logprobs, echo; chat: force, top_logprobs",
+    )
+    p.add_argument(
+        "--top-logprobs",
+        type=_positive,
+        default=5,
+        help="with --base-url: top log-probs asked per request (hosted APIs allow 5 to 20)",
     )
     p.add_argument(
         "--embeddings",
@@ -54,7 +67,7 @@ def _add_provider(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODEL_NAME,
         help=f"local model: {DEFAULT_MODEL_NAME!r} (embedded), a .gguf file or a checkpoint dir",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
+    p.add_argument("--batch-size", type=_positive, default=16, help="prompts per forward pass")
     p.add_argument(
         "--offline", action="store_true", help="answer from the cache only; send nothing"
     )
@@ -67,19 +80,34 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--test", metavar="FILE", help="test set (.jsonl/.csv) instead of --dataset")
     p.add_argument("--task", metavar="FILE", help="task file (.toml/.json); default: the dataset's")
-    p.add_argument("--shots", type=int, default=16, help="examples per class (default 16)")
+    p.add_argument("--shots", type=_positive, default=16, help="examples per class (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the k-shot draw and the decoder")
     p.add_argument("--budget", default=DEFAULT_BUDGET_NAME, help="name of the training budget")
-    p.add_argument("--max-queries", type=int, help="cap on the training budget's queries")
+    p.add_argument("--max-queries", type=_count, help="cap on the training budget's queries")
     p.add_argument(
-        "--max-prompt-tokens", type=int, help="cap on the training budget's prompt tokens"
+        "--max-prompt-tokens", type=_count, help="cap on the training budget's prompt tokens"
     )
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # argparse would name the type function: "invalid _positive value"
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A cap: an integer >= 0 (argparse turns the errors into a usage message)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -103,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--test-limit", type=_positive, help="score a seeded random subset of N test examples"
     )
-    p.add_argument("--max-test-queries", type=int, help="cap on the test budget (<budget>:test)")
+    p.add_argument("--max-test-queries", type=_count, help="cap on the test budget (<budget>:test)")
     p.add_argument("--json", action="store_true", help="one JSON object per method, one per line")
     p.set_defaults(func=commands.cmd_eval)
 
@@ -119,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="FILE", help=".jsonl/.csv with a text field")
     p.add_argument("--output", metavar="FILE", help="write JSON Lines here instead of stdout")
     p.add_argument("--budget", default=DEFAULT_BUDGET_NAME + ":predict", help="budget name")
-    p.add_argument("--max-queries", type=int, help="cap on that budget's queries")
+    p.add_argument("--max-queries", type=_count, help="cap on that budget's queries")
     p.set_defaults(func=commands.cmd_predict, model=None)
 
     p = sub.add_parser("cache", help="inspect or clear the answer cache")
@@ -133,13 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("budget", help="show, set or reset query budgets")
     p.add_argument("action", choices=["show", "set", "reset"])
     p.add_argument("name", nargs="?", help="budget name (show: all when omitted)")
-    p.add_argument("--max-queries", type=int, help="set: new query cap")
-    p.add_argument("--max-prompt-tokens", type=int, help="set: new prompt-token cap")
+    p.add_argument("--max-queries", type=_count, help="set: new query cap")
+    p.add_argument("--max-prompt-tokens", type=_count, help="set: new prompt-token cap")
     p.add_argument("--json", action="store_true", help="show: JSON output")
     _add_common(p)
     p.set_defaults(func=commands.cmd_budget)
 
-    p = sub.add_parser("serve", help="serve a local model over the OpenAI completions API")
+    p = sub.add_parser("serve", help="serve a local model over the OpenAI completions/chat API")
     p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="model to serve (as for eval)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
@@ -152,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-body-bytes", type=_positive, default=None,
                    help="largest request body (default 4 MiB); larger ones get 413")
+    p.add_argument("--max-top-logprobs", type=_positive, default=20,
+                   help="most top log-probs per position in completions and chat (default 20; "
+                   "5 mimics a hosted API); more is a 400")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.set_defaults(func=commands.cmd_serve)
 

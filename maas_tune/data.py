@@ -6,12 +6,14 @@ import csv
 import io
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
+from ._constants import MAX_RECORD_CHARS
 from .errors import ConfigurationError, DataError
 
 __all__ = [
@@ -65,6 +67,8 @@ def _records_jsonl(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
+        if len(line) > MAX_RECORD_CHARS:
+            raise _too_long(source, number, f"the record is {len(line)} characters long")
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -80,15 +84,41 @@ def _records_jsonl(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]
         yield number, record
 
 
+def _too_long(source: str, number: int, what: str) -> DataError:
+    return DataError(
+        f"{source}, line {number}: {what}; the limit is {MAX_RECORD_CHARS} characters "
+        "per record (some 32k tokens, more than a prompt holds): "
+        "shorten the text or split it into several records"
+    )
+
+
+@contextmanager
+def _csv_errors(reader: csv.DictReader[str], source: str) -> Iterator[None]:
+    """Turn the csv module's errors (a field past its size limit, ...) into DataError."""
+    try:
+        yield
+    except csv.Error as exc:
+        number = reader.line_num + 1  # the line being parsed was not counted yet
+        if "field larger than field limit" in str(exc):
+            raise _too_long(source, number, "a field is longer than the limit") from exc
+        raise DataError(f"{source}, line {number}: not valid CSV ({exc}); check the quoting") from exc
+
+
 def _records_csv(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
+    with _csv_errors(reader, source):
+        header = reader.fieldnames or []
     if TEXT_FIELD not in header:
         raise DataError(
             f"{source}, line 1: the CSV header {header} has no {TEXT_FIELD!r} column; "
             f"name the columns {TEXT_FIELD!r}, {LABEL_FIELD!r} and optionally {PAIR_FIELD!r}"
         )
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        with _csv_errors(reader, source):
+            row = next(rows, None)
+        if row is None:
+            return
         # An empty optional cell means "absent"; a short row gives None, also absent.
         record = {
             key: value for key, value in row.items() if key is not None and value not in (None, "")
@@ -208,6 +238,11 @@ def load_examples(
         raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise DataError(f"data file {str(path)!r} does not exist; check the path") from exc
+    except OSError as exc:  # a directory, no permission, ...
+        raise DataError(
+            f"cannot read data file {str(path)!r} ({exc.strerror or exc}); check the path "
+            "and its permissions"
+        ) from exc
     return parse_examples(
         raw, fmt=fmt, source=str(path), labels=labels, require_label=require_label
     )

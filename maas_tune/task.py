@@ -271,6 +271,11 @@ class Task:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError as exc:
             raise TaskError(f"task file {str(path)!r} does not exist; check the path") from exc
+        except OSError as exc:  # a directory, no permission, ...
+            raise TaskError(
+                f"cannot read task file {str(path)!r} ({exc.strerror or exc}); check the path "
+                "and its permissions"
+            ) from exc
         except UnicodeDecodeError as exc:
             raise TaskError(f"task file {str(path)!r} is not valid UTF-8; save as UTF-8") from exc
         return cls.from_text(text, fmt=fmt, source=str(path))
@@ -304,7 +309,9 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def check_single_tokens(words: Sequence[str], tokenize: Callable[[str], list[str]]) -> None:
+def check_single_tokens(
+    words: Sequence[str], tokenize: Callable[[str], list[str]], prefix: str = LABEL_WORD_PREFIX
+) -> None:
     """Check that every label word is exactly one token as it follows the prompt.
 
     Parameters
@@ -313,7 +320,10 @@ def check_single_tokens(words: Sequence[str], tokenize: Callable[[str], list[str
         Label words without prefix (e.g. ``task.label_words``).
     tokenize : callable
         Maps a string to its token strings, without special tokens (no BOS).
-        It is called on ``LABEL_WORD_PREFIX + word``.
+        It is called on ``prefix + word``.
+    prefix : str, default " "
+        What precedes the word: a space after a completions prompt, often nothing at
+        the start of a chat answer.
 
     Raises
     ------
@@ -322,7 +332,7 @@ def check_single_tokens(words: Sequence[str], tokenize: Callable[[str], list[str
     """
     problems = []
     for word in words:
-        tokens = list(tokenize(LABEL_WORD_PREFIX + word))
+        tokens = list(tokenize(prefix + word))
         if len(tokens) != 1:
             problems.append(
                 f"label word {word!r} is {len(tokens)} tokens for this model ({tokens!r})"

@@ -238,20 +238,26 @@ def _head(code: int, length: int, headers: tuple[tuple[str, str], ...] = ()) -> 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _read_request(sock: socket.socket) -> tuple[str, JSON] | None:
-    """Read one request; return its path and JSON body (None if the client hung up)."""
+def _read_request(sock: socket.socket) -> tuple[str, dict[str, str], JSON] | None:
+    """Read one request; return its path, headers (lower-case names) and JSON body
+    (None if the client hung up)."""
     with sock.makefile("rb") as reader:
         first = reader.readline(_MAX_LINE)
         if not first:
             return None
         path = first.decode("latin-1").split(" ")[1]
-        length = 0
+        headers: dict[str, str] = {}
         while (line := reader.readline(_MAX_LINE)) not in (b"\r\n", b"\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", 0))
         raw = reader.read(length) if length else b""
-    return path, json.loads(raw) if raw else {}
+    return path, headers, json.loads(raw) if raw else {}
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    # The default backlog (5) drops connections when many clients connect at once.
+    request_queue_size = 128
 
 
 @final
@@ -271,6 +277,8 @@ class FaultServer:
         The JSON body of each completions request, in arrival order.
     arrivals : list of float
         ``time.monotonic()`` at each completions request's arrival.
+    authorizations : list of str
+        The ``Authorization`` header of each completions request ("" when absent).
     """
 
     def __init__(self) -> None:
@@ -281,13 +289,14 @@ class FaultServer:
         self.completed = 0
         self.requests: list[JSON] = []
         self.arrivals: list[float] = []
+        self.authorizations: list[str] = []
         outer = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 outer._handle(self.request)
 
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": _POLL_S}, daemon=True
@@ -321,7 +330,7 @@ class FaultServer:
         request = _read_request(sock)
         if request is None:
             return
-        path, body = request
+        path, headers, body = request
         if path == "/extras/tokenize":
             tokens = [token_id(p) for p in _PIECE.findall(str(body.get("input", "")))]
             self._send(sock, 200, json.dumps({"tokens": tokens}).encode())
@@ -333,6 +342,7 @@ class FaultServer:
             self.received += 1
             self.requests.append(body)
             self.arrivals.append(time.monotonic())
+            self.authorizations.append(headers.get("authorization", ""))
             action = self._script.popleft() if self._script else ok()
         try:
             self._act(sock, action, body)

@@ -82,3 +82,28 @@ def test_batcher_scores_a_gathered_batch_in_length_sorted_passes():
     answers = asyncio.run(main())
     assert sorted(map(sorted, calls)) == sorted([sorted(prompts[1::2]), sorted(prompts[0::2])])
     assert [a.prompt_tokens for (a,) in answers] == [len(p) for p in prompts]
+
+
+def test_packed_batcher_takes_the_oldest_prompts_that_fit_the_token_cap():
+    import asyncio
+
+    import numpy as np
+
+    from maas_tune.providers.base import ProviderAnswer
+    from maas_tune.server.batching import ScoreBatcher
+
+    calls: list[list[str]] = []
+
+    def score(prompts, token_ids):
+        calls.append(list(prompts))
+        return [ProviderAnswer(np.zeros(1, dtype=np.float32), None, 1) for _ in prompts]
+
+    async def main():
+        batcher = ScoreBatcher(score, max_batch_size=16, max_wait_ms=20, max_pass_size=3,
+                               max_pass_tokens=10)
+        sizes = {"a": 4, "b": 4, "c": 4, "d": 1, "e": 9}
+        await asyncio.gather(*(batcher.submit([p], [1], [n]) for p, n in sizes.items()))
+        await batcher.aclose()
+
+    asyncio.run(main())
+    assert calls == [["a", "b"], ["c", "d"], ["e"]]

@@ -30,19 +30,31 @@ def test_multi_token_word_is_refused_with_its_tokenization(gemma):
     assert "supercalifragilistic" in str(err.value) and "tokens" in str(err.value)
 
 
-def test_answers_match_a_plain_unbatched_forward_pass(gemma):
+@pytest.mark.parametrize("pack_tokens", [512, 40, None], ids=["packed", "packed-in-runs", "padded"])
+def test_answers_match_a_plain_unbatched_forward_pass(gemma, monkeypatch, pack_tokens):
     import torch
 
+    monkeypatch.setattr(gemma, "pack_tokens", pack_tokens)
     ids = gemma.label_token_ids(["negative", "positive"])
-    answers = gemma.score(PROMPTS, ids)  # one left-padded batch
+    answers = gemma.score(PROMPTS, ids)  # one packed row / runs of <= 40 tokens / a padded batch
     for prompt, answer in zip(PROMPTS, answers):
         enc = gemma.tokenizer(prompt, return_tensors="pt")
         with torch.inference_mode():
             out = gemma.model(**enc, output_hidden_states=True)
         expected = torch.log_softmax(out.logits[0, -1].float(), -1)[ids].numpy()
         np.testing.assert_allclose(answer.logprobs, expected, atol=2e-4)
+        np.testing.assert_allclose(answer.hidden, out.hidden_states[-1][0, -1].numpy(), atol=5e-4)
         assert answer.prompt_tokens == enc["input_ids"].shape[1]
         assert answer.hidden.shape == (640,) and np.isfinite(answer.hidden).all()
+
+
+def test_pack_runs_respects_prompt_and_token_caps():
+    from maas_tune.providers._packing import pack_runs
+
+    assert pack_runs([10, 10, 10, 700, 5, 5], max_prompts=2, max_tokens=25) == [
+        [0, 1], [2], [3], [4, 5]
+    ]
+    assert pack_runs([], max_prompts=4, max_tokens=10) == []
 
 
 def test_logprobs_are_normalised_over_the_full_vocabulary(gemma):

@@ -204,6 +204,7 @@ def test_persistent_429_ends_in_one_error_and_releases_the_reservation(make_rig:
     with pytest.raises(ProviderStatusError, match="HTTP 429.*rate limit") as info:
         rig.score()
     assert info.value.status == 429 and info.value.request_sent is False
+    assert str(info.value).endswith(f"(gave up after {MAX_RETRIES + 1} attempts)")
     assert rig.server.received == MAX_RETRIES + 1 and rig.slept == [1.0] * MAX_RETRIES
     assert rig.spent() == 0 and len(rig.cache) == 0  # refused requests are not billed
     assert_recovers(rig, cost=1)
@@ -229,6 +230,7 @@ def test_persistent_5xx_ends_in_one_error_and_counts_the_chunk_as_spent(
     with pytest.raises(ProviderStatusError, match=f"HTTP {code}.*retried automatically") as info:
         rig.score()
     assert info.value.status == code and info.value.request_sent is True
+    assert str(info.value).endswith(f"(gave up after {MAX_RETRIES + 1} attempts)")
     assert rig.server.received == MAX_RETRIES + 1 and len(rig.slept) == MAX_RETRIES
     assert rig.spent() == 1 and len(rig.cache) == 0  # may have been billed: never released
     assert_recovers(rig, cost=1)

@@ -10,6 +10,7 @@ from .base import BaseDecoder
 from .dect import DecT
 from .io import DECODERS, load_decoder, register_decoder, save_decoder
 from .linear import LinearProbe, ScoreLogisticRegression
+from .ytuning import YTuning
 from .zero_shot import ContextualCalibration, ZeroShot
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "DecT",
     "LinearProbe",
     "ScoreLogisticRegression",
+    "YTuning",
     "ZeroShot",
     "load_decoder",
     "register_decoder",

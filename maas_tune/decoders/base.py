@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from .._params import HyperParameters
 from ..errors import ConfigurationError, NotFittedError
 from ..scores import Scores
 from ._math import normalize_scores
@@ -17,6 +17,7 @@ from ._math import normalize_scores
 __all__ = [
     "BaseDecoder",
     "check_shapes",
+    "check_width",
     "content_free_tensor",
     "hidden_states",
     "label_scores",
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 
-class BaseDecoder:
+class BaseDecoder(HyperParameters):
     """Base class of the decoders: hyper-parameters, label handling, fitted check, scoring.
 
     Subclasses store their keyword hyper-parameters in ``__init__`` (and nothing
@@ -41,54 +42,6 @@ class BaseDecoder:
     _tensor_attrs: ClassVar[tuple[str, ...]] = ()
     #: Learned attributes saved in the JSON metadata (plain JSON values).
     _meta_attrs: ClassVar[tuple[str, ...]] = ()
-
-    # ------------------------------------------------------------------ parameters
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return sorted(
-            name
-            for name, p in sig.parameters.items()
-            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        )
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Hyper-parameters of this decoder, as given to ``__init__``.
-
-        Parameters
-        ----------
-        deep : bool
-            Accepted for scikit-learn compatibility; decoders hold no sub-estimators.
-        """
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> BaseDecoder:
-        """Set hyper-parameters by name; returns ``self``.
-
-        Raises
-        ------
-        ConfigurationError
-            If a name is not a hyper-parameter of this decoder.
-        """
-        valid = self._param_names()
-        for name, value in params.items():
-            if name not in valid:
-                raise ConfigurationError(
-                    f"{type(self).__name__} has no parameter {name!r}; valid: {', '.join(valid)}"
-                )
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = {
-            name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()
-        }
-        changed = [
-            f"{name}={value!r}"
-            for name, value in self.get_params().items()
-            if defaults.get(name, inspect.Parameter.empty) != value
-        ]
-        return f"{type(self).__name__}({', '.join(changed)})"
 
     @property
     def needs_content_free(self) -> bool:
@@ -260,6 +213,24 @@ def hidden_states(X: Scores) -> torch.Tensor:
             "use a scores-only decoder such as ScoreLogisticRegression or DecT"
         )
     return torch.as_tensor(X.hidden, dtype=torch.float32)
+
+
+def check_width(feats: torch.Tensor, width: int, decoder: str) -> torch.Tensor:
+    """``feats`` (n, d), after checking that d is the width the decoder was fitted on.
+
+    Raises
+    ------
+    ConfigurationError
+        The features come from another model (another hidden size): without this
+        check, torch fails deep inside the decoder with a shape mismatch.
+    """
+    if feats.shape[1] != width:
+        raise ConfigurationError(
+            f"X has features of width {feats.shape[1]} but this {decoder} was fitted on width "
+            f"{width} (hidden states of another model?); score X with the provider and task "
+            "the decoder was fitted with"
+        )
+    return feats
 
 
 def check_shapes(expected: dict[str, tuple[int, ...]], obj: object) -> None:

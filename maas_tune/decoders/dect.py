@@ -13,7 +13,14 @@ from ..errors import ConfigurationError
 from ..scores import Scores
 from . import _math
 from ._inputs import features, standardizer, torch_seed
-from .base import BaseDecoder, check_shapes, content_free_tensor, label_scores, torch_threads
+from .base import (
+    BaseDecoder,
+    check_shapes,
+    check_width,
+    content_free_tensor,
+    label_scores,
+    torch_threads,
+)
 
 __all__ = ["DecT"]
 
@@ -258,6 +265,7 @@ class DecT(BaseDecoder):
     def _decision_function(self, X: Scores) -> torch.Tensor:
         scores = label_scores(X) - self.score_offset_  # (n, K)
         feats, _uses_hidden = features(X, scores, need_hidden=self.uses_hidden_)
+        feats = check_width(feats, self.feature_mean_.shape[0], type(self).__name__)  # (n, p)
         h = (feats - self.feature_mean_) / self.feature_scale_  # (n, p)
         z = _math.project(h, self.projection_.permute(1, 0, 2))  # (n, E, m)
         logits = _math.dect_logits(z, self.prototypes_, self.radii_, scores, self.member_lams_)

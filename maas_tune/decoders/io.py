@@ -30,6 +30,7 @@ from ..errors import ConfigurationError, SerializationError
 from .base import BaseDecoder
 from .dect import DecT
 from .linear import LinearProbe, ScoreLogisticRegression
+from .ytuning import YTuning
 from .zero_shot import ContextualCalibration, ZeroShot
 
 __all__ = ["DECODERS", "load_decoder", "register_decoder", "save_decoder"]
@@ -39,11 +40,20 @@ JSON_NAME = "decoder.json"
 TENSORS_NAME = "tensors.safetensors"
 #: Value of the ``format`` field, to recognise our JSON.
 FORMAT_NAME = "maas-tune-decoder"
+# What a damaged save calls for (every SerializationError says what to do).
+_RESAVE = "the save is damaged: fit and save the decoder again"
 
 #: Decoder classes by name: what ``load_decoder`` may rebuild.
 DECODERS: dict[str, type[BaseDecoder]] = {
     cls.__name__: cls
-    for cls in (ContextualCalibration, DecT, LinearProbe, ScoreLogisticRegression, ZeroShot)
+    for cls in (
+        ContextualCalibration,
+        DecT,
+        LinearProbe,
+        ScoreLogisticRegression,
+        YTuning,
+        ZeroShot,
+    )
 }
 
 
@@ -70,6 +80,26 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return value
+
+
+def _write_artefact(
+    path: str | os.PathLike[str], name: str, doc: dict[str, Any], blob: bytes,
+    json_name: str = JSON_NAME,
+) -> Path:
+    """Write ``doc`` as JSON and the safetensors ``blob`` into directory ``path``, each atomically."""
+    try:
+        # Not sort_keys: it would reorder the caller's metadata, e.g. the labels of a task's
+        # verbalizer, whose order is the class order.
+        text = json.dumps(doc, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"cannot save {name}: parameters or metadata are not JSON-serialisable ({exc})"
+        ) from exc
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomic(directory / TENSORS_NAME, blob)
+    _write_atomic(directory / json_name, text.encode("utf-8"))
+    return directory
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -128,17 +158,7 @@ def save_decoder(
         "tensors_sha256": hashlib.sha256(blob).hexdigest(),
         "metadata": _jsonable(metadata or {}),
     }
-    try:
-        text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(
-            f"cannot save {name}: parameters or metadata are not JSON-serialisable ({exc})"
-        ) from exc
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(directory / TENSORS_NAME, blob)
-    _write_atomic(directory / JSON_NAME, text.encode("utf-8"))
-    return directory
+    return _write_artefact(path, name, doc, blob)
 
 
 def load_decoder(path: str | os.PathLike[str]) -> tuple[BaseDecoder, dict[str, Any]]:
@@ -173,7 +193,8 @@ def load_decoder(path: str | os.PathLike[str]) -> tuple[BaseDecoder, dict[str, A
         decoder._restore(tensors, {"classes": doc["classes"], **doc["state"]})
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise SerializationError(
-            f"{directory}: the saved {doc['class']} is inconsistent: {exc}"
+            f"{directory}: the saved {doc['class']} is inconsistent: {exc}; {_RESAVE} with "
+            "this maas-tune"
         ) from exc
     return decoder, dict(doc["metadata"])
 
@@ -186,7 +207,9 @@ def _read_bytes(path: Path) -> bytes:
             f"{path} is missing; a saved decoder is a directory with {JSON_NAME} and {TENSORS_NAME}"
         ) from None
     except OSError as exc:
-        raise SerializationError(f"cannot read {path}: {exc}") from exc
+        raise SerializationError(
+            f"cannot read {path}: {exc}; check that it exists and is readable"
+        ) from exc
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -199,7 +222,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise SerializationError(
-            f"{path} is not a maas-tune decoder file (no format={FORMAT_NAME!r})"
+            f"{path} is not a maas-tune decoder file (no format={FORMAT_NAME!r}); pass the "
+            "directory that save_decoder or `maas-tune fit --out` wrote"
         )
     return doc
 
@@ -208,7 +232,7 @@ def _check_header(doc: dict[str, Any], directory: Path) -> type[BaseDecoder]:
     """Validate version, class and field types; return the decoder class."""
     version = doc.get("format_version")
     if not isinstance(version, int) or version < 1:
-        raise SerializationError(f"{directory}: invalid format_version {version!r}")
+        raise SerializationError(f"{directory}: invalid format_version {version!r}; {_RESAVE}")
     if version > DECODER_FORMAT_VERSION:
         raise SerializationError(
             f"{directory} was written in decoder format {version} by maas-tune "
@@ -231,7 +255,7 @@ def _check_header(doc: dict[str, Any], directory: Path) -> type[BaseDecoder]:
     ):
         if not isinstance(doc.get(field), kind):
             raise SerializationError(
-                f"{directory}: field {field!r} is missing or not a {kind.__name__}"
+                f"{directory}: field {field!r} is missing or not a {kind.__name__}; {_RESAVE}"
             )
     params = dict(doc["params"])
     # JSON turned tuples into lists; give sequence parameters back as tuples
@@ -250,17 +274,19 @@ def _read_tensors(blob: bytes, doc: dict[str, Any], directory: Path) -> dict[str
     declared = doc["tensors"]
     if set(declared) != set(tensors):
         raise SerializationError(
-            f"{directory}: tensors {sorted(tensors)} do not match the declared {sorted(declared)}"
+            f"{directory}: tensors {sorted(tensors)} do not match the declared "
+            f"{sorted(declared)}; {_RESAVE}"
         )
     for name, spec in declared.items():
         shape = list(tensors[name].shape)
         if not isinstance(spec, dict) or spec.get("shape") != shape:
             raise SerializationError(
-                f"{directory}: tensor {name!r} has shape {shape}, the JSON declares {spec!r}"
+                f"{directory}: tensor {name!r} has shape {shape}, the JSON declares {spec!r}; "
+                f"{_RESAVE}"
             )
     if hashlib.sha256(blob).hexdigest() != doc["tensors_sha256"]:
         raise SerializationError(
             f"{directory / TENSORS_NAME} does not match the checksum in {JSON_NAME} "
-            "(modified, or the two files come from different saves)"
+            f"(modified, or the two files come from different saves); {_RESAVE}"
         )
     return tensors

@@ -14,6 +14,7 @@ from ._math import fit_logistic_regression, fit_standardizer
 from .base import (
     BaseDecoder,
     check_shapes,
+    check_width,
     content_free_tensor,
     hidden_states,
     label_scores,
@@ -176,7 +177,8 @@ class LinearProbe(BaseDecoder):
         return self
 
     def _decision_function(self, X: Scores) -> torch.Tensor:
-        h = (hidden_states(X) - self.mean_) / self.scale_  # (n, d)
+        h = check_width(hidden_states(X), self.mean_.shape[0], type(self).__name__)  # (n, d)
+        h = (h - self.mean_) / self.scale_
         return h @ self.coef_ + self.intercept_  # (n, K)
 
     def _check_state(self, k: int) -> None:

@@ -63,7 +63,9 @@ def check_model(body: Mapping[str, Any], asked: str) -> None:
         )
 
 
-def reading(fn: Callable[[str], T], what: str) -> Callable[[str], T]:
+def reading(
+    fn: Callable[[str], T], what: str, route: str = "/completions"
+) -> Callable[[str], T]:
     """Wrap a scorer so that a field of the wrong type is a ProviderResponseError.
 
     Parameters
@@ -72,6 +74,8 @@ def reading(fn: Callable[[str], T], what: str) -> Callable[[str], T]:
         Scores one prompt, parsing the answers it gets.
     what : str
         The strategy, named in the error.
+    route : str, default "/completions"
+        The API route the answers come from, named in the error.
 
     Returns
     -------
@@ -89,7 +93,7 @@ def reading(fn: Callable[[str], T], what: str) -> Callable[[str], T]:
         except _UNREADABLE as exc:
             raise ProviderResponseError(
                 f"the {what} answer has a field of the wrong type ({type(exc).__name__}: {exc}); "
-                "check that the base URL points at an OpenAI-compatible /completions API"
+                f"check that the base URL points at an OpenAI-compatible {route} API"
             ) from exc
 
     return read

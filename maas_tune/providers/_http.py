@@ -19,7 +19,7 @@ from ..errors import (
 )
 from ._retry import RETRYABLE_STATUSES, parse_retry_after
 
-__all__ = ["BODY_EXCERPT_CHARS", "redact", "request_json", "status_error"]
+__all__ = ["BODY_EXCERPT_CHARS", "public_url", "redact", "request_json", "status_error"]
 
 _LOG = logging.getLogger("maas_tune.providers")
 
@@ -94,6 +94,15 @@ def _secrets_of(request: httpx.Request) -> list[str]:
 def _safe_url(url: httpx.URL) -> str:
     # Drop the query and userinfo: some providers take the key as ?key=... or user:pass@.
     return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}{url.path}"
+
+
+def public_url(url: str) -> str:
+    """``url`` without what may be a credential: no ``user:key@`` and no ``?key=...`` query.
+
+    Providers show this form in messages and ``repr`` and use it in the facts they keep
+    in the cache; their requests go to the full URL.
+    """
+    return _safe_url(httpx.URL(url)).rstrip("/")
 
 
 def _excerpt(text: str, secrets: Sequence[str]) -> str:

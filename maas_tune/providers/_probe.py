@@ -1,24 +1,35 @@
-"""Capability probe: which scoring strategy an OpenAI-style completions server supports."""
+"""Capability probe: which scoring strategy an OpenAI-style completions server supports.
+
+Also the per-process cache of probe results, shared with the chat provider's probe.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import ProviderResponseError, ProviderStatusError
 from ._strategies import Post
 
-__all__ = ["PROBE_PROMPT", "ProbeResult", "cached_probe", "clear_probe_cache", "run_probe"]
+__all__ = [
+    "PROBE_PROMPT",
+    "ProbeResult",
+    "cached_probe",
+    "clear_probe_cache",
+    "run_probe",
+    "try_request",
+]
 
 #: The tiny prompt every probe request sends.
 PROBE_PROMPT = "The sky is"
 # Statuses meaning "this server does not accept that request shape" rather than a failure.
 _UNSUPPORTED = frozenset({400, 404, 405, 415, 422, 501})
 
-_CACHE: dict[tuple[str, str], ProbeResult] = {}
+_CACHE: dict[tuple[str, ...], Any] = {}
 _LOCK = threading.Lock()
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,7 @@ class ProbeResult:
     requests: int
 
 
-def _try(post: Post, payload: dict[str, Any]) -> dict[str, Any] | None:
+def try_request(post: Post, payload: dict[str, Any]) -> dict[str, Any] | None:
     """Send one probe request; None when the server rejects its shape."""
     try:
         return post(payload)
@@ -105,7 +116,7 @@ def run_probe(post: Post, model: str, top_k: int) -> ProbeResult:
     def send(payload: dict[str, Any]) -> dict[str, Any] | None:
         nonlocal sent
         sent += 1
-        return _try(post, payload)
+        return try_request(post, payload)
 
     base = {"model": model, "prompt": PROBE_PROMPT, "max_tokens": 1, "temperature": 0}
     ext = {"label_token_ids": [0], "return_hidden": True}
@@ -132,14 +143,16 @@ def run_probe(post: Post, model: str, top_k: int) -> ProbeResult:
     )
 
 
-def cached_probe(
-    key: tuple[str, str], probe: Callable[[], ProbeResult]
-) -> tuple[ProbeResult, bool]:
-    """The probe result for ``key`` = (base_url, model), probing once per process.
+def cached_probe(key: tuple[str, ...], probe: Callable[[], P]) -> tuple[P, bool]:
+    """The probe result for ``key``, probing once per process.
+
+    ``key`` names what was probed: (base_url, model) for the completions provider;
+    other probes (the chat provider's) put their kind first so keys never collide.
 
     Returns
     -------
-    result : ProbeResult
+    result : P
+        What ``probe`` returned (a :class:`ProbeResult` for the completions provider).
     fresh : bool
         True when this call ran the probe (its requests are this caller's).
     """

@@ -195,7 +195,8 @@ class RetryPolicy:
         Raises
         ------
         ProviderError
-            The last attempt's own exception (never a tenacity ``RetryError``).
+            The last attempt's own exception (never a tenacity ``RetryError``); when
+            retries ran out, its message ends with how many attempts were made.
         """
         retrying = self._retrying()
         try:
@@ -204,6 +205,9 @@ class RetryPolicy:
             if is_retryable(exc):
                 attempts = retrying.statistics.get("attempt_number")
                 _LOG.debug("giving up after %d attempts: %s", attempts, exc)
+                if isinstance(attempts, int) and attempts > 1 and exc.args:
+                    exc.args = (f"{exc.args[0]} (gave up after {attempts} attempts)",
+                                *exc.args[1:])
             raise
 
     def _retrying(self) -> Retrying:

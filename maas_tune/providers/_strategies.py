@@ -10,69 +10,50 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from .._constants import LABEL_WORD_PREFIX
 from ..errors import ProviderResponseError
+from ._forcing import FORCE_BIAS, Label, read_labels
+from ._session import Post
 from .base import ProviderAnswer
 
 __all__ = [
     "FORCE_BIAS",
+    "STRATEGIES",
     "Label",
     "Post",
-    "STRATEGIES",
+    "first_choice",
     "score_echo",
     "score_extension",
     "score_top_logprobs",
+    "usage_tokens",
 ]
 
-#: Sends one ``/completions`` request body and returns the decoded JSON object.
-Post = Callable[[dict[str, Any]], dict[str, Any]]
-
-#: logit_bias that makes a token the one generated (the API maximum).
-FORCE_BIAS = 100
-#: A forced token reported above ``min(top-k) + this`` (or above ``-this``) was biased.
-_BIAS_TOLERANCE = 1e-3
 #: Names accepted for ``strategy`` (besides ``"auto"``), cheapest first.
 STRATEGIES = ("extension", "top_logprobs", "echo")
+#: What to do when a server reports forced log-probs after the bias.
+_REMEDY = "use strategy='echo' with this server"
 
 
-@dataclass(frozen=True)
-class Label:
-    """A label token as one strategy needs it.
-
-    Attributes
-    ----------
-    token_id : int
-        Vocabulary id; negative when synthetic (no tokenizer reachable).
-    word : str
-        The label word without prefix.
-    """
-
-    token_id: int
-    word: str
-
-    @property
-    def text(self) -> str:
-        """The word as it follows the prompt (prefix included)."""
-        return LABEL_WORD_PREFIX + self.word
-
-
-def _choice(body: Mapping[str, Any], what: str) -> dict[str, Any]:
+def first_choice(
+    body: Mapping[str, Any], what: str, route: str = "/completions"
+) -> dict[str, Any]:
+    """The first choice of an OpenAI-style answer, or a ProviderResponseError naming ``route``."""
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ProviderResponseError(
             f"the {what} answer has no 'choices' list; "
-            "check that the base URL points at an OpenAI-compatible /completions API"
+            f"check that the base URL points at an OpenAI-compatible {route} API"
         )
     return choices[0]
 
 
-def _usage_tokens(body: Mapping[str, Any]) -> int:
+def usage_tokens(body: Mapping[str, Any]) -> int:
+    """``usage.prompt_tokens`` of an answer (0 when the server reports no usage)."""
     usage = body.get("usage")
     value = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     return int(value) if isinstance(value, (int, float)) else 0
@@ -100,7 +81,7 @@ def score_extension(post: Post, model: str, prompt: str, labels: Sequence[Label]
             "maas_tune": {"label_token_ids": ids, "return_hidden": True},
         }
     )
-    ext = _choice(body, "extension").get("maas_tune")
+    ext = first_choice(body, "extension").get("maas_tune")
     if not isinstance(ext, dict) or not isinstance(ext.get("label_logprobs"), list):
         raise ProviderResponseError(
             "the server ignored the 'maas_tune' request extension (no 'maas_tune.label_logprobs' "
@@ -111,7 +92,7 @@ def score_extension(post: Post, model: str, prompt: str, labels: Sequence[Label]
         raise ProviderResponseError(
             f"the extension returned {values.size} label logprobs for {len(ids)} label tokens"
         )
-    tokens = ext.get("prompt_tokens", _usage_tokens(body))
+    tokens = ext.get("prompt_tokens", usage_tokens(body))
     return ProviderAnswer(values, _decode_hidden(ext.get("hidden")), int(tokens), queries=1)
 
 
@@ -140,17 +121,10 @@ def score_top_logprobs(
     """
     base = {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": top_k}
     body = post(base)
-    top = _first_top(_logprobs(_choice(body, "top_logprobs"), "top_logprobs"))
-    found = {label.text: top[label.text] for label in labels if label.text in top}
-    queries, tokens = 1, _usage_tokens(body)
-    floor = min(top.values())
-    for label in labels:
-        if label.text in found:
-            continue
-        found[label.text], used = _forced(post, base, label, floor)
-        queries, tokens = queries + 1, tokens + used
-    values = np.asarray([found[label.text] for label in labels], dtype=np.float32)  # (t,)
-    return ProviderAnswer(values, None, tokens, queries=queries)
+    top = _first_top(_logprobs(first_choice(body, "top_logprobs"), "top_logprobs"))
+    reading = read_labels(labels, top, partial(_forced, post, base), remedy=_REMEDY)
+    tokens = usage_tokens(body) + reading.prompt_tokens
+    return ProviderAnswer(reading.values, None, tokens, queries=1 + reading.forced)
 
 
 def _first_top(logprobs: Mapping[str, Any]) -> dict[str, float]:
@@ -164,36 +138,15 @@ def _first_top(logprobs: Mapping[str, Any]) -> dict[str, float]:
     return {str(k): float(v) for k, v in first.items()}
 
 
-def _forced(post: Post, base: dict[str, Any], label: Label, floor: float) -> tuple[float, int]:
-    """Generate ``label`` with a +100 bias and read its (unbiased) reported log-prob.
-
-    A word missing from the top-k cannot be more likely than the least likely word shown
-    (``floor``), so a value above it proves the server reported the biased distribution.
-    """
-    if label.token_id < 0:
-        raise ProviderResponseError(
-            f"label word {label.word!r} is not in the top {base['logprobs']} log-probs and cannot "
-            "be forced without its token id (no tokenizer endpoint was reachable); "
-            "use strategy='echo' or a server with /extras/tokenize"
-        )
+def _forced(post: Post, base: dict[str, Any], label: Label) -> tuple[str | None, float, int]:
+    """Generate ``label`` with a +100 bias: (generated token, its reported log-prob, tokens)."""
     body = post({**base, "logit_bias": {str(label.token_id): FORCE_BIAS}})
-    logprobs = _logprobs(_choice(body, "forced-token"), "forced-token")
+    logprobs = _logprobs(first_choice(body, "forced-token"), "forced-token")
     tokens, values = logprobs.get("tokens"), logprobs.get("token_logprobs")
     if not isinstance(values, list) or not values or not isinstance(values[0], (int, float)):
         raise ProviderResponseError("the forced-token answer has no 'token_logprobs'")
-    if isinstance(tokens, list) and tokens and tokens[0] != label.text:
-        raise ProviderResponseError(
-            f"logit_bias did not force label word {label.word!r}: the server generated "
-            f"{tokens[0]!r}; check that it supports logit_bias"
-        )
-    value = float(values[0])
-    if value > -_BIAS_TOLERANCE or value > floor + _BIAS_TOLERANCE:
-        raise ProviderResponseError(
-            f"the server reported log-prob {value:.4g} for the forced label word {label.word!r}, "
-            "which is not below the top-k it was missing from: it reports log-probs after "
-            "logit_bias, so they are not the model's; use strategy='echo' with this server"
-        )
-    return value, _usage_tokens(body)
+    token = str(tokens[0]) if isinstance(tokens, list) and tokens else None
+    return token, float(values[0]), usage_tokens(body)
 
 
 # -- echo -----------------------------------------------------------------------
@@ -205,9 +158,9 @@ def score_echo(post: Post, model: str, prompt: str, labels: Sequence[Label]) -> 
         body = post(
             {"model": model, "prompt": full, "echo": True, "max_tokens": 1, "logprobs": 0}
         )
-        logprobs = _logprobs(_choice(body, "echo"), "echo")
+        logprobs = _logprobs(first_choice(body, "echo"), "echo")
         values.append(_echoed_word(logprobs, len(prompt), len(full), label.word))
-        tokens += _usage_tokens(body)
+        tokens += usage_tokens(body)
     return ProviderAnswer(np.asarray(values, dtype=np.float32), None, tokens, queries=len(labels))
 
 

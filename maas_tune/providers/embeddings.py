@@ -18,7 +18,7 @@ import numpy as np
 from .._constants import MAX_RETRIES
 from ..errors import ConfigurationError, ProviderError, ProviderResponseError
 from ._answers import check_model
-from ._http import request_json
+from ._http import public_url, request_json
 from ._retry import RetryPolicy
 from .openai import (
     API_KEY_ENV,
@@ -99,7 +99,7 @@ class OpenAIEmbeddingsProvider:
             raise ConfigurationError(
                 f"encoding_format must be one of {list(ENCODING_FORMATS)}, got {encoding_format!r}"
             )
-        self.base_url = base_url.rstrip("/")
+        self.base_url = public_url(base_url)  # shown and kept in the cache: no credentials
         self.model = model
         self.encoding_format = encoding_format
         self.batch_size = batch_size
@@ -110,7 +110,7 @@ class OpenAIEmbeddingsProvider:
         if api_key is None:
             api_key = next((os.environ[n] for n in API_KEY_ENV if os.environ.get(n)), None)
         self._client = httpx.Client(
-            base_url=self.base_url + "/",
+            base_url=base_url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
 from typing import Any
@@ -16,45 +12,35 @@ from typing import Any
 import httpx
 
 from .._constants import LABEL_WORD_PREFIX, MAX_RETRIES
-from ..errors import (
-    ConfigurationError,
-    OfflineCacheMiss,
-    ProviderError,
-    ProviderResponseError,
-    ProviderStatusError,
-)
+from ..errors import ConfigurationError
 from ..task import check_single_tokens
-from ._answers import check_model, reading
-from ._http import request_json
+from ._answers import reading
+from ._forcing import synthetic_token_id
 from ._probe import ProbeResult, cached_probe, run_probe
-from ._retry import RetryPolicy
+from ._remote import RemoteProvider
+from ._session import API_KEY_ENV, CHARS_PER_TOKEN_ESTIMATE
 from ._strategies import (
     FORCE_BIAS,
     STRATEGIES,
     Label,
+    Post,
     score_echo,
     score_extension,
     score_top_logprobs,
 )
-from .base import FactStore, Provider, ProviderAnswer
+from .base import ProviderAnswer
 
-__all__ = ["OpenAICompletionsProvider"]
+__all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "OpenAICompletionsProvider"]
 
-#: Environment variables read for the API key, first match wins.
-API_KEY_ENV = ("MAAS_TUNE_API_KEY", "OPENAI_API_KEY")
 #: Default per-request timeout in seconds (connect, read, write and pool alike).
 DEFAULT_TIMEOUT_S = 30.0
 #: Default number of requests in flight at once.
 DEFAULT_CONCURRENCY = 4
 #: Default (and hosted-API maximum) number of top log-probs asked for.
 DEFAULT_TOP_LOGPROBS = 5
-#: Characters per token assumed when no tokenizer is reachable (an upper-ish estimate).
-CHARS_PER_TOKEN_ESTIMATE = 3
-# Statuses meaning "no tokenizer endpoint here".
-_NO_TOKENIZER = frozenset({400, 404, 405, 422, 501})
 
 
-class OpenAICompletionsProvider(Provider):
+class OpenAICompletionsProvider(RemoteProvider):
     """Score label tokens through an OpenAI-compatible legacy completions API.
 
     Parameters
@@ -122,47 +108,14 @@ class OpenAICompletionsProvider(Provider):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         _check_options(base_url, model, strategy, top_logprobs, max_concurrency, timeout)
-        self.base_url = base_url.rstrip("/")
-        self.model = model
+        super().__init__(
+            base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
+            timeout=timeout, max_retries=max_retries, transport=transport, sleep=sleep,
+        )
         self.top_logprobs = top_logprobs
-        self.max_concurrency = max_concurrency
-        self.probe_requests = 0
-        self._requested = strategy
         self._probe: ProbeResult | None = None
-        self._words: dict[int, str] = {}
-        self._tokenizer: bool | None = None  # None: not tried yet
-        self._lock = threading.Lock()
-        self._retry = RetryPolicy(max_retries=max_retries, sleep=sleep)
-        if api_key is None:
-            api_key = next((os.environ[n] for n in API_KEY_ENV if os.environ.get(n)), None)
-        self._tokenize_url = f"{self.base_url.removesuffix('/v1')}/extras/tokenize"
-        self._special_prefix: list[int] | None = None  # what tokenize adds to any text (BOS)
-        self._facts: FactStore | None = None
-        self._offline = False
-        self._client = httpx.Client(
-            base_url=self.base_url + "/",
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            ),
-            transport=transport,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"OpenAICompletionsProvider(base_url={self.base_url!r}, model={self.model!r}, "
-            f"strategy={self._requested!r})"
-        )
 
     # -- strategy -----------------------------------------------------------------
-    @property
-    def strategy(self) -> str:
-        """The strategy in use; under ``"auto"`` the first access probes the server."""
-        if self._requested != "auto":
-            return self._requested
-        return self.probe_result.strategy
-
     @property
     def probe_result(self) -> ProbeResult:
         """What the capability probe found (runs it on first access, once per process;
@@ -170,27 +123,16 @@ class OpenAICompletionsProvider(Provider):
         with self._lock:
             if self._probe is None:
                 key = f"probe|{self.base_url}|{self.model}|top_logprobs={self.top_logprobs}"
-                kept = self._facts.recall(key) if self._facts is not None else None
-                if kept is not None:
-                    self._probe = ProbeResult(**kept)
-                    return self._probe
-                self._online(f"the capability probe of {self.base_url}")
-                post = partial(self._post, "completions")
-                probe = partial(run_probe, post, self.model, self.top_logprobs)
-                self._probe, fresh = cached_probe((self.base_url, self.model), probe)
-                self.probe_requests += self._probe.requests if fresh else 0
-                if self._facts is not None:
-                    self._facts.remember(key, asdict(self._probe))
+                what = f"the capability probe of {self.base_url}"
+                self._probe = ProbeResult(**self._session.fact(key, what, self._run_probe))
             return self._probe
 
-    def attach_facts(self, facts: FactStore, *, offline: bool = False) -> None:
-        """Keep the probe result and label token ids in ``facts`` (the client's cache);
-        with ``offline=True`` send nothing and raise :class:`OfflineCacheMiss` instead."""
-        self._facts, self._offline = facts, offline
-
-    def _online(self, what: str) -> None:
-        if self._offline:
-            raise OfflineCacheMiss(what=what)
+    def _run_probe(self) -> dict[str, Any]:
+        post = partial(self._session.post, "completions")
+        probe = partial(run_probe, post, self.model, self.top_logprobs)
+        result, fresh = cached_probe((self.base_url, self.model), probe)
+        self.probe_requests += result.requests if fresh else 0
+        return asdict(result)
 
     @property
     def returns_hidden(self) -> bool:  # type: ignore[override]
@@ -217,33 +159,25 @@ class OpenAICompletionsProvider(Provider):
     def label_token_ids(self, words: Sequence[str]) -> list[int]:
         words = list(words)
         key = f"label_token_ids|{self.base_url}|{self.model}|{json.dumps(words)}"
-        kept = self._facts.recall(key) if self._facts is not None else None
-        if kept is None:
-            self._online(f"the token ids of the label words {words}")
-            kept = self._fetch_label_token_ids(words)
-            if self._facts is not None:
-                self._facts.remember(key, kept)
+        what = f"the token ids of the label words {words}"
+        kept = self._session.fact(key, what, partial(self._fetch_label_token_ids, words))
         result = [int(i) for i in kept]
         with self._lock:
             self._words.update(zip(result, words))
         return result
 
     def _fetch_label_token_ids(self, words: list[str]) -> list[int]:
-        found = {w: self._tokenize(LABEL_WORD_PREFIX + w) for w in dict.fromkeys(words)}
+        found = {w: self._session.tokenize(LABEL_WORD_PREFIX + w) for w in dict.fromkeys(words)}
         if all(ids is not None for ids in found.values()):
             prefix = len(LABEL_WORD_PREFIX)
             check_single_tokens(words, lambda text: [str(i) for i in found[text[prefix:]] or []])
             result = [int(found[w][0]) for w in words]  # type: ignore[index]
         else:  # no tokenizer: stable ids that cannot collide across tasks in the cache
-            result = [-1 - (zlib.crc32(w.encode("utf-8")) & 0x7FFFFFFF) for w in words]
+            result = [synthetic_token_id(w) for w in words]
         return result
 
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
-        if prompts and self._tokenize(prompts[0]) is not None:
-            with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-                # +1: the tokenizer endpoint omits the BOS token that completions add.
-                return [len(ids or []) + 1 for ids in pool.map(self._tokenize, prompts)]
-        return [len(p) // CHARS_PER_TOKEN_ESTIMATE + 1 for p in prompts]
+        return self._session.count_tokens(prompts)
 
     def max_queries_per_prompt(self, n_tokens: int) -> int:
         strategy = self.strategy
@@ -259,29 +193,16 @@ class OpenAICompletionsProvider(Provider):
             return []
         strategy = self.strategy
         labels = self._labels(token_ids, strategy)
-        succeeded = [0]  # requests answered in this call: they were paid for
+        scorer = {
+            "extension": score_extension,
+            "top_logprobs": partial(score_top_logprobs, top_k=self.top_logprobs),
+            "echo": score_echo,
+        }[strategy]
 
-        def post(payload: dict[str, Any]) -> dict[str, Any]:
-            body = self._post("completions", payload)
-            succeeded[0] += 1
-            check_model(body, self.model)  # never cache another model's answer under this one
-            return body
+        def one(post: Post, prompt: str) -> ProviderAnswer:
+            return reading(partial(scorer, post, self.model, labels=labels), strategy)(prompt)
 
-        scorers = {
-            "extension": partial(score_extension, post, self.model),
-            "top_logprobs": partial(score_top_logprobs, post, self.model, top_k=self.top_logprobs),
-            "echo": partial(score_echo, post, self.model),
-        }
-        one = reading(partial(scorers[strategy], labels=labels), strategy)
-        try:
-            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts))) as pool:
-                return list(pool.map(one, prompts))
-        except ProviderError as exc:
-            exc.request_sent = exc.request_sent or succeeded[0] > 0
-            raise
-
-    def close(self) -> None:
-        self._client.close()
+        return self._session.map(one, prompts, "completions", model=self.model)
 
     # -- internals ----------------------------------------------------------------
     def _labels(self, token_ids: Sequence[int], strategy: str) -> list[Label]:
@@ -298,40 +219,6 @@ class OpenAICompletionsProvider(Provider):
                 f"the {strategy} strategy matches words by text — call label_token_ids first"
             )
         return [Label(i, self._words.get(i, "")) for i in ids]
-
-    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return self._retry.call(lambda: request_json(self._client, "POST", path, json=payload)[0])
-
-    def _tokenize(self, text: str) -> list[int] | None:
-        """Token ids of ``text`` (no BOS), or None when the server has no tokenizer.
-
-        Some servers (llama.cpp) always prepend BOS: what they return for the empty
-        string is learnt once and stripped from every answer.
-        """
-        if self._special_prefix is None and self._tokenizer is not False:
-            raw = self._tokenize_raw("")
-            self._special_prefix = raw or []
-        tokens = self._tokenize_raw(text)
-        prefix = self._special_prefix or []
-        if tokens is not None and prefix and tokens[: len(prefix)] == prefix:
-            tokens = tokens[len(prefix) :]
-        return tokens
-
-    def _tokenize_raw(self, text: str) -> list[int] | None:
-        if self._tokenizer is False:
-            return None
-        try:
-            body = self._post(self._tokenize_url, {"input": text})
-        except ProviderStatusError as exc:
-            if exc.status not in _NO_TOKENIZER:
-                raise
-            body = {}
-        except ProviderResponseError:  # e.g. an HTML page: not a tokenizer
-            body = {}
-        tokens = body.get("tokens")
-        ok = isinstance(tokens, list) and all(isinstance(t, int) for t in tokens)
-        self._tokenizer = ok
-        return [int(t) for t in tokens] if ok else None  # type: ignore[union-attr]
 
 
 def _check_options(

@@ -2,8 +2,9 @@
 
 Routes
 ------
-``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/embeddings``
-and ``POST /extras/tokenize`` (llama-cpp-python's shape). Every response carries the
+``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``
+(the model's chat template, or a plain one), ``POST /v1/embeddings`` and ``POST
+/extras/tokenize`` (llama-cpp-python's shape). Every response carries the
 ``x-maas-tune-version`` header; errors use OpenAI's ``{"error": {...}}`` shape.
 
 Extension
@@ -72,6 +73,7 @@ def run(
     max_batch_size: int = 16,
     max_wait_ms: float = 5,
     max_body_bytes: int | None = None,
+    max_top_logprobs: int = 20,
 ) -> None:
     """Serve ``model`` until SIGINT/SIGTERM (a graceful shutdown: in-flight requests finish).
 
@@ -92,6 +94,8 @@ def run(
         Dynamic batching of label scoring (prompts gathered per batch, wait for company).
     max_body_bytes : int, optional
         Largest request body (default 4 MiB); larger ones get 413.
+    max_top_logprobs : int, default 20
+        Most top log-probs per position in completions and chat; 5 mimics a hosted API.
 
     Raises
     ------
@@ -126,7 +130,8 @@ def run(
 
     app = create_app(load, api_key=api_key, max_batch_size=max_batch_size,
                      max_wait_ms=max_wait_ms, on_load_failure=stop,
-                     max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+                     max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+                     max_top_logprobs=max_top_logprobs)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port))
     try:
         server.run()

@@ -6,12 +6,14 @@ import asyncio
 import base64
 import time
 import uuid
+from collections.abc import Iterable
 
 import numpy as np
 
 from .batching import ScoreBatcher
 from .engine import Completion, Engine, GenerationParams, empty_completion, needs_forward
 from .schemas import (
+    MAX_TOP_LOGPROBS,
     APIError,
     CompletionChoice,
     CompletionRequest,
@@ -21,7 +23,7 @@ from .schemas import (
     Usage,
 )
 
-__all__ = ["check_model", "create_completion", "encode_hidden"]
+__all__ = ["check_model", "check_top_logprobs", "create_completion", "encode_hidden", "token_bias"]
 
 #: Default of OpenAI's legacy completions when ``max_tokens`` is null.
 DEFAULT_MAX_TOKENS = 16
@@ -43,15 +45,31 @@ def encode_hidden(hidden: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(hidden, dtype="<f4").tobytes()).decode("ascii")
 
 
+def check_top_logprobs(value: int | None, cap: int, param: str) -> None:
+    """Raise a 400 :class:`APIError` when more top log-probs are asked than the server allows."""
+    if value is not None and value > cap:
+        raise APIError(400, f"{param} must be at most {cap} on this server, got {value}; "
+                       f"ask for {cap} or fewer", param=param)
+
+
+def _check_ids(engine: Engine, ids: Iterable[int], param: str) -> None:
+    bad = [i for i in ids if i >= engine.vocab_size]
+    if bad:
+        raise APIError(400, f"token id {bad[0]} is outside the vocabulary "
+                       f"(size {engine.vocab_size})", param=param)
+
+
+def token_bias(engine: Engine, logit_bias: dict[str, float] | None) -> dict[int, float]:
+    """A request's ``logit_bias`` as token id → bias, checked against the vocabulary."""
+    bias = {int(k): v for k, v in (logit_bias or {}).items()}
+    _check_ids(engine, bias, "logit_bias")
+    return bias
+
+
 def _params(engine: Engine, req: CompletionRequest) -> GenerationParams:
-    bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
-    for ids, param in ((bias, "logit_bias"),
-                       (req.maas_tune.label_token_ids if req.maas_tune else [],
-                        "maas_tune.label_token_ids")):
-        bad = [i for i in ids if i >= engine.vocab_size]
-        if bad:
-            raise APIError(400, f"token id {bad[0]} is outside the vocabulary "
-                           f"(size {engine.vocab_size})", param=param)
+    bias = token_bias(engine, req.logit_bias)
+    if req.maas_tune:
+        _check_ids(engine, req.maas_tune.label_token_ids, "maas_tune.label_token_ids")
     return GenerationParams(
         max_tokens=DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens,
         temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
@@ -90,23 +108,30 @@ def _choice(
 
 
 async def create_completion(
-    engine: Engine, batcher: ScoreBatcher, req: CompletionRequest
+    engine: Engine, batcher: ScoreBatcher, req: CompletionRequest,
+    max_top_logprobs: int = MAX_TOP_LOGPROBS,
 ) -> CompletionResponse:
-    """Answer one completions request (every prompt is checked before any work starts)."""
+    """Answer one completions request (every prompt is checked before any work starts).
+
+    ``logprobs`` above ``max_top_logprobs`` (the server's hosted-style cap) is a 400.
+    """
     check_model(engine, req.model)
+    check_top_logprobs(req.logprobs, max_top_logprobs, "logprobs")
     params = _params(engine, req)
     prompts = req.prompts
     lengths = engine.checked_lengths(prompts, params.max_tokens)
-    extensions = await _extension(batcher, req, prompts, lengths)
     choices, prompt_tokens, completion_tokens = [], 0, 0
-    for index, (prompt, ext, n_tokens) in enumerate(zip(prompts, extensions, lengths)):
-        if needs_forward(params):
-            done = await asyncio.to_thread(engine.complete, prompt, params)
-        else:  # e.g. an extension request with max_tokens=0: no thread hop, no second tokenizing
-            done = empty_completion(prompt, n_tokens, params)
-        prompt_tokens += done.prompt_tokens
-        completion_tokens += done.completion_tokens
-        choices.append(_choice(index, done, ext, req.logprobs is not None))
+    forward = needs_forward(params)
+    with batcher.admitting(len(prompts) if forward else 0):  # a flood gets 429, as for scoring
+        extensions = await _extension(batcher, req, prompts, lengths)
+        for index, (prompt, ext, n_tokens) in enumerate(zip(prompts, extensions, lengths)):
+            if forward:
+                done = await asyncio.to_thread(engine.complete, prompt, params)
+            else:  # e.g. an extension request with max_tokens=0: no thread hop, no re-tokenizing
+                done = empty_completion(prompt, n_tokens, params)
+            prompt_tokens += done.prompt_tokens
+            completion_tokens += done.completion_tokens
+            choices.append(_choice(index, done, ext, req.logprobs is not None))
     return CompletionResponse(
         id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=engine.model_id,
         choices=choices,

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["DEFAULT_PASS_OVERHEAD_TOKENS", "plan_passes"]
+__all__ = ["DEFAULT_PASS_OVERHEAD_TOKENS", "pass_waste", "plan_passes"]
 
 #: Fixed cost of one forward pass, in padded-token equivalents. On 2 CPU cores Gemma 3
-#: 270M costs ~1 ms per padded token at batch 16 and ~60 ms more per pass at batch 1
-#: (see docs/benchmarks.md); the planner is not sensitive to the exact value.
-DEFAULT_PASS_OVERHEAD_TOKENS = 48
+#: 270M costs ~63 ms + 1.08 ms per padded token (least squares over batch 1-32 x
+#: length 16-64; see docs/benchmarks.md), i.e. ~58 tokens.
+DEFAULT_PASS_OVERHEAD_TOKENS = 60
+
+
+def pass_waste(lengths: Sequence[int], overhead_tokens: float) -> float:
+    """Padding plus overhead per prompt of one pass, in token equivalents."""
+    return (overhead_tokens + len(lengths) * max(lengths) - sum(lengths)) / len(lengths)
 
 
 def plan_passes(

@@ -19,12 +19,19 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(exc.name or "fastapi", "server") from exc
 
+from ._chat import install_chat_route
 from ._completions import check_model, create_completion, encode_hidden
 from ._middleware import DEFAULT_MAX_BODY_BYTES, VERSION_HEADER, BodyLimit, Gate
 from ._slot import ModelSlot
 from .batching import QueueFull, ScoreBatcher
 from .engine import ContextLengthExceeded, Engine
-from .schemas import APIError, CompletionRequest, EmbeddingRequest, TokenizeRequest
+from .schemas import (
+    MAX_TOP_LOGPROBS,
+    APIError,
+    CompletionRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
 
 __all__ = ["VERSION_HEADER", "create_app"]
 
@@ -100,7 +107,8 @@ def _install_routes(app: FastAPI, slot: ModelSlot, batcher: ScoreBatcher) -> Non
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> dict[str, Any]:
-        return (await create_completion(slot.engine, batcher, req)).to_json()
+        cap = app.state.max_top_logprobs
+        return (await create_completion(slot.engine, batcher, req, cap)).to_json()
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
@@ -127,6 +135,7 @@ def create_app(
     max_batch_size: int = 16, max_wait_ms: float = 5, max_queue: int = 256,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     on_load_failure: Callable[[BaseException], None] | None = None,
+    max_top_logprobs: int = MAX_TOP_LOGPROBS,
 ) -> FastAPI:
     """Build the OpenAI-compatible server around ``engine``.
 
@@ -145,6 +154,9 @@ def create_app(
         Larger request bodies get 413 before they are read in full.
     on_load_failure : callable, optional
         Called with the loader's exception (e.g. to stop the server).
+    max_top_logprobs : int, default 20
+        Most top log-probs per position, in completions (``logprobs``) and chat
+        (``top_logprobs``); more is a 400, as on hosted APIs (e.g. 5).
 
     Returns
     -------
@@ -159,6 +171,7 @@ def create_app(
 
     def size_passes(ready: Engine) -> None:
         batcher.max_pass_size = min(max_batch_size, ready.max_pass_size)
+        batcher.max_pass_tokens = ready.max_pass_tokens
 
     slot.when_ready(size_passes)
 
@@ -172,8 +185,10 @@ def create_app(
     app = FastAPI(title="maas-tune", version=__version__, lifespan=lifespan)
     app.state.slot = slot
     app.state.batcher = batcher
+    app.state.max_top_logprobs = max_top_logprobs
     _install_error_handlers(app)
     _install_routes(app, slot, batcher)
+    install_chat_route(app, slot, batcher)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(Gate, api_key=api_key)  # outermost: the key is checked first
     return app

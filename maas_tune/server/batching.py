@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from ..errors import MaasTuneError
+from ..providers._packing import pack_runs
 from ..providers.base import ProviderAnswer
-from ._planning import DEFAULT_PASS_OVERHEAD_TOKENS, plan_passes
+from ._planning import DEFAULT_PASS_OVERHEAD_TOKENS, pass_waste, plan_passes
 
 __all__ = ["QueueFull", "ScoreBatcher"]
+
+#: Default longest wait of a prompt for company of its length.
+DEFAULT_MAX_DELAY_MS = 1000.0
 
 ScoreFn = Callable[[Sequence[str], Sequence[int]], list[ProviderAnswer]]
 
@@ -26,10 +31,11 @@ class _Item:
     token_ids: tuple[int, ...]
     length: int
     future: asyncio.Future[ProviderAnswer]
+    arrived: float = 0.0
 
 
 class ScoreBatcher:
-    """Gather prompts that arrive within ``max_wait_ms`` into one forward pass.
+    """Gather concurrent prompts into forward passes of similar length.
 
     Parameters
     ----------
@@ -37,9 +43,9 @@ class ScoreBatcher:
         Blocking ``score(prompts, token_ids) -> list[ProviderAnswer]`` (e.g.
         :meth:`Engine.score`); it runs in a worker thread.
     max_batch_size : int
-        Most prompts per call.
+        Most prompts in the planning window (the prompts a pass is chosen from).
     max_wait_ms : float
-        How long the first prompt of a batch waits for company.
+        How long the first prompt after an idle spell waits for company.
     max_queue : int
         Most prompts waiting; a request that would pass it raises :class:`QueueFull`.
     max_pass_size : int, optional
@@ -47,13 +53,23 @@ class ScoreBatcher:
     pass_overhead_tokens : float
         Fixed cost of one ``score`` call in padded-token equivalents (see
         :func:`~maas_tune.server._planning.plan_passes`).
+    max_delay_ms : float
+        A prompt that has waited this long goes into the next pass, whatever its length.
+    max_pass_tokens : int, optional
+        Set when ``score`` packs prompts into one row (no padding, see
+        :class:`~maas_tune.providers.local.TransformersProvider`): each pass then takes
+        the oldest prompts, up to ``max_pass_size`` prompts and this many tokens.
 
     Notes
     -----
-    A gathered batch is sorted by prompt length (in tokens, as given to
-    :meth:`submit`) and cut into the passes that waste the least padding; each pass is
-    one ``score`` call, and its requests are answered as soon as it is done, so their
-    clients can send the next request while the rest of the batch runs.
+    Continuous batching: while the model runs one pass, new prompts join the planning
+    window, and the next pass is chosen from it. Where ``score`` packs prompts
+    (``max_pass_tokens`` set), the oldest prompts that fit go first. Where it pads,
+    the window (prompt lengths in tokens, as given to :meth:`submit`) is cut into the
+    passes that waste the least padding, and the pass that wastes the least per prompt
+    runs next: prompts of unusual length wait for company of their length (at most
+    ``max_delay_ms``), much as an offline pass sorted by length groups them. Each pass
+    answers its requests as soon as it is done.
 
     Requests in one batch may ask for different label tokens: the batch is scored
     on the union of their token ids and each answer keeps its own columns, in its
@@ -64,6 +80,7 @@ class ScoreBatcher:
         self, score: ScoreFn, *, max_batch_size: int = 16, max_wait_ms: float = 5.0,
         max_queue: int = 256, max_pass_size: int | None = None,
         pass_overhead_tokens: float = DEFAULT_PASS_OVERHEAD_TOKENS,
+        max_delay_ms: float = DEFAULT_MAX_DELAY_MS, max_pass_tokens: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_ms >= 0")
@@ -71,6 +88,12 @@ class ScoreBatcher:
         self.max_batch_size = max_batch_size
         self.max_pass_size = max_pass_size or max_batch_size
         self.pass_overhead_tokens = pass_overhead_tokens
+        self.max_delay_s = max_delay_ms / 1000.0
+        self.max_pass_tokens = max_pass_tokens
+        self._waiting: list[_Item] = []  # the planning window
+        # One long-lived thread runs every pass: torch keeps one intra-op thread team
+        # warm, instead of one per thread of asyncio's default executor.
+        self._executor: ThreadPoolExecutor | None = None
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self._queue: asyncio.Queue[_Item] | None = None
@@ -78,11 +101,47 @@ class ScoreBatcher:
         #: Sizes of the ``score`` calls made so far (for tests and metrics).
         self.batch_sizes: list[int] = []
         self._pending = 0
+        self._generating = 0
 
     @property
     def pending(self) -> int:
         """Prompts submitted and not answered yet (queued or being scored)."""
         return self._pending
+
+    @property
+    def queued(self) -> int:
+        """Prompts waiting in the queue (at most ``max_queue``)."""
+        return 0 if self._queue is None else self._queue.qsize()
+
+    @property
+    def generating(self) -> int:
+        """Prompts admitted by :meth:`admitting` and not finished yet (at most ``max_queue``)."""
+        return self._generating
+
+    @contextlib.contextmanager
+    def admitting(self, n: int) -> Iterator[None]:
+        """Hold room for ``n`` prompts handled outside the queue (generation, echo).
+
+        They wait for the model as queued prompts do, so they get the same bound: a
+        flood is refused with :class:`QueueFull` instead of piling up in memory.
+
+        Raises
+        ------
+        QueueFull
+            If ``max_queue`` such prompts are already admitted (nothing is held then).
+        """
+        if self._generating + n > self.max_queue:
+            advice = (f"send at most {self.max_queue} prompts per request" if n > self.max_queue
+                      else "retry after a short wait")
+            raise QueueFull(
+                f"the server is busy ({self._generating} of {self.max_queue} prompts "
+                f"generating, {n} more asked for); {advice}"
+            )
+        self._generating += n
+        try:
+            yield
+        finally:
+            self._generating -= n
 
     async def submit(
         self, prompts: Sequence[str], token_ids: Sequence[int],
@@ -107,7 +166,8 @@ class ScoreBatcher:
         loop = asyncio.get_running_loop()
         ids = tuple(int(t) for t in token_ids)
         sizes = [len(p) for p in prompts] if lengths is None else [int(n) for n in lengths]
-        items = [_Item(p, ids, n, loop.create_future()) for p, n in zip(prompts, sizes)]
+        now = loop.time()
+        items = [_Item(p, ids, n, loop.create_future(), now) for p, n in zip(prompts, sizes)]
         for item in items:
             queue.put_nowait(item)
         self._pending += len(items)
@@ -122,49 +182,85 @@ class ScoreBatcher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        left = list(self._waiting)
+        self._waiting.clear()
         while self._queue is not None and not self._queue.empty():
-            item = self._queue.get_nowait()
+            left.append(self._queue.get_nowait())
+        for item in left:
             if not item.future.done():
                 item.future.set_exception(QueueFull("the server is shutting down; retry later"))
         self._worker = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
     # -- internals --------------------------------------------------------------
     def _start(self) -> asyncio.Queue[_Item]:
         if self._queue is None:
             self._queue = asyncio.Queue()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maas-tune-score")
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._run())
         return self._queue
 
     async def _run(self) -> None:
         assert self._queue is not None
+        waiting = self._waiting
         while True:
-            batch = [await self._queue.get()]
-            await self._gather(batch)
-            await self._process(batch)
+            if not waiting:  # idle: the first prompt waits up to max_wait_ms for company
+                waiting.append(await self._queue.get())
+                await self._gather(self.max_wait_s)
+            else:  # busy: take what arrived while the last pass ran, without waiting
+                await self._gather(0.0)
+            await self._score_pass(self._choose())
 
-    async def _gather(self, batch: list[_Item]) -> None:
+    async def _gather(self, wait_s: float) -> None:
+        """Move queued prompts into the planning window, waiting up to ``wait_s`` for more."""
         assert self._queue is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_s
-        while len(batch) < self.max_batch_size:
+        deadline = loop.time() + wait_s
+        while len(self._waiting) < self.max_batch_size:
             if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                self._waiting.append(self._queue.get_nowait())
                 continue
             timeout = deadline - loop.time()
             if timeout <= 0:
                 return
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                self._waiting.append(await asyncio.wait_for(self._queue.get(), timeout))
             except asyncio.TimeoutError:
                 return
 
-    async def _process(self, batch: list[_Item]) -> None:
-        live = [item for item in batch if not item.future.done()]  # skip cancelled requests
-        passes = plan_passes([item.length for item in live], max_pass_size=self.max_pass_size,
+    def _choose(self) -> list[_Item]:
+        """Take the next pass out of the planning window (see the class notes)."""
+        live = [item for item in self._waiting if not item.future.done()]  # skip cancelled
+        if not live:
+            self._waiting.clear()
+            return []
+        chosen = self._oldest_run(live) if self.max_pass_tokens else self._least_waste(live)
+        taken = {id(live[i]) for i in chosen}
+        self._waiting[:] = [item for item in live if id(item) not in taken]
+        return [live[i] for i in chosen]
+
+    def _oldest_run(self, live: list[_Item]) -> list[int]:
+        """Packed passes: padding costs nothing, so the oldest prompts that fit go first."""
+        order = sorted(range(len(live)), key=lambda i: live[i].arrived)
+        run = pack_runs([live[i].length for i in order], self.max_pass_size,
+                        self.max_pass_tokens or 0)[0]
+        return [order[k] for k in run]
+
+    def _least_waste(self, live: list[_Item]) -> list[int]:
+        """Padded passes: plan the window (:func:`plan_passes`) and take the pass that
+        wastes least per prompt, unless a prompt has waited ``max_delay_ms``."""
+        lengths = [item.length for item in live]
+        passes = plan_passes(lengths, max_pass_size=self.max_pass_size,
                              overhead_tokens=self.pass_overhead_tokens)
-        for indices in passes:
-            await self._score_pass([live[i] for i in indices])
+        oldest = min(range(len(live)), key=lambda i: live[i].arrived)
+        if asyncio.get_running_loop().time() - live[oldest].arrived >= self.max_delay_s:
+            return next(p for p in passes if oldest in p)
+        return min(passes, key=lambda p: pass_waste([lengths[i] for i in p],
+                                                    self.pass_overhead_tokens))
 
     async def _score_pass(self, items: list[_Item]) -> None:
         items = [item for item in items if not item.future.done()]
@@ -173,7 +269,9 @@ class ScoreBatcher:
         union = sorted({t for item in items for t in item.token_ids})
         self.batch_sizes.append(len(items))
         try:
-            answers = await asyncio.to_thread(self._score, [i.prompt for i in items], union)
+            answers = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._score, [i.prompt for i in items], union
+            )
         except Exception as exc:  # noqa: BLE001 - handed to each waiting request
             for item in items:
                 if not item.future.done():

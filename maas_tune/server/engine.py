@@ -128,6 +128,11 @@ class Engine:
         """Most prompts the provider scores in one forward pass."""
         return int(self.provider.batch_size)
 
+    @property
+    def max_pass_tokens(self) -> int | None:
+        """Most prompt tokens the provider packs into one pass (None: it pads instead)."""
+        return self.provider.pack_tokens
+
     # -- scoring ----------------------------------------------------------------
     def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
         """``provider.score`` under the engine lock (log-softmax over the full vocabulary)."""

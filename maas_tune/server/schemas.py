@@ -19,12 +19,38 @@ __all__ = [
     "Logprobs",
     "TokenizeRequest",
     "Usage",
+    "check_logit_bias",
+    "stop_strings",
 ]
 
 #: Most alternatives per position, as in OpenAI's legacy completions.
 MAX_TOP_LOGPROBS = 20
 #: Bound on the magnitude of one ``logit_bias`` entry (OpenAI's).
 MAX_LOGIT_BIAS = 100.0
+#: Most digits in a ``logit_bias`` key: more than any vocabulary needs, and far below
+#: Python's 4300-digit limit on int(), which would otherwise raise a 500.
+MAX_TOKEN_ID_DIGITS = 12
+#: Seeds a torch generator accepts (the union of int64 and uint64).
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
+
+
+def check_logit_bias(bias: dict[str, float] | None) -> dict[str, float] | None:
+    """Validate a ``logit_bias`` field (token-id keys, values in [-100, 100]); ValueError if not."""
+    for key, value in (bias or {}).items():
+        # isdigit() alone admits '²' and other digits that int() refuses (a 500).
+        if not (key.isascii() and key.isdigit() and len(key) <= MAX_TOKEN_ID_DIGITS):
+            raise ValueError(f"keys must be token ids as strings, got {key[:40]!r}")
+        if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+            raise ValueError(f"values must lie in [-100, 100], got {value} for {key!r}")
+    return bias
+
+
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    """A request's ``stop`` field (absent, one string or a list) as a tuple."""
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
+
 
 class APIError(MaasTuneError):
     """An error answered in OpenAI's shape ``{"error": {message, type, param, code}}``."""
@@ -77,7 +103,7 @@ class CompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     stop: Union[str, list[str], None] = None
     n: int = 1
-    seed: int | None = None
+    seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED)
     stream: bool | None = False
     user: str | None = None
     maas_tune: ExtensionRequest | None = None
@@ -92,12 +118,7 @@ class CompletionRequest(BaseModel):
     @field_validator("logit_bias")
     @classmethod
     def _bias_keys(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        for key, value in (bias or {}).items():
-            if not key.isdigit():
-                raise ValueError(f"keys must be token ids as strings, got {key!r}")
-            if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
-                raise ValueError(f"values must lie in [-100, 100], got {value} for {key!r}")
-        return bias
+        return check_logit_bias(bias)
 
     @model_validator(mode="after")
     def _consistent(self) -> CompletionRequest:
@@ -117,9 +138,7 @@ class CompletionRequest(BaseModel):
     @property
     def stops(self) -> tuple[str, ...]:
         """The stop string(s) as a tuple."""
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return stop_strings(self.stop)
 
 
 class EmbeddingRequest(BaseModel):

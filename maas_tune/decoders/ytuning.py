@@ -1,0 +1,234 @@
+"""Y-Tuning: learned label embeddings that attend over the cached hidden states."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigurationError
+from ..scores import Scores
+from ._inputs import torch_seed
+from ._label_attention import init_label_network, label_network_logits, layer_names
+from .base import BaseDecoder, check_shapes, torch_threads
+
+__all__ = ["YTuning", "position_features"]
+
+#: Prefix of the label network's tensors in a saved decoder.
+PARAM_PREFIX = "net."
+
+
+def position_features(X: Scores) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features per position and their mask.
+
+    ``X.hidden`` of shape (n, d) is one position (the prediction position); a provider
+    that returns several positions' states gives (n, p, d), where an all-zero vector
+    marks padding.
+
+    Returns
+    -------
+    feats : Tensor, shape (n, p, d), float32
+    mask : Tensor, shape (n, p), bool
+        True on real positions; a row with none is treated as all real.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``X`` has no hidden states.
+    """
+    if X.hidden is None:
+        raise ConfigurationError(
+            "Y-Tuning attends over hidden states, and these scores carry none (the provider "
+            "returns none); use a scores-only decoder such as DecT or ScoreLogisticRegression"
+        )
+    feats = torch.as_tensor(X.hidden, dtype=torch.float32)
+    if feats.ndim == 2:
+        feats = feats[:, None, :]  # (n, 1, d)
+    if feats.ndim != 3:
+        raise ConfigurationError(f"hidden states must be (n, d) or (n, p, d), got {feats.shape}")
+    mask = feats.abs().sum(-1) > 0  # (n, p)
+    mask[~mask.any(-1)] = True
+    return feats, mask
+
+
+class YTuning(BaseDecoder):
+    """Y-Tuning (Liu, An & Qiu, arXiv 2202.09817): label representations over frozen features.
+
+    Each class has a learned embedding; a small transformer decoder lets the K label
+    embeddings attend to each other and, through cross-attention, to the example's
+    frozen features (the hidden states the provider returned, standardised with the
+    training rows' statistics and projected to ``d_model``); each resulting label
+    vector is scored by a shared linear head, and a softmax over the K scores gives
+    the prediction. Only the label network is trained (AdamW, full batch, cross-entropy);
+    the language model is never touched.
+
+    With the hidden state of one position (what the bundled providers return) the
+    cross-attention has a single key, so the label network is a label-conditioned
+    network of that state; with several positions' states (``hidden`` of shape
+    (n, p, d)) the labels attend over them, as in the paper.
+
+    **Cost.** No query beyond the one per example that scores it; trains locally.
+
+    Parameters
+    ----------
+    d_model : int, default 64
+    n_heads : int, default 4
+        Must divide ``d_model``.
+    n_layers : int, default 1
+    dropout : float, default 0.1
+    epochs : int, default 300
+    learning_rate : float, default 1e-3
+    weight_decay : float, default 0.01
+    random_state : int or None
+    n_threads : int or None, default 1
+        Torch intra-op threads while fitting and predicting.
+
+    Attributes
+    ----------
+    classes_ : np.ndarray of str, shape (K,)
+    mean_, scale_ : torch.Tensor, shape (d,)
+        Standardisation of the features (over training rows and real positions).
+    params_ : dict of str to torch.Tensor
+        The label network (see :func:`~maas_tune.decoders._label_attention.init_label_network`).
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int = 64,
+        n_heads: int = 4,
+        n_layers: int = 1,
+        dropout: float = 0.1,
+        epochs: int = 300,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.01,
+        random_state: int | None = None,
+        n_threads: int | None = 1,
+    ) -> None:
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.n_layers = n_layers
+        self.dropout = dropout
+        self.epochs = epochs
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.random_state = random_state
+        self.n_threads = n_threads
+
+    def fit(self, X: Scores, y: Sequence[Any] | np.ndarray) -> YTuning:
+        """Train the label network on scored examples with hidden states; returns ``self``."""
+        self._check_params()
+        target = self._encode_y(X, y)
+        feats, mask = position_features(X)  # (n, p, d), (n, p)
+        real = feats[mask]  # (r, d)
+        mean = real.mean(0)
+        scale = real.std(0, unbiased=False).clamp(min=1e-6)
+        generator = torch.Generator().manual_seed(torch_seed(self.random_state))
+        with torch_threads(self.n_threads):
+            params = init_label_network(
+                feats.shape[-1], self.d_model, len(X.labels), self.n_layers, generator
+            )
+            self.params_ = self._train(params, (feats - mean) / scale, mask, target, generator)
+        self.mean_, self.scale_ = mean, scale
+        self._set_classes(X)
+        return self
+
+    def _train(
+        self,
+        params: dict[str, torch.Tensor],
+        feats: torch.Tensor,
+        mask: torch.Tensor,
+        target: torch.Tensor,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        for p in params.values():
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(
+            list(params.values()), lr=self.learning_rate, weight_decay=self.weight_decay
+        )
+        for _ in range(self.epochs):
+            optimizer.zero_grad(set_to_none=True)
+            logits = self._logits(params, feats, mask, generator)
+            F.cross_entropy(logits, target).backward()
+            optimizer.step()
+        return {name: p.detach() for name, p in params.items()}
+
+    def _logits(
+        self,
+        params: dict[str, torch.Tensor],
+        feats: torch.Tensor,
+        mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return label_network_logits(
+            params,
+            feats,
+            mask,
+            n_layers=self.n_layers,
+            heads=self.n_heads,
+            dropout=self.dropout,
+            generator=generator,
+        )
+
+    def _decision_function(self, X: Scores) -> torch.Tensor:
+        feats, mask = position_features(X)
+        if feats.shape[-1] != self.mean_.shape[0]:
+            raise ConfigurationError(
+                f"X has features of width {feats.shape[-1]} but this YTuning was fitted on "
+                f"width {self.mean_.shape[0]} (hidden states of another model?); score X with "
+                "the provider and task it was fitted with"
+            )
+        return self._logits(self.params_, (feats - self.mean_) / self.scale_, mask)  # (n, K)
+
+    def _check_params(self) -> None:
+        for name in ("d_model", "n_heads", "n_layers", "epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigurationError(
+                f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigurationError(f"dropout must lie in [0, 1), got {self.dropout}")
+
+    # ------------------------------------------------------------------ persistence
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        self._check_fitted()
+        tensors = {"mean_": self.mean_, "scale_": self.scale_}
+        tensors.update({PARAM_PREFIX + k: v for k, v in self.params_.items()})
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        expected = {"mean_", "scale_", *(PARAM_PREFIX + n for n in self._param_tensor_names())}
+        if set(tensors) != expected:
+            raise ValueError(f"tensors expected {sorted(expected)}, got {sorted(tensors)}")
+        classes = meta.get("classes")
+        if (
+            not isinstance(classes, list)
+            or not classes
+            or not all(isinstance(c, str) for c in classes)
+        ):
+            raise ValueError("'classes' must be a non-empty list of str")
+        self.mean_, self.scale_ = tensors["mean_"], tensors["scale_"]
+        n = len(PARAM_PREFIX)
+        self.params_ = {k[n:]: v for k, v in tensors.items() if k.startswith(PARAM_PREFIX)}
+        self.classes_ = np.array(classes)
+        self._check_state(len(classes))
+
+    def _param_tensor_names(self) -> list[str]:
+        names = ["in_proj", "labels", "head", "head_bias"]
+        return names + [n for layer in range(self.n_layers) for n in layer_names(layer)]
+
+    def _check_state(self, k: int) -> None:
+        d = self.mean_.shape[0]
+        m = self.d_model
+        expected = {"in_proj": (d, m), "labels": (k, m), "head": (m,), "head_bias": (k,)}
+        check_shapes({"mean_": (d,), "scale_": (d,)}, self)
+        for name, shape in expected.items():
+            if tuple(self.params_[name].shape) != shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(self.params_[name].shape)}, expected {shape}"
+                )

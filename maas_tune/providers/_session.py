@@ -1,0 +1,191 @@
+"""One OpenAI-style API as the HTTP providers use it: auth, pooling, retries, tokenizer, facts."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import httpx
+
+from .._constants import MAX_RETRIES
+from ..errors import OfflineCacheMiss, ProviderError, ProviderResponseError, ProviderStatusError
+from ._answers import check_model
+from ._http import request_json
+from ._retry import RetryPolicy
+from .base import FactStore
+
+__all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "APISession", "Post"]
+
+#: Environment variables read for the API key, first match wins.
+API_KEY_ENV = ("MAAS_TUNE_API_KEY", "OPENAI_API_KEY")
+#: Characters per token assumed when no tokenizer is reachable (an upper-ish estimate).
+CHARS_PER_TOKEN_ESTIMATE = 3
+# Statuses meaning "no tokenizer endpoint here".
+_NO_TOKENIZER = frozenset({400, 404, 405, 422, 501})
+
+#: Sends one request body to the API's scoring route and returns the decoded JSON object.
+Post = Callable[[dict[str, Any]], dict[str, Any]]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class APISession:
+    """An authenticated, retrying JSON client of one API root, its tokenizer, and facts about it.
+
+    Facts (a probe result, label token ids) are what a provider learns from the server
+    before scoring; kept in a :class:`~maas_tune.providers.base.FactStore` (the client's
+    cache) once one is attached, they cost no request in later runs.
+
+    Parameters
+    ----------
+    base_url : str
+        API root including the version, e.g. ``"http://127.0.0.1:8000/v1"``; the
+        tokenizer is looked for at ``{base_url minus /v1}/extras/tokenize``.
+    api_key : str or None
+        Sent as ``Authorization: Bearer``; None reads :data:`API_KEY_ENV`.
+    timeout : float
+        Per-request timeout in seconds.
+    max_concurrency : int
+        Pooled connections, and threads of :meth:`map`.
+    max_retries : int
+        Retries of a failed request (see :class:`~maas_tune.providers._retry.RetryPolicy`).
+    transport : httpx.BaseTransport, optional
+        Replaces the network (tests inject ``httpx.MockTransport``).
+    sleep : callable
+        Called with each retry delay in seconds.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        timeout: float,
+        max_concurrency: int,
+        max_retries: int = MAX_RETRIES,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        root = base_url.rstrip("/")  # may carry credentials (user:pass@): never shown
+        self.max_concurrency = max_concurrency
+        self._retry = RetryPolicy(max_retries=max_retries, sleep=sleep)
+        if api_key is None:
+            api_key = next((os.environ[n] for n in API_KEY_ENV if os.environ.get(n)), None)
+        self._tokenize_url = f"{root.removesuffix('/v1')}/extras/tokenize"
+        self._tokenizer: bool | None = None  # None: not tried yet
+        self._special_prefix: list[int] | None = None  # what tokenize adds to any text (BOS)
+        self._facts: FactStore | None = None
+        self._offline = False
+        self._client = httpx.Client(
+            base_url=root + "/",
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            ),
+            transport=transport,
+        )
+
+    def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST ``payload`` to ``path`` (relative to the API root, or absolute), with retries."""
+        return self._retry.call(lambda: request_json(self._client, "POST", path, json=payload)[0])
+
+    def map(
+        self, one: Callable[[Post, T], R], items: Sequence[T], path: str, *, model: str
+    ) -> list[R]:
+        """``one(post, item)`` for each item on up to ``max_concurrency`` threads, in order.
+
+        ``post`` sends to ``path`` and refuses a reply that names a model other than
+        ``model`` (:func:`~maas_tune.providers._answers.check_model`). When a call fails,
+        the error's ``request_sent`` is set as soon as any request of this map was
+        answered: those were paid for.
+        """
+        if not items:
+            return []
+        answered = [0]
+
+        def post(payload: dict[str, Any]) -> dict[str, Any]:
+            body = self.post(path, payload)
+            answered[0] += 1
+            check_model(body, model)  # never cache another model's answer under this one
+            return body
+
+        try:
+            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(items))) as pool:
+                return list(pool.map(lambda item: one(post, item), items))
+        except ProviderError as exc:
+            exc.request_sent = exc.request_sent or answered[0] > 0
+            raise
+
+    def attach_facts(self, facts: FactStore, *, offline: bool = False) -> None:
+        """Keep facts in ``facts``; with ``offline=True`` never send a request to learn one."""
+        self._facts, self._offline = facts, offline
+
+    def fact(self, key: str, what: str, learn: Callable[[], Any]) -> Any:
+        """The JSON fact kept under ``key``, else ``learn()`` it (sending requests) and keep it.
+
+        Raises
+        ------
+        OfflineCacheMiss
+            In offline mode when the fact is not kept; ``what`` names it in the message.
+        """
+        kept = self._facts.recall(key) if self._facts is not None else None
+        if kept is not None:
+            return kept
+        self.require_online(what)
+        value = learn()
+        if self._facts is not None:
+            self._facts.remember(key, value)
+        return value
+
+    def require_online(self, what: str) -> None:
+        """Raise :class:`OfflineCacheMiss` naming ``what`` when requests are not allowed."""
+        if self._offline:
+            raise OfflineCacheMiss(what=what)
+
+    def tokenize(self, text: str) -> list[int] | None:
+        """Token ids of ``text`` (no BOS), or None when the server has no tokenizer.
+
+        Some servers (llama.cpp) always prepend BOS: what they return for the empty
+        string is learnt once and stripped from every answer.
+        """
+        if self._special_prefix is None and self._tokenizer is not False:
+            raw = self._tokenize_raw("")
+            self._special_prefix = raw or []
+        tokens = self._tokenize_raw(text)
+        prefix = self._special_prefix or []
+        if tokens is not None and prefix and tokens[: len(prefix)] == prefix:
+            tokens = tokens[len(prefix) :]
+        return tokens
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text plus BOS through the tokenizer, else ``len // 3 + 1``."""
+        if texts and self.tokenize(texts[0]) is not None:
+            with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+                # +1: the tokenizer endpoint omits the BOS token that requests add.
+                return [len(ids or []) + 1 for ids in pool.map(self.tokenize, texts)]
+        return [len(t) // CHARS_PER_TOKEN_ESTIMATE + 1 for t in texts]
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._client.close()
+
+    def _tokenize_raw(self, text: str) -> list[int] | None:
+        if self._tokenizer is False:
+            return None
+        try:
+            body = self.post(self._tokenize_url, {"input": text})
+        except ProviderStatusError as exc:
+            if exc.status not in _NO_TOKENIZER:
+                raise
+            body = {}
+        except ProviderResponseError:  # e.g. an HTML page: not a tokenizer
+            body = {}
+        tokens = body.get("tokens")
+        ok = isinstance(tokens, list) and all(isinstance(t, int) for t in tokens)
+        self._tokenizer = ok
+        return [int(t) for t in tokens] if ok else None  # type: ignore[union-attr]

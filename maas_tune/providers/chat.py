@@ -1,0 +1,279 @@
+"""HTTP provider: label log-probs from an OpenAI-style ``/chat/completions`` API with logprobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from functools import partial
+from typing import Any
+
+import httpx
+
+from .._constants import MAX_RETRIES
+from ..chat_format import ChatFormat
+from ..errors import ConfigurationError
+from ..task import check_single_tokens
+from ._answers import reading
+from ._chat_probe import ChatProbeResult, run_chat_probe
+from ._chat_strategies import CHAT_ROUTE, CHAT_STRATEGIES, chat_request, score_chat
+from ._forcing import FORCE_BIAS, Label, LabelReading, synthetic_token_id
+from ._probe import cached_probe
+from ._remote import RemoteProvider
+from ._session import Post
+from .base import ProviderAnswer
+from .openai import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, DEFAULT_TOP_LOGPROBS, _check_options
+
+__all__ = ["CHAT_LABEL_PREFIX", "OpenAIChatProvider", "Tokenizer"]
+
+log = logging.getLogger(__name__)
+
+#: Default text before a label word in the answer: chat answers start without a space.
+CHAT_LABEL_PREFIX = ""
+#: Tokens a chat template adds per message, and to prime the reply (OpenAI's accounting).
+TOKENS_PER_MESSAGE, REPLY_PRIMING_TOKENS = 4, 3
+
+#: Maps a text to its token ids, without special tokens (e.g. ``tiktoken``'s ``encode``).
+Tokenizer = Callable[[str], Sequence[int]]
+
+
+class OpenAIChatProvider(RemoteProvider):
+    """Score label words as the first token of a chat model's answer, via its top log-probs.
+
+    Parameters
+    ----------
+    base_url : str
+        API root including the version, e.g. ``"https://api.openai.com/v1"``; requests go
+        to ``{base_url}/chat/completions``.
+    model : str
+        Model name sent with every request.
+    api_key : str, optional
+        Sent as ``Authorization: Bearer``; defaults to ``$MAAS_TUNE_API_KEY`` or
+        ``$OPENAI_API_KEY``. Never appears in the fingerprint, repr, logs or errors.
+    strategy : {"auto", "force", "top_logprobs"}, default "auto"
+        How label words missing from the top-k are scored; see Notes.
+    top_logprobs : int, default 5
+        Alternatives asked for at the first answer token (hosted APIs allow 5 to 20).
+    chat_format : ChatFormat, optional
+        System message and instruction around the task's rendered prompt.
+    label_prefix : str, default ""
+        Text before each label word in the answer, as the API reports the token. Chat
+        answers start without a space, so the default suits OpenAI, Gemma and Llama 3
+        templates; models whose answers start with a space token use ``" "``.
+    tokenizer : callable, optional
+        ``text -> token ids`` of the served model (no special tokens), used for the
+        ``logit_bias`` of the ``force`` strategy; by default the server's
+        ``/extras/tokenize`` (maas-tune serve, llama.cpp) is asked.
+    max_concurrency, timeout, max_retries, transport, sleep
+        As for :class:`~maas_tune.providers.openai.OpenAICompletionsProvider` (same
+        retry policy, error mapping and key redaction).
+
+    Notes
+    -----
+    Every request asks for one greedy answer token (``max_tokens=1``, ``temperature=0``,
+    ``logprobs=true``, ``top_logprobs=k``); label words are matched by their text among
+    the first token's top-k. Strategies, with their cost in requests per sample:
+
+    ``force`` — 1 request, plus 1 per label word missing from the top-k; exact. The
+        missing word is generated with ``logit_bias`` +100 on its token and read with
+        the log-prob the API reports, which is the model's own where logprobs are
+        computed before the bias (OpenAI since 2024, maas-tune serve, llama.cpp);
+        anything else is detected and refused. Needs the label words' token ids.
+    ``top_logprobs`` — 1 request; a missing word gets the top-k bound
+        ``min(min(top-k), log(1 - sum(p in top-k)))``, the largest log-prob it could
+        have, and is counted in :attr:`floored_words`.
+    ``auto`` — probes the API once per (base_url, model) per process and per cache (1-2
+        tiny requests, counted in :attr:`probe_requests`, never charged to a budget):
+        ``force`` where ``logit_bias`` leaves the reported log-probs unchanged and a
+        tokenizer is known, else ``top_logprobs``; see :attr:`probe_result`.
+
+    No hidden states: decoders such as DecT run in scores-only mode.
+    """
+
+    returns_hidden = False
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        strategy: str = "auto",
+        top_logprobs: int = DEFAULT_TOP_LOGPROBS,
+        chat_format: ChatFormat | None = None,
+        label_prefix: str = CHAT_LABEL_PREFIX,
+        tokenizer: Tokenizer | None = None,
+        max_concurrency: int = DEFAULT_CONCURRENCY,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = MAX_RETRIES,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        _check_options(base_url, model, "auto", top_logprobs, max_concurrency, timeout)
+        _check_chat_options(strategy, chat_format, label_prefix, tokenizer)
+        super().__init__(
+            base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
+            timeout=timeout, max_retries=max_retries, transport=transport, sleep=sleep,
+        )
+        self.top_logprobs = top_logprobs
+        self.chat_format = chat_format or ChatFormat()
+        self.label_prefix = label_prefix
+        #: Label words recovered with a forced request / given the top-k bound (this process).
+        self.forced_words = self.floored_words = 0
+        self._tokenizer = tokenizer
+        self._probe: ChatProbeResult | None = None
+        self._choices: list[str] = []  # the last task's label words (token estimates)
+
+    # -- strategy -----------------------------------------------------------------
+    @property
+    def probe_result(self) -> ChatProbeResult:
+        """What the probe found (once per process, and kept in the client's cache)."""
+        with self._lock:
+            if self._probe is None:
+                key = "|".join(("chat-probe", *self._identity()))
+                what = f"the chat capability probe of {self.base_url}"
+                self._probe = ChatProbeResult(**self._session.fact(key, what, self._run_probe))
+                if self._probe.strategy != "force":
+                    log.warning("%s %s: %s", self.base_url, self.model, self._probe.reason)
+            return self._probe
+
+    # -- contract -----------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        url = httpx.URL(self.base_url)
+        strategy = self.strategy
+        missing = {"force_bias": FORCE_BIAS} if strategy == "force" else {"missing": "top-k bound"}
+        return {
+            "provider": "openai-chat",
+            "base_url": f"{url.host}{url.path}",
+            "model": self.model,
+            "strategy": strategy,
+            "options": {
+                "top_logprobs": self.top_logprobs,
+                "format": self.chat_format.fingerprint(),
+                "label_prefix": self.label_prefix,
+                **missing,
+            },
+        }
+
+    def label_token_ids(self, words: Sequence[str]) -> list[int]:
+        words = list(words)
+        if self._tokenizer is not None:  # local: nothing to ask, nothing to keep
+            result = self._fetch_label_token_ids(words)
+        else:
+            key = "|".join(("chat-label_token_ids", *self._identity(), json.dumps(words)))
+            what = f"the token ids of the label words {words}"
+            fetch = partial(self._fetch_label_token_ids, words)
+            result = [int(i) for i in self._session.fact(key, what, fetch)]
+        if self._requested == "force" and any(i < 0 for i in result):
+            raise ConfigurationError(
+                f"strategy='force' needs each label word's token id for logit_bias, but no "
+                f"tokenizer is known for model {self.model!r} ({self.base_url} has no "
+                "/extras/tokenize): pass tokenizer= (e.g. tiktoken's encoding_for_model(model)"
+                ".encode), or use strategy='top_logprobs'"
+            )
+        with self._lock:
+            self._words.update(zip(result, words))
+            self._choices = words
+        return result
+
+    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+        texts = [
+            "\n\n".join(m["content"] for m in self.chat_format.messages(p, self._choices))
+            for p in prompts
+        ]
+        counts = (
+            [len(self._tokenizer(t)) for t in texts]
+            if self._tokenizer is not None
+            else self._session.count_tokens(texts)
+        )
+        messages = 2 if self.chat_format.system else 1
+        return [c + messages * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS for c in counts]
+
+    def max_queries_per_prompt(self, n_tokens: int) -> int:
+        return 1 + n_tokens if self.strategy == "force" else 1
+
+    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        strategy = self.strategy
+        labels = self._labels(token_ids)
+
+        def one(post: Post, prompt: str) -> ProviderAnswer:
+            scorer = partial(self._score_one, post, labels, strategy == "force")
+            answer, got = reading(scorer, strategy, route="/chat/completions")(prompt)
+            with self._lock:
+                self.forced_words += got.forced
+                self.floored_words += got.floored
+            return answer
+
+        return self._session.map(one, prompts, CHAT_ROUTE, model=self.model)
+
+    # -- internals ----------------------------------------------------------------
+    def _identity(self) -> tuple[str, ...]:
+        """What a fact about this API depends on (never a credential)."""
+        source = "given" if self._tokenizer is not None else "server"
+        return (self.base_url, self.model, f"top_logprobs={self.top_logprobs}",
+                f"prefix={self.label_prefix!r}", f"tokenizer={source}")
+
+    def _run_probe(self) -> dict[str, Any]:
+        post = partial(self._session.post, CHAT_ROUTE)
+        probe = partial(run_chat_probe, post, self.model, self.top_logprobs, self._label_for)
+        result, fresh = cached_probe(("chat", *self._identity()), probe)
+        self.probe_requests += result.requests if fresh else 0
+        return asdict(result)
+
+    def _token_ids(self, text: str) -> list[int] | None:
+        if self._tokenizer is not None:
+            return [int(i) for i in self._tokenizer(text)]
+        return self._session.tokenize(text)
+
+    def _label_for(self, word: str) -> Label | None:
+        ids = self._token_ids(self.label_prefix + word)
+        return Label(ids[0], word, self.label_prefix) if ids and len(ids) == 1 else None
+
+    def _fetch_label_token_ids(self, words: list[str]) -> list[int]:
+        prefix = self.label_prefix
+        found = {w: self._token_ids(prefix + w) for w in dict.fromkeys(words)}
+        if any(ids is None for ids in found.values()):  # no tokenizer: stable synthetic ids
+            return [synthetic_token_id(w) for w in words]
+        as_text = {prefix + w: [str(i) for i in ids or []] for w, ids in found.items()}
+        check_single_tokens(words, as_text.__getitem__, prefix=prefix)
+        return [int(found[w][0]) for w in words]  # type: ignore[index]
+
+    def _labels(self, token_ids: Sequence[int]) -> list[Label]:
+        ids = [int(i) for i in token_ids]
+        if any(i not in self._words for i in ids):
+            raise ConfigurationError(
+                f"token ids {ids} were not all returned by this provider's label_token_ids; "
+                "chat scoring matches words by text — call label_token_ids first"
+            )
+        return [Label(i, self._words[i], self.label_prefix) for i in ids]
+
+    def _score_one(
+        self, post: Post, labels: list[Label], force: bool, prompt: str
+    ) -> tuple[ProviderAnswer, LabelReading]:
+        messages = self.chat_format.messages(prompt, [label.word for label in labels])
+        request = chat_request(self.model, messages, self.top_logprobs)
+        return score_chat(post, request, labels, force=force)
+
+
+def _check_chat_options(
+    strategy: str, chat_format: object, label_prefix: object, tokenizer: object
+) -> None:
+    if strategy not in ("auto", *CHAT_STRATEGIES):
+        raise ConfigurationError(
+            f"unknown strategy {strategy!r} for the chat provider; use one of "
+            f"{['auto', *CHAT_STRATEGIES]}"
+        )
+    if chat_format is not None and not isinstance(chat_format, ChatFormat):
+        raise ConfigurationError(f"chat_format must be a ChatFormat, got {chat_format!r}")
+    if not isinstance(label_prefix, str):
+        raise ConfigurationError(f"label_prefix must be a string, got {label_prefix!r}")
+    if tokenizer is not None and not callable(tokenizer):
+        raise ConfigurationError(
+            "tokenizer must map a text to its token ids, e.g. tiktoken's encode; "
+            f"got {tokenizer!r}"
+        )

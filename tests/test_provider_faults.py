@@ -281,6 +281,15 @@ def test_a_slow_body_within_the_timeout_is_read_without_a_retry(make_rig: RigFac
     assert rig.spent() == 1 and len(rig.cache) == 1
 
 
+def test_a_body_dribbled_past_the_total_deadline_is_cut_off_and_retried(make_rig: RigFactory):
+    rig = make_rig(timeout=TIMEOUT_S)
+    # Four pieces, each inside the read timeout, but together past 3 x the timeout.
+    rig.server.script(slow_body(0.85 * TIMEOUT_S))
+    assert_good(rig.score())
+    assert rig.server.received == 2 and len(rig.slept) == 1  # cut off once, then answered
+    assert rig.spent() == 1 and len(rig.cache) == 1
+
+
 # -- answers that arrive but are wrong: never retried, never cached, always paid ---------------
 RESPONSE_FAULTS = [
     pytest.param("extension", [malformed()], "not valid JSON", id="malformed-json"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json as jsonlib
 import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from ._retry import RETRYABLE_STATUSES, parse_retry_after
 __all__ = ["BODY_EXCERPT_CHARS", "public_url", "redact", "request_json", "status_error"]
 
 _LOG = logging.getLogger("maas_tune.providers")
+#: A whole answer must arrive within this many read timeouts (a total deadline).
+TOTAL_TIMEOUT_FACTOR = 3
 
 #: Longest body excerpt carried by an error, in characters.
 BODY_EXCERPT_CHARS = 500
@@ -270,7 +273,7 @@ def request_json(
         The URL's scheme is not HTTP(S).
     """
     try:
-        response = client.request(method, url, json=json, headers=headers)
+        response = _send_within_deadline(client, method, url, json=json, headers=headers)
     except httpx.TransportError as exc:
         shown = _safe_url(exc.request.url) if _has_request(exc) else redact(url)
         raise _transport_error(exc, method, shown) from exc
@@ -279,6 +282,42 @@ def request_json(
     if response.status_code >= 400:
         raise status_error(response)
     return _json_object(response, method, shown), response.headers
+
+
+def _send_within_deadline(
+    client: httpx.Client, method: str, url: str, **kwargs: Any
+) -> httpx.Response:
+    """Send and read the whole answer, which must arrive within ``TOTAL_TIMEOUT_FACTOR`` x
+    the client's read timeout: a server that dribbles bytes, each just inside the read
+    timeout, cannot hold a request open for ever.
+
+    Raises
+    ------
+    httpx.ReadTimeout
+        When the deadline passes mid-body (handled like any read timeout).
+    """
+    read_timeout = client.timeout.read
+    deadline = None if read_timeout is None else time.monotonic() + TOTAL_TIMEOUT_FACTOR * read_timeout
+    request = client.build_request(method, url, **kwargs)
+    response = client.send(request, stream=True)
+    if response.is_stream_consumed:  # already read in full (e.g. by a mock transport)
+        return response
+    try:
+        parts = []
+        for part in response.iter_raw():
+            parts.append(part)
+            if deadline is not None and time.monotonic() > deadline:
+                raise httpx.ReadTimeout(
+                    f"the whole answer took longer than {TOTAL_TIMEOUT_FACTOR} x the "
+                    f"{read_timeout:g} s read timeout", request=request,
+                )
+    finally:
+        response.close()
+    # The raw (still encoded) bytes under the same headers: decoded once, as usual.
+    whole = httpx.Response(response.status_code, headers=response.headers,
+                           content=b"".join(parts), request=request)
+    whole.read()
+    return whole
 
 
 def _has_request(exc: httpx.TransportError) -> bool:

@@ -161,7 +161,7 @@ def test_load_method_refuses_tampered_or_foreign_files(client, tmp_path):
     with pytest.raises(SerializationError, match="checksum"):
         load_method(path)
     (path / "method.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(SerializationError, match="not a saved maas-tune method"):
+    with pytest.raises(SerializationError, match="not a maas-tune method file"):
         load_method(path)
 
 

@@ -212,18 +212,21 @@ def _read_bytes(path: Path) -> bytes:
         ) from exc
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(
+    path: Path, what: str = "decoder", format_name: str = FORMAT_NAME, saver: str = "save_decoder"
+) -> dict[str, Any]:
+    """The JSON object of a saved artefact, checked to carry ``format == format_name``."""
     raw = _read_bytes(path)
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SerializationError(
-            f"{path} is not valid JSON ({exc}); save the decoder again"
+            f"{path} is not valid JSON ({exc}); save the {what} again"
         ) from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+    if not isinstance(doc, dict) or doc.get("format") != format_name:
         raise SerializationError(
-            f"{path} is not a maas-tune decoder file (no format={FORMAT_NAME!r}); pass the "
-            "directory that save_decoder or `maas-tune fit --out` wrote"
+            f"{path} is not a maas-tune {what} file (no format={format_name!r}); pass the "
+            f"directory that {saver} or `maas-tune fit --out` wrote"
         )
     return doc
 

@@ -11,7 +11,6 @@ The layout is that of :mod:`maas_tune.decoders.io`, with its own format name::
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,13 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .._constants import DECODER_FORMAT_VERSION
-from ..decoders.io import _jsonable, _package_version, _read_bytes, _write_artefact
+from ..decoders.io import (
+    _jsonable,
+    _package_version,
+    _read_bytes,
+    _read_json,
+    _write_artefact,
+)
 from ..errors import ConfigurationError, SerializationError
 from ..task import Task
 from .base import PromptMethod
@@ -139,15 +144,7 @@ def _task_from_doc(doc: dict[str, Any]) -> Task:
 
 
 def _read_doc(path: Path) -> dict[str, Any]:
-    raw = _read_bytes(path)
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SerializationError(
-            f"{path} is not valid JSON ({exc}); save the method again"
-        ) from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-        raise SerializationError(f"{path} is not a saved maas-tune method (format {FORMAT_NAME!r})")
+    doc = _read_json(path, "method", FORMAT_NAME, "save_method")
     version = doc.get("format_version")
     if not isinstance(version, int) or not 1 <= version <= DECODER_FORMAT_VERSION:
         raise SerializationError(

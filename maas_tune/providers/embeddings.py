@@ -5,24 +5,19 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 import numpy as np
 
 from .._constants import MAX_RETRIES
-from ..errors import ConfigurationError, ProviderError, ProviderResponseError
-from ._answers import check_model
-from ._http import public_url, request_json
-from ._retry import RetryPolicy
+from ..errors import ConfigurationError, ProviderResponseError
+from ._http import public_url
+from ._session import CHARS_PER_TOKEN_ESTIMATE, APISession
 from .openai import (
-    API_KEY_ENV,
-    CHARS_PER_TOKEN_ESTIMATE,
     DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_S,
     DEFAULT_TOP_LOGPROBS,
@@ -106,17 +101,9 @@ class OpenAIEmbeddingsProvider:
         self.max_concurrency = max_concurrency
         self._dim: int | None = None  # learnt from the first reply; later replies must match
         self._lock = threading.Lock()
-        self._retry = RetryPolicy(max_retries=max_retries, sleep=sleep)
-        if api_key is None:
-            api_key = next((os.environ[n] for n in API_KEY_ENV if os.environ.get(n)), None)
-        self._client = httpx.Client(
-            base_url=base_url.rstrip("/") + "/",
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            ),
-            transport=transport,
+        self._session = APISession(
+            base_url, api_key=api_key, timeout=timeout, max_concurrency=max_concurrency,
+            max_retries=max_retries, transport=transport, sleep=sleep,
         )
 
     def __repr__(self) -> str:
@@ -174,29 +161,19 @@ class OpenAIEmbeddingsProvider:
         if not texts:
             return np.zeros((0, self._dim or 0), np.float32), np.zeros(0, np.int64)
         batches = [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
-        answered = [0]
-
-        def one(batch: list[str]) -> tuple[np.ndarray, list[int]]:
-            payload = self._payload(batch)
-            body = self._retry.call(
-                lambda: request_json(self._client, "POST", "embeddings", json=payload)[0]
-            )
-            answered[0] += 1
-            return self._parse(body, batch)
-
-        try:
-            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(batches))) as pool:
-                parts = list(pool.map(one, batches))
-        except ProviderError as exc:
-            exc.request_sent = exc.request_sent or answered[0] > 0
-            raise
+        # The session refuses a reply naming another model and marks a failure as paid
+        # for once any request of this call was answered.
+        parts = self._session.map(
+            lambda post, batch: self._parse(post(self._payload(batch)), batch),
+            batches, "embeddings", model=self.model,
+        )
         vectors = np.concatenate([v for v, _ in parts])  # (n, d)
         tokens = np.asarray([t for _, ts in parts for t in ts], dtype=np.int64)  # (n,)
         return vectors, tokens
 
     def close(self) -> None:
         """Close the HTTP connections."""
-        self._client.close()
+        self._session.close()
 
     def __enter__(self) -> Self:
         return self
@@ -210,7 +187,6 @@ class OpenAIEmbeddingsProvider:
 
     def _parse(self, body: dict[str, Any], batch: list[str]) -> tuple[np.ndarray, list[int]]:
         """Vectors in input order, shape (b, d), and each input's prompt tokens."""
-        check_model(body, self.model)  # never cache another model's vectors under this one
         data = body.get("data")
         if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
             _fail(f"the reply has no list of embedding objects under 'data' (got {_kind(data)})")

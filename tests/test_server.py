@@ -159,7 +159,7 @@ def test_concurrent_extension_requests_are_batched(app, base_url, gemma, label_i
     for answer, want in zip(answers, expected):
         np.testing.assert_allclose(answer["maas_tune"]["label_logprobs"], want.logprobs, atol=1e-4)
         assert answer["maas_tune"]["hidden"] is None
-    assert max(app.state.batcher.batch_sizes[before:]) > 1
+    assert max(list(app.state.batcher.batch_sizes)[before:]) > 1
 
 
 def test_api_key_required(engine):

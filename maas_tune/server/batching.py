@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -15,6 +16,8 @@ from ._planning import DEFAULT_PASS_OVERHEAD_TOKENS, pass_waste, plan_passes
 
 __all__ = ["QueueFull", "ScoreBatcher"]
 
+#: How many recent pass sizes :attr:`ScoreBatcher.batch_sizes` keeps.
+BATCH_SIZE_HISTORY = 1024
 #: Default longest wait of a prompt for company of its length.
 DEFAULT_MAX_DELAY_MS = 1000.0
 
@@ -98,8 +101,9 @@ class ScoreBatcher:
         self.max_queue = max_queue
         self._queue: asyncio.Queue[_Item] | None = None
         self._worker: asyncio.Task[None] | None = None
-        #: Sizes of the ``score`` calls made so far (for tests and metrics).
-        self.batch_sizes: list[int] = []
+        #: Sizes of the most recent ``score`` calls (for tests and metrics; bounded, so a
+        #: long-running server does not grow it for ever).
+        self.batch_sizes: deque[int] = deque(maxlen=BATCH_SIZE_HISTORY)
         self._pending = 0
         self._generating = 0
 

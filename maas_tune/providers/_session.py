@@ -11,16 +11,35 @@ from typing import Any, TypeVar
 import httpx
 
 from .._constants import MAX_RETRIES
-from ..errors import OfflineCacheMiss, ProviderError, ProviderResponseError, ProviderStatusError
+from ..errors import (
+    ConfigurationError,
+    OfflineCacheMiss,
+    ProviderError,
+    ProviderResponseError,
+    ProviderStatusError,
+)
 from ._answers import check_model
 from ._http import request_json
 from ._retry import RetryPolicy
 from .base import FactStore
 
-__all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "APISession", "Post"]
+__all__ = [
+    "API_KEY_ENV",
+    "CHARS_PER_TOKEN_ESTIMATE",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_TIMEOUT_S",
+    "APISession",
+    "Post",
+    "check_api_options",
+    "check_count",
+]
 
 #: Environment variables read for the API key, first match wins.
 API_KEY_ENV = ("MAAS_TUNE_API_KEY", "OPENAI_API_KEY")
+#: Default per-request timeout in seconds (connect, read, write and pool alike).
+DEFAULT_TIMEOUT_S = 30.0
+#: Default number of requests in flight at once.
+DEFAULT_CONCURRENCY = 4
 #: Characters per token assumed when no tokenizer is reachable (an upper-ish estimate).
 CHARS_PER_TOKEN_ESTIMATE = 3
 # Statuses meaning "no tokenizer endpoint here".
@@ -31,6 +50,26 @@ Post = Callable[[dict[str, Any]], dict[str, Any]]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def check_count(name: str, value: object) -> None:
+    """Raise :class:`ConfigurationError` unless ``value`` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_api_options(base_url: str, model: str, max_concurrency: int, timeout: float) -> None:
+    """Check the options every HTTP provider takes; each error says what to pass instead."""
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise ConfigurationError(
+            f"base_url must be an http:// or https:// URL, got {base_url!r}; "
+            "e.g. 'http://127.0.0.1:8000/v1'"
+        )
+    if not isinstance(model, str) or not model:
+        raise ConfigurationError(f"model must be a non-empty string, got {model!r}")
+    check_count("max_concurrency", max_concurrency)
+    if not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
 
 
 class APISession:

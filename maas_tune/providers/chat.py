@@ -22,9 +22,15 @@ from ._chat_strategies import CHAT_ROUTE, CHAT_STRATEGIES, chat_request, score_c
 from ._forcing import FORCE_BIAS, Label, LabelReading, synthetic_token_id
 from ._probe import cached_probe
 from ._remote import RemoteProvider
-from ._session import Post
+from ._session import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT_S,
+    Post,
+    check_api_options,
+    check_count,
+)
 from .base import ProviderAnswer
-from .openai import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, DEFAULT_TOP_LOGPROBS, _check_options
+from .openai import DEFAULT_TOP_LOGPROBS
 
 __all__ = ["CHAT_LABEL_PREFIX", "OpenAIChatProvider", "Tokenizer"]
 
@@ -111,7 +117,8 @@ class OpenAIChatProvider(RemoteProvider):
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        _check_options(base_url, model, "auto", top_logprobs, max_concurrency, timeout)
+        check_api_options(base_url, model, max_concurrency, timeout)
+        check_count("top_logprobs", top_logprobs)
         _check_chat_options(strategy, chat_format, label_prefix, tokenizer)
         super().__init__(
             base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,

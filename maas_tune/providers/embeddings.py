@@ -16,12 +16,12 @@ import numpy as np
 from .._constants import MAX_RETRIES
 from ..errors import ConfigurationError, ProviderResponseError
 from ._http import public_url
-from ._session import CHARS_PER_TOKEN_ESTIMATE, APISession
-from .openai import (
+from ._session import (
+    CHARS_PER_TOKEN_ESTIMATE,
     DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_S,
-    DEFAULT_TOP_LOGPROBS,
-    _check_options,
+    APISession,
+    check_api_options,
 )
 
 if TYPE_CHECKING:
@@ -86,8 +86,7 @@ class OpenAIEmbeddingsProvider:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        # Same URL / model / concurrency / timeout rules as the completions provider.
-        _check_options(base_url, model, "auto", DEFAULT_TOP_LOGPROBS, max_concurrency, timeout)
+        check_api_options(base_url, model, max_concurrency, timeout)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if encoding_format not in ENCODING_FORMATS:

@@ -18,7 +18,14 @@ from ._answers import reading
 from ._forcing import synthetic_token_id
 from ._probe import ProbeResult, cached_probe, run_probe
 from ._remote import RemoteProvider
-from ._session import API_KEY_ENV, CHARS_PER_TOKEN_ESTIMATE
+from ._session import (
+    API_KEY_ENV,
+    CHARS_PER_TOKEN_ESTIMATE,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT_S,
+    check_api_options,
+    check_count,
+)
 from ._strategies import (
     FORCE_BIAS,
     STRATEGIES,
@@ -32,10 +39,6 @@ from .base import ProviderAnswer
 
 __all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "OpenAICompletionsProvider"]
 
-#: Default per-request timeout in seconds (connect, read, write and pool alike).
-DEFAULT_TIMEOUT_S = 30.0
-#: Default number of requests in flight at once.
-DEFAULT_CONCURRENCY = 4
 #: Default (and hosted-API maximum) number of top log-probs asked for.
 DEFAULT_TOP_LOGPROBS = 5
 
@@ -224,19 +227,9 @@ class OpenAICompletionsProvider(RemoteProvider):
 def _check_options(
     base_url: str, model: str, strategy: str, top_logprobs: int, concurrency: int, timeout: float
 ) -> None:
-    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-        raise ConfigurationError(
-            f"base_url must be an http:// or https:// URL, got {base_url!r}; "
-            "e.g. 'http://127.0.0.1:8000/v1'"
-        )
-    if not isinstance(model, str) or not model:
-        raise ConfigurationError(f"model must be a non-empty string, got {model!r}")
+    check_api_options(base_url, model, concurrency, timeout)
     if strategy not in ("auto", *STRATEGIES):
         raise ConfigurationError(
             f"unknown strategy {strategy!r}; use one of {['auto', *STRATEGIES]}"
         )
-    for name, value in (("top_logprobs", top_logprobs), ("max_concurrency", concurrency)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
-    if not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    check_count("top_logprobs", top_logprobs)

@@ -159,13 +159,7 @@ class BaseDecoder(HyperParameters):
             raise ValueError(
                 f"tensors expected {sorted(self._tensor_attrs)}, got {sorted(tensors)}"
             )
-        classes = meta.get("classes")
-        if (
-            not isinstance(classes, list)
-            or not classes
-            or not all(isinstance(c, str) for c in classes)
-        ):
-            raise ValueError("'classes' must be a non-empty list of str")
+        classes = self._saved_classes(meta)
         for name in self._meta_attrs:
             if name not in meta:
                 raise ValueError(f"metadata lacks the learned value {name!r}")
@@ -174,6 +168,18 @@ class BaseDecoder(HyperParameters):
             setattr(self, name, tensors[name])
         self.classes_ = np.array(classes)
         self._check_state(len(classes))
+
+    @staticmethod
+    def _saved_classes(meta: dict[str, Any]) -> list[str]:
+        """The ``classes`` of saved metadata; ``ValueError`` unless a non-empty list of str."""
+        classes = meta.get("classes")
+        if (
+            not isinstance(classes, list)
+            or not classes
+            or not all(isinstance(c, str) for c in classes)
+        ):
+            raise ValueError("'classes' must be a non-empty list of str")
+        return classes
 
     def _check_state(self, k: int) -> None:
         """Raise ``ValueError`` if the learned tensors do not fit ``k`` classes."""

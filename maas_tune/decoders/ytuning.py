@@ -205,13 +205,7 @@ class YTuning(BaseDecoder):
         expected = {"mean_", "scale_", *(PARAM_PREFIX + n for n in self._param_tensor_names())}
         if set(tensors) != expected:
             raise ValueError(f"tensors expected {sorted(expected)}, got {sorted(tensors)}")
-        classes = meta.get("classes")
-        if (
-            not isinstance(classes, list)
-            or not classes
-            or not all(isinstance(c, str) for c in classes)
-        ):
-            raise ValueError("'classes' must be a non-empty list of str")
+        classes = self._saved_classes(meta)
         self.mean_, self.scale_ = tensors["mean_"], tensors["scale_"]
         n = len(PARAM_PREFIX)
         self.params_ = {k[n:]: v for k, v in tensors.items() if k.startswith(PARAM_PREFIX)}

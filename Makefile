@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[local,server,dev,docs]'
+	$(PY) -m pip install -q -e '.[local,server,dev,docs,bench]'
 	touch $@
 
 demo: install
@@ -24,6 +24,7 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
+	$(BIN)/maas-tune bench run benchmarks/grid.toml
 	cd benchmarks && ../$(PY) throughput.py && ../$(PY) accuracy.py && ../$(PY) report.py \
 	  && ../$(PY) server_throughput.py
 

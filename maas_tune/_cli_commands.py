@@ -302,6 +302,26 @@ def cmd_budget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import load_config, run_grid, write_report
+
+    config = load_config(args.config)
+    grid = {k: v for k, v in (("datasets", args.dataset), ("shots", args.shots),
+                              ("seeds", args.seed), ("methods", args.method)) if v}  # fmt: skip
+    if args.action == "run":
+        todo = config.only(**grid) if grid else config
+        if not todo.blocks:
+            raise ConfigurationError(f"no cell of {args.config} matches {grid}")
+        run = run_grid(todo, progress=_progress(args))
+        print(f"cells: {run.cells} ({run.cells_skipped} already done), rows written: "
+              f"{run.rows_written}, queries sent: {run.queries_sent}")  # fmt: skip
+        if run.stopped_by_budget:
+            print(f"stopped: the budget ran out ({run.stopped_by_budget}); rows so far are kept")
+    for path in write_report(config, plots=not args.no_plots):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     rows = []
     for name in datasets.available():

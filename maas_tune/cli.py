@@ -186,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.set_defaults(func=commands.cmd_serve)
 
+    p = sub.add_parser("bench", help="run a benchmark grid from a TOML config, or report it")
+    p.add_argument("action", choices=["run", "report"],
+                   help="run: the cells not yet in the results, then report; report: only the "
+                   "table and plots")  # fmt: skip
+    p.add_argument("config", metavar="CONFIG", help="the grid (e.g. benchmarks/grid.toml)")
+    p.add_argument("--dataset", action="append", help="run only these datasets (repeatable)")
+    p.add_argument("--shots", action="append", type=_positive, help="only these shots")
+    p.add_argument("--seed", action="append", type=_int, help="only these seeds")
+    p.add_argument("--method", action="append", help="only these methods")
+    p.add_argument("--no-plots", action="store_true", help="write the table only")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=commands.cmd_bench)
+
     p = sub.add_parser("datasets", help="list the bundled datasets and their default tasks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=commands.cmd_datasets, debug=False)

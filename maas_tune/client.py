@@ -37,6 +37,8 @@ class Usage:
     samples_sent: int = 0
     cache_hits: int = 0
     prompt_tokens_sent: int = 0
+    #: Prompt tokens of the answers served from the cache: what they cost when first sent.
+    prompt_tokens_cached: int = 0
 
 
 class Client:
@@ -122,6 +124,7 @@ class Client:
         # One query per distinct missing prompt, in first-seen order.
         todo = {k: p for k, p in zip(keys, prompts) if k not in found}
         self.usage.cache_hits += int(hits.sum())
+        self.usage.prompt_tokens_cached += sum(found[k].prompt_tokens for k in keys if k in found)
         if todo:
             if self.offline:
                 raise OfflineCacheMiss(missing=int((~hits).sum()), total=len(prompts))

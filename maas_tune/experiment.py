@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,6 +57,7 @@ METHODS: dict[str, Callable[[int, int], BaseDecoder | PromptMethod]] = {
     "lr": lambda shots, seed: ScoreLogisticRegression(random_state=seed),
     "linear-probe": lambda shots, seed: LinearProbe(random_state=seed),
     "dect": lambda shots, seed: DecT(random_state=seed),
+    "dect-logprobs": lambda shots, seed: DecT(use_hidden=False, random_state=seed),
     "dect-paper": lambda shots, seed: DecT.paper(shots=shots, random_state=seed),
     "ytuning": lambda shots, seed: YTuning(random_state=seed),
     "icl": lambda shots, seed: InContextLearning(random_state=seed),
@@ -86,6 +87,8 @@ class EvalResult:
     provider: str
     strategy: str
     prompt_tokens_sent: int = 0
+    #: Prompt tokens of the answers the cache served (what they cost when first sent).
+    prompt_tokens_cached: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -121,10 +124,14 @@ def needs_content_free(methods: Sequence[str]) -> bool:
 
 
 def subsample_test(test: Sequence[Example], limit: int | None) -> list[Example]:
-    """A seeded random subset of ``limit`` examples, in their original order (all if None)."""
+    """A seeded random subset of ``limit`` examples, in their original order (all if None).
+
+    The subset is the first ``limit`` of one fixed permutation, so a smaller cap picks
+    a subset of a larger one: methods run with different caps share their test inputs.
+    """
     if limit is None or limit >= len(test):
         return list(test)
-    idx = np.random.default_rng(TEST_SUBSET_SEED).choice(len(test), size=limit, replace=False)
+    idx = np.random.default_rng(TEST_SUBSET_SEED).permutation(len(test))[:limit]
     return [test[i] for i in sorted(idx)]
 
 
@@ -173,6 +180,7 @@ def evaluate(
     test_budget: QueryBudget | None = None,
     offline: bool = False,
     progress: bool | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[EvalResult]:
     """Run ``methods`` on a k-shot draw of ``train_pool`` and score them on ``test``.
 
@@ -182,8 +190,13 @@ def evaluate(
     scoring of the train and test sets (their ``queries_sent`` is that scoring's); a
     prompt method (ICL, BDPL, prompt tuning) fits through the training budget and
     predicts through the test budget, and reports its own queries and prompt tokens.
+    ``params`` maps a method name to hyper-parameters set on its estimator
+    (``set_params``), e.g. ``{"bdpl": {"epochs": 4}}``.
     """
     estimators = {m: make_decoder(m, shots=shots, random_state=seed) for m in methods}
+    for m, overrides in (params or {}).items():
+        if m in estimators:
+            estimators[m].set_params(**overrides)
     for est in estimators.values():  # validate before paying for anything
         if isinstance(est, PromptMethod) and est.white_box:
             require_white_box(provider)
@@ -243,6 +256,7 @@ def evaluate(
                 provider=str(fingerprint.get("provider", "")),
                 strategy=str(fingerprint.get("strategy", "")),
                 prompt_tokens_sent=usage.prompt_tokens_sent,
+                prompt_tokens_cached=usage.prompt_tokens_cached,
             )
         )
     return results

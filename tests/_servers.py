@@ -2,43 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 
-#: Seconds a server gets to start before the test fails.
-START_TIMEOUT_S = 30
+from maas_tune.server.background import free_port, serve_in_thread
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve_in_thread(app: object) -> Iterator[str]:
-    """Run ``app`` under uvicorn on loopback; yield ``http://127.0.0.1:<port>``; stop it."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        assert thread.is_alive(), "server thread died while starting"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+__all__ = ["free_port", "serve_in_thread", "wait_until_up"]
 
 
 def wait_until_up(url: str, proc: subprocess.Popen | None = None, timeout: float = 120) -> None:

@@ -104,6 +104,10 @@ class DecT(BaseDecoder):
     radius_init : {"projected", "normalized"}
         ``r_k`` starts as the mean distance of class k's rows to their centre in
         the raw projected space (reference code) or after normalisation.
+    use_hidden : bool, default True
+        False ignores hidden states even where the scores carry them: the
+        logprobs-only variant (``dect-logprobs``), what DecT can do on an API that
+        returns label log-probs and nothing else.
     random_state : int or None
         Seed of ``W``'s initialisation, the prototypes and the folds.
     n_threads : int or None
@@ -167,6 +171,7 @@ class DecT(BaseDecoder):
         lr: float = 0.01,
         weight_decay: float = 0.0,
         radius_init: str = "projected",
+        use_hidden: bool = True,
         random_state: int | None = None,
         n_threads: int | None = 1,
     ) -> None:
@@ -184,6 +189,7 @@ class DecT(BaseDecoder):
         self.lr = lr
         self.weight_decay = weight_decay
         self.radius_init = radius_init
+        self.use_hidden = use_hidden
         self.random_state = random_state
         self.n_threads = n_threads
 
@@ -243,7 +249,7 @@ class DecT(BaseDecoder):
         generator = torch.Generator().manual_seed(torch_seed(self.random_state))
         offset = self._score_offset(X, content_free)  # (K,)
         scores = label_scores(X) - offset  # (n, K)
-        feats, uses_hidden = features(X, scores)  # (n, p)
+        feats, uses_hidden = features(X, scores, need_hidden=None if self.use_hidden else False)
         mean, scale = standardizer(feats, self.standardize)
         h = (feats - mean) / scale  # (n, p)
         prototypes = _math.init_prototypes(k, self.proto_dim, generator)  # (K, m)

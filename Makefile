@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[local,server,dev,docs,bench]'
+	$(PY) -m pip install -q -e '.[local,server,dev,docs,bench,postgres,ray]'
 	touch $@
 
 demo: install

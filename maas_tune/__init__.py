@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 from . import datasets
-from ._sqlite import Store
+from .storage import Store
 from ._version import __version__
 from .budget import BudgetStatus, QueryBudget
 from .cache import ScoreCache, cache_key

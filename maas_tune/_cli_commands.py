@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import datasets
-from ._sqlite import Store
+from .storage import Store
 from .budget import QueryBudget, list_budgets, reset_budget
 from .cache import ScoreCache
 from .client import Client
@@ -247,7 +247,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     cache = ScoreCache(Store(args.cache))
     if args.action == "stats":
         s = cache.stats()
-        print(f"cache: {s.path}\nentries: {s.entries}\nsize: {s.size_bytes / 1e6:.1f} MB")
+        print(f"cache: {s.location}\nentries: {s.entries}\nsize: {s.size_bytes / 1e6:.1f} MB")
         for model, count in sorted(s.per_model.items()):
             print(f"  {model or '(unknown)'}: {count}")
     elif args.action == "export":
@@ -255,7 +255,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"exported {n} entries", file=sys.stderr)
     else:
         if not args.yes and sys.stdin.isatty():
-            if input(f"delete cached answers in {cache.store.path}? [y/N] ").strip().lower() != "y":
+            if input(f"delete cached answers in {cache.store.location}? [y/N] ").strip().lower() != "y":
                 print("nothing deleted")
                 return 1
         print(f"deleted {cache.clear(args.model_filter)} entries")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 #: Version of the cache key / value layout; bump to invalidate every cached answer.
 CACHE_SCHEMA_VERSION = 1
-#: Version of the SQLite schema (cache + budget tables).
-DB_SCHEMA_VERSION = 1
+#: Version of the store schema (cache, budget and claim tables), on SQLite and PostgreSQL
+#: alike; ``storage/migrations.py`` holds one step per version and upgrades older stores.
+DB_SCHEMA_VERSION = 2
 #: Version of the saved-decoder format (safetensors + JSON).
 DECODER_FORMAT_VERSION = 1
 
@@ -15,6 +16,24 @@ ENV_CACHE_DIR = "MAAS_TUNE_CACHE_DIR"
 DEFAULT_DB_NAME = "maas-tune.sqlite"
 #: SQLite busy timeout in seconds: how long a writer waits for the lock.
 SQLITE_BUSY_TIMEOUT_S = 60.0
+#: PostgreSQL ``lock_timeout`` in seconds: how long a statement waits for a row lock
+#: (the counterpart of the SQLite busy timeout).
+POSTGRES_LOCK_TIMEOUT_S = 60.0
+#: Seconds to wait for a PostgreSQL server to accept a connection.
+POSTGRES_CONNECT_TIMEOUT_S = 10
+#: Seconds a budget reservation is held before any worker may count it as spent: a worker
+#: on another host cannot be checked for liveness, so its reservation expires instead.
+#: Longer than any request with its retries; a late commit still corrects the ledger.
+RESERVATION_LEASE_S = 900.0
+#: Seconds a reservation reclaimed for an expired lease is kept for its holder to settle
+#: (and correct the counters); past that the holder is not coming back.
+RECLAIMED_KEEP_S = 7 * 86_400.0
+#: Seconds a worker's claim on a prompt it is sending holds off other workers; past it the
+#: worker is presumed dead and another one sends the prompt.
+CLAIM_LEASE_S = 300.0
+#: First and longest pause, in seconds, of a client waiting for prompts another worker is
+#: sending (the pause doubles in between).
+CLAIM_POLL_S, CLAIM_POLL_MAX_S = 0.05, 1.0
 #: How many keys go into one ``SELECT ... IN (...)`` when reading the cache.
 CACHE_READ_CHUNK = 500
 #: Longest record (one JSON Lines line, or one CSV field) a data file may hold, in

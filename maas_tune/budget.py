@@ -5,9 +5,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import socket
-import sqlite3
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,26 +13,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
 
-from ._sqlite import Store, borrowed_store, coerce_store
+from ._constants import RESERVATION_LEASE_S
+from ._liveness import hostname
+from ._reclaim import ADD_SPENT_SQL as _ADD_SPENT_SQL
+from ._reclaim import reclaim_dead as _reclaim_dead
 from .errors import BudgetExceeded, ConfigurationError
+from .storage.base import Connection, Store, borrowed_store, coerce_store
 
 __all__ = ["KEEP", "BudgetStatus", "QueryBudget", "Reservation", "list_budgets", "reset_budget"]
 
 _LOG = logging.getLogger(__name__)
 
-# Totals per budget: its row plus what its open reservations hold.
+# Totals per budget: its row plus what its open reservations hold (a reclaimed one is
+# already in the spent counters). The casts keep PostgreSQL's SUM from returning numeric.
 _STATUS_SQL = """
-SELECT b.name, b.max_queries, b.spent_queries, COALESCE(SUM(r.queries), 0),
-       b.max_prompt_tokens, b.spent_prompt_tokens, COALESCE(SUM(r.prompt_tokens), 0)
-FROM budgets AS b LEFT JOIN reservations AS r ON r.budget = b.name
+SELECT b.name, b.max_queries, b.spent_queries, CAST(COALESCE(SUM(r.queries), 0) AS BIGINT),
+       b.max_prompt_tokens, b.spent_prompt_tokens,
+       CAST(COALESCE(SUM(r.prompt_tokens), 0) AS BIGINT)
+FROM budgets AS b LEFT JOIN reservations AS r ON r.budget = b.name AND r.reclaimed = 0
 """
 _RESERVE_SQL = (
-    "INSERT INTO reservations (id, budget, queries, prompt_tokens, pid, hostname, created) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_ADD_SPENT_SQL = (
-    "UPDATE budgets SET spent_queries = spent_queries + ?, "
-    "spent_prompt_tokens = spent_prompt_tokens + ?, updated = ? WHERE name = ?"
+    "INSERT INTO reservations "
+    "(id, budget, queries, prompt_tokens, pid, hostname, created, expires) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -95,49 +95,7 @@ def _check_count(what: str, value: object, *, optional: bool = False) -> None:
         raise ConfigurationError(f"{what} must be {allowed}, got {value!r}")
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether a process of this host still runs; when unsure, yes (its units stay reserved)."""
-    if pid == os.getpid():
-        return True
-    if sys.platform == "win32":
-        return True  # os.kill(pid, 0) would terminate the process there
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # e.g. another user's process
-    try:  # a killed child that its parent has not reaped yet is a zombie: dead for us
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def _reclaim_dead(conn: sqlite3.Connection) -> int:
-    """Count the reservations of dead processes on this host as spent; return how many.
-
-    The process may have sent its request and been billed before it died, so the
-    units are spent, not released: the ledger may overcount, never undercount.
-    """
-    rows = conn.execute(
-        "SELECT id, budget, queries, prompt_tokens, pid FROM reservations WHERE hostname = ?",
-        (socket.gethostname(),),
-    ).fetchall()
-    alive: dict[int, bool] = {}
-    now, reclaimed = time.time(), 0
-    for rid, budget, queries, tokens, pid in rows:
-        if pid not in alive:
-            alive[pid] = _pid_alive(pid)
-        if not alive[pid]:
-            conn.execute(_ADD_SPENT_SQL, (queries, tokens, now, budget))
-            conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
-            _LOG.warning("budget %r: dead process %d held %d queries: spent", budget, pid, queries)
-            reclaimed += 1
-    return reclaimed
-
-
-def _statuses(conn: sqlite3.Connection, name: str | None = None) -> list[BudgetStatus]:
+def _statuses(conn: Connection, name: str | None = None) -> list[BudgetStatus]:
     where, args = ("WHERE b.name = ? ", (name,)) if name is not None else ("", ())
     rows = conn.execute(f"{_STATUS_SQL} {where}GROUP BY b.name ORDER BY b.name", args).fetchall()
     return [BudgetStatus(*row) for row in rows]
@@ -164,15 +122,20 @@ class QueryBudget:
         budget); use :meth:`set_limits` to remove a cap.
     store : Store, str, Path or None
         The store (share the cache's, so that both can commit in one transaction),
-        or a path to open one on; ``None`` is the default path.
+        or a path or URL to open one on; ``None`` is the default SQLite file.
+    lease_s : float, default 900
+        How long a reservation of this budget object holds before other workers may
+        count it as spent (see Notes).
 
     Notes
     -----
     Call :meth:`reserve` before sending, then :meth:`commit` what was spent or
-    :meth:`release` if the request provably was not billed. Reservations held by a
-    process of this host that has died are counted as spent the next time any
-    budget on the store reserves or reports status (reservations from other hosts
-    stay reserved: their liveness cannot be checked).
+    :meth:`release` if the request provably was not billed. A reservation whose
+    holder is gone is counted as spent the next time any budget on the store
+    reserves or reports status: at once when the holder ran on this host and has
+    exited, else when its lease runs out (another host's processes cannot be
+    checked). A holder that was only slow still settles its reservation afterwards,
+    and the counters are corrected to what it reports.
     """
 
     def __init__(
@@ -182,20 +145,27 @@ class QueryBudget:
         max_prompt_tokens: int | None = None,
         *,
         store: Store | str | Path | None = None,
+        lease_s: float = RESERVATION_LEASE_S,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ConfigurationError(f"a budget name must be a non-empty string, got {name!r}")
         _check_count("max_queries", max_queries, optional=True)
         _check_count("max_prompt_tokens", max_prompt_tokens, optional=True)
+        if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or lease_s <= 0:
+            raise ConfigurationError(
+                f"lease_s must be a positive number of seconds, got {lease_s!r}"
+            )
         self._name = name
+        self._lease_s = float(lease_s)
         self._store, self._owned = coerce_store(store)
         now = time.time()
         with self._store.transaction() as conn:
             conn.execute(
                 "INSERT INTO budgets (name, max_queries, max_prompt_tokens, created, updated) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                "max_queries = COALESCE(excluded.max_queries, max_queries), "
-                "max_prompt_tokens = COALESCE(excluded.max_prompt_tokens, max_prompt_tokens), "
+                "max_queries = COALESCE(excluded.max_queries, budgets.max_queries), "
+                "max_prompt_tokens = "
+                "COALESCE(excluded.max_prompt_tokens, budgets.max_prompt_tokens), "
                 "updated = excluded.updated",
                 (name, max_queries, max_prompt_tokens, now, now),
             )
@@ -211,7 +181,7 @@ class QueryBudget:
         return self._store
 
     def __repr__(self) -> str:
-        return f"QueryBudget({self._name!r}, store={str(self._store.path)!r})"
+        return f"QueryBudget({self._name!r}, store={self._store.location!r})"
 
     def close(self) -> None:
         """Close the store if this budget opened it."""
@@ -231,19 +201,19 @@ class QueryBudget:
                     (value, time.time(), self._name),
                 )
 
-    def _status(self, conn: sqlite3.Connection) -> BudgetStatus:
+    def _status(self, conn: Connection) -> BudgetStatus:
         found = _statuses(conn, self._name)
         if not found:
             raise ConfigurationError(
-                f"budget {self._name!r} is missing from {self._store.path} (was the file "
+                f"budget {self._name!r} is missing from {self._store.location} (was the store "
                 "replaced?); create it again with QueryBudget(name, max_queries=...)"
             )
         return found[0]
 
     def status(self) -> BudgetStatus:
-        """Caps and counters, after counting dead processes' reservations as spent."""
-        with self._store.transaction() as conn:
-            _reclaim_dead(conn)
+        """Caps and counters, after counting dead holders' reservations as spent."""
+        _reclaim_dead(self._store)
+        with self._store.read() as conn:
             return self._status(conn)
 
     def reserve(self, queries: int, prompt_tokens: int = 0) -> Reservation:
@@ -258,12 +228,18 @@ class QueryBudget:
         _check_count("queries", queries)
         _check_count("prompt_tokens", prompt_tokens)
         r = Reservation(uuid.uuid4().hex, self._name, queries, prompt_tokens)
-        row = (r.id, r.budget, r.queries, r.prompt_tokens, os.getpid(), socket.gethostname())
+        row = (r.id, r.budget, r.queries, r.prompt_tokens, os.getpid(), hostname())
+        _reclaim_dead(self._store)  # committed even when the request is refused
         with self._store.transaction() as conn:
-            _reclaim_dead(conn)  # committed even when the request is refused
+            # The budget's row lock (PostgreSQL; SQLite's transaction locks the whole file)
+            # makes check-then-insert atomic: reservations of one budget queue here.
+            conn.execute(
+                f"SELECT name FROM budgets WHERE name = ?{self._store.for_update}", (self._name,)
+            ).fetchall()
             refusal = _refusal(self._status(conn), queries, prompt_tokens)
             if refusal is None:
-                conn.execute(_RESERVE_SQL, (*row, time.time()))
+                now = time.time()
+                conn.execute(_RESERVE_SQL, (*row, now, now + self._lease_s))
         if refusal is not None:
             raise refusal
         return r
@@ -274,7 +250,7 @@ class QueryBudget:
         *,
         queries: int | None = None,
         prompt_tokens: int | None = None,
-        conn: sqlite3.Connection | None = None,
+        conn: Connection | None = None,
     ) -> None:
         """Count a reservation as spent and drop it.
 
@@ -286,7 +262,7 @@ class QueryBudget:
             What was actually spent (default: what was reserved). More than was
             reserved is recorded as well, with a warning: the ledger must hold what
             was billed.
-        conn : sqlite3.Connection or None
+        conn : Connection or None
             The connection of a caller's open ``store.transaction()``, to commit with
             other writes (e.g. the answers just paid for) atomically.
 
@@ -306,7 +282,7 @@ class QueryBudget:
             )
         self._settle(reservation, spent_q, spent_t, conn)
 
-    def release(self, reservation: Reservation, *, conn: sqlite3.Connection | None = None) -> None:
+    def release(self, reservation: Reservation, *, conn: Connection | None = None) -> None:
         """Drop a reservation unspent: only when the request was provably not billed."""
         self._settle(reservation, 0, 0, conn)
 
@@ -315,24 +291,40 @@ class QueryBudget:
         r: Reservation,
         queries: int,
         tokens: int,
-        conn: sqlite3.Connection | None,
+        conn: Connection | None,
         *,
         missing_ok: bool = False,
     ) -> bool:
-        """Drop the reservation and add what was spent; False if it was already gone."""
+        """Drop the reservation and add what was spent; False if it was already gone.
+
+        A reservation reclaimed for an expired lease is already in the spent counters
+        at its full size: they are corrected by what was really spent.
+        """
         if r.budget != self._name:
             raise ConfigurationError(
                 f"reservation {r.id} belongs to budget {r.budget!r}, not {self._name!r}; "
                 "commit or release it on the budget that made it"
             )
         with self._store.joining(conn) as c:
-            if c.execute("DELETE FROM reservations WHERE id = ?", (r.id,)).rowcount == 0:
+            held = c.execute(
+                "DELETE FROM reservations WHERE id = ? RETURNING reclaimed, queries, prompt_tokens",
+                (r.id,),
+            ).fetchall()
+            if not held:
                 if missing_ok:
                     return False
                 raise ConfigurationError(
                     f"reservation {r.id} of budget {self._name!r} was already committed or "
                     "released; settle each reservation exactly once"
                 )
+            reclaimed, held_queries, held_tokens = held[0]
+            if reclaimed:
+                _LOG.warning(
+                    "budget %r: reservation %s settled after its lease expired; counters corrected",
+                    self._name,
+                    r.id,
+                )
+                queries, tokens = queries - held_queries, tokens - held_tokens
             if queries or tokens:
                 c.execute(_ADD_SPENT_SQL, (queries, tokens, time.time(), self._name))
         return True
@@ -354,10 +346,11 @@ class QueryBudget:
 
 
 def list_budgets(store: Store | str | Path | None = None) -> list[BudgetStatus]:
-    """Every budget's status, by name (dead processes' reservations counted as spent first)."""
-    with borrowed_store(store) as resolved, resolved.transaction() as conn:
-        _reclaim_dead(conn)
-        return _statuses(conn)
+    """Every budget's status, by name (dead holders' reservations counted as spent first)."""
+    with borrowed_store(store) as resolved:
+        _reclaim_dead(resolved)
+        with resolved.read() as conn:
+            return _statuses(conn)
 
 
 def reset_budget(store: Store | str | Path | None, name: str) -> BudgetStatus:
@@ -368,14 +361,19 @@ def reset_budget(store: Store | str | Path | None, name: str) -> BudgetStatus:
     ConfigurationError
         No budget of that name exists in the store.
     """
-    with borrowed_store(store) as resolved, resolved.transaction() as conn:
-        _reclaim_dead(conn)
-        found = _statuses(conn, name)
-        if not found:
-            known = ", ".join(repr(s.name) for s in _statuses(conn)) or "none"
-            raise ConfigurationError(
-                f"no budget named {name!r} in {resolved.path} (known: {known}); check the name"
-            )
-        zero = "UPDATE budgets SET spent_queries = 0, spent_prompt_tokens = 0, updated = ?"
-        conn.execute(f"{zero} WHERE name = ?", (time.time(), name))
+    with borrowed_store(store) as resolved:
+        _reclaim_dead(resolved)
+        with resolved.transaction() as conn:
+            conn.execute(
+                f"SELECT name FROM budgets WHERE name = ?{resolved.for_update}", (name,)
+            ).fetchall()
+            found = _statuses(conn, name)
+            if not found:
+                known = ", ".join(repr(s.name) for s in _statuses(conn)) or "none"
+                raise ConfigurationError(
+                    f"no budget named {name!r} in {resolved.location} (known: {known}); "
+                    "check the name"
+                )
+            zero = "UPDATE budgets SET spent_queries = 0, spent_prompt_tokens = 0, updated = ?"
+            conn.execute(f"{zero} WHERE name = ?", (time.time(), name))
     return found[0]

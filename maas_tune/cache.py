@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,9 +13,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from ._constants import CACHE_READ_CHUNK, CACHE_SCHEMA_VERSION
-from ._sqlite import Store, coerce_store
 from .errors import CacheCorruptionError, ConfigurationError, ProviderResponseError
 from .providers.base import ProviderAnswer
+from .storage.base import Connection, Store, coerce_store
 
 __all__ = ["CacheStats", "CachedAnswer", "ScoreCache", "cache_key"]
 
@@ -32,9 +30,12 @@ _KEY_EXCERPT = 12
 _COLUMNS = "key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden"
 _SELECT = f"SELECT {_COLUMNS} FROM answers WHERE key IN "
 _INSERT = (
-    "INSERT OR REPLACE INTO answers "
+    "INSERT INTO answers "
     "(key, model, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+    "model = excluded.model, prompt_tokens = excluded.prompt_tokens, created = excluded.created, "
+    "n_logprobs = excluded.n_logprobs, n_hidden = excluded.n_hidden, "
+    "logprobs = excluded.logprobs, hidden = excluded.hidden"
 )
 
 
@@ -116,24 +117,26 @@ class CacheStats:
 
     Attributes
     ----------
-    path : Path
-        The database file.
+    path : Path or None
+        The database file (None on a database server).
     entries : int
         Cached answers.
     size_bytes : int
-        Size on disk of the database and its write-ahead log.
+        Size on disk of the database (for SQLite with its write-ahead log).
     per_model : dict of str to int
         Entries per ``model`` given to :meth:`ScoreCache.put_many` (``""`` if none was).
     oldest, newest : float or None
         Unix times of the oldest and newest entry (None when empty).
     """
 
-    path: Path
+    path: Path | None
     entries: int
     size_bytes: int
     per_model: dict[str, int] = field(default_factory=dict)
     oldest: float | None = None
     newest: float | None = None
+    #: Where the store lives: the file's path, or the server URL without password.
+    location: str = ""
 
 
 def _malformed(key: str, problem: str) -> ProviderResponseError:
@@ -184,18 +187,18 @@ def _floats(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, BLOB_DTYPE).astype(np.float32, copy=False)
 
 
-def _decode(path: Path, row: tuple[Any, ...]) -> CachedAnswer:
+def _decode(location: str, row: tuple[Any, ...]) -> CachedAnswer:
     key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden = row
     if len(logprobs) != n_logprobs * _ITEM_BYTES or (
         hidden is not None and (n_hidden is None or len(hidden) != n_hidden * _ITEM_BYTES)
     ):
         raise CacheCorruptionError(
-            f"{path} is damaged: the entry {key[:_KEY_EXCERPT]}… has blobs of the wrong length; "
+            f"{location} is damaged: the entry {key[:_KEY_EXCERPT]}… has blobs of the wrong length; "
             "run `maas-tune cache clear` or delete the file (answers are fetched again)"
         )
     return CachedAnswer(
-        logprobs=_floats(logprobs),
-        hidden=None if hidden is None else _floats(hidden),
+        logprobs=_floats(bytes(logprobs)),
+        hidden=None if hidden is None else _floats(bytes(hidden)),
         prompt_tokens=prompt_tokens,
         created=created,
     )
@@ -206,13 +209,14 @@ _FACT_PREFIX = "fact:"
 
 
 class ScoreCache:
-    """Answers keyed by :func:`cache_key`, in the SQLite store shared with the budget ledger.
+    """Answers keyed by :func:`cache_key`, in the store shared with the budget ledger.
 
     Parameters
     ----------
     store : Store, str, Path or None
-        An open :class:`~maas_tune._sqlite.Store` (shared, not closed by
-        :meth:`close`), or a path to open one on; ``None`` is the default path.
+        An open :class:`~maas_tune.storage.Store` (shared, not closed by :meth:`close`),
+        or a path or URL to open one on (``sqlite:///abs/path``,
+        ``postgresql://user@host:port/db``); ``None`` is the default SQLite file.
 
     Notes
     -----
@@ -230,7 +234,7 @@ class ScoreCache:
         return self._store
 
     def __repr__(self) -> str:
-        return f"ScoreCache({str(self._store.path)!r})"
+        return f"ScoreCache({self._store.location!r})"
 
     def close(self) -> None:
         """Close the store if this cache opened it."""
@@ -257,7 +261,7 @@ class ScoreCache:
                 chunk = unique[start : start + CACHE_READ_CHUNK]
                 # Equal SQL text for equal chunk sizes: sqlite3 reuses the prepared statement.
                 for row in conn.execute(f"{_SELECT}({','.join('?' * len(chunk))})", chunk):
-                    found[row[0]] = _decode(self._store.path, row)
+                    found[row[0]] = _decode(self._store.location, row)
         return found
 
     def put_many(
@@ -265,7 +269,7 @@ class ScoreCache:
         items: Mapping[str, ProviderAnswer | CachedAnswer],
         *,
         model: str = "",
-        conn: sqlite3.Connection | None = None,
+        conn: Connection | None = None,
     ) -> None:
         """Store answers (replacing any under the same keys), all or none.
 
@@ -275,7 +279,7 @@ class ScoreCache:
             A :class:`CachedAnswer` keeps its ``created`` time; others get now.
         model : str
             Model name, kept for :meth:`stats` and :meth:`clear` only.
-        conn : sqlite3.Connection or None
+        conn : Connection or None
             The connection of a caller's open ``store.transaction()``, to commit these
             writes atomically with other ones (e.g. a budget commit); by default the
             writes get a transaction of their own.
@@ -287,9 +291,8 @@ class ScoreCache:
             a wrong shape or bad usage; nothing is stored.
         """
         now = time.time()
-        rows = [
-            _row(key, answer, model, now) for key, answer in items.items()
-        ]  # validate all first
+        # Validate all first. Sorted: concurrent writers lock rows in one order (no deadlock).
+        rows = sorted(_row(key, answer, model, now) for key, answer in items.items())
         if not rows:
             return
         with self._store.joining(conn) as c:
@@ -299,14 +302,18 @@ class ScoreCache:
         """Keep a small JSON fact a provider learnt about its server (see :class:`FactStore`)."""
         text = json.dumps(value, sort_keys=True)
         with self._store.transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                         (_FACT_PREFIX + key, text))
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_FACT_PREFIX + key, text),
+            )
 
     def recall(self, key: str) -> Any | None:
         """A fact kept by :meth:`remember`, or None."""
         with self._store.read() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?",
-                               (_FACT_PREFIX + key,)).fetchone()
+            row = conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (_FACT_PREFIX + key,)
+            ).fetchone()
         return None if row is None else json.loads(row[0])
 
     def __len__(self) -> int:
@@ -314,7 +321,7 @@ class ScoreCache:
             return int(conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
 
     def stats(self) -> CacheStats:
-        """Entries, size on disk (database plus write-ahead log), entries per model, age range."""
+        """Entries, size on disk, entries per model, age range."""
         with self._store.read() as conn:
             entries, oldest, newest = conn.execute(
                 "SELECT COUNT(*), MIN(created), MAX(created) FROM answers"
@@ -324,22 +331,21 @@ class ScoreCache:
                     "SELECT model, COUNT(*) FROM answers GROUP BY model ORDER BY model"
                 ).fetchall()
             )
-        path = self._store.path
-        size = sum(os.path.getsize(p) for p in (path, Path(f"{path}-wal")) if os.path.exists(p))
         return CacheStats(
-            path=path,
+            path=self._store.path,
             entries=int(entries),
-            size_bytes=size,
-            per_model=models,
+            size_bytes=self._store.size_bytes(),
+            per_model={model: int(n) for model, n in models.items()},
             oldest=oldest,
             newest=newest,
+            location=self._store.location,
         )
 
     def _iter_records(self) -> Iterator[dict[str, Any]]:
         sql = f"SELECT {_COLUMNS}, model FROM answers ORDER BY created, key"
         with self._store.read() as conn:
             for row in conn.execute(sql):
-                answer = _decode(self._store.path, row[:-1])
+                answer = _decode(self._store.location, row[:-1])
                 yield {
                     "key": row[0],
                     "model": row[7],

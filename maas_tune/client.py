@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ._constants import CONTENT_FREE_TEXT
+from ._constants import CLAIM_POLL_MAX_S, CLAIM_POLL_S, CONTENT_FREE_TEXT
 from .budget import QueryBudget, Reservation
 from .cache import ScoreCache, cache_key
+from .claims import Claims
 from .data import Example
 from .errors import BudgetExceeded, OfflineCacheMiss, ProviderError, ProviderResponseError
 from .providers.base import Provider, ProviderAnswer
@@ -61,6 +63,13 @@ class Client:
     chunk_size : int, default 16
         Prompts per provider call; each chunk is reserved, sent and committed
         together, so a crash loses at most one chunk's answers.
+
+    Notes
+    -----
+    Workers (threads, processes, hosts) sharing a store send each prompt once: before
+    a chunk is sent its keys are claimed (:class:`~maas_tune.claims.Claims`); keys
+    another live worker is sending are waited for until their answers land in the
+    cache, or taken over when that worker's claim expires.
     """
 
     def __init__(
@@ -80,6 +89,7 @@ class Client:
         self.progress = progress
         self.chunk_size = chunk_size
         self.usage = Usage()
+        self._sleep = time.sleep  # tests may inject a clock
         provider.attach_facts(self.cache, offline=offline)
 
     # -- public API -------------------------------------------------------------
@@ -120,16 +130,23 @@ class Client:
         fingerprint = self.provider.fingerprint()
         keys = [cache_key(fingerprint, p, token_ids) for p in prompts]
         found: dict[str, Any] = self.cache.get_many(list(dict.fromkeys(keys)))
-        hits = np.array([k in found for k in keys], dtype=bool)
         # One query per distinct missing prompt, in first-seen order.
         todo = {k: p for k, p in zip(keys, prompts) if k not in found}
-        self.usage.cache_hits += int(hits.sum())
-        self.usage.prompt_tokens_cached += sum(found[k].prompt_tokens for k in keys if k in found)
         if todo:
             if self.offline:
-                raise OfflineCacheMiss(missing=int((~hits).sum()), total=len(prompts))
+                raise OfflineCacheMiss(missing=sum(k in todo for k in keys), total=len(prompts))
             self._check_budget(len(todo) * self.provider.max_queries_per_prompt(len(token_ids)))
-            found.update(self._fetch(todo, token_ids, fingerprint))
+            sent = self._fetch(todo, token_ids, fingerprint)
+            # What another worker sent meanwhile landed in the cache: a hit for us.
+            found.update(self.cache.get_many([k for k in todo if k not in sent]))
+            found.update(sent)
+        else:
+            sent = {}
+        hits = np.array([k not in sent for k in keys], dtype=bool)
+        self.usage.cache_hits += int(hits.sum())
+        self.usage.prompt_tokens_cached += sum(
+            found[k].prompt_tokens for k in keys if k not in sent
+        )
         return [found[k] for k in keys], hits
 
     def _check_budget(self, needed: int) -> None:
@@ -146,21 +163,63 @@ class Client:
     def _fetch(
         self, todo: dict[str, str], token_ids: list[int], fingerprint: Mapping[str, Any]
     ) -> dict[str, ProviderAnswer]:
+        """Send the keys of ``todo`` no other worker is sending; wait for the others.
+
+        Returns the answers this client sent; the rest are in the cache on return.
+        """
         from tqdm.auto import tqdm
 
-        items = list(todo.items())
         model = str(fingerprint.get("model", ""))
+        claims = Claims(self.cache.store)  # one owner per call: threads may share a client
         out: dict[str, ProviderAnswer] = {}
+        pending, pause = list(todo), CLAIM_POLL_S
         disable = None if self.progress is None else not self.progress
-        with tqdm(total=len(items), desc="scoring", unit="sample", disable=disable) as bar:
-            for start in range(0, len(items), self.chunk_size):
-                chunk = dict(items[start : start + self.chunk_size])
-                out.update(self._fetch_chunk(chunk, token_ids, model))
-                bar.update(len(chunk))
+        with tqdm(total=len(todo), desc="scoring", unit="sample", disable=disable) as bar:
+            while pending:
+                blocked: list[str] = []
+                for start in range(0, len(pending), self.chunk_size):
+                    batch = pending[start : start + self.chunk_size]
+                    mine = self._claim(claims, batch)
+                    blocked.extend(k for k in batch if k not in mine)
+                    if mine:
+                        chunk = {k: todo[k] for k in batch if k in mine}
+                        out.update(self._fetch_chunk(chunk, token_ids, model, claims))
+                        bar.update(len(chunk))
+                landed = set(self.cache.get_many(blocked)) if blocked else set()
+                bar.update(len(landed))
+                if len(blocked) == len(pending) and not landed:  # no progress: wait
+                    log.debug("waiting for %d prompts other workers are sending", len(blocked))
+                    self._sleep(pause)
+                    pause = min(2 * pause, CLAIM_POLL_MAX_S)
+                else:
+                    pause = CLAIM_POLL_S
+                pending = [k for k in blocked if k not in landed]
         return out
 
+    def _claim(self, claims: Claims, batch: list[str]) -> set[str]:
+        """Claim what no other worker sends, less what another worker's commit cached since
+        this client looked (a worker commits its answers and drops its claims at once)."""
+        mine = claims.acquire(batch)
+        landed = set(self.cache.get_many(list(mine))) if mine else set()
+        if landed:
+            claims.release(list(landed))
+        return mine - landed
+
     def _fetch_chunk(
-        self, chunk: dict[str, str], token_ids: list[int], model: str
+        self, chunk: dict[str, str], token_ids: list[int], model: str, claims: Claims
+    ) -> dict[str, ProviderAnswer]:
+        """Reserve, send and commit one claimed chunk; its claims are dropped either way."""
+        try:
+            return self._send_chunk(chunk, token_ids, model, claims)
+        except BaseException:
+            try:  # the answers were not cached: let another worker (or a rerun) send them
+                claims.release(list(chunk))
+            except Exception as exc:  # noqa: BLE001 - the original error matters more
+                log.warning("could not drop claims (they expire by themselves): %s", exc)
+            raise
+
+    def _send_chunk(
+        self, chunk: dict[str, str], token_ids: list[int], model: str, claims: Claims
     ) -> dict[str, ProviderAnswer]:
         prompts = list(chunk.values())
         reservation = None
@@ -182,6 +241,7 @@ class Client:
         try:
             with self.cache.store.transaction() as conn:  # answers and spend land together
                 self.cache.put_many(result, model=model, conn=conn)
+                claims.release(list(chunk), conn=conn)
                 if reservation is not None:
                     self._commit(reservation, queries, used, conn)
                     settled = not self._same_store()
@@ -209,7 +269,7 @@ class Client:
     def _same_store(self) -> bool:
         """Whether the budget ledger is in the cache's database (one transaction for both)."""
         assert self.budget is not None
-        return self.budget.store.path.resolve() == self.cache.store.path.resolve()
+        return self.budget.store.identity == self.cache.store.identity
 
     def _settle_failed(self, reservation: Reservation, exc: BaseException) -> None:
         """Release a failed chunk's reservation, unless the request may have been billed."""

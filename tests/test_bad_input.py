@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from maas_tune import _sqlite
+from maas_tune.storage import sqlite as _sqlite
 from maas_tune._constants import DB_SCHEMA_VERSION, DECODER_FORMAT_VERSION, MAX_RECORD_CHARS
 from maas_tune._sqlite import Store
 from maas_tune.budget import QueryBudget

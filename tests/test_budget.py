@@ -1,4 +1,7 @@
-"""Tests for the query budget: caps, settling, persistence, races, crashes, atomic commits."""
+"""Tests for the query budget: caps, settling, persistence, races, crashes, atomic commits.
+
+Every test that takes the ``store`` fixture runs on SQLite and on PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -59,8 +62,8 @@ def _wait_for_file(path: Path, procs: list[subprocess.Popen[str]]) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "budget.sqlite") as opened:
+def store(store_url: str):
+    with Store(store_url) as opened:
         yield opened
 
 
@@ -175,7 +178,7 @@ def test_list_and_reset(store: Store) -> None:
     open_reservation = alpha.reserve(2)
     beta.commit(beta.reserve(1))
     assert [(s.name, s.spent_queries) for s in list_budgets(store)] == [("alpha", 4), ("beta", 1)]
-    before = reset_budget(store.path, "alpha")  # a path works as well as a Store
+    before = reset_budget(store.url, "alpha")  # a path or URL works as well as a Store
     assert (before.spent_queries, before.spent_prompt_tokens) == (4, 40)
     after = alpha.status()
     assert (
@@ -199,9 +202,9 @@ budget.commit(budget.reserve(7, 70))
 
 
 def test_restart_sees_what_was_spent(store: Store) -> None:
-    proc = _python(_SPEND, str(store.path), "persist")
+    proc = _python(_SPEND, store.url, "persist")
     assert proc.wait(timeout=SUBPROCESS_TIMEOUT_S) == 0, proc.communicate()[1]
-    status = QueryBudget("persist", store=Store(store.path)).status()
+    status = QueryBudget("persist", store=Store(store.url)).status()
     assert (status.max_queries, status.spent_queries, status.spent_prompt_tokens) == (100, 7, 70)
 
 
@@ -223,7 +226,7 @@ def test_reservation_of_killed_process_is_counted_as_spent(
     budget = QueryBudget("crash", 100, store=store)
     bystander = QueryBudget("bystander", store=store)
     ready = tmp_path / "ready"
-    proc = _python(_RESERVE_AND_HANG, str(store.path), "crash", str(ready))
+    proc = _python(_RESERVE_AND_HANG, store.url, "crash", str(ready))
     try:
         _wait_for_file(ready, [proc])
         assert budget.status().reserved_queries == 5  # its owner is alive: left alone
@@ -244,7 +247,7 @@ def test_reservation_of_unreaped_killed_child_is_counted_as_spent(
 ) -> None:
     budget = QueryBudget("zombie", store=store)
     ready = tmp_path / "ready"
-    proc = _python(_RESERVE_AND_HANG, str(store.path), "zombie", str(ready))
+    proc = _python(_RESERVE_AND_HANG, store.url, "zombie", str(ready))
     try:
         _wait_for_file(ready, [proc])
         os.kill(proc.pid, signal.SIGKILL)  # not waited for yet: the child stays a zombie
@@ -286,7 +289,7 @@ def test_cache_write_and_budget_commit_are_atomic(store: Store) -> None:
     assert (budget.status().spent_queries, budget.status().reserved_queries) == (0, 2)
 
     with (
-        Store(store.path) as separate,
+        Store(store.url) as separate,
         separate.transaction() as conn,
     ):  # another Store on the same file
         cache.put_many(answers, conn=conn)
@@ -341,7 +344,7 @@ def test_racing_processes_and_threads_never_overshoot(store: Store, tmp_path: Pa
     procs = [
         _python(
             _RACER,
-            str(store.path),
+            store.url,
             str(go),
             str(tmp_path / f"ready-{i}"),
             str(RACE_THREADS),

@@ -1,4 +1,7 @@
-"""Tests for the answer cache: keys, round trips, validation, other processes, crashes, upkeep."""
+"""Tests for the answer cache: keys, round trips, validation, other processes, crashes, upkeep.
+
+Every test that takes the ``cache`` fixture runs on SQLite and on PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -51,8 +54,8 @@ def _run(code: str, *args: str) -> str:
 
 
 @pytest.fixture
-def cache(tmp_path: Path):
-    opened = ScoreCache(tmp_path / "cache.sqlite")
+def cache(store_url: str):
+    opened = ScoreCache(store_url)
     yield opened
     opened.close()
 
@@ -183,7 +186,7 @@ print(json.dumps({k: [v.logprobs.tolist(), v.prompt_tokens] for k, v in got.item
 
 
 def test_other_processes_see_each_others_answers(cache: ScoreCache) -> None:
-    path = str(cache.store.path)
+    path = cache.store.url
     _run(_WRITE_ONE, path)
     got = cache.get_many(["from-child"])["from-child"]
     np.testing.assert_array_equal(got.logprobs, [-0.5, -1.5])
@@ -218,7 +221,7 @@ def _wait_for_progress(progress: Path, at_least: int, proc: subprocess.Popen[str
 
 def test_kill_9_keeps_every_committed_answer(cache: ScoreCache, tmp_path: Path) -> None:
     progress = tmp_path / "progress"
-    proc = _python(_WRITE_FOREVER, str(cache.store.path), str(progress))
+    proc = _python(_WRITE_FOREVER, cache.store.url, str(progress))
     try:
         _wait_for_progress(progress, 20, proc)
         proc.kill()  # SIGKILL on POSIX: no cleanup, no atexit
@@ -226,7 +229,7 @@ def test_kill_9_keeps_every_committed_answer(cache: ScoreCache, tmp_path: Path) 
         proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
     last = int(progress.read_text())
     keys = [f"b{i}-{j}" for i in range(last + 1) for j in range(10)]
-    with Store(cache.store.path) as fresh:
+    with Store(cache.store.url) as fresh:
         got = ScoreCache(fresh).get_many(keys)
     assert len(got) == len(keys)
     assert got[f"b{last}-9"].prompt_tokens == last

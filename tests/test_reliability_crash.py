@@ -9,6 +9,10 @@ scorer pause at a named point of its third chunk, where it is killed with SIGKIL
 ``answered``   the answers arrived, inside the cache transaction, before the write;
 ``committed``  answers and spend committed together, before the next chunk.
 
+Both cases run on SQLite and on PostgreSQL (the ``store_url`` fixture): a restarted
+worker takes over the dead one's claims on the prompts it had in flight at once, since
+the dead process ran on this host.
+
 Then, for each point: the ledger never undercounts what the server received and
 overcounts by at most the one chunk that was reserved; a restarted run sends nothing
 that was already answered, and the prompts the server received twice in all (duplicate
@@ -137,9 +141,9 @@ def _kill_when(
 
 @pytest.mark.parametrize("point", ["reserved", "in_flight", "answered", "committed"])
 def test_kill_9_of_the_scorer_then_restart_resends_nothing_answered(
-    point: str, tmp_path: Path
+    point: str, tmp_path: Path, store_url: str
 ) -> None:
-    db, marker = tmp_path / "store.sqlite", tmp_path / "paused"
+    db, marker = store_url, tmp_path / "paused"
     done = KILL_CHUNK + (point == "committed")  # chunks whose answers were committed
     with FaultServer() as server:
         if point == "in_flight":  # the third chunk's answers are held back past the kill
@@ -181,7 +185,7 @@ def test_kill_9_of_the_scorer_then_restart_resends_nothing_answered(
     assert final.reserved_queries == 0
     assert final.spent_queries - total == overcount  # the ledger: what was received, + overcount
     report("duplicates_after_kill_9", duplicates, point=point, bound=CHUNK,
-           ledger_overcount=overcount)
+           ledger_overcount=overcount, backend=store_url.partition(":")[0])
 
 
 # -- the server killed under a running client ------------------------------------------------
@@ -201,8 +205,8 @@ def _scored(log: Path) -> list[str]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.endswith('"')]
 
 
-def test_kill_9_of_the_server_under_a_running_client(tmp_path: Path) -> None:
-    log, db, port = tmp_path / "scored.jsonl", tmp_path / "store.sqlite", free_port()
+def test_kill_9_of_the_server_under_a_running_client(tmp_path: Path, store_url: str) -> None:
+    log, db, port = tmp_path / "scored.jsonl", store_url, free_port()
     log.touch()
     server = _start_server(port, log)
     outcome: dict[str, object] = {}
@@ -257,4 +261,4 @@ def test_kill_9_of_the_server_under_a_running_client(tmp_path: Path) -> None:
     assert duplicates <= SERVER_CONCURRENCY  # only what was in flight at the kill
     assert (status.spent_queries, status.reserved_queries) == (len(SERVER_TEXTS), 0)
     report("duplicates_after_server_kill_9", duplicates, bound=SERVER_CONCURRENCY,
-           scored=len(scored), answers=len(SERVER_TEXTS))
+           scored=len(scored), answers=len(SERVER_TEXTS), backend=store_url.partition(":")[0])

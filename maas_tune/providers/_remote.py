@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from .._constants import MAX_RETRIES
+from ..ratelimit import RateLimit, RateLimiter
 from ._http import public_url
 from ._session import APISession
 from .base import FactStore, Provider
@@ -46,6 +47,7 @@ class RemoteProvider(Provider):
         max_retries: int = MAX_RETRIES,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rate_limit: RateLimit | RateLimiter | None = None,
     ) -> None:
         self.base_url = public_url(base_url)  # shown and kept in the cache: no credentials
         self.model = model
@@ -56,7 +58,7 @@ class RemoteProvider(Provider):
         self._lock = threading.Lock()
         self._session = APISession(
             base_url, api_key=api_key, timeout=timeout, max_concurrency=max_concurrency,
-            max_retries=max_retries, transport=transport, sleep=sleep,
+            max_retries=max_retries, transport=transport, sleep=sleep, rate_limit=rate_limit,
         )
 
     def __repr__(self) -> str:

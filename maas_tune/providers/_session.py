@@ -10,13 +10,20 @@ from typing import Any, TypeVar
 
 import httpx
 
-from .._constants import MAX_RETRIES
+from .._constants import MAX_RETRIES, MAX_RETRY_AFTER_S
 from ..errors import (
     ConfigurationError,
     OfflineCacheMiss,
     ProviderError,
     ProviderResponseError,
     ProviderStatusError,
+)
+from ..ratelimit import (
+    DEFAULT_PENALTY_S,
+    RateLimit,
+    RateLimiter,
+    as_limiter,
+    estimate_request_tokens,
 )
 from ._answers import check_model
 from ._http import request_json
@@ -96,6 +103,15 @@ class APISession:
         Replaces the network (tests inject ``httpx.MockTransport``).
     sleep : callable
         Called with each retry delay in seconds.
+    rate_limit : RateLimit, RateLimiter or None
+        Client-side rate limit: each scoring request (each retry too) first waits
+        for its turn, counting 1 request and the tokens
+        :func:`~maas_tune.ratelimit.estimate_request_tokens` estimates from its body
+        (prompt characters / 3 + 1, plus ``max_tokens``). A :class:`RateLimit` gets a
+        limiter of this process; pass a shared one (:func:`maas_tune.ray.shared_rate_limiter`)
+        to share the limit among processes. A 429 makes the limiter pause all its
+        users for the Retry-After delay (1 s when the server gives none).
+        Tokenizer requests are not limited. None: no limit.
     """
 
     def __init__(
@@ -108,9 +124,11 @@ class APISession:
         max_retries: int = MAX_RETRIES,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rate_limit: RateLimit | RateLimiter | None = None,
     ) -> None:
         root = base_url.rstrip("/")  # may carry credentials (user:pass@): never shown
         self.max_concurrency = max_concurrency
+        self.rate_limiter = as_limiter(rate_limit)
         self._retry = RetryPolicy(max_retries=max_retries, sleep=sleep)
         if api_key is None:
             api_key = next((os.environ[n] for n in API_KEY_ENV if os.environ.get(n)), None)
@@ -129,9 +147,29 @@ class APISession:
             transport=transport,
         )
 
-    def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST ``payload`` to ``path`` (relative to the API root, or absolute), with retries."""
-        return self._retry.call(lambda: request_json(self._client, "POST", path, json=payload)[0])
+    def post(
+        self, path: str, payload: dict[str, Any], *, limited: bool = True
+    ) -> dict[str, Any]:
+        """POST ``payload`` to ``path`` (relative to the API root, or absolute), with retries;
+        each attempt waits for the rate limiter first unless ``limited`` is False."""
+        limiter = self.rate_limiter if limited else None
+        if limiter is None:
+            return self._retry.call(
+                lambda: request_json(self._client, "POST", path, json=payload)[0]
+            )
+        tokens = estimate_request_tokens(payload)
+
+        def attempt() -> dict[str, Any]:
+            limiter.acquire(1, tokens)
+            try:
+                return request_json(self._client, "POST", path, json=payload)[0]
+            except ProviderStatusError as exc:
+                if exc.status == 429:  # the server's limit is tighter than ours: all pause
+                    wait = exc.retry_after if exc.retry_after is not None else DEFAULT_PENALTY_S
+                    limiter.penalize(min(wait, MAX_RETRY_AFTER_S))
+                raise
+
+        return self._retry.call(attempt)
 
     def map(
         self, one: Callable[[Post, T], R], items: Sequence[T], path: str, *, model: str
@@ -217,7 +255,7 @@ class APISession:
         if self._tokenizer is False:
             return None
         try:
-            body = self.post(self._tokenize_url, {"input": text})
+            body = self.post(self._tokenize_url, {"input": text}, limited=False)
         except ProviderStatusError as exc:
             if exc.status not in _NO_TOKENIZER:
                 raise

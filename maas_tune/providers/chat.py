@@ -15,6 +15,7 @@ import httpx
 from .._constants import MAX_RETRIES
 from ..chat_format import ChatFormat
 from ..errors import ConfigurationError
+from ..ratelimit import RateLimit, RateLimiter
 from ..task import check_single_tokens
 from ._answers import reading
 from ._chat_probe import ChatProbeResult, run_chat_probe
@@ -72,7 +73,7 @@ class OpenAIChatProvider(RemoteProvider):
         ``text -> token ids`` of the served model (no special tokens), used for the
         ``logit_bias`` of the ``force`` strategy; by default the server's
         ``/extras/tokenize`` (maas-tune serve, llama.cpp) is asked.
-    max_concurrency, timeout, max_retries, transport, sleep
+    max_concurrency, timeout, max_retries, transport, sleep, rate_limit
         As for :class:`~maas_tune.providers.openai.OpenAICompletionsProvider` (same
         retry policy, error mapping and key redaction).
 
@@ -116,6 +117,7 @@ class OpenAIChatProvider(RemoteProvider):
         max_retries: int = MAX_RETRIES,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rate_limit: RateLimit | RateLimiter | None = None,
     ) -> None:
         check_api_options(base_url, model, max_concurrency, timeout)
         check_count("top_logprobs", top_logprobs)
@@ -123,6 +125,7 @@ class OpenAIChatProvider(RemoteProvider):
         super().__init__(
             base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
             timeout=timeout, max_retries=max_retries, transport=transport, sleep=sleep,
+            rate_limit=rate_limit,
         )
         self.top_logprobs = top_logprobs
         self.chat_format = chat_format or ChatFormat()

@@ -15,6 +15,7 @@ import numpy as np
 
 from .._constants import MAX_RETRIES
 from ..errors import ConfigurationError, ProviderResponseError
+from ..ratelimit import RateLimit, RateLimiter
 from ._http import public_url
 from ._session import (
     CHARS_PER_TOKEN_ESTIMATE,
@@ -64,6 +65,10 @@ class OpenAIEmbeddingsProvider:
         Replaces the network (tests inject ``httpx.MockTransport``).
     sleep : callable, default time.sleep
         Called with each retry delay in seconds.
+    rate_limit : RateLimit, RateLimiter or None, default None
+        Client-side requests/tokens-per-minute limit, waited for before each request
+        (see :class:`~maas_tune.providers._session.APISession`); share one among
+        processes with :func:`maas_tune.ray.shared_rate_limiter`.
 
     Notes
     -----
@@ -85,6 +90,7 @@ class OpenAIEmbeddingsProvider:
         max_retries: int = MAX_RETRIES,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rate_limit: RateLimit | RateLimiter | None = None,
     ) -> None:
         check_api_options(base_url, model, max_concurrency, timeout)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -102,7 +108,7 @@ class OpenAIEmbeddingsProvider:
         self._lock = threading.Lock()
         self._session = APISession(
             base_url, api_key=api_key, timeout=timeout, max_concurrency=max_concurrency,
-            max_retries=max_retries, transport=transport, sleep=sleep,
+            max_retries=max_retries, transport=transport, sleep=sleep, rate_limit=rate_limit,
         )
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ import httpx
 
 from .._constants import LABEL_WORD_PREFIX, MAX_RETRIES
 from ..errors import ConfigurationError
+from ..ratelimit import RateLimit, RateLimiter
 from ..task import check_single_tokens
 from ._answers import reading
 from ._forcing import synthetic_token_id
@@ -71,6 +72,10 @@ class OpenAICompletionsProvider(RemoteProvider):
         Replaces the network (tests inject ``httpx.MockTransport``).
     sleep : callable, default time.sleep
         Called with each retry delay in seconds.
+    rate_limit : RateLimit, RateLimiter or None, default None
+        Client-side requests/tokens-per-minute limit, waited for before each request
+        (see :class:`~maas_tune.providers._session.APISession`); share one among
+        processes with :func:`maas_tune.ray.shared_rate_limiter`.
 
     Notes
     -----
@@ -109,11 +114,13 @@ class OpenAICompletionsProvider(RemoteProvider):
         max_retries: int = MAX_RETRIES,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rate_limit: RateLimit | RateLimiter | None = None,
     ) -> None:
         _check_options(base_url, model, strategy, top_logprobs, max_concurrency, timeout)
         super().__init__(
             base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
             timeout=timeout, max_retries=max_retries, transport=transport, sleep=sleep,
+            rate_limit=rate_limit,
         )
         self.top_logprobs = top_logprobs
         self._probe: ProbeResult | None = None

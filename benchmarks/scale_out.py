@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -93,13 +94,15 @@ def kill_one_worker_at(base_url: str, received: int, log: dict[str, Any]) -> Non
     log.update(killed_pid=pids[0], killed_at_received=received, workers_seen=len(pids))
 
 
-def run(args: argparse.Namespace, base_url: str, workers: int, *, kill: bool) -> dict[str, Any]:
+def run(
+    args: argparse.Namespace, base_url: str, new_store: Callable[[], str], workers: int, *, kill: bool
+) -> dict[str, Any]:
     import ray
 
     n = args.samples
     limit = budget_limit(n, workers, args.chunk_size, kill=kill)
     rows = [{"text": f"synthetic review {i}: {'great' if i % 2 else 'poor'} value"} for i in range(n)]
-    store = Path(tempfile.mkdtemp(prefix="scale-out-")) / "store.sqlite"
+    store = new_store()
     server_call(base_url, "POST", "/reset")
     killed: dict[str, Any] = {}
     if kill:
@@ -147,27 +150,43 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--no-kill", action="store_true", help="skip the killed-worker run")
     parser.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs of the Ray node")
+    parser.add_argument("--store", choices=["postgres", "sqlite"], default="postgres",
+                        help="shared cache + budget: a PostgreSQL server started here (default, "
+                        "fsync on) or a SQLite file")
     args = parser.parse_args(argv)
 
     import ray
+
+    postgres = None
+    if args.store == "postgres":
+        from tests._postgres import PostgresServer
+
+        postgres = PostgresServer(durable=True).start()
+        new_store: Callable[[], str] = postgres.create_database
+    else:
+        def new_store() -> str:
+            return str(Path(tempfile.mkdtemp(prefix="scale-out-")) / "store.sqlite")
 
     server, base_url = start_server(args.latency, args.rpm or None)
     ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING", runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        runs = [run(args, base_url, w, kill=False) for w in args.workers]
-        killed = None if args.no_kill else run(args, base_url, max(args.workers), kill=True)
+        runs = [run(args, base_url, new_store, w, kill=False) for w in args.workers]
+        killed = (None if args.no_kill
+                  else run(args, base_url, new_store, max(args.workers), kill=True))
     finally:
         ray.shutdown()
         server.terminate()
         server.wait(timeout=10)
+        if postgres is not None:
+            postgres.stop()
     path = write_result("scale_out", {
         "command": "cd benchmarks && python scale_out.py " + " ".join(argv or sys.argv[1:]),
         "config": {"latency_s": args.latency, "concurrency_per_worker": args.concurrency,
                    "provider_rpm": args.rpm or None, "batch_size": args.batch_size,
                    "chunk_size": args.chunk_size, "ray_cpus": args.ray_cpus,
-                   "ray": ray.__version__, "cores": os.cpu_count()},
+                   "ray": ray.__version__, "cores": os.cpu_count(), "store": args.store},
         "runs": runs, "killed_worker_run": killed,
     })
     print(f"wrote {path}")

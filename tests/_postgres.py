@@ -49,9 +49,12 @@ def _run_as() -> pwd.struct_passwd | None:
 
 
 class PostgresServer:
-    """One cluster in a temporary folder, listening on 127.0.0.1 only (no Unix socket)."""
+    """One cluster in a temporary folder, listening on 127.0.0.1 only (no Unix socket).
 
-    def __init__(self) -> None:
+    ``durable=False`` (tests) switches fsync off; benchmarks keep PostgreSQL's defaults.
+    """
+
+    def __init__(self, *, durable: bool = False) -> None:
         initdb, pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
         if initdb is None or pg_ctl is None:
             raise FileNotFoundError("initdb / pg_ctl not found in PATH or /usr/lib/postgresql")
@@ -64,6 +67,7 @@ class PostgresServer:
         self.port = free_port()
         self._names = itertools.count()
         self._admin = None
+        self._durable = durable
 
     def _run(self, *args: str) -> None:
         ids = (
@@ -99,10 +103,9 @@ class PostgresServer:
             "--no-sync",
             "--no-instructions",
         )
-        options = (
-            f"-h 127.0.0.1 -p {self.port} -k '' -c fsync=off -c synchronous_commit=off "
-            "-c full_page_writes=off -c max_connections=300"
-        )
+        options = f"-h 127.0.0.1 -p {self.port} -k '' -c max_connections=300"
+        if not self._durable:  # tests: the data dies with the session anyway
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             self._pg_ctl,
             "-D",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import sqlite3
 import stat
 import sys
@@ -218,23 +216,3 @@ def test_borrowed_store_closes_only_what_it_opened(store: Store, tmp_path: Path)
         conn.execute("SELECT 1")
 
 
-def _child_writes(store: Store, inherited: sqlite3.Connection) -> None:
-    with store.transaction() as conn:
-        _put(conn, "t-child")
-    if conn is inherited:
-        sys.exit(3)  # the child must never use its parent's connection
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_fork_opens_a_fresh_connection(store: Store) -> None:
-    with store.transaction() as conn:
-        _put(conn, "t-parent")
-    parent_conn = store.connection()
-    child = multiprocessing.get_context("fork").Process(
-        target=_child_writes, args=(store, parent_conn)
-    )
-    child.start()
-    child.join(timeout=30)
-    assert child.exitcode == 0
-    assert store.connection() is parent_conn  # the parent's connection still works
-    assert _count(store) == 2

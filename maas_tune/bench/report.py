@@ -141,7 +141,7 @@ def _dataset_table(config: BenchConfig, summaries: Sequence[Summary], dataset: s
     shots = sorted({s.shots for s in mine})
     top = shots[-1]
     head = (["method"] + [f"{k}-shot" for k in shots]
-            + ["test n", f"queries ({top}-shot)", "of which fit", "prompt tokens", "fit s", "wall s"])  # fmt: skip
+            + ["test n", "seeds", f"queries ({top}-shot)", "of which fit", "prompt tokens", "fit s", "wall s"])  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for row in config.row_names():
         by_shots = {s.shots: s for s in mine if s.row == row}
@@ -149,7 +149,7 @@ def _dataset_table(config: BenchConfig, summaries: Sequence[Summary], dataset: s
             continue
         accs = [by_shots[k].accuracy if k in by_shots else "–" for k in shots]
         s = by_shots.get(top) or by_shots[max(by_shots)]
-        costs = [str(s.n_test), _count(s.queries), _count(s.fit_queries), _count(s.prompt_tokens),
+        costs = [str(s.n_test), str(s.seeds), _count(s.queries), _count(s.fit_queries), _count(s.prompt_tokens),
                  f"{s.fit_seconds:.2f}", f"{s.wall_seconds:.1f}"]  # fmt: skip
         lines.append(f"| {row} | " + " | ".join(accs + costs) + " |")
     return lines

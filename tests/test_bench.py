@@ -25,7 +25,7 @@ from maas_tune.bench import (
     write_report,
 )
 from maas_tune.cli import main
-from maas_tune.decoders import DecT
+from maas_tune.decoders import DecT, load_decoder, save_decoder
 from maas_tune.errors import ConfigurationError, ProviderError
 from maas_tune.experiment import subsample_test
 from maas_tune.scores import Scores
@@ -233,7 +233,7 @@ def test_bench_report_from_the_cli(tmp_path, capsys):
 
 
 # -- DecT on log-probs only ----------------------------------------------------
-def test_dect_logprobs_ignores_the_hidden_states_it_is_given():
+def test_dect_logprobs_ignores_the_hidden_states_it_is_given(tmp_path):
     rng = np.random.default_rng(0)
     X = Scores(
         label_logprobs=rng.normal(size=(24, 2)).astype(np.float32),
@@ -248,6 +248,10 @@ def test_dect_logprobs_ignores_the_hidden_states_it_is_given():
     no_hidden = dataclasses.replace(X, hidden=None)
     np.testing.assert_array_equal(only_scores.predict(X), only_scores.predict(no_hidden))
     assert DecT(random_state=0).fit(X, y).uses_hidden_ is True
+    save_decoder(only_scores, tmp_path / "d")
+    loaded, _meta = load_decoder(tmp_path / "d")
+    assert loaded.use_hidden is False and loaded.uses_hidden_ is False
+    np.testing.assert_array_equal(loaded.predict(X), only_scores.predict(X))
 
 
 # -- the smoke slice of the real grid (CI) -------------------------------------

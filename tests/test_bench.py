@@ -63,6 +63,8 @@ def test_the_shipped_grid_covers_every_bundled_dataset_method_and_shots_setting(
     assert decoders.shots == (1, 4, 16) and decoders.seeds == (0, 1, 2, 3, 4)
     assert config.output == ROOT / "benchmarks" / "results" / "grid"
     assert config.report_dir == ROOT / "docs" / "benchmarks.md"
+    # Rows re-scored on a smaller test set for a like-for-like table are not plotted twice.
+    assert "dect@50" in rows and "dect@50" not in config.plotted_rows()
 
 
 @pytest.mark.parametrize(
@@ -83,6 +85,7 @@ def test_the_shipped_grid_covers_every_bundled_dataset_method_and_shots_setting(
         ({"block": [{"methods": ["dect"], "provider": {"kind": "local", "embeddings": True}}]},
          'needs a provider of kind "serve" or "http"'),
         ({"block": [{"methods": ["dect"], "provider": {"kind": "http"}}]}, "needs base_url"),
+        ({"block": [{"methods": ["dect"], "plot": "yes"}]}, "plot must be true or false"),
     ],
 )  # fmt: skip
 def test_a_bad_config_names_the_key_and_what_it_may_be(tmp_path, change, words):

@@ -25,7 +25,7 @@ _GRID_KEYS = ("datasets", "shots", "seeds", "test_cap")
 _TOP_KEYS = frozenset(
     {"output", "report", "cache", "budget", "max_queries", "model", "block", *_GRID_KEYS}
 )
-_BLOCK_KEYS = frozenset({"name", "methods", "suffix", "params", "provider", *_GRID_KEYS})
+_BLOCK_KEYS = frozenset({"name", "methods", "suffix", "params", "provider", "plot", *_GRID_KEYS})
 _PROVIDER_KEYS = frozenset({"kind", "base_url", "model", "strategy", "top_logprobs", "embeddings"})
 
 
@@ -63,7 +63,8 @@ class ProviderSpec:
 class Block:
     """Methods run over the same grid through the same provider.
 
-    A row of the results is named ``method + suffix`` (``dect+embeddings``).
+    A row of the results is named ``method + suffix`` (``dect+embeddings``); ``plot=False``
+    keeps a block's rows out of the plots (e.g. a method re-scored on a smaller test set).
     """
 
     name: str
@@ -75,6 +76,7 @@ class Block:
     suffix: str = ""
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     provider: ProviderSpec = ProviderSpec()
+    plot: bool = True
 
     def row_name(self, method: str) -> str:
         """The name of ``method``'s rows in the results."""
@@ -114,6 +116,10 @@ class BenchConfig:
     def row_names(self) -> list[str]:
         """Every row name, in the order of the blocks and their methods."""
         return list(dict.fromkeys(b.row_name(m) for b in self.blocks for m in b.methods))
+
+    def plotted_rows(self) -> list[str]:
+        """The row names of the blocks that are plotted, in order."""
+        return list(dict.fromkeys(b.row_name(m) for b in self.blocks if b.plot for m in b.methods))
 
     def method_of(self, row: str) -> str:
         """The method behind a row name."""
@@ -194,6 +200,12 @@ def _provider(where: str, raw: Any) -> ProviderSpec:
     return spec
 
 
+def _flag(where: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(where, f"{key} must be true or false, got {value!r}")
+    return value
+
+
 def _params(where: str, raw: Any, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     if raw is None:
         return {}
@@ -226,6 +238,7 @@ def _block(index: int, raw: Any, defaults: Mapping[str, Any]) -> Block:
         suffix=str(raw.get("suffix", "")),
         params=_params(where, raw.get("params"), methods),
         provider=_provider(where, raw.get("provider")),
+        plot=_flag(where, "plot", raw.get("plot", True)),
         **_grid(where, raw, defaults),
     )
     # Surface bad hyper-parameters now, not after an hour of the grid.

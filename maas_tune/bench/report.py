@@ -97,11 +97,13 @@ def _count(x: float) -> str:
 
 
 def _headline(
-    config: BenchConfig, summaries: Sequence[Summary], datasets: Sequence[str]
+    config: BenchConfig, summaries: Sequence[Summary], datasets: Sequence[str], rows: Sequence[str]
 ) -> list[str]:
-    """Accuracy at the largest shots per dataset; the best black-box entry in bold."""
+    """Accuracy of ``rows`` at the largest shots per dataset; the best black-box entry in bold."""
     at: dict[tuple[str, str], Summary] = {}
     for s in summaries:
+        if s.row not in rows:
+            continue
         best = at.get((s.row, s.dataset))
         if best is None or s.shots > best.shots:
             at[(s.row, s.dataset)] = s
@@ -111,7 +113,7 @@ def _headline(
     for (row, dataset), s in at.items():
         if not is_white_box(s.method):
             best[dataset] = max(best.get(dataset, 0.0), round(s.accuracy_mean, 3))
-    for row in config.row_names():
+    for row in rows:
         cells, means = [], []
         for d in datasets:
             s = at.get((row, d))
@@ -200,10 +202,20 @@ def render_markdown(
         "",
         f"{h}# Accuracy at the largest number of shots",
         "",
-        "Bold: the best black-box method per dataset (prompt tuning needs the weights).",
-        "",
-        *_headline(config, summaries, datasets),
+        (
+            "Bold: the best black-box method per dataset among the rows measured on the same "
+            "test inputs (prompt tuning needs the weights); (k) marks fewer shots."
+        ),
     ]
+    by_cap: dict[int | None, list[str]] = {}
+    for block in config.blocks:
+        by_cap.setdefault(block.test_cap, []).extend(block.row_name(m) for m in block.methods)
+    for cap in sorted(by_cap, key=lambda c: -(c or 2**62)):  # the largest test sets first
+        if not any(s.row in by_cap[cap] for s in summaries):
+            continue
+        where = "every test input" if cap is None else f"at most {cap} test inputs"
+        lines += ["", f"{h}## On {where} per dataset", "",
+                  *_headline(config, summaries, datasets, by_cap[cap])]  # fmt: skip
     for d in datasets:
         lines += ["", f"{h}# {d}", "", *_dataset_table(config, summaries, d)]
         if plots and d in plots:
@@ -244,7 +256,7 @@ def write_report(config: BenchConfig, *, plots: bool = True) -> list[Path]:
     if plots and rows:
         from .plots import plot_datasets
 
-        written += plot_datasets(summarize(rows), plot_dir, config.row_names())
+        written += plot_datasets(summarize(rows), plot_dir, config.plotted_rows())
     links = {p.stem: f"{plot_dir.name}/{p.name}" for p in written}
     if into_page:
         _insert(target, render_markdown(config, rows, plots=links, level=2))

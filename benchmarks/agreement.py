@@ -17,9 +17,9 @@ import maas_tune as mt
 from maas_tune.server import Engine, create_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests._servers import serve_in_thread  # noqa: E402
+from _common import write_result
 
-from _common import write_result  # noqa: E402
+from tests._servers import serve_in_thread
 
 
 def logprobs(provider: mt.Provider, prompts: list[str], words: list[str]) -> np.ndarray:

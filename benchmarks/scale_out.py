@@ -5,12 +5,13 @@ samples are scored through the deterministic OpenAI-compatible server of
 ``tests/_det_server.py`` (run as its own process, with a per-request latency and a
 server-side requests/min limit that answers 429 past it). Each run starts from an
 empty store and reports throughput, duplicate queries (prompts the server saw more
-than once), 429s, and budget overshoot (spent beyond the cap). A last run kills one
+than once, split by who sent the first copy: the killed worker, or a live one), 429s, and budget overshoot (spent beyond the cap). A last run kills one
 worker process (SIGKILL, as a crash would) a third of the way in and checks that the
 result is still complete. Writes ``results/scale_out.json``::
 
-    cd benchmarks && ../.venv/bin/python scale_out.py            # the full run (~30 min)
+    cd benchmarks && ../.venv/bin/python scale_out.py            # the full run (~35 min)
     cd benchmarks && ../.venv/bin/python scale_out.py --samples 5000 --workers 1 2
+    cd benchmarks && ../.venv/bin/python scale_out.py --workers --result scale_out_killed  # the kill only
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's maas_tune, in the driver and (b
 import maas_tune as mt
 from maas_tune.ratelimit import RateLimit
 from maas_tune.ray import BudgetSpec, ProviderConfig, score
+from tests._det_server import client_ports
 
 TASK = mt.Task("synthetic", "Review: {text} Sentiment:",
                {"positive": ["positive"], "negative": ["negative"]})
@@ -90,8 +92,10 @@ def kill_one_worker_at(base_url: str, received: int, log: dict[str, Any]) -> Non
     while server_call(base_url, "GET", "/stats")["received"] < received:
         time.sleep(0.2)
     pids = worker_pids()
+    ports = client_ports(pids[0])  # its connections to the server: its requests in flight
     os.kill(pids[0], signal.SIGKILL)
-    log.update(killed_pid=pids[0], killed_at_received=received, workers_seen=len(pids))
+    log.update(killed_pid=pids[0], killed_at_received=received, workers_seen=len(pids),
+               killed_ports=sorted(ports))
 
 
 def run(
@@ -132,6 +136,12 @@ def run(
         "spent_minus_distinct": status.spent_queries - stats["distinct"],
         "ledger_minus_billed": status.spent_queries - (stats["received"] - stats["probe"]),
     }
+    # who sent each duplicate's first copy: the killed worker (its answers died with it, so
+    # the retry asked again) or a live one (two workers racing: what claims must prevent)
+    by_port = {int(p): k for p, k in server_call(base_url, "GET", "/duplicates").items()}
+    resent = sum(k for p, k in by_port.items() if p in set(killed.get("killed_ports", ())))
+    result["duplicates_resent_after_crash"] = resent
+    result["duplicates_between_live_workers"] = stats["duplicates"] - resent
     if kill:
         result["killed"] = killed
     print(json.dumps(result), flush=True)
@@ -141,7 +151,12 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=100_000)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4],
+                        help="worker counts of the runs without a kill (none: only the killed run)")
+    parser.add_argument("--kill-workers", type=int, default=None,
+                        help="workers of the killed run (default: the largest of --workers, or 4)")
+    parser.add_argument("--result", default="scale_out",
+                        help="writes results/RESULT.json (default: scale_out)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per request")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per worker")
     parser.add_argument("--rpm", type=float, default=21_600,
@@ -173,15 +188,16 @@ def main(argv: list[str] | None = None) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         runs = [run(args, base_url, new_store, w, kill=False) for w in args.workers]
+        kill_workers = args.kill_workers or max(args.workers, default=4)
         killed = (None if args.no_kill
-                  else run(args, base_url, new_store, max(args.workers), kill=True))
+                  else run(args, base_url, new_store, kill_workers, kill=True))
     finally:
         ray.shutdown()
         server.terminate()
         server.wait(timeout=10)
         if postgres is not None:
             postgres.stop()
-    path = write_result("scale_out", {
+    path = write_result(args.result, {
         "command": "cd benchmarks && python scale_out.py " + " ".join(argv or sys.argv[1:]),
         "config": {"latency_s": args.latency, "concurrency_per_worker": args.concurrency,
                    "provider_rpm": args.rpm or None, "batch_size": args.batch_size,

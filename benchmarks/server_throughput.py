@@ -29,9 +29,9 @@ import httpx
 import maas_tune as mt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import write_result  # noqa: E402
+from _common import write_result
 
-from tests._servers import free_port, wait_until_up  # noqa: E402
+from tests._servers import free_port, wait_until_up
 
 CONCURRENCY = (1, 8, 32)
 

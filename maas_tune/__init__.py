@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 
 from . import datasets
-from .storage import Store
 from ._version import __version__
 from .budget import BudgetStatus, QueryBudget
 from .cache import ScoreCache, cache_key
@@ -42,6 +41,7 @@ from .errors import (
 )
 from .providers.base import Provider, ProviderAnswer
 from .scores import Scores
+from .storage import Store
 from .task import Task
 
 #: Public names imported on first use (module relative to this package).

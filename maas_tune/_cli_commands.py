@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import datasets
-from .storage import Store
 from .budget import QueryBudget, list_budgets, reset_budget
 from .cache import ScoreCache
 from .client import Client
@@ -31,6 +30,7 @@ from .experiment import (
 )
 from .methods import PromptMethod, is_saved_method, load_method, save_method
 from .providers.base import Provider
+from .storage import Store
 from .task import Task
 
 
@@ -254,10 +254,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
         n = cache.export(args.output or sys.stdout)
         print(f"exported {n} entries", file=sys.stderr)
     else:
-        if not args.yes and sys.stdin.isatty():
-            if input(f"delete cached answers in {cache.store.location}? [y/N] ").strip().lower() != "y":
-                print("nothing deleted")
-                return 1
+        question = f"delete cached answers in {cache.store.location}? [y/N] "
+        if not args.yes and sys.stdin.isatty() and input(question).strip().lower() != "y":
+            print("nothing deleted")
+            return 1
         print(f"deleted {cache.clear(args.model_filter)} entries")
     return 0
 

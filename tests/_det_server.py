@@ -22,13 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
+import os
 import re
 import struct
 import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, final
 
 try:  # imported as tests._det_server, or run as a script from the repository root
@@ -36,7 +39,7 @@ try:  # imported as tests._det_server, or run as a script from the repository ro
 except ImportError:  # pragma: no cover - script mode
     from _fault_server import MAX_TOP, next_token_logprobs, token_id  # type: ignore[no-redef]
 
-__all__ = ["PROBE_PROMPT", "DetServer", "completion"]
+__all__ = ["PROBE_PROMPT", "DetServer", "client_ports", "completion"]
 
 JSON = dict[str, Any]
 #: The prompt of the provider's capability probe (not a sample: never a duplicate).
@@ -74,6 +77,31 @@ def completion(body: JSON, *, extension: bool) -> JSON:
     }
 
 
+def client_ports(pid: int) -> set[int]:
+    """Local TCP ports of the sockets process ``pid`` holds open (Linux ``/proc``).
+
+    Read just before killing a worker, they name its connections to the server, so that
+    :meth:`DetServer.duplicates_by_first_port` can say which duplicates were its requests
+    sent again by whoever took over.
+    """
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 @final
 class DetServer:
     """The server on ``127.0.0.1`` (a free port, or ``port``), run in a thread by ``with``.
@@ -91,7 +119,8 @@ class DetServer:
     port : int
         0 picks a free port.
 
-    ``GET /stats`` answers :meth:`stats`; ``POST /reset`` calls :meth:`reset`.
+    ``GET /stats`` answers :meth:`stats`, ``GET /duplicates``
+    :meth:`duplicates_by_first_port`; ``POST /reset`` calls :meth:`reset`.
 
     Attributes
     ----------
@@ -101,6 +130,9 @@ class DetServer:
         Completions requests per prompt (the probe prompt included).
     arrivals : list of float
         ``time.monotonic()`` of each answered completions request's arrival.
+    first_port : dict
+        Per prompt, the client's TCP port of its first request: who sent a duplicate's
+        first copy (``GET /duplicates`` counts them per port).
     rejected : int
         Requests answered 429 by the server-side limit.
     """
@@ -120,6 +152,7 @@ class DetServer:
         self.base_url = ""
         self.per_prompt: Counter[str] = Counter()
         self.arrivals: list[float] = []
+        self.first_port: dict[str, int] = {}
         self.rejected = 0
         self._level = 0.0 if requests_per_minute is None else requests_per_minute / 60.0
         self._since = time.monotonic()
@@ -147,10 +180,24 @@ class DetServer:
                 "duplicates": self.duplicates(), "probe": self.per_prompt[PROBE_PROMPT],
                 "rejected": self.rejected, "span_s": span}
 
+    def duplicates_by_first_port(self) -> dict[int, int]:
+        """Duplicate requests counted by the client port that sent their prompt first.
+
+        A worker that dies with requests in flight loses their answers; whoever retries
+        sends them again. The first copies then come from the dead worker's connections,
+        which tells re-sends after a crash apart from two live workers racing.
+        """
+        counts: Counter[int] = Counter()
+        for prompt, n in self.per_prompt.items():
+            if n > 1 and prompt != PROBE_PROMPT:
+                counts[self.first_port[prompt]] += n - 1
+        return dict(counts)
+
     def reset(self) -> None:
         """Forget the counts (between benchmark runs)."""
         self.per_prompt.clear()
         self.arrivals.clear()
+        self.first_port.clear()
         self.rejected = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -192,6 +239,8 @@ class DetServer:
     # -- HTTP --------------------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        peer = writer.get_extra_info("peername")
+        port = int(peer[1]) if peer else 0
         try:
             while True:  # keep-alive: one request after another on this connection
                 line = await reader.readline()
@@ -204,7 +253,7 @@ class DetServer:
                     if name.strip().lower() == "content-length":
                         length = int(value)
                 raw = await reader.readexactly(length) if length else b""
-                code, body, extra = await self._answer(method, path, json.loads(raw or b"{}"))
+                code, body, extra = await self._answer(method, path, json.loads(raw or b"{}"), port)
                 payload = json.dumps(body).encode()
                 head = (f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: "
                         f"application/json\r\nContent-Length: {len(payload)}\r\n{extra}\r\n")
@@ -216,9 +265,11 @@ class DetServer:
             self._writers.discard(writer)
             writer.close()
 
-    async def _answer(self, method: str, path: str, body: JSON) -> tuple[int, JSON, str]:
+    async def _answer(self, method: str, path: str, body: JSON, port: int) -> tuple[int, JSON, str]:
         if method == "GET" and path == "/stats":
             return 200, self.stats(), ""
+        if method == "GET" and path == "/duplicates":
+            return 200, {str(p): n for p, n in self.duplicates_by_first_port().items()}, ""
         if method == "POST" and path == "/reset":
             self.reset()
             return 200, {}, ""
@@ -235,7 +286,9 @@ class DetServer:
         if self.latency:
             await asyncio.sleep(self.latency)
         self.arrivals.append(arrival)
-        self.per_prompt[str(body.get("prompt", ""))] += 1
+        prompt = str(body.get("prompt", ""))
+        self.per_prompt[prompt] += 1
+        self.first_port.setdefault(prompt, port)
         return 200, completion(body, extension=self.tokenizer), ""
 
     def _allow(self) -> bool:

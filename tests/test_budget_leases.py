@@ -6,8 +6,8 @@ its lease instead. Each test runs on SQLite and on PostgreSQL (the ``store_url``
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -15,6 +15,8 @@ import maas_tune._reclaim as reclaim_module
 from maas_tune.budget import QueryBudget, list_budgets
 from maas_tune.errors import BudgetExceeded, ConfigurationError
 from maas_tune.storage import Store
+
+from ._concurrency import run_at_once
 
 LEASE_S = 0.05
 
@@ -79,22 +81,12 @@ def test_workers_reclaiming_at_once_count_a_reservation_once(store_url: str) -> 
         for _ in range(5):
             QueryBudget("b", store=store, lease_s=LEASE_S).reserve(2)
     _expire()
-    start = threading.Barrier(8)
-    errors: list[BaseException] = []
-
-    def reclaim() -> None:
+    def reclaim(go: Callable[[], object]) -> None:
         with Store(store_url) as own:
-            start.wait()
-            try:
-                QueryBudget("b", store=own).status()
-            except BaseException as exc:  # noqa: BLE001 - asserted below
-                errors.append(exc)
+            go()
+            QueryBudget("b", store=own).status()
 
-    threads = [threading.Thread(target=reclaim) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    errors = run_at_once([reclaim] * 8)
     assert errors == []
     with Store(store_url) as store:
         status = QueryBudget("b", store=store).status()

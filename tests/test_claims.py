@@ -6,10 +6,10 @@ Every test runs on SQLite and on PostgreSQL (the ``store_url`` fixture).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -24,13 +24,13 @@ from maas_tune.providers.base import ProviderAnswer
 from maas_tune.storage import Store
 from maas_tune.task import Task
 
+from ._concurrency import run_at_once
 from .fakes import FakeProvider
 from .test_budget import SUBPROCESS_TIMEOUT_S, _python
 
 TASK = Task("claims", "Review: {text}\nSentiment:", {"neg": ["bad"], "pos": ["good"]})
 #: Seconds each provider call takes: long enough for the other worker to meet the claims.
 SLOW_CALL_S = 0.15
-THREAD_TIMEOUT_S = 60
 
 
 class SlowProvider(FakeProvider):
@@ -89,10 +89,8 @@ def test_two_workers_send_each_prompt_exactly_once(store_url: str) -> None:
     provider = SlowProvider()  # shared, so that it counts what both workers send
     QueryBudget("shared", max_queries=100, store=store_url).close()
     results: dict[str, np.ndarray] = {}
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(jobs))
 
-    def worker(name: str) -> None:
+    def worker(name: str, go: Callable[[], object]) -> None:
         with Store(store_url) as own:  # each worker opens the store itself
             client = Client(
                 provider,
@@ -101,17 +99,10 @@ def test_two_workers_send_each_prompt_exactly_once(store_url: str) -> None:
                 chunk_size=4,
                 budget=QueryBudget("shared", store=own),
             )
-            start.wait()
-            try:
-                results[name] = client.score(TASK, jobs[name]).label_logprobs
-            except BaseException as exc:  # noqa: BLE001 - asserted below
-                errors.append(exc)
+            go()
+            results[name] = client.score(TASK, jobs[name]).label_logprobs
 
-    threads = [threading.Thread(target=worker, args=(name,)) for name in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(THREAD_TIMEOUT_S)
+    errors = run_at_once([functools.partial(worker, name) for name in jobs])
     assert errors == [] and set(results) == set(jobs)
     sent = collections.Counter(provider.sent)
     assert sorted(sent) == sorted(TASK.render(Example(text=t)) for t in texts)

@@ -20,8 +20,8 @@ from maas_tune.data import labels_to_indices, sample_k_shot
 from maas_tune.decoders import DecT
 from maas_tune.errors import ConfigurationError, ProviderResponseError, ProviderStatusError
 from maas_tune.providers.embeddings import OpenAIEmbeddingsProvider
-from maas_tune.providers.with_embeddings import WithEmbeddings
 from maas_tune.providers.openai import OpenAICompletionsProvider
+from maas_tune.providers.with_embeddings import WithEmbeddings
 
 from ._servers import serve_in_thread
 from .fakes import FakeProvider

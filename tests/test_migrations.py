@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -20,6 +20,8 @@ from maas_tune.errors import CacheCorruptionError, CacheError
 from maas_tune.storage import Store
 from maas_tune.storage.migrations import STEPS
 from maas_tune.storage.url import backend_of, sqlite_path
+
+from ._concurrency import run_at_once
 
 # The schema maas-tune 0.x wrote (schema 1), verbatim: real files of that release exist.
 _SQLITE_V1 = (
@@ -113,21 +115,11 @@ def test_a_database_of_another_program_is_refused(store_url: str) -> None:
 
 
 def test_racing_openers_create_the_schema_once(store_url: str) -> None:
-    errors: list[BaseException] = []
-    start = threading.Barrier(6)
+    def open_it(go: Callable[[], object]) -> None:
+        go()
+        Store(store_url).close()
 
-    def open_it() -> None:
-        start.wait()
-        try:
-            Store(store_url).close()
-        except BaseException as exc:  # noqa: BLE001 - asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_it) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    errors = run_at_once([open_it] * 6)
     assert errors == []
     with Store(store_url) as store, store.read() as conn:
         assert conn.execute("SELECT COUNT(*) FROM meta").fetchone()[0] == 2

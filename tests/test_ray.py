@@ -24,7 +24,7 @@ from maas_tune import (
 )
 from maas_tune.errors import MissingDependencyError
 from maas_tune.providers.openai import OpenAICompletionsProvider
-from tests._det_server import DetServer
+from tests._det_server import DetServer, client_ports
 from tests._ray_cluster import local_ray_cluster
 
 pytestmark = pytest.mark.slow
@@ -128,7 +128,9 @@ def test_predictions_match_a_single_process_client_and_decoder(ray_api, ray_clus
                                decoder.predict_proba(local), rtol=1e-5, atol=1e-6)
 
 
-def _kill_one_scoring_actor(server: DetServer, after: int, killed: list[int]) -> None:
+def _kill_one_scoring_actor(
+    server: DetServer, after: int, killed: list[tuple[int, set[int]]]
+) -> None:
     """SIGKILL one scoring actor's process (as a crash would) once ``after`` requests arrived."""
     from ray._private import state  # the actor table with pids; no dashboard needed
 
@@ -138,8 +140,9 @@ def _kill_one_scoring_actor(server: DetServer, after: int, killed: list[int]) ->
     pids = [a["Pid"] for a in state.actors().values()
             if a["State"] == "ALIVE" and "MapWorker" in str(a.get("ActorClassName"))]
     if pids:
+        ports = client_ports(pids[0])  # its connections to the server, requests in flight
         os.kill(pids[0], signal.SIGKILL)
-        killed.append(pids[0])
+        killed.append((pids[0], ports))
 
 
 def test_a_killed_worker_is_replaced_and_the_result_is_complete_within_the_cap(
@@ -154,10 +157,13 @@ def test_a_killed_worker_is_replaced_and_the_result_is_complete_within_the_cap(
         out = _score(ray_api, ray_cluster, server, store, rows,
                      ray_api.BudgetSpec("killed", limit), chunk_size=chunk)
         sent = [server.per_prompt[TASK.render({"text": r["text"]})] for r in rows]
+        resent_by_port = server.duplicates_by_first_port()
     status = QueryBudget("killed", store=store).status()
     assert killed, "no scoring actor was found to kill"
     assert len(out) == n and all(r["scored"] for r in out)  # Ray retried the lost batch
     assert min(sent) == 1 and sum(sent) - n <= chunk  # only the dead worker's chunk again
+    # every duplicate was first sent by the dead worker: live workers never raced
+    assert set(resent_by_port) <= killed[0][1], (resent_by_port, killed)
     assert n <= status.spent_queries <= limit  # its reservation counted as spent; cap held
     assert status.spent_queries - n <= chunk and status.reserved_queries == 0
 

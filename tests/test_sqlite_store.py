@@ -1,11 +1,13 @@
-"""Tests for the SQLite store: file creation, schema checks, transactions, threads, fork."""
+"""SQLite-only store behaviour: the file, its pragmas, schema checks, error translation, closing.
+
+Transactions, threads and fork are tested on both backends in ``test_storage.py``.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import stat
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from maas_tune._constants import (
     SQLITE_BUSY_TIMEOUT_S,
 )
 from maas_tune._sqlite import Store, borrowed_store, default_db_path, translate_sqlite_errors
-from maas_tune.errors import CacheCorruptionError, CacheError, ConfigurationError
+from maas_tune.errors import CacheCorruptionError, CacheError
 
 
 @pytest.fixture
@@ -129,72 +131,6 @@ def test_translate_sqlite_errors(
     assert type(info.value) is expected
     assert "x.sqlite" in str(info.value)
     assert isinstance(info.value.__cause__, sqlite3.OperationalError)
-
-
-def test_transaction_commits_and_rolls_back(store: Store) -> None:
-    with store.transaction() as conn:
-        _put(conn, "t1")
-    with pytest.raises(RuntimeError), store.transaction() as conn:
-        _put(conn, "t2")
-        raise RuntimeError("boom")
-    assert _count(store) == 1
-    assert not store.connection().in_transaction
-
-
-def test_sql_errors_in_transaction_are_translated(store: Store) -> None:
-    with pytest.raises(CacheError), store.transaction() as conn:
-        conn.execute("INSERT INTO no_such_table VALUES (1)")
-    assert not store.connection().in_transaction
-
-
-def test_nested_transaction_joins_outer(store: Store) -> None:
-    with pytest.raises(RuntimeError), store.transaction() as outer:
-        _put(outer, "t1")
-        with store.transaction() as inner:
-            assert inner is outer
-            _put(inner, "t2")
-        raise RuntimeError("outer fails after the inner block finished")
-    assert _count(store) == 0  # nothing durable until the outermost commit
-
-
-def test_failed_inner_transaction_undoes_only_itself(store: Store) -> None:
-    with store.transaction() as outer:
-        _put(outer, "t1")
-        with pytest.raises(RuntimeError), store.transaction() as inner:
-            _put(inner, "t2")
-            raise RuntimeError("inner fails")
-        _put(outer, "t3")
-    with store.read() as conn:
-        keys = {row[0] for row in conn.execute("SELECT key FROM meta WHERE key LIKE 't%'")}
-    assert keys == {"t1", "t3"}
-
-
-def test_joining_requires_open_transaction(store: Store) -> None:
-    with (
-        pytest.raises(ConfigurationError, match="no open transaction"),
-        store.joining(store.connection()),
-    ):
-        pass
-    with store.transaction() as conn, store.joining(conn) as joined:
-        assert joined is conn
-
-
-def test_one_connection_per_thread(store: Store) -> None:
-    seen: dict[str, sqlite3.Connection] = {}
-
-    def grab(name: str) -> None:
-        seen[name] = store.connection()
-        with store.transaction() as conn:
-            _put(conn, f"t-{name}")
-
-    threads = [threading.Thread(target=grab, args=(f"w{i}",)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert store.connection() is store.connection()
-    assert len({id(conn) for conn in seen.values()} | {id(store.connection())}) == 5
-    assert _count(store) == 4
 
 
 def test_close_then_reuse(store: Store) -> None:

@@ -122,6 +122,15 @@ def test_transaction_commits_rolls_back_and_nests(store: Store) -> None:
     assert not store.connection().in_transaction
 
 
+def test_nothing_is_durable_until_the_outermost_commit(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction() as outer:
+        _put(outer, "t1")
+        with store.transaction() as inner:
+            _put(inner, "t2")
+        raise RuntimeError("outer fails after the inner block finished")
+    assert _keys(store) == set()
+
+
 def test_sql_errors_become_cache_errors_and_roll_back(store: Store) -> None:
     with pytest.raises(CacheError), store.transaction() as conn:
         _put(conn, "t1")
@@ -156,6 +165,7 @@ def test_one_connection_per_thread(store: Store) -> None:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
+    assert store.connection() is store.connection()
     assert len({id(conn) for conn in seen.values()} | {id(store.connection())}) == 5
     assert len(_keys(store)) == 4
 

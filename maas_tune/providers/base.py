@@ -120,7 +120,7 @@ class Provider(abc.ABC):
     def close(self) -> None:
         """Release resources (connections, model memory). Default: nothing."""
 
-    def __enter__(self) -> Provider:
+    def __enter__(self) -> Provider:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -95,13 +95,13 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    prompt: Union[str, list[str]]
+    prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=0)
     temperature: float | None = Field(1.0, ge=0.0, le=2.0)
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     logit_bias: dict[str, float] | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     n: int = 1
     seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED)
     stream: bool | None = False
@@ -147,7 +147,7 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    input: Union[str, list[str]]
+    input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
 
     @property

@@ -145,7 +145,7 @@ class Store:
     def __reduce__(self) -> tuple[Any, ...]:
         return (Store, (self.url,))
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Store:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:

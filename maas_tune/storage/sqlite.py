@@ -86,8 +86,8 @@ _ELSEWHERE = "or pass another --cache path"
 _TRANSLATIONS: tuple[tuple[tuple[int, ...], tuple[str, ...], type[CacheError], str, str], ...] = (
     ((_SQLITE_NOTADB, _SQLITE_CORRUPT), ("not a database", "malformed"), CacheCorruptionError,
      "is not a SQLite database or is damaged",
-     f"if it is a maas-tune cache, delete it (answers are fetched again, budget counters are "
-     f"lost), {_ELSEWHERE}"),
+     (f"if it is a maas-tune cache, delete it (answers are fetched again, budget counters are "
+      f"lost), {_ELSEWHERE}")),
     ((_SQLITE_BUSY, _SQLITE_LOCKED), ("locked",), CacheError,
      f"is locked: another process held it for more than {SQLITE_BUSY_TIMEOUT_S:g} s",
      f"wait for the other maas-tune run to finish, {_ELSEWHERE}"),

@@ -5,9 +5,10 @@ samples are scored through the deterministic OpenAI-compatible server of
 ``tests/_det_server.py`` (run as its own process, with a per-request latency and a
 server-side requests/min limit that answers 429 past it). Each run starts from an
 empty store and reports throughput, duplicate queries (prompts the server saw more
-than once, split by who sent the first copy: the killed worker, or a live one), 429s, and budget overshoot (spent beyond the cap). A last run kills one
-worker process (SIGKILL, as a crash would) a third of the way in and checks that the
-result is still complete. Writes ``results/scale_out.json``::
+than once, split by who sent the first copy: the killed worker, or a live one), 429s,
+and budget overshoot (spent beyond the cap). A last run kills one worker process
+(SIGKILL, as a crash would) a third of the way in and checks that the result is still
+complete. Writes ``results/scale_out.json``::
 
     cd benchmarks && ../.venv/bin/python scale_out.py            # the full run (~35 min)
     cd benchmarks && ../.venv/bin/python scale_out.py --samples 5000 --workers 1 2
@@ -138,8 +139,9 @@ def run(
     }
     # who sent each duplicate's first copy: the killed worker (its answers died with it, so
     # the retry asked again) or a live one (two workers racing: what claims must prevent)
-    by_port = {int(p): k for p, k in server_call(base_url, "GET", "/duplicates").items()}
-    resent = sum(k for p, k in by_port.items() if p in set(killed.get("killed_ports", ())))
+    by_port = server_call(base_url, "GET", "/duplicates")  # {"port": duplicates}
+    dead_ports = {str(p) for p in killed.get("killed_ports", ())}
+    resent = sum(k for p, k in by_port.items() if p in dead_ports)
     result["duplicates_resent_after_crash"] = resent
     result["duplicates_between_live_workers"] = stats["duplicates"] - resent
     if kill:

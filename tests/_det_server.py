@@ -170,7 +170,7 @@ class DetServer:
 
     def duplicates(self) -> int:
         """Requests for a sample prompt beyond its first (the probe prompt is not a sample)."""
-        return sum(n - 1 for p, n in self.per_prompt.items() if n > 1 and p != PROBE_PROMPT)
+        return sum(self.duplicates_by_first_port().values())
 
     def stats(self) -> JSON:
         """The counts as plain JSON (what ``GET /stats`` answers)."""

@@ -81,6 +81,7 @@ def test_workers_reclaiming_at_once_count_a_reservation_once(store_url: str) -> 
         for _ in range(5):
             QueryBudget("b", store=store, lease_s=LEASE_S).reserve(2)
     _expire()
+
     def reclaim(go: Callable[[], object]) -> None:
         with Store(store_url) as own:
             go()

@@ -6,7 +6,7 @@ from __future__ import annotations
 CACHE_SCHEMA_VERSION = 1
 #: Version of the store schema (cache, budget and claim tables), on SQLite and PostgreSQL
 #: alike; ``storage/migrations.py`` holds one step per version and upgrades older stores.
-DB_SCHEMA_VERSION = 2
+DB_SCHEMA_VERSION = 3
 #: Version of the saved-decoder format (safetensors + JSON).
 DECODER_FORMAT_VERSION = 1
 

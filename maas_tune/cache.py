@@ -27,15 +27,15 @@ _ITEM_BYTES = BLOB_DTYPE.itemsize
 _KEY_EXCERPT = 12
 
 # The columns :func:`_decode` reads, in its order.
-_COLUMNS = "key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden"
+_COLUMNS = "key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored"
 _SELECT = f"SELECT {_COLUMNS} FROM answers WHERE key IN "
 _INSERT = (
     "INSERT INTO answers "
-    "(key, model, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+    "(key, model, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
     "model = excluded.model, prompt_tokens = excluded.prompt_tokens, created = excluded.created, "
     "n_logprobs = excluded.n_logprobs, n_hidden = excluded.n_hidden, "
-    "logprobs = excluded.logprobs, hidden = excluded.hidden"
+    "logprobs = excluded.logprobs, hidden = excluded.hidden, floored = excluded.floored"
 )
 
 
@@ -103,12 +103,16 @@ class CachedAnswer:
         Prompt tokens the query cost when it was sent.
     created : float
         Unix time at which the answer was first stored.
+    floored : int, default 0
+        Label words given the top-k bound rather than read exactly (see
+        :class:`~maas_tune.providers.base.ProviderAnswer`).
     """
 
     logprobs: np.ndarray
     hidden: np.ndarray | None
     prompt_tokens: int
     created: float
+    floored: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,11 @@ def _row(
     if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 0:
         raise _malformed(key, f"prompt_tokens is {tokens!r}, not a non-negative integer")
     created = answer.created if isinstance(answer, CachedAnswer) else now
-    return (key, model, int(tokens), float(created), n_logprobs, n_hidden, logprobs, hidden)
+    floored = int(getattr(answer, "floored", 0) or 0)
+    if not 0 <= floored <= n_logprobs:
+        raise _malformed(key, f"floored is {floored!r}, not a count of its {n_logprobs} words")
+    return (key, model, int(tokens), float(created), n_logprobs, n_hidden, logprobs, hidden,
+            floored)
 
 
 def _floats(blob: bytes) -> np.ndarray:
@@ -188,7 +196,7 @@ def _floats(blob: bytes) -> np.ndarray:
 
 
 def _decode(location: str, row: tuple[Any, ...]) -> CachedAnswer:
-    key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden = row
+    key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored = row
     if len(logprobs) != n_logprobs * _ITEM_BYTES or (
         hidden is not None and (n_hidden is None or len(hidden) != n_hidden * _ITEM_BYTES)
     ):
@@ -201,6 +209,7 @@ def _decode(location: str, row: tuple[Any, ...]) -> CachedAnswer:
         hidden=None if hidden is None else _floats(bytes(hidden)),
         prompt_tokens=prompt_tokens,
         created=created,
+        floored=int(floored or 0),
     )
 
 
@@ -348,17 +357,18 @@ class ScoreCache:
                 answer = _decode(self._store.location, row[:-1])
                 yield {
                     "key": row[0],
-                    "model": row[7],
+                    "model": row[8],
                     "logprobs": answer.logprobs.tolist(),
                     "hidden": None if answer.hidden is None else answer.hidden.tolist(),
                     "prompt_tokens": answer.prompt_tokens,
                     "created": answer.created,
+                    "floored": answer.floored,
                 }
 
     def export(self, dest: str | Path | TextIO) -> int:
         """Write every entry as JSON Lines, oldest first.
 
-        Each line is ``{key, model, logprobs, hidden, prompt_tokens, created}``;
+        Each line is ``{key, model, logprobs, hidden, prompt_tokens, created, floored}``;
         ``hidden`` is a list or null. A log-probability of -inf is written as
         ``-Infinity``, as Python's :mod:`json` does.
 

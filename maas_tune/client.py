@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from .cache import ScoreCache, cache_key
 from .claims import Claims
 from .data import Example
 from .errors import BudgetExceeded, OfflineCacheMiss, ProviderError, ProviderResponseError
+from .providers._remote import charge_of
 from .providers.base import Provider, ProviderAnswer
 from .scores import Scores
 from .task import Task
@@ -29,11 +31,23 @@ ExampleLike = Example | Mapping[str, Any] | str
 
 #: Prompts sent per reservation / provider call / cache commit: a crash loses at most this many.
 CLIENT_CHUNK_SIZE = 16
+#: Prompt tokens reserved per probe request (tiny fixed prompts; a bound, not an estimate).
+PROBE_TOKENS_BOUND = 64
+#: Largest count believed from a provider (a signed 64-bit ledger column holds more).
+MAX_COUNT = 2**40
+#: Requests per chunk reserved beyond the strategy's worst case, for answers lost after
+#: sending (they may be billed, and are retried within this headroom only).
+LOST_ANSWER_HEADROOM = 2
 
 
 @dataclass
 class Usage:
-    """Running totals of what a :class:`Client` did (this process only)."""
+    """Running totals of what a :class:`Client` did (this process only).
+
+    ``queries_sent`` counts every request charged to the budget: those of answered
+    samples, of samples whose scoring failed after a request was answered, of requests
+    whose answer was lost (timeouts, Ctrl-C), and the probe's (also in ``probe_queries``).
+    """
 
     queries_sent: int = 0
     samples_sent: int = 0
@@ -41,6 +55,14 @@ class Usage:
     prompt_tokens_sent: int = 0
     #: Prompt tokens of the answers served from the cache: what they cost when first sent.
     prompt_tokens_cached: int = 0
+    #: Requests of the provider's capability probe (part of ``queries_sent``).
+    probe_queries: int = 0
+    #: Requests charged although no answer was kept for them (a failed or interrupted
+    #: sample's, a lost answer's): part of ``queries_sent``.
+    queries_lost: int = 0
+    #: Attempts retried (5xx, timeouts, connection errors) and answered 429.
+    retries: int = 0
+    rate_limited: int = 0
 
 
 class Client:
@@ -109,6 +131,7 @@ class Client:
         """
         prompts = [task.render(_as_example(e)) for e in examples]
         token_ids = self.provider.label_token_ids(task.label_words)
+        self._setup()
         answers, hits = self._answers(prompts, token_ids)
         return _to_scores(task, answers, hits)
 
@@ -124,6 +147,34 @@ class Client:
         return self.score(task, [example]).label_logprobs[0]
 
     # -- internals --------------------------------------------------------------
+    def _setup(self) -> None:
+        """Let the provider probe its API before any sample is sent, charged to the budget
+        (reserved first, so the probe can never pass a cap)."""
+        bound = self.provider.setup_requests()
+        if not bound or self.offline:  # offline: the probe must come from the cache
+            if bound:
+                self.provider.prepare()
+            return
+        reservation = None
+        if self.budget is not None:
+            reservation = self.budget.reserve(bound, bound * PROBE_TOKENS_BOUND)
+        try:
+            cost = self.provider.prepare()
+        except BaseException as exc:
+            outcome = charge_of(exc)
+            spent = (outcome.billable, outcome.prompt_tokens) if outcome else (bound, 0)
+            self._charge_probe(reservation, *spent)
+            raise
+        self._charge_probe(reservation, cost.requests, cost.prompt_tokens)
+
+    def _charge_probe(self, reservation: Reservation | None, queries: int, tokens: int) -> None:
+        if reservation is not None:
+            assert self.budget is not None
+            self.budget.commit(reservation, queries=queries, prompt_tokens=tokens)
+        self.usage.probe_queries += queries
+        self.usage.queries_sent += queries
+        self.usage.prompt_tokens_sent += tokens
+
     def _answers(
         self, prompts: list[str], token_ids: list[int]
     ) -> tuple[list[ProviderAnswer], np.ndarray]:
@@ -175,6 +226,7 @@ class Client:
         pending, pause = list(todo), CLAIM_POLL_S
         disable = None if self.progress is None else not self.progress
         with tqdm(total=len(todo), desc="scoring", unit="sample", disable=disable) as bar:
+            event, live = self._observer(bar)
             while pending:
                 blocked: list[str] = []
                 for start in range(0, len(pending), self.chunk_size):
@@ -183,8 +235,9 @@ class Client:
                     blocked.extend(k for k in batch if k not in mine)
                     if mine:
                         chunk = {k: todo[k] for k in batch if k in mine}
-                        out.update(self._fetch_chunk(chunk, token_ids, model, claims))
-                        bar.update(len(chunk))
+                        before = live[0]
+                        out.update(self._fetch_chunk(chunk, token_ids, model, claims, event))
+                        bar.update(max(0, len(chunk) - (live[0] - before)))  # not yet shown
                 landed = set(self.cache.get_many(blocked)) if blocked else set()
                 bar.update(len(landed))
                 if len(blocked) == len(pending) and not landed:  # no progress: wait
@@ -196,6 +249,29 @@ class Client:
                 pending = [k for k in blocked if k not in landed]
         return out
 
+    def _observer(self, bar: Any) -> tuple[Callable[[str], None], list[int]]:
+        """An event callback that moves the bar as each prompt is answered and shows
+        retries and 429s on it, and the count of prompts it has shown."""
+        shown = [0]
+        lock = threading.Lock()
+
+        def event(kind: str) -> None:
+            with lock:
+                if kind == "answered":
+                    shown[0] += 1
+                    bar.update(1)
+                    return
+                if kind == "retry":
+                    self.usage.retries += 1
+                elif kind == "rate_limited":
+                    self.usage.rate_limited += 1
+                bar.set_postfix(retries=self.usage.retries, http_429=self.usage.rate_limited,
+                                refresh=False)
+                log.info("scoring: %d retries, %d answered 429 so far", self.usage.retries,
+                         self.usage.rate_limited)
+
+        return event, shown
+
     def _claim(self, claims: Claims, batch: list[str]) -> set[str]:
         """Claim what no other worker sends, less what another worker's commit cached since
         this client looked (a worker commits its answers and drops its claims at once)."""
@@ -206,11 +282,12 @@ class Client:
         return mine - landed
 
     def _fetch_chunk(
-        self, chunk: dict[str, str], token_ids: list[int], model: str, claims: Claims
+        self, chunk: dict[str, str], token_ids: list[int], model: str, claims: Claims,
+        event: Callable[[str], None] | None = None,
     ) -> dict[str, ProviderAnswer]:
         """Reserve, send and commit one claimed chunk; its claims are dropped either way."""
         try:
-            return self._send_chunk(chunk, token_ids, model, claims)
+            return self._send_chunk(chunk, token_ids, model, claims, event)
         except BaseException:
             try:  # the answers were not cached: let another worker (or a rerun) send them
                 claims.release(list(chunk))
@@ -219,29 +296,67 @@ class Client:
             raise
 
     def _send_chunk(
-        self, chunk: dict[str, str], token_ids: list[int], model: str, claims: Claims
+        self, chunk: dict[str, str], token_ids: list[int], model: str, claims: Claims,
+        event: Callable[[str], None] | None = None,
     ) -> dict[str, ProviderAnswer]:
-        prompts = list(chunk.values())
-        reservation = None
-        per_prompt = self.provider.max_queries_per_prompt(len(token_ids))
-        if self.budget is not None:
-            tokens = sum(self.provider.count_tokens(prompts)) * per_prompt
-            reservation = self.budget.reserve(len(prompts) * per_prompt, tokens)
+        """Send one chunk; whatever ends it, keep every answer that arrived and charge
+        exactly the requests that were (or may have been) billed, then re-raise."""
+        keys, prompts = list(chunk), list(chunk.values())
+        reservation = self._reserve(prompts, len(token_ids))
+        error: BaseException | None = None
+        limit = reservation.queries if reservation is not None else None
         try:
-            answers = self.provider.score(prompts, token_ids)
-            _validate(answers, len(prompts), len(token_ids))
+            with self.provider.observed(event, limit):
+                answers = dict(enumerate(self.provider.score(prompts, token_ids)))
+            spent = (sum(_count(a.queries) for a in answers.values()),
+                     sum(_count(a.prompt_tokens) for a in answers.values()))
+            if len(answers) != len(prompts):
+                error = _refused(f"provider returned {len(answers)} answers for {len(prompts)} prompts")
+                answers = {}
+                spent = (reservation.queries, reservation.prompt_tokens) if reservation else spent
         except BaseException as exc:
-            if reservation is not None:
-                self._settle_failed(reservation, exc)
-            raise
-        result = dict(zip(chunk, answers))
-        used = sum(a.prompt_tokens for a in answers)
-        queries = sum(a.queries for a in answers)
+            outcome = charge_of(exc)
+            if outcome is None:  # not an HTTP batch (the local model, a bug)
+                if reservation is not None:
+                    self._settle_failed(reservation, exc)
+                raise
+            answers, spent, error = dict(outcome.results), (outcome.billable,
+                                                            outcome.prompt_tokens), exc
+        kept, problem = _checked(answers, len(token_ids))
+        result = {keys[i]: a for i, a in kept.items()}
+        self._commit_chunk(result, reservation, spent, claims, keys, model)
+        self.usage.samples_sent += len(result)
+        self.usage.queries_lost += max(0, spent[0] - sum(_count(a.queries) for a in result.values()))
+        log.debug("sent %d queries (%d prompt tokens); %d answers kept", *spent, len(result))
+        if error is not None:
+            raise error
+        if problem is not None:
+            raise problem
+        return result
+
+    def _reserve(self, prompts: list[str], n_tokens: int) -> Reservation | None:
+        if self.budget is None:
+            return None
+        per_prompt = self.provider.max_queries_per_prompt(n_tokens)
+        tokens = self.provider.max_prompt_tokens(prompts, n_tokens)
+        # Headroom for requests whose answer is lost (a timeout after sending may be billed,
+        # and is retried): the provider never sends more than this reservation.
+        headroom = LOST_ANSWER_HEADROOM
+        return self.budget.reserve(len(prompts) * per_prompt + headroom,
+                                   tokens + headroom * max(self.provider.count_tokens(prompts)))
+
+    def _commit_chunk(
+        self, result: dict[str, ProviderAnswer], reservation: Reservation | None,
+        spent: tuple[int, int], claims: Claims, keys: list[str], model: str,
+    ) -> None:
+        """Answers and spend land together (one transaction where the stores are one)."""
+        queries, used = spent
         settled = False  # spend durably committed (a rolled-back transaction undoes it)
         try:
-            with self.cache.store.transaction() as conn:  # answers and spend land together
-                self.cache.put_many(result, model=model, conn=conn)
-                claims.release(list(chunk), conn=conn)
+            with self.cache.store.transaction() as conn:
+                if result:
+                    self.cache.put_many(result, model=model, conn=conn)
+                claims.release(keys, conn=conn)
                 if reservation is not None:
                     self._commit(reservation, queries, used, conn)
                     settled = not self._same_store()
@@ -252,11 +367,9 @@ class Client:
             if reservation is not None and not settled:
                 self.budget.commit(reservation, queries=queries, prompt_tokens=used)  # type: ignore[union-attr]
             raise
-        self.usage.queries_sent += queries
-        self.usage.samples_sent += len(prompts)
-        self.usage.prompt_tokens_sent += used
-        log.debug("sent %d queries (%d prompt tokens)", queries, used)
-        return result
+        finally:
+            self.usage.queries_sent += queries
+            self.usage.prompt_tokens_sent += used
 
     def _commit(self, reservation: Reservation, queries: int, tokens: int, conn: Any) -> None:
         budget = self.budget
@@ -288,26 +401,50 @@ def _as_example(example: ExampleLike) -> Example:
     return Example(text=example["text"], label=example.get("label"), text_b=example.get("text_b"))
 
 
-def _validate(answers: Sequence[ProviderAnswer], n: int, t: int) -> None:
-    """Refuse answers that must never reach the cache; they arrived, so they were paid for."""
-    if len(answers) != n:
-        raise _refused(f"provider returned {len(answers)} answers for {n} prompts")
-    for answer in answers:
-        lp = np.asarray(answer.logprobs)
-        if lp.shape != (t,):
-            raise _refused(f"provider returned logprobs of shape {lp.shape}, expected ({t},)")
-        # -inf is no model's log-prob of a word: the server masked it (top-k/top-p filtering or
-        # a bias applied before reporting), and one such value breaks every decoder later.
-        if not np.isfinite(lp).all() or (lp > 0).any():
-            raise _refused(
-                f"provider returned label logprobs {lp.tolist()}; each must be a finite number "
-                "<= 0 (NaN, +inf or > 0 is corrupt; -inf means the server masked the word: it "
-                "reports log-probs after top-k/top-p filtering)"
-            )
-        for name in ("prompt_tokens", "queries"):
-            value = getattr(answer, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise _refused(f"provider returned {name}={value!r}, not a count >= 0")
+def _count(value: object) -> int:
+    """A reported count clamped into [0, MAX_COUNT] for the ledger (bad ones are refused
+    separately, but what they cost is still charged)."""
+    try:
+        return min(max(int(value), 0), MAX_COUNT)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _checked(
+    answers: Mapping[int, ProviderAnswer], t: int
+) -> tuple[dict[int, ProviderAnswer], ProviderResponseError | None]:
+    """The answers fit to cache, and the first problem with the others (they arrived, so
+    they were paid for; they must never reach the cache)."""
+    kept: dict[int, ProviderAnswer] = {}
+    problem = None
+    for index, answer in answers.items():
+        found = _problem(answer, t)
+        if found is None:
+            kept[index] = answer
+        elif problem is None:
+            problem = _refused(found)
+    return kept, problem
+
+
+def _problem(answer: ProviderAnswer, t: int) -> str | None:
+    lp = np.asarray(answer.logprobs)
+    if lp.shape != (t,):
+        return f"provider returned logprobs of shape {lp.shape}, expected ({t},)"
+    # -inf is no model's log-prob of a word: the server masked it (top-k/top-p filtering or
+    # a bias applied before reporting), and one such value breaks every decoder later.
+    if not np.isfinite(lp).all() or (lp > 0).any():
+        return (
+            f"provider returned label logprobs {lp.tolist()}; each must be a finite number "
+            "<= 0 (NaN, +inf or > 0 is corrupt; -inf means the server masked the word: it "
+            "reports log-probs after top-k/top-p filtering)"
+        )
+    for name in ("prompt_tokens", "queries"):
+        value = getattr(answer, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            return f"provider returned {name}={value!r}, not a count >= 0"
+        if value > MAX_COUNT:
+            return f"provider returned {name}={value!r}, beyond any real count"
+    return None
 
 
 def _refused(problem: str) -> ProviderResponseError:
@@ -334,4 +471,5 @@ def _to_scores(task: Task, answers: Sequence[Any], hits: np.ndarray) -> Scores:
     if answers and all(a.hidden is not None for a in answers):
         hidden = np.stack([np.asarray(a.hidden, dtype=np.float32) for a in answers])  # (n, d)
     tokens = np.array([a.prompt_tokens for a in answers], dtype=np.int64)
-    return Scores(label_lp, hidden, hits, tokens, tuple(task.labels))
+    floored = np.array([getattr(a, "floored", 0) for a in answers], dtype=np.int64)
+    return Scores(label_lp, hidden, hits, tokens, tuple(task.labels), floored)

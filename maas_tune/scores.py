@@ -28,6 +28,10 @@ class Scores:
         Prompt tokens of each example's query (also for cache hits: what it cost once).
     labels : tuple of str, length K
         Class names, in column order.
+    floored : np.ndarray, shape (n,), int64, or None
+        Label words per example that the API did not rank in its top-k and that got
+        the top-k bound instead of the model's value (chat ``top_logprobs``); None
+        when unknown (scores built from arrays).
     """
 
     label_logprobs: np.ndarray
@@ -35,6 +39,7 @@ class Scores:
     cache_hit: np.ndarray
     prompt_tokens: np.ndarray
     labels: tuple[str, ...]
+    floored: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, k = self.label_logprobs.shape
@@ -70,6 +75,7 @@ class Scores:
             cache_hit=self.cache_hit[idx],
             prompt_tokens=self.prompt_tokens[idx],
             labels=self.labels,
+            floored=None if self.floored is None else self.floored[idx],
         )
 
     @classmethod

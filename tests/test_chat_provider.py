@@ -97,7 +97,8 @@ def test_probe_finds_logprobs_before_the_bias_and_picks_force(served):
     before = hits[CHAT]
     provider = OpenAIChatProvider(url, MODEL, timeout=PATIENT_S)
     result = provider.probe_result
-    assert (result.top_logprobs, result.bias, result.strategy) == (CAP, "before", "force")
+    assert (result.top_logprobs, result.bias, provider.strategy) == (CAP, "before", "force")
+    assert result.served_model == MODEL
     assert result.requests == provider.probe_requests == hits[CHAT] - before == 2
     again = OpenAIChatProvider(url, MODEL, timeout=PATIENT_S)
     assert again.strategy == "force" and again.probe_requests == 0 and hits[CHAT] - before == 2
@@ -162,9 +163,10 @@ def test_dect_through_chat_from_the_cli_then_offline(served, capsys, tmp_path, m
     online = json.loads(capsys.readouterr().out)
     assert (online["provider"], online["strategy"]) == ("openai-chat", "force")
     assert online["samples_sent"] == 2 * 2 + 6
-    # Probe (2 requests, never charged) + 1 per sample + 1 per missing label word.
-    assert online["queries_sent"] == hits[CHAT] - before - 2
-    assert online["samples_sent"] <= online["queries_sent"] <= 3 * online["samples_sent"]
+    # Every request is charged: the probe (2 requests), 1 per sample, 1 per missing word.
+    assert online["queries_sent"] == hits[CHAT] - before
+    assert online["probe_queries"] == 2
+    assert online["samples_sent"] <= online["queries_sent"] - 2 <= 3 * online["samples_sent"]
     assert main([*argv, "--offline"]) == 0
     offline = json.loads(capsys.readouterr().out)
     assert offline["queries_sent"] == 0 and offline["accuracy"] == online["accuracy"]
@@ -225,19 +227,27 @@ def fake(server: FakeChat, **kwargs: Any) -> OpenAIChatProvider:
 
 def test_force_without_a_known_tokenizer_is_a_clear_error():
     provider = fake(FakeChat(), strategy="force")
-    with pytest.raises(ConfigurationError, match="no tokenizer is known.*pass tokenizer="):
+    with pytest.raises(ConfigurationError, match="no tokenizer is known.*pass --tokenizer"):
         provider.label_token_ids(["Negative", "Positive"])
 
 
-def test_auto_without_a_tokenizer_bounds_missing_words_after_a_one_request_probe():
+def test_auto_without_a_tokenizer_refuses_before_sending_anything():
     server = FakeChat()
     provider = fake(server)
-    assert provider.strategy == "top_logprobs" and provider.probe_result.bias == "untested"
-    assert provider.probe_requests == 1
+    provider.label_token_ids(["Negative", "Positive"])
+    assert provider.setup_requests() == 0  # nothing to probe: no plan could be exact
+    with pytest.raises(ConfigurationError, match="pass --tokenizer.*--strategy top_logprobs"):
+        provider.strategy  # noqa: B018
+    assert [r for r in server.requests if r["path"] == CHAT] == []
+
+
+def test_top_logprobs_on_request_bounds_missing_words_and_says_so():
+    provider = fake(FakeChat(), strategy="top_logprobs")
     ids = provider.label_token_ids(["Negative", "Positive"])
     [answer] = provider.score(["Review: ok.\nSentiment:"], ids)
     np.testing.assert_allclose(answer.logprobs, [missing_bound(TOP), -1.0], rtol=1e-6)
-    assert answer.queries == 1 and provider.floored_words == 1
+    assert answer.queries == 1 and answer.floored == 1 and provider.floored_words == 1
+    assert provider.fingerprint()["reading"] == "top-5 bound"
 
 
 def test_a_given_tokenizer_enables_exact_forcing():
@@ -263,8 +273,9 @@ def test_logprobs_reported_after_the_bias_rule_forcing_out():
         return [VOCAB[text]]
 
     auto = fake(FakeChat(biased=True), tokenizer=tokenizer)
-    assert (auto.strategy, auto.probe_result.bias) == ("top_logprobs", "after")
-    assert "after logit_bias" in auto.probe_result.reason
+    with pytest.raises(ConfigurationError, match="after logit_bias.*--strategy top_logprobs"):
+        auto.strategy  # noqa: B018
+    assert auto.probe_result.bias == "after"
     forced = fake(FakeChat(biased=True), tokenizer=tokenizer, strategy="force")
     ids = forced.label_token_ids(["Negative", "Positive"])
     with pytest.raises(ProviderResponseError, match="after logit_bias.*strategy='top_logprobs'"):

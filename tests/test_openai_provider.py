@@ -101,7 +101,7 @@ class FakeServer:
         if body.get("logit_bias"):
             forced = int(next(iter(body["logit_bias"])))
             token = next(t for t, i in self.vocab.items() if i == forced)
-            value = -1e-5 if self.biased else NEXT[token]
+            value = -1e-5 if self.biased else NEXT.get(token, -12.0)
         return {"tokens": [token], "token_logprobs": [value], "top_logprobs": [top],
                 "text_offset": [len(body["prompt"])]}
 
@@ -188,7 +188,9 @@ def test_top_logprobs_without_tokenizer_matches_by_text_and_uses_synthetic_ids()
     np.testing.assert_allclose(answer.logprobs, [NEXT[" positive"], NEXT[" it"]], atol=1e-6)
     with pytest.raises(ProviderResponseError, match="cannot be forced"):
         provider.score(["x:"], provider.label_token_ids(["negative"]))
-    assert provider.count_tokens(["abcdefg"]) == [7 // 3 + 1]  # no tokenizer: estimate
+    # No tokenizer: a bound no tokenizer can pass (UTF-8 bytes + special tokens), so a
+    # prompt-token cap holds for any script: CJK characters are 3 bytes each.
+    assert provider.count_tokens(["abcdefg", "日本語"]) == [7 + 8, 9 + 8]
 
 
 def test_echo_sums_the_word_tokens_after_the_prompt():
@@ -221,28 +223,47 @@ def test_score_keeps_prompt_order_under_concurrency():
 
 # -- probe ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("flags", "expected"),
+    ("flags", "expected", "missing"),
     [
-        ({"extension": True}, "extension"),
-        ({}, "top_logprobs"),
-        ({"strict": True}, "top_logprobs"),
-        ({"top": False}, "echo"),
+        ({"extension": True}, "extension", None),
+        ({}, "top_logprobs", "force"),  # a tokenizer, log-probs reported before the bias
+        ({"strict": True}, "top_logprobs", "force"),  # the extension field is refused
+        ({"tokenizer": False}, "top_logprobs", "echo"),  # no token ids: echo missing words
+        ({"biased": True}, "top_logprobs", "echo"),  # biased values: echo missing words
+        ({"top": False}, "echo", None),
     ],
 )
-def test_probe_picks_the_cheapest_working_strategy(flags, expected):
+def test_auto_picks_the_cheapest_exact_plan(flags, expected, missing):
     provider = make(FakeServer(**flags))
-    assert provider.strategy == expected
-    assert provider.probe_result.strategy == expected and provider.probe_result.reason
-    assert provider.fingerprint()["strategy"] == expected
+    plan = provider.plan
+    assert (provider.strategy, plan.missing) == (expected, missing) and plan.reason
+    assert provider.probe_result.requests == provider.probe_requests <= 4
+    # Every plan is exact, so the cache identity names what answers hold, not the strategy.
+    assert provider.fingerprint()["reading"] == ("exact+hidden" if expected == "extension"
+                                                 else "exact")
 
 
-def test_probe_fails_clearly_when_nothing_works():
-    provider = make(FakeServer(top=False, echo=False))
-    with pytest.raises(ProviderResponseError, match="neither the maas_tune extension"):
-        provider.strategy
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        ({"top": False, "echo": False}, "returns no top log-probs and does not echo"),
+        ({"tokenizer": False, "echo": False}, "pass --tokenizer"),
+        ({"biased": True, "echo": False}, "after logit_bias"),
+    ],
+)
+def test_auto_refuses_before_scoring_when_no_plan_is_exact(flags, says):
+    server = FakeServer(**flags)
+    provider = make(server)
+    provider.label_token_ids(WORDS)
+    with pytest.raises(ConfigurationError, match=says):
+        provider.strategy  # noqa: B018
+    probed = len(completions(server))
+    with pytest.raises(ConfigurationError, match=says):  # decided again, never kept
+        provider.score(["x y:"], provider.label_token_ids(WORDS))
+    assert len(completions(server)) == probed  # no sample was sent
 
 
-def test_probe_requests_are_counted_once_per_process_and_not_charged():
+def test_probe_requests_are_counted_once_per_process():
     server = FakeServer(top=False)
     provider = make(server)
     ids = provider.label_token_ids(WORDS)
@@ -252,19 +273,35 @@ def test_probe_requests_are_counted_once_per_process_and_not_charged():
     assert again.strategy == "echo" and again.probe_requests == 0
 
 
-def test_client_charges_the_samples_queries_but_not_the_probe(db_path):
+def test_auto_switches_to_echo_when_the_label_words_are_mostly_missing():
+    server = FakeServer(tokenizer=False)  # " negative" and " zebra" are never in the top-5
+    provider = make(server)
+    ids = provider.label_token_ids(["negative", "zebra"])
+    first = provider.score([f"p{i}:" for i in range(8)], ids)
+    assert all(a.queries == 3 for a in first)  # top-k, then both words echoed
+    before = len(completions(server))
+    second = provider.score([f"q{i}:" for i in range(4)], ids)
+    assert all(a.queries == 2 for a in second)  # echo only: 2 < 1 + 2
+    assert len(completions(server)) - before == 8
+    np.testing.assert_allclose(first[0].logprobs, second[0].logprobs, atol=1e-6)
+
+
+def test_client_charges_the_probe_and_the_samples(db_path):
     from maas_tune.budget import QueryBudget
     from maas_tune.client import Client
     from maas_tune.task import Task
 
     task = Task("t", "Review: {text}. Sentiment:", {"pos": ["positive"], "neg": ["negative"]})
-    provider = make(FakeServer())
-    budget = QueryBudget("b", max_queries=10, store=db_path)
+    server = FakeServer()
+    provider = make(server)
+    budget = QueryBudget("b", max_queries=20, store=db_path)
     client = Client(provider, cache=db_path, budget=budget, progress=False)
     scores = client.score(task, ["great", "bad"])
     assert scores.label_logprobs.shape == (2, 2)
-    assert provider.probe_requests == 1  # the extension request, answered with top_logprobs
-    assert budget.status().spent_queries == 4 == client.usage.queries_sent  # 2 x (1 + forced)
+    assert provider.probe_requests == 3 == client.usage.probe_queries  # top-k, bias, echo
+    # Every request the API answered is charged: the probe's and 2 x (1 + forced).
+    assert budget.status().spent_queries == 7 == client.usage.queries_sent
+    assert len(completions(server)) == 7
 
 
 # -- faults and secrets ---------------------------------------------------------------

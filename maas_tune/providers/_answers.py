@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from ..errors import MaasTuneError, ProviderResponseError
 
-__all__ = ["check_model", "reading", "same_model"]
+__all__ = ["check_model", "reading", "same_model", "usage_tokens"]
 
 T = TypeVar("T")
 
@@ -17,6 +17,31 @@ T = TypeVar("T")
 _SUFFIX_SEPARATORS = "-:@._"
 # Failures of float()/int()/np.asarray on a field of the wrong type, e.g. float("high").
 _UNREADABLE = (TypeError, ValueError, ArithmeticError)
+
+
+#: Largest token count believed from a server: beyond it a report is garbage, not usage.
+_MAX_REPORTED_TOKENS = 2**40
+
+
+def usage_tokens(body: Mapping[str, Any]) -> int:
+    """``usage.prompt_tokens`` of an answer (0 when the server reports no usage).
+
+    Raises
+    ------
+    ProviderResponseError
+        The count is negative, not finite or absurdly large (a broken server; the
+        ledger must never hold such a number).
+    """
+    usage = body.get("usage")
+    value = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    if not 0 <= value <= _MAX_REPORTED_TOKENS:
+        raise ProviderResponseError(
+            f"the answer reports usage.prompt_tokens = {value!r}, which is not a token count; "
+            "the server is misbehaving — report it to the provider"
+        )
+    return int(value)
 
 
 def _tail(model: str) -> str:

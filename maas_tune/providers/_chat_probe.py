@@ -6,32 +6,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ProviderResponseError
+from ..errors import ConfigurationError
 from ._chat_strategies import chat_request, first_token, top_of
 from ._forcing import FORCE_BIAS, Label, bias_problem
-from ._probe import try_request
+from ._probe import BIAS_VERDICTS, PROBE_WORDS, Plan, served_model, try_request
 from ._session import Post
 
-__all__ = ["BIAS_VERDICTS", "PROBE_MESSAGES", "PROBE_WORDS", "ChatProbeResult", "run_chat_probe"]
+__all__ = [
+    "BIAS_VERDICTS",
+    "MAX_CHAT_PROBE_REQUESTS",
+    "PROBE_MESSAGES",
+    "PROBE_WORDS",
+    "ChatProbeResult",
+    "choose_chat",
+    "run_chat_probe",
+]
 
 #: The tiny conversation every probe request sends.
 PROBE_MESSAGES = [{"role": "user", "content": "Name a colour."}]
-#: Candidate words to force; the first single-token one outside the top-k is used.
-PROBE_WORDS = ("zebra", "seven", "apple", "yes", "blue")
-#: What the bias probe may find, and why each rules forcing in or out.
-BIAS_VERDICTS = {
-    "before": "logprobs are reported before logit_bias: forcing a missing word is exact",
-    "after": "logprobs are reported after logit_bias: a forced word's value would be biased",
-    "ignored": "logit_bias +100 did not change the generated token",
-    "rejected": "the API rejects logit_bias",
-    "untested": "no token id outside the top-k is known (no tokenizer for this model), "
-    "so no logit_bias could be built",
-}
+#: Most requests :func:`run_chat_probe` sends.
+MAX_CHAT_PROBE_REQUESTS = 2
 
 
 @dataclass(frozen=True)
 class ChatProbeResult:
-    """What a chat API supports for one model, and the strategy chosen for it.
+    """What a chat API supports for one model.
 
     Attributes
     ----------
@@ -40,18 +39,15 @@ class ChatProbeResult:
     bias : str
         One of :data:`BIAS_VERDICTS`: ``"before"`` means a word forced with
         ``logit_bias`` is reported with the model's own (unbiased) log-prob.
-    strategy : str
-        ``"force"`` where ``bias == "before"``, else ``"top_logprobs"``.
-    reason : str
-        Why, for logs and reports.
+    served_model : str or None
+        The model id the API reports answering with.
     requests : int
         HTTP requests the probe sent (1 or 2).
     """
 
     top_logprobs: int
     bias: str
-    strategy: str
-    reason: str
+    served_model: str | None
     requests: int
 
 
@@ -73,28 +69,49 @@ def run_chat_probe(
 
     Raises
     ------
+    ProviderStatusError
+        The plain request failed (wrong model, URL or key; ``top_logprobs`` above the
+        API's cap): the server's own message says why.
     ProviderResponseError
-        When the API returns no top log-probs for generated tokens (nothing to score with).
+        The API returns no top log-probs for generated tokens (nothing to score with).
     """
     base = chat_request(model, PROBE_MESSAGES, top_k)
-    body = try_request(post, base)
-    if body is None:
-        raise ProviderResponseError(
-            f"the chat API rejects logprobs/top_logprobs={top_k} for model {model!r}; label "
-            "log-probs cannot be read from it — lower top_logprobs (hosted APIs allow 5 to 20) "
-            "or use a model that supports logprobs"
-        )
+    body = post(base)
     top = top_of(first_token(body, "probe"))
     probe = next(
         (label for label in map(label_for, PROBE_WORDS) if label and label.text not in top), None
     )
     verdict, sent = ("untested", 1) if probe is None else (_bias_verdict(post, base, probe, top), 2)
-    strategy = "force" if verdict == "before" else "top_logprobs"
-    cost = "1 request + 1 per label word missing from the top-k" if strategy == "force" else (
-        "1 request; label words missing from the top-k get the top-k bound"
-    )
-    reason = f"{len(top)} top logprobs; {BIAS_VERDICTS[verdict]} ({cost})"
-    return ChatProbeResult(len(top), verdict, strategy, reason, sent)
+    return ChatProbeResult(len(top), verdict, served_model(body), sent)
+
+
+def choose_chat(caps: ChatProbeResult | None, ids_known: bool, model: str) -> Plan:
+    """``force`` where it is exact on this API, else a refusal that says what to pass.
+
+    ``caps`` is None when no probe is needed to refuse (no token ids: nothing to force).
+
+    Raises
+    ------
+    ConfigurationError
+        Label words outside the top-k could not be read exactly.
+    """
+    fallback = ("or pass --strategy top_logprobs (Python: strategy='top_logprobs') to accept "
+                "the top-k bound for missing words, which is not the model's value")
+    if not ids_known:
+        raise ConfigurationError(
+            f"label words outside the chat API's top-k cannot be scored exactly for model "
+            f"{model!r}: forcing them needs their token ids and no tokenizer is known; pass "
+            "--tokenizer (tiktoken:MODEL for OpenAI models, a Hugging Face tokenizer directory, "
+            f"or 'embedded'; Python: tokenizer=), {fallback}"
+        )
+    assert caps is not None
+    if caps.bias != "before":
+        raise ConfigurationError(
+            f"label words outside the top {caps.top_logprobs} cannot be scored exactly with "
+            f"model {model!r} at this chat API: {BIAS_VERDICTS[caps.bias]}; {fallback}"
+        )
+    return Plan("force", "force", f"{caps.top_logprobs} top logprobs; {BIAS_VERDICTS['before']} "
+                "(1 request + 1 per label word missing from the top-k)")
 
 
 def _bias_verdict(

@@ -13,9 +13,10 @@ from functools import partial
 from typing import Any
 
 from ..errors import ProviderResponseError
-from ._forcing import FORCE_BIAS, Label, LabelReading, read_labels
+from ._answers import usage_tokens
+from ._forcing import FORCE_BIAS, Label, LabelReading, force_resolver, read_labels
 from ._session import Post
-from ._strategies import first_choice, usage_tokens
+from ._strategies import first_choice
 from .base import ProviderAnswer
 
 __all__ = [
@@ -91,10 +92,11 @@ def score_chat(
     """
     body = post(request)
     top = top_of(first_token(body, "top_logprobs"))
-    forcer = partial(_forced, post, request) if force else None
-    reading = read_labels(labels, top, forcer, remedy=_REMEDY)
+    resolve = force_resolver(partial(_forced, post, request), top, _REMEDY) if force else None
+    reading = read_labels(labels, top, resolve)
     tokens = usage_tokens(body) + reading.prompt_tokens
-    answer = ProviderAnswer(reading.values, None, tokens, queries=1 + reading.forced)
+    answer = ProviderAnswer(reading.values, None, tokens, queries=1 + reading.forced,
+                            floored=reading.floored)
     return answer, reading
 
 

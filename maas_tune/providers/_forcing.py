@@ -19,10 +19,13 @@ from ..errors import ProviderResponseError
 
 __all__ = [
     "FORCE_BIAS",
+    "BiasError",
     "Force",
     "Label",
     "LabelReading",
+    "Resolve",
     "bias_problem",
+    "force_resolver",
     "missing_bound",
     "read_labels",
     "synthetic_token_id",
@@ -64,6 +67,18 @@ class Label:
 #: Sends the request that forces ``label`` (bias +100 on its id) and returns what came back:
 #: (the generated token's text or None when not reported, its reported log-prob, prompt tokens).
 Force = Callable[[Label], tuple[str | None, float, int]]
+#: Reads one label missing from the top-k exactly: (its log-prob, prompt tokens, requests sent).
+Resolve = Callable[[Label], tuple[float, int, int]]
+
+
+class BiasError(ProviderResponseError):
+    """A forced label's reported log-prob is not the model's own (bias ignored, or applied
+    before reporting); ``problem`` is ``"ignored"`` or ``"after"``, ``prompt_tokens`` what
+    the forced request cost."""
+
+    def __init__(self, message: str, problem: str, prompt_tokens: int) -> None:
+        super().__init__(message)
+        self.problem, self.prompt_tokens = problem, prompt_tokens
 
 
 @dataclass(frozen=True)
@@ -75,7 +90,7 @@ class LabelReading:
     values : np.ndarray, shape (t,)
         Log-prob of each label, in label order.
     forced : int
-        Labels recovered with one extra (forced) request each.
+        Extra requests sent to read labels missing from the top-k (forced or echoed).
     floored : int
         Labels neither in the top-k nor forced: given :func:`missing_bound`.
     prompt_tokens : int
@@ -104,44 +119,50 @@ def missing_bound(top: Mapping[str, float]) -> float:
 
 
 def read_labels(
-    labels: Sequence[Label], top: Mapping[str, float], force: Force | None, *, remedy: str
+    labels: Sequence[Label], top: Mapping[str, float], resolve: Resolve | None
 ) -> LabelReading:
-    """Read each label from ``top``; force each missing one (or bound it when ``force`` is None).
+    """Read each label from ``top``; resolve each missing one (or bound it when ``resolve`` is None).
 
     Parameters
     ----------
     labels : sequence of Label, length t
     top : mapping of token text to log-prob
         The first generated position's top-k (non-empty).
-    force : Force or None
-        Sends one forced request per missing label; None gives missing labels
-        :func:`missing_bound` instead.
-    remedy : str
-        What the user should do when forcing is not exact with this server.
+    resolve : Resolve or None
+        Reads one missing label exactly (forcing it, or echoing it); None gives missing
+        labels :func:`missing_bound` instead.
 
     Raises
     ------
     ProviderResponseError
-        A missing label has no real token id, the bias did not generate it, or the
-        server reported its log-prob after the bias.
+        ``resolve`` could not read a label exactly.
     """
-    floor = min(top.values())
     found: dict[str, float] = {}
-    forced = floored = tokens = 0
+    extra = floored = tokens = 0
     for label in labels:
         if label.text in found:
             continue
         if label.text in top:
             found[label.text] = top[label.text]
-        elif force is None:
+        elif resolve is None:
             found[label.text], floored = missing_bound(top), floored + 1
         else:
-            _check_id(label, len(top), remedy)
-            token, value, used = force(label)
-            found[label.text] = _check_forced(label, token, value, floor, remedy)
-            forced, tokens = forced + 1, tokens + used
+            found[label.text], used, sent = resolve(label)
+            extra, tokens = extra + sent, tokens + used
     values = np.asarray([found[label.text] for label in labels], dtype=np.float32)  # (t,)
-    return LabelReading(values, forced, floored, tokens)
+    return LabelReading(values, extra, floored, tokens)
+
+
+def force_resolver(force: Force, top: Mapping[str, float], remedy: str) -> Resolve:
+    """A :data:`Resolve` that forces the label and checks the value is the model's own."""
+    floor = min(top.values())
+
+    def resolve(label: Label) -> tuple[float, int, int]:
+        _check_id(label, len(top), remedy)
+        token, value, used = force(label)
+        return _check_forced(label, token, value, floor, remedy, used), used, 1
+
+    return resolve
 
 
 def _check_id(label: Label, k: int, remedy: str) -> None:
@@ -166,19 +187,21 @@ def bias_problem(label: Label, token: str | None, value: float, floor: float) ->
     return None
 
 
-def _check_forced(label: Label, token: str | None, value: float, floor: float, remedy: str) -> float:
+def _check_forced(
+    label: Label, token: str | None, value: float, floor: float, remedy: str, used: int
+) -> float:
     """The forced label's log-prob, refused unless it is the model's own (before the bias)."""
     problem = bias_problem(label, token, value, floor)
     if problem == "ignored":
-        raise ProviderResponseError(
+        raise BiasError(
             f"logit_bias did not force label word {label.word!r}: the server generated "
             f"{token!r}; check that it supports logit_bias (chat: and that label_prefix "
-            "matches how the model writes the word)"
+            f"matches how the model writes the word); {remedy}", problem, used,
         )
     if problem == "after":
-        raise ProviderResponseError(
+        raise BiasError(
             f"the server reported log-prob {value:.4g} for the forced label word {label.word!r}, "
             "which is not below the top-k it was missing from: it reports log-probs after "
-            f"logit_bias, so they are not the model's; {remedy}"
+            f"logit_bias, so they are not the model's; {remedy}", problem, used,
         )
     return float(value)

@@ -219,6 +219,9 @@ def _json_object(response: httpx.Response, method: str, url: str) -> dict[str, A
     except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
         body = None
         problem = "is not valid JSON"
+    except RecursionError:  # valid JSON nested past the parser's depth: no API answers so
+        body = None
+        problem = "is nested too deeply to be an API answer"
     else:
         problem = f"is a JSON {type(body).__name__}, not an object"
     if isinstance(body, dict):

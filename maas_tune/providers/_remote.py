@@ -1,39 +1,56 @@
-"""The frame shared by the HTTP scoring providers: their API session, and a probed strategy."""
+"""The frame shared by the HTTP scoring providers: their API session, the label words' token
+ids, the probe that finds a plan (charged to the client's budget), and the cache identity."""
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import json
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 import httpx
 
 from .._constants import MAX_RETRIES
 from ..ratelimit import RateLimit, RateLimiter
+from ..task import check_single_tokens
+from ._batch import Batch, BatchOutcome, Events
+from ._forcing import synthetic_token_id
 from ._http import public_url
-from ._session import APISession
-from .base import FactStore, Provider
+from ._session import APISession, Post
+from .base import FactStore, Provider, SetupCost
 
-__all__ = ["RemoteProvider"]
+__all__ = ["RemoteProvider", "Tokenizer"]
+
+#: Maps a text to its token ids, without special tokens (e.g. ``tiktoken``'s ``encode``).
+Tokenizer = Callable[[str], Sequence[int]]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class RemoteProvider(Provider):
     """A provider behind an OpenAI-style API whose ``"auto"`` strategy is found by a probe.
 
     Subclasses validate their options, call ``super().__init__`` and implement
-    :attr:`probe_result` (whose ``strategy`` resolves ``"auto"``) and the contract.
+    :attr:`probe_result`, :attr:`plan` and the contract; they set
+    :attr:`max_probe_requests` (the most requests their probe sends).
 
     Attributes
     ----------
     base_url : str
-        The API root without credentials (shown, and part of the keys of kept facts).
+        The API root without credentials: the full origin (scheme, host, port, path).
     model : str
     max_concurrency : int
     probe_requests : int
-        Probe requests this provider sent (never charged to a budget).
+        Probe requests this provider sent (charged to the client's budget, itemised in
+        :class:`~maas_tune.client.Usage`).
     """
+
+    max_probe_requests = 0
+    route = ""
 
     def __init__(
         self,
@@ -48,14 +65,19 @@ class RemoteProvider(Provider):
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rate_limit: RateLimit | RateLimiter | None = None,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         self.base_url = public_url(base_url)  # shown and kept in the cache: no credentials
         self.model = model
         self.max_concurrency = max_concurrency
         self.probe_requests = 0
+        self._local = threading.local()  # events and request cap of this thread's scoring
         self._requested = strategy
+        self._tokenizer = tokenizer
         self._words: dict[int, str] = {}  # label token id -> word, from label_token_ids
-        self._lock = threading.Lock()
+        self._choices: list[str] = []  # the last task's label words
+        self._lock = threading.RLock()
+        self._batch: Batch | None = None
         self._session = APISession(
             base_url, api_key=api_key, timeout=timeout, max_concurrency=max_concurrency,
             max_retries=max_retries, transport=transport, sleep=sleep, rate_limit=rate_limit,
@@ -70,15 +92,130 @@ class RemoteProvider(Provider):
     @property
     def strategy(self) -> str:
         """The strategy in use; under ``"auto"`` the first access probes the server."""
-        if self._requested != "auto":
-            return self._requested
-        return str(self.probe_result.strategy)
+        return str(self.plan.strategy)
 
     @property
     @abc.abstractmethod
     def probe_result(self) -> Any:
-        """What the capability probe found; its ``strategy`` is the one ``"auto"`` uses."""
+        """What the capability probe found."""
 
+    @property
+    @abc.abstractmethod
+    def plan(self) -> Any:
+        """How samples are scored now; its ``strategy`` names it."""
+
+    @abc.abstractmethod
+    def _probe_key(self) -> str:
+        """Key of the probe result among the facts."""
+
+    @contextlib.contextmanager
+    def observed(
+        self, events: Events | None = None, max_requests: int | None = None
+    ) -> Iterator[None]:
+        local = self._local
+        previous = getattr(local, "events", None), getattr(local, "max_requests", None)
+        local.events, local.max_requests = events, max_requests
+        try:
+            yield
+        finally:
+            local.events, local.max_requests = previous
+
+    def _map(self, one: Callable[[Post, T], R], prompts: Sequence[T]) -> list[R]:
+        """``one(post, prompt)`` for each prompt through the session, as observed."""
+        local = self._local
+        return self._session.map(
+            one, prompts, self.route, model=self.model,
+            events=getattr(local, "events", None), max_requests=getattr(local, "max_requests", None),
+        )
+
+    # -- setup: the probe, charged by the client -------------------------------------
+    def setup_requests(self) -> int:
+        """Requests :meth:`prepare` may still send: the probe's, unless it is known."""
+        if self._requested != "auto" or self._probe_known():
+            return 0
+        return self.max_probe_requests
+
+    def prepare(self) -> SetupCost:
+        """Probe the API now (if not known) and return what that cost; an error leaving
+        this method carries ``outcome`` (what was sent, to be charged)."""
+        if self._requested != "auto":
+            return SetupCost(0, 0)
+        batch = self._batch = Batch()
+        try:
+            self.plan  # noqa: B018 - probes, and refuses here when no exact plan exists
+        except BaseException as exc:
+            exc.outcome = batch.outcome({})  # type: ignore[attr-defined]
+            raise
+        finally:
+            self._batch = None
+        return SetupCost(batch.answered + batch.unknown, batch.prompt_tokens)
+
+    def _probe_known(self) -> bool:
+        return getattr(self, "_probe", None) is not None or self._session.recall(
+            self._probe_key()) is not None
+
+    def _probe_batch(self) -> Batch:
+        return self._batch if self._batch is not None else Batch()
+
+    # -- token ids ----------------------------------------------------------------
+    def _token_ids(self, text: str) -> list[int] | None:
+        if self._tokenizer is not None:
+            return [int(i) for i in self._tokenizer(text)]
+        return self._session.tokenize(text)
+
+    def _ids_known(self) -> bool:
+        return self._tokenizer is not None or self._session.has_tokenizer
+
+    def _count(self, texts: Sequence[str]) -> list[int]:
+        if self._tokenizer is not None:  # +1: the BOS token requests add
+            return [len(self._tokenizer(t)) + 1 for t in texts]
+        return self._session.count_tokens(texts)
+
+    def _label_token_ids(self, words: Sequence[str], prefix: str) -> list[int]:
+        words = list(words)
+        if self._tokenizer is not None:  # local: nothing to ask, nothing to keep
+            result = self._fetch_label_token_ids(words, prefix)
+        else:
+            key = "|".join(("label_token_ids2", *self._identity(), repr(prefix),
+                            json.dumps(words)))
+            what = f"the token ids of the label words {words}"
+            fetch = partial(self._fetch_label_token_ids, words, prefix)
+            result = [int(i) for i in self._session.fact(key, what, fetch)]
+        with self._lock:
+            self._words.update(zip(result, words))
+            self._choices = words
+        return result
+
+    def _fetch_label_token_ids(self, words: list[str], prefix: str) -> list[int]:
+        found = {w: self._token_ids(prefix + w) for w in dict.fromkeys(words)}
+        if any(ids is None for ids in found.values()):  # no tokenizer: stable synthetic ids
+            return [synthetic_token_id(w) for w in words]
+        as_text = {prefix + w: [str(i) for i in ids or []] for w, ids in found.items()}
+        check_single_tokens(words, as_text.__getitem__, prefix=prefix)
+        return [int(found[w][0]) for w in words]  # type: ignore[index]
+
+    # -- identity -----------------------------------------------------------------
+    def _identity(self) -> tuple[str, ...]:
+        """What a fact about this API depends on (never a credential)."""
+        source = "given" if self._tokenizer is not None else "server"
+        return (self.base_url, self.model, f"tokenizer={source}")
+
+    def _identity_fingerprint(self, kind: str, reading: str, **options: Any) -> dict[str, Any]:
+        """The cache identity: full origin, model asked for and served, what answers hold."""
+        found: dict[str, Any] = {
+            "provider": kind, "origin": self.base_url, "model": self.model, "reading": reading,
+        }
+        served = getattr(self._probe_or_none(), "served_model", None)
+        if served:
+            found["served_model"] = served
+        if options:
+            found["options"] = options
+        return found
+
+    def _probe_or_none(self) -> Any:
+        return getattr(self, "_probe", None) if self._requested != "auto" else self.probe_result
+
+    # -- plumbing -----------------------------------------------------------------
     def attach_facts(self, facts: FactStore, *, offline: bool = False) -> None:
         """Keep the probe result and label token ids in ``facts`` (the client's cache);
         with ``offline=True`` send nothing and raise :class:`OfflineCacheMiss` instead."""
@@ -86,3 +223,9 @@ class RemoteProvider(Provider):
 
     def close(self) -> None:
         self._session.close()
+
+
+def charge_of(exc: BaseException) -> BatchOutcome[Any] | None:
+    """The :class:`BatchOutcome` an error of a provider call carries, if any."""
+    outcome = getattr(exc, "outcome", None)
+    return outcome if isinstance(outcome, BatchOutcome) else None

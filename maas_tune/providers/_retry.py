@@ -179,13 +179,22 @@ class RetryPolicy:
                 f"max_retries must be >= 0, got {self.max_retries}; pass 0 to disable retries"
             )
 
-    def call(self, fn: Callable[[], T]) -> T:
+    def call(
+        self, fn: Callable[[], T], *, sleep: Callable[[float], None] | None = None,
+        allowed: Callable[[], bool] | None = None,
+    ) -> T:
         """Call ``fn`` until it succeeds, fails for good, or retries run out.
 
         Parameters
         ----------
         fn : Callable[[], T]
             One attempt, e.g. a closure around :func:`~maas_tune.providers._http.request_json`.
+        sleep : Callable[[float], None], optional
+            Waits out each delay instead of :attr:`sleep` (e.g. a wait that a
+            cancellation cuts short by raising).
+        allowed : Callable[[], bool], optional
+            Asked before each retry; False ends the retries (e.g. a budget reservation
+            that cannot pay for another attempt).
 
         Returns
         -------
@@ -198,7 +207,7 @@ class RetryPolicy:
             The last attempt's own exception (never a tenacity ``RetryError``); when
             retries ran out, its message ends with how many attempts were made.
         """
-        retrying = self._retrying()
+        retrying = self._retrying(sleep or self.sleep, allowed)
         try:
             return retrying(fn)
         except BaseException as exc:
@@ -210,14 +219,19 @@ class RetryPolicy:
                                 *exc.args[1:])
             raise
 
-    def _retrying(self) -> Retrying:
+    def _retrying(
+        self, sleep: Callable[[float], None], allowed: Callable[[], bool] | None
+    ) -> Retrying:
         # The one place the tenacity policy is assembled; a fresh one per call keeps
         # its statistics private to that call (and thread-safe).
+        def retryable(exc: BaseException) -> bool:
+            return is_retryable(exc) and (allowed is None or allowed())
+
         return Retrying(
-            retry=retry_if_exception(is_retryable),
+            retry=retry_if_exception(retryable),
             wait=self._wait,
             stop=stop_after_attempt(self.max_retries + 1),
-            sleep=self.sleep,
+            sleep=sleep,
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -230,7 +244,7 @@ class RetryPolicy:
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
         delay = state.next_action.sleep if state.next_action is not None else 0.0
-        _LOG.debug(
+        _LOG.info(  # shown with --verbose: retries are normal on hosted APIs, but not free
             "attempt %d of %d failed (%s: %s); retrying in %.2f s",
             state.attempt_number,
             self.max_retries + 1,

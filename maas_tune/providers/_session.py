@@ -14,6 +14,7 @@ from .._constants import MAX_RETRIES, MAX_RETRY_AFTER_S
 from ..errors import (
     ConfigurationError,
     OfflineCacheMiss,
+    ProviderConnectionError,
     ProviderError,
     ProviderResponseError,
     ProviderStatusError,
@@ -25,9 +26,11 @@ from ..ratelimit import (
     as_limiter,
     estimate_request_tokens,
 )
-from ._answers import check_model
-from ._http import request_json
+from ._answers import check_model, usage_tokens
+from ._batch import Batch, Events, bound_tokens, run_batch
+from ._http import public_url, request_json
 from ._retry import RetryPolicy
+from ._secrets import check_api_key
 from .base import FactStore
 
 __all__ = [
@@ -57,6 +60,13 @@ Post = Callable[[dict[str, Any]], dict[str, Any]]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def _payload_bound(payload: dict[str, Any]) -> int:
+    """A bound on the prompt tokens of a request body (its texts' UTF-8 bytes + specials)."""
+    texts = [payload.get("prompt"), payload.get("input")]
+    texts += [m.get("content") for m in payload.get("messages") or () if isinstance(m, dict)]
+    return sum(bound_tokens(t) for t in texts if isinstance(t, str))
 
 
 def check_count(name: str, value: object) -> None:
@@ -130,8 +140,16 @@ class APISession:
         self.max_concurrency = max_concurrency
         self.rate_limiter = as_limiter(rate_limit)
         self._retry = RetryPolicy(max_retries=max_retries, sleep=sleep)
+        # The default sleep is replaced by a wait that Ctrl-C (cancellation) cuts short.
+        self._injected_sleep = None if sleep is time.sleep else sleep
+        self._shown_url = public_url(base_url)
+        self._key_source: str | None = "api_key=" if api_key is not None else None
         if api_key is None:
-            api_key = next((os.environ[n] for n in API_KEY_ENV if os.environ.get(n)), None)
+            self._key_source = next((f"${n}" for n in API_KEY_ENV if os.environ.get(n)), None)
+            api_key = os.environ[self._key_source[1:]] if self._key_source else None
+        api_key = check_api_key(api_key, self._key_source or "api_key=")
+        if api_key is None:
+            self._key_source = None
         self._tokenize_url = f"{root.removesuffix('/v1')}/extras/tokenize"
         self._tokenizer: bool | None = None  # None: not tried yet
         self._special_prefix: list[int] | None = None  # what tokenize adds to any text (BOS)
@@ -148,54 +166,91 @@ class APISession:
         )
 
     def post(
-        self, path: str, payload: dict[str, Any], *, limited: bool = True
+        self, path: str, payload: dict[str, Any], *, limited: bool = True,
+        batch: Batch | None = None,
     ) -> dict[str, Any]:
-        """POST ``payload`` to ``path`` (relative to the API root, or absolute), with retries;
-        each attempt waits for the rate limiter first unless ``limited`` is False."""
+        """POST ``payload`` to ``path`` (relative to the API root, or absolute), with retries.
+
+        Each attempt waits for the rate limiter first unless ``limited`` is False, and is
+        counted in ``batch`` (answered, unknown outcome, retried, rate-limited); a
+        cancelled batch sends and retries nothing more.
+        """
+        batch = batch if batch is not None else Batch()
         limiter = self.rate_limiter if limited else None
-        if limiter is None:
-            return self._retry.call(
-                lambda: request_json(self._client, "POST", path, json=payload)[0]
-            )
         tokens = estimate_request_tokens(payload)
+        bound = _payload_bound(payload)
 
         def attempt() -> dict[str, Any]:
-            limiter.acquire(1, tokens)
-            try:
-                return request_json(self._client, "POST", path, json=payload)[0]
-            except ProviderStatusError as exc:
-                if exc.status == 429:  # the server's limit is tighter than ours: all pause
+            batch.check()
+            if limiter is not None:
+                limiter.acquire(1, tokens)
+                batch.check()
+            with batch.sending(bound):
+                return self._attempt(path, payload, batch, limiter, bound)
+
+        def sleep(seconds: float) -> None:
+            batch.record("retry")
+            batch.sleep(seconds, self._injected_sleep)
+
+        return self._retry.call(attempt, sleep=sleep, allowed=batch.can_send)
+
+    def _attempt(
+        self, path: str, payload: dict[str, Any], batch: Batch, limiter: RateLimiter | None,
+        bound: int,
+    ) -> dict[str, Any]:
+        try:
+            body = request_json(self._client, "POST", path, json=payload)[0]
+        except ProviderStatusError as exc:
+            if exc.status == 429:
+                batch.record("rate_limited")
+                if limiter is not None:  # the server's limit is tighter than ours: all pause
                     wait = exc.retry_after if exc.retry_after is not None else DEFAULT_PENALTY_S
                     limiter.penalize(min(wait, MAX_RETRY_AFTER_S))
-                raise
-
-        return self._retry.call(attempt)
+            if exc.status == 401 and self._key_source is None:
+                hint = f"no API key was sent: set {' or '.join(API_KEY_ENV)}, or pass api_key="
+                exc.args = (f"{exc.args[0]} ({hint})",)
+            raise
+        except ProviderError as exc:
+            if exc.request_sent:  # a 2xx with an unreadable body, or sent and lost: billed
+                answered = isinstance(exc, ProviderResponseError)
+                batch.record("answered" if answered else "unknown", bound)
+            raise
+        try:
+            tokens = usage_tokens(body)
+        except ProviderResponseError as exc:
+            batch.record("answered", bound)  # answered (billed), usage unreadable: the bound
+            exc.request_sent = True
+            raise
+        batch.record("answered", tokens)
+        return body
 
     def map(
-        self, one: Callable[[Post, T], R], items: Sequence[T], path: str, *, model: str
+        self, one: Callable[[Post, T], R], items: Sequence[T], path: str, *, model: str,
+        events: Events | None = None, max_requests: int | None = None,
     ) -> list[R]:
         """``one(post, item)`` for each item on up to ``max_concurrency`` threads, in order.
 
         ``post`` sends to ``path`` and refuses a reply that names a model other than
-        ``model`` (:func:`~maas_tune.providers._answers.check_model`). When a call fails,
-        the error's ``request_sent`` is set as soon as any request of this map was
-        answered: those were paid for.
+        ``model`` (:func:`~maas_tune.providers._answers.check_model`). An exception
+        leaving this method (a KeyboardInterrupt too) carries ``outcome``
+        (:class:`~maas_tune.providers._batch.BatchOutcome`): the items answered in full
+        and the requests that were, or may have been, billed. ``events`` is called per
+        item answered, retry and 429. ``max_requests`` caps the requests that may be
+        billed (answered or lost), retries included: the budget's reservation.
         """
         if not items:
             return []
-        answered = [0]
+        batch = Batch(events, max_requests)
 
         def post(payload: dict[str, Any]) -> dict[str, Any]:
-            body = self.post(path, payload)
-            answered[0] += 1
+            body = self.post(path, payload, batch=batch)
             check_model(body, model)  # never cache another model's answer under this one
             return body
 
         try:
-            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(items))) as pool:
-                return list(pool.map(lambda item: one(post, item), items))
+            return run_batch(lambda item: one(post, item), items, self.max_concurrency, batch)
         except ProviderError as exc:
-            exc.request_sent = exc.request_sent or answered[0] > 0
+            exc.request_sent = exc.request_sent or batch.answered > 0  # those were paid for
             raise
 
     def attach_facts(self, facts: FactStore, *, offline: bool = False) -> None:
@@ -219,6 +274,15 @@ class APISession:
             self._facts.remember(key, value)
         return value
 
+    def recall(self, key: str) -> Any | None:
+        """The fact kept under ``key``, or None (no request)."""
+        return self._facts.recall(key) if self._facts is not None else None
+
+    def remember(self, key: str, value: Any) -> None:
+        """Keep (or replace) the fact under ``key``, when a fact store is attached."""
+        if self._facts is not None:
+            self._facts.remember(key, value)
+
     def require_online(self, what: str) -> None:
         """Raise :class:`OfflineCacheMiss` naming ``what`` when requests are not allowed."""
         if self._offline:
@@ -240,12 +304,21 @@ class APISession:
         return tokens
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens of each text plus BOS through the tokenizer, else ``len // 3 + 1``."""
+        """Tokens of each text plus BOS through the server's tokenizer; without one, a
+        bound no tokenizer can exceed (:func:`~maas_tune.providers._batch.bound_tokens`:
+        UTF-8 bytes plus special tokens), so a prompt-token cap is never passed."""
         if texts and self.tokenize(texts[0]) is not None:
             with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
                 # +1: the tokenizer endpoint omits the BOS token that requests add.
                 return [len(ids or []) + 1 for ids in pool.map(self.tokenize, texts)]
-        return [len(t) // CHARS_PER_TOKEN_ESTIMATE + 1 for t in texts]
+        return [bound_tokens(t) for t in texts]
+
+    @property
+    def has_tokenizer(self) -> bool:
+        """Whether the server's tokenizer endpoint answers (asks it once)."""
+        if self._tokenizer is None:
+            self.tokenize("")
+        return bool(self._tokenizer)
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -260,6 +333,10 @@ class APISession:
             if exc.status not in _NO_TOKENIZER:
                 raise
             body = {}
+        except ProviderConnectionError as exc:  # name the URL the user gave, not ours
+            raise type(exc)(
+                f"cannot reach {self._shown_url}: {exc}"
+            ) from exc
         except ProviderResponseError:  # e.g. an HTML page: not a tokenizer
             body = {}
         tokens = body.get("tokens")

@@ -10,14 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from ..errors import ProviderResponseError
-from ._forcing import FORCE_BIAS, Label, read_labels
+from ._answers import usage_tokens
+from ._forcing import FORCE_BIAS, Label, Resolve, force_resolver, read_labels
 from ._session import Post
 from .base import ProviderAnswer
 
@@ -26,7 +27,11 @@ __all__ = [
     "STRATEGIES",
     "Label",
     "Post",
+    "Resolver",
+    "echo_one",
+    "echoing",
     "first_choice",
+    "forcing",
     "score_echo",
     "score_extension",
     "score_top_logprobs",
@@ -50,13 +55,6 @@ def first_choice(
             f"check that the base URL points at an OpenAI-compatible {route} API"
         )
     return choices[0]
-
-
-def usage_tokens(body: Mapping[str, Any]) -> int:
-    """``usage.prompt_tokens`` of an answer (0 when the server reports no usage)."""
-    usage = body.get("usage")
-    value = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    return int(value) if isinstance(value, (int, float)) else 0
 
 
 def _logprobs(choice: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -111,20 +109,43 @@ def _decode_hidden(value: object) -> np.ndarray | None:
 
 
 # -- top_logprobs ---------------------------------------------------------------
-def score_top_logprobs(
-    post: Post, model: str, prompt: str, labels: Sequence[Label], top_k: int
-) -> ProviderAnswer:
-    """Label log-probs from the first position's top-k, forcing each missing word once.
+#: Builds the reader of missing labels for one prompt: (post, first request's body, top-k).
+Resolver = Callable[[Post, dict[str, Any], Mapping[str, float]], "Resolve | None"]
 
-    Costs ``1 + (labels missing from the top-k)`` requests; exact as long as the server
-    reports log-probs before ``logit_bias`` is applied (checked).
+
+def score_top_logprobs(
+    post: Post, model: str, prompt: str, labels: Sequence[Label], top_k: int,
+    resolver: Resolver,
+) -> ProviderAnswer:
+    """Label log-probs from the first position's top-k, reading each missing word exactly.
+
+    Costs ``1 + (labels missing from the top-k)`` requests: each missing word is read
+    by what ``resolver`` gives (forced with ``logit_bias``, checked to be reported
+    before the bias, or echoed).
     """
     base = {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": top_k}
     body = post(base)
     top = _first_top(_logprobs(first_choice(body, "top_logprobs"), "top_logprobs"))
-    reading = read_labels(labels, top, partial(_forced, post, base), remedy=_REMEDY)
+    reading = read_labels(labels, top, resolver(post, base, top))
     tokens = usage_tokens(body) + reading.prompt_tokens
-    return ProviderAnswer(reading.values, None, tokens, queries=1 + reading.forced)
+    return ProviderAnswer(reading.values, None, tokens, queries=1 + reading.forced,
+                          floored=reading.floored)
+
+
+def forcing(post: Post, base: dict[str, Any], top: Mapping[str, float]) -> Resolve:
+    """The resolver that forces each missing word with ``logit_bias`` +100 (needs its id)."""
+    return force_resolver(partial(_forced, post, base), top, _REMEDY)
+
+
+def echoing(post: Post, base: dict[str, Any], top: Mapping[str, float]) -> Resolve:
+    """The resolver that reads each missing word from an echo of the prompt plus the word."""
+    model, prompt = str(base["model"]), str(base["prompt"])
+
+    def resolve(label: Label) -> tuple[float, int, int]:
+        value, tokens = echo_one(post, model, prompt, label)
+        return value, tokens, 1
+
+    return resolve
 
 
 def _first_top(logprobs: Mapping[str, Any]) -> dict[str, float]:
@@ -151,19 +172,22 @@ def _forced(post: Post, base: dict[str, Any], label: Label) -> tuple[str | None,
 
 # -- echo -----------------------------------------------------------------------
 def score_echo(post: Post, model: str, prompt: str, labels: Sequence[Label]) -> ProviderAnswer:
-    """Label log-probs read from the echoed prompt + word (one request per label token)."""
-    values, tokens = [], 0
+    """Label log-probs read from the echoed prompt + word (one request per distinct word)."""
+    found: dict[str, tuple[float, int]] = {}
     for label in labels:
-        full = prompt + label.text
-        body = post(
-            {"model": model, "prompt": full, "echo": True, "max_tokens": 1, "logprobs": 0}
-        )
-        logprobs = _logprobs(first_choice(body, "echo"), "echo")
-        values.append(_echoed_word(logprobs, len(prompt), len(full), label.word))
-        tokens += usage_tokens(body)
-    return ProviderAnswer(np.asarray(values, dtype=np.float32), None, tokens, queries=len(labels))
+        if label.text not in found:
+            found[label.text] = echo_one(post, model, prompt, label)
+    values = np.asarray([found[label.text][0] for label in labels], dtype=np.float32)  # (t,)
+    tokens = sum(used for _, used in found.values())
+    return ProviderAnswer(values, None, tokens, queries=len(found))
 
 
+def echo_one(post: Post, model: str, prompt: str, label: Label) -> tuple[float, int]:
+    """One label's log-prob after ``prompt``, echoed: (log-prob, prompt tokens)."""
+    full = prompt + label.text
+    body = post({"model": model, "prompt": full, "echo": True, "max_tokens": 1, "logprobs": 0})
+    logprobs = _logprobs(first_choice(body, "echo"), "echo")
+    return _echoed_word(logprobs, len(prompt), len(full), label.word), usage_tokens(body)
 def _echoed_word(logprobs: Mapping[str, Any], start: int, end: int, word: str) -> float:
     """Sum of the echoed log-probs of the tokens in characters ``[start, end)``."""
     offsets, values = logprobs.get("text_offset"), logprobs.get("token_logprobs")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["FactStore", "Provider", "ProviderAnswer"]
+__all__ = ["FactStore", "Provider", "ProviderAnswer", "SetupCost"]
 
 
 class FactStore(Protocol):
@@ -42,12 +43,32 @@ class ProviderAnswer:
     queries : int, default 1
         Requests this answer cost (a strategy may need more than one per prompt,
         e.g. one per label word); the budget is charged this many.
+    floored : int, default 0
+        Label words the API did not rank in its top-k and that could not be read
+        exactly: their ``logprobs`` entry is the top-k bound, not the model's value.
     """
 
     logprobs: np.ndarray
     hidden: np.ndarray | None
     prompt_tokens: int
     queries: int = 1
+    floored: int = 0
+
+
+@dataclass(frozen=True)
+class SetupCost:
+    """What a provider sent before scoring (a capability probe): charged like any request.
+
+    Attributes
+    ----------
+    requests : int
+        Requests that were, or may have been, billed.
+    prompt_tokens : int
+        Their prompt tokens (usage, or a bound where unknown).
+    """
+
+    requests: int
+    prompt_tokens: int
 
 
 class Provider(abc.ABC):
@@ -106,6 +127,33 @@ class Provider(abc.ABC):
         providers that answer any number of label tokens in one request.
         """
         return 1
+
+    def max_prompt_tokens(self, prompts: Sequence[str], n_tokens: int) -> int:
+        """Upper bound on the prompt tokens scoring ``prompts`` may cost (reserved first).
+
+        Default: each prompt's :meth:`count_tokens` times :meth:`max_queries_per_prompt`.
+        """
+        return sum(self.count_tokens(prompts)) * self.max_queries_per_prompt(n_tokens)
+
+    @contextlib.contextmanager
+    def observed(
+        self, events: Callable[[str], None] | None = None, max_requests: int | None = None
+    ) -> Iterator[None]:
+        """While inside, this thread's :meth:`score` calls report ``"answered"`` (a prompt
+        done), ``"retry"`` and ``"rate_limited"`` to ``events``, and send at most
+        ``max_requests`` requests that may be billed, retries included (the budget's
+        reservation). Default: nothing to report, nothing that could pass the cap."""
+        yield
+
+    def setup_requests(self) -> int:
+        """Most requests :meth:`prepare` may still send (reserved from the budget first)."""
+        return 0
+
+    def prepare(self) -> SetupCost:
+        """Learn what scoring needs before any sample is sent (e.g. probe the API), and
+        return what that cost. The client calls it, charging the result to its budget;
+        an error leaving it carries ``outcome`` with what was sent. Default: nothing."""
+        return SetupCost(0, 0)
 
     def attach_facts(self, facts: FactStore, *, offline: bool = False) -> None:
         """Lend the provider a store for what it learns about its server.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,13 +15,12 @@ from .._constants import MAX_RETRIES
 from ..chat_format import ChatFormat
 from ..errors import ConfigurationError
 from ..ratelimit import RateLimit, RateLimiter
-from ..task import check_single_tokens
 from ._answers import reading
-from ._chat_probe import ChatProbeResult, run_chat_probe
+from ._chat_probe import MAX_CHAT_PROBE_REQUESTS, ChatProbeResult, choose_chat, run_chat_probe
 from ._chat_strategies import CHAT_ROUTE, CHAT_STRATEGIES, chat_request, score_chat
-from ._forcing import FORCE_BIAS, Label, LabelReading, synthetic_token_id
-from ._probe import cached_probe
-from ._remote import RemoteProvider
+from ._forcing import Label, LabelReading
+from ._probe import Plan, cached_probe
+from ._remote import RemoteProvider, Tokenizer
 from ._session import (
     DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_S,
@@ -42,8 +40,6 @@ CHAT_LABEL_PREFIX = ""
 #: Tokens a chat template adds per message, and to prime the reply (OpenAI's accounting).
 TOKENS_PER_MESSAGE, REPLY_PRIMING_TOKENS = 4, 3
 
-#: Maps a text to its token ids, without special tokens (e.g. ``tiktoken``'s ``encode``).
-Tokenizer = Callable[[str], Sequence[int]]
 
 
 class OpenAIChatProvider(RemoteProvider):
@@ -90,11 +86,13 @@ class OpenAIChatProvider(RemoteProvider):
         anything else is detected and refused. Needs the label words' token ids.
     ``top_logprobs`` — 1 request; a missing word gets the top-k bound
         ``min(min(top-k), log(1 - sum(p in top-k)))``, the largest log-prob it could
-        have, and is counted in :attr:`floored_words`.
-    ``auto`` — probes the API once per (base_url, model) per process and per cache (1-2
-        tiny requests, counted in :attr:`probe_requests`, never charged to a budget):
-        ``force`` where ``logit_bias`` leaves the reported log-probs unchanged and a
-        tokenizer is known, else ``top_logprobs``; see :attr:`probe_result`.
+        have — not the model's value — and is counted in :attr:`floored_words` and in
+        each answer's ``floored``. Only on request: it is not exact.
+    ``auto`` — ``force`` where it is exact: the label words' token ids are known (the
+        server's tokenizer endpoint, or ``tokenizer=``) and a probe (1-2 tiny requests,
+        once per cache, charged to the client's budget) finds ``logit_bias`` leaves the
+        reported log-probs unchanged. Otherwise it refuses before any sample is sent,
+        saying what to pass (``tokenizer=``, or ``strategy="top_logprobs"``).
 
     No hidden states: decoders such as DecT run in scores-only mode.
     """
@@ -125,67 +123,65 @@ class OpenAIChatProvider(RemoteProvider):
         super().__init__(
             base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
             timeout=timeout, max_retries=max_retries, transport=transport, sleep=sleep,
-            rate_limit=rate_limit,
+            rate_limit=rate_limit, tokenizer=tokenizer,
         )
         self.top_logprobs = top_logprobs
         self.chat_format = chat_format or ChatFormat()
         self.label_prefix = label_prefix
         #: Label words recovered with a forced request / given the top-k bound (this process).
         self.forced_words = self.floored_words = 0
-        self._tokenizer = tokenizer
         self._probe: ChatProbeResult | None = None
-        self._choices: list[str] = []  # the last task's label words (token estimates)
+
+    max_probe_requests = MAX_CHAT_PROBE_REQUESTS
+    route = CHAT_ROUTE
 
     # -- strategy -----------------------------------------------------------------
     @property
     def probe_result(self) -> ChatProbeResult:
-        """What the probe found (once per process, and kept in the client's cache)."""
+        """What the probe found (once per cache: kept in the client's cache)."""
         with self._lock:
             if self._probe is None:
-                key = "|".join(("chat-probe", *self._identity()))
                 what = f"the chat capability probe of {self.base_url}"
-                self._probe = ChatProbeResult(**self._session.fact(key, what, self._run_probe))
-                if self._probe.strategy != "force":
-                    log.warning("%s %s: %s", self.base_url, self.model, self._probe.reason)
+                kept = self._session.fact(self._probe_key(), what, self._run_probe)
+                self._probe = ChatProbeResult(**kept)
             return self._probe
+
+    @property
+    def plan(self) -> Plan:
+        """How samples are scored (under ``"auto"``: probes, or refuses when not exact).
+
+        Raises
+        ------
+        ConfigurationError
+            Under ``"auto"``, when label words outside the top-k cannot be read exactly.
+        """
+        if self._requested != "auto":
+            return Plan(self._requested, "force" if self._requested == "force" else None,
+                        "requested")
+        ids_known = self._ids_known()
+        return choose_chat(self.probe_result if ids_known else None, ids_known, self.model)
+
+    def setup_requests(self) -> int:
+        return super().setup_requests() if self._ids_known() else 0
 
     # -- contract -----------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
-        url = httpx.URL(self.base_url)
         strategy = self.strategy
-        missing = {"force_bias": FORCE_BIAS} if strategy == "force" else {"missing": "top-k bound"}
-        return {
-            "provider": "openai-chat",
-            "base_url": f"{url.host}{url.path}",
-            "model": self.model,
-            "strategy": strategy,
-            "options": {
-                "top_logprobs": self.top_logprobs,
-                "format": self.chat_format.fingerprint(),
-                "label_prefix": self.label_prefix,
-                **missing,
-            },
-        }
+        reading_ = "exact" if strategy == "force" else f"top-{self.top_logprobs} bound"
+        return self._identity_fingerprint(
+            "openai-chat", reading_, format=self.chat_format.fingerprint(),
+            label_prefix=self.label_prefix,
+        )
 
     def label_token_ids(self, words: Sequence[str]) -> list[int]:
-        words = list(words)
-        if self._tokenizer is not None:  # local: nothing to ask, nothing to keep
-            result = self._fetch_label_token_ids(words)
-        else:
-            key = "|".join(("chat-label_token_ids", *self._identity(), json.dumps(words)))
-            what = f"the token ids of the label words {words}"
-            fetch = partial(self._fetch_label_token_ids, words)
-            result = [int(i) for i in self._session.fact(key, what, fetch)]
+        result = self._label_token_ids(words, self.label_prefix)
         if self._requested == "force" and any(i < 0 for i in result):
             raise ConfigurationError(
                 f"strategy='force' needs each label word's token id for logit_bias, but no "
                 f"tokenizer is known for model {self.model!r} ({self.base_url} has no "
-                "/extras/tokenize): pass tokenizer= (e.g. tiktoken's encoding_for_model(model)"
-                ".encode), or use strategy='top_logprobs'"
+                "/extras/tokenize): pass --tokenizer (tiktoken:MODEL, a Hugging Face tokenizer "
+                "directory, or 'embedded'; Python: tokenizer=), or use strategy='top_logprobs'"
             )
-        with self._lock:
-            self._words.update(zip(result, words))
-            self._choices = words
         return result
 
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
@@ -193,13 +189,8 @@ class OpenAIChatProvider(RemoteProvider):
             "\n\n".join(m["content"] for m in self.chat_format.messages(p, self._choices))
             for p in prompts
         ]
-        counts = (
-            [len(self._tokenizer(t)) for t in texts]
-            if self._tokenizer is not None
-            else self._session.count_tokens(texts)
-        )
         messages = 2 if self.chat_format.system else 1
-        return [c + messages * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS for c in counts]
+        return [c + messages * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS for c in self._count(texts)]
 
     def max_queries_per_prompt(self, n_tokens: int) -> int:
         return 1 + n_tokens if self.strategy == "force" else 1
@@ -219,39 +210,27 @@ class OpenAIChatProvider(RemoteProvider):
                 self.floored_words += got.floored
             return answer
 
-        return self._session.map(one, prompts, CHAT_ROUTE, model=self.model)
+        return self._map(one, prompts)
 
     # -- internals ----------------------------------------------------------------
     def _identity(self) -> tuple[str, ...]:
         """What a fact about this API depends on (never a credential)."""
-        source = "given" if self._tokenizer is not None else "server"
-        return (self.base_url, self.model, f"top_logprobs={self.top_logprobs}",
-                f"prefix={self.label_prefix!r}", f"tokenizer={source}")
+        return (*super()._identity(), f"top_logprobs={self.top_logprobs}",
+                f"prefix={self.label_prefix!r}")
+
+    def _probe_key(self) -> str:
+        return "|".join(("chat-probe2", *self._identity()))
 
     def _run_probe(self) -> dict[str, Any]:
-        post = partial(self._session.post, CHAT_ROUTE)
+        post = partial(self._session.post, CHAT_ROUTE, batch=self._probe_batch())
         probe = partial(run_chat_probe, post, self.model, self.top_logprobs, self._label_for)
-        result, fresh = cached_probe(("chat", *self._identity()), probe)
+        result, fresh = cached_probe(("chat", self._probe_key()), probe)
         self.probe_requests += result.requests if fresh else 0
         return asdict(result)
-
-    def _token_ids(self, text: str) -> list[int] | None:
-        if self._tokenizer is not None:
-            return [int(i) for i in self._tokenizer(text)]
-        return self._session.tokenize(text)
 
     def _label_for(self, word: str) -> Label | None:
         ids = self._token_ids(self.label_prefix + word)
         return Label(ids[0], word, self.label_prefix) if ids and len(ids) == 1 else None
-
-    def _fetch_label_token_ids(self, words: list[str]) -> list[int]:
-        prefix = self.label_prefix
-        found = {w: self._token_ids(prefix + w) for w in dict.fromkeys(words)}
-        if any(ids is None for ids in found.values()):  # no tokenizer: stable synthetic ids
-            return [synthetic_token_id(w) for w in words]
-        as_text = {prefix + w: [str(i) for i in ids or []] for w, ids in found.items()}
-        check_single_tokens(words, as_text.__getitem__, prefix=prefix)
-        return [int(found[w][0]) for w in words]  # type: ignore[index]
 
     def _labels(self, token_ids: Sequence[int]) -> list[Label]:
         ids = [int(i) for i in token_ids]

@@ -116,12 +116,7 @@ class OpenAIEmbeddingsProvider:
 
     def fingerprint(self) -> dict[str, Any]:
         """JSON-serialisable identity (kind, endpoint, model); never contains credentials."""
-        url = httpx.URL(self.base_url)
-        return {
-            "provider": "openai-embeddings",
-            "base_url": f"{url.host}{url.path}",
-            "model": self.model,
-        }
+        return {"provider": "openai-embeddings", "origin": self.base_url, "model": self.model}
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embedding of each text.

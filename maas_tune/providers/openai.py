@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from functools import partial
 from typing import Any
 
@@ -14,11 +15,11 @@ import httpx
 from .._constants import LABEL_WORD_PREFIX, MAX_RETRIES
 from ..errors import ConfigurationError
 from ..ratelimit import RateLimit, RateLimiter
-from ..task import check_single_tokens
 from ._answers import reading
-from ._forcing import synthetic_token_id
-from ._probe import ProbeResult, cached_probe, run_probe
-from ._remote import RemoteProvider
+from ._batch import bound_tokens
+from ._forcing import BiasError, Resolve
+from ._probe import MAX_PROBE_REQUESTS, Plan, ProbeResult, cached_probe, choose, run_probe
+from ._remote import RemoteProvider, Tokenizer
 from ._session import (
     API_KEY_ENV,
     CHARS_PER_TOKEN_ESTIMATE,
@@ -28,10 +29,12 @@ from ._session import (
     check_count,
 )
 from ._strategies import (
-    FORCE_BIAS,
     STRATEGIES,
     Label,
     Post,
+    Resolver,
+    echoing,
+    forcing,
     score_echo,
     score_extension,
     score_top_logprobs,
@@ -39,6 +42,10 @@ from ._strategies import (
 from .base import ProviderAnswer
 
 __all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "OpenAICompletionsProvider"]
+
+log = logging.getLogger(__name__)
+#: Samples scored with top-k before their observed miss rate may switch ``auto`` to echo.
+MIN_SAMPLES_TO_ADAPT = 8
 
 #: Default (and hosted-API maximum) number of top log-probs asked for.
 DEFAULT_TOP_LOGPROBS = 5
@@ -56,11 +63,16 @@ class OpenAICompletionsProvider(RemoteProvider):
         Model name sent with every request.
     api_key : str, optional
         Sent as ``Authorization: Bearer``; defaults to ``$MAAS_TUNE_API_KEY`` or
-        ``$OPENAI_API_KEY``. Never appears in the fingerprint, repr, logs or errors.
+        ``$OPENAI_API_KEY``. Surrounding whitespace is removed; a key holding a line
+        break is refused. Never appears in the fingerprint, repr, logs or errors.
     strategy : {"auto", "extension", "top_logprobs", "echo"}, default "auto"
         How label log-probs are read; see Notes.
     top_logprobs : int, default 5
         Top log-probs asked for by the ``top_logprobs`` strategy (hosted APIs allow 5).
+    tokenizer : callable, optional
+        ``text -> token ids`` of the served model (no special tokens), e.g. from
+        :func:`maas_tune.providers.load_tokenizer`; gives the label words' ids (for
+        ``logit_bias``) and exact token counts where the API has no tokenizer endpoint.
     max_concurrency : int, default 4
         Requests in flight at once (threads and pooled connections).
     timeout : float, default 30.0
@@ -79,26 +91,28 @@ class OpenAICompletionsProvider(RemoteProvider):
 
     Notes
     -----
-    Strategies, with their cost in requests per sample (``t`` label tokens):
+    Strategies, with their cost in requests per sample (``t`` label words); each is exact:
 
-    ``extension`` — 1 request; exact full-vocabulary log-probs and the hidden state,
-        through the ``maas_tune`` request extension of ``maas-tune serve``.
+    ``extension`` — 1 request; full-vocabulary log-probs and the hidden state, through
+        the ``maas_tune`` request extension of ``maas-tune serve``.
     ``top_logprobs`` — 1 request, plus 1 per label word missing from the first
-        position's top-k (at most ``1 + t``); exact. A missing word is generated
-        with ``logit_bias`` +100 and its log-prob read as reported, which is the
-        model's own only where the server reports log-probs before the bias (OpenAI,
-        llama.cpp); a server that reports the biased value is detected and refused.
-        Label words are matched by their text (``" " + word``).
+        position's top-k (at most ``1 + t``). A missing word is forced with
+        ``logit_bias`` +100 where its token id is known and the API reports log-probs
+        before the bias (checked on every forced answer), else read by ``echo``.
     ``echo`` — ``t`` requests: the prompt plus each word is echoed with log-probs and
-        the word's token log-probs are summed; exact.
-    ``auto`` — probes the server once per (base_url, model) per process (at most 3
-        tiny requests, counted in :attr:`probe_requests`, never charged to a budget)
-        and picks the cheapest of the above that works; see :attr:`probe_result`.
+        the word's token log-probs are summed.
+    ``auto`` — probes the API (at most 4 tiny requests, once per cache; charged to the
+        client's budget and counted in :attr:`probe_requests`), then uses the cheapest
+        exact plan (:attr:`plan`) or refuses before any sample is sent, saying what to
+        pass. Between ``top_logprobs`` and ``echo`` it goes by the miss rate it observes:
+        when label words are mostly outside the top-k, echo is cheaper. A plan that stops
+        working (a forced value reported after the bias) is re-decided, never kept.
 
-    Without a tokenizer endpoint, :meth:`label_token_ids` returns synthetic negative
-    ids (a hash of the word) and :meth:`count_tokens` estimates ``len(prompt) // 3 + 1``;
-    then only ``top_logprobs`` (for words inside the top-k) and ``echo`` can score.
-    An answer's ``prompt_tokens`` sums ``usage.prompt_tokens`` over its requests (billed).
+    The cache identity (:meth:`fingerprint`) is the full origin (scheme, host, port,
+    path), the model asked for and the one the API reports serving, and whether the
+    answers carry hidden states — not the strategy: every strategy is exact, so answers
+    cached by one serve another. An answer's ``prompt_tokens`` sums ``usage.prompt_tokens``
+    over its requests (billed).
     """
 
     def __init__(
@@ -109,6 +123,7 @@ class OpenAICompletionsProvider(RemoteProvider):
         api_key: str | None = None,
         strategy: str = "auto",
         top_logprobs: int = DEFAULT_TOP_LOGPROBS,
+        tokenizer: Tokenizer | None = None,
         max_concurrency: int = DEFAULT_CONCURRENCY,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_retries: int = MAX_RETRIES,
@@ -120,29 +135,55 @@ class OpenAICompletionsProvider(RemoteProvider):
         super().__init__(
             base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
             timeout=timeout, max_retries=max_retries, transport=transport, sleep=sleep,
-            rate_limit=rate_limit,
+            rate_limit=rate_limit, tokenizer=tokenizer,
         )
         self.top_logprobs = top_logprobs
         self._probe: ProbeResult | None = None
+        self._misses: dict[tuple[str, ...], list[int]] = {}  # words -> [samples, missing]
+        self._stats_lock = threading.Lock()
+
+    max_probe_requests = MAX_PROBE_REQUESTS
+    route = "completions"
 
     # -- strategy -----------------------------------------------------------------
     @property
     def probe_result(self) -> ProbeResult:
-        """What the capability probe found (runs it on first access, once per process;
-        kept in the client's cache when one is attached, so it runs once per cache)."""
+        """What the capability probe found (runs it on first access; kept in the client's
+        cache when one is attached, so it runs once per cache)."""
         with self._lock:
             if self._probe is None:
-                key = f"probe|{self.base_url}|{self.model}|top_logprobs={self.top_logprobs}"
                 what = f"the capability probe of {self.base_url}"
-                self._probe = ProbeResult(**self._session.fact(key, what, self._run_probe))
+                kept = self._session.fact(self._probe_key(), what, self._run_probe)
+                self._probe = ProbeResult(**kept)
             return self._probe
 
+    def _probe_key(self) -> str:
+        return "|".join(("probe2", *self._identity(), f"top_logprobs={self.top_logprobs}"))
+
     def _run_probe(self) -> dict[str, Any]:
-        post = partial(self._session.post, "completions")
-        probe = partial(run_probe, post, self.model, self.top_logprobs)
-        result, fresh = cached_probe((self.base_url, self.model), probe)
+        post = partial(self._session.post, self.route, batch=self._probe_batch())
+        probe = partial(run_probe, post, self.model, self.top_logprobs, self._label_for)
+        result, fresh = cached_probe(("completions", self._probe_key()), probe)
         self.probe_requests += result.requests if fresh else 0
-        return asdict(result)
+        return dataclasses.asdict(result)
+
+    def _label_for(self, word: str) -> Label | None:
+        ids = self._token_ids(LABEL_WORD_PREFIX + word)
+        return Label(ids[0], word) if ids and len(ids) == 1 else None
+
+    @property
+    def plan(self) -> Plan:
+        """How samples are scored now (probes the API first under ``"auto"``).
+
+        Raises
+        ------
+        ConfigurationError
+            Under ``"auto"``, when no exact plan exists on this API.
+        """
+        if self._requested != "auto":
+            missing = "force" if self._requested == "top_logprobs" else None
+            return Plan(self._requested, missing, "requested")
+        return choose(self.probe_result, self._ids_known(), self.model)
 
     @property
     def returns_hidden(self) -> bool:  # type: ignore[override]
@@ -151,43 +192,21 @@ class OpenAICompletionsProvider(RemoteProvider):
 
     # -- contract -----------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
-        url = httpx.URL(self.base_url)
-        strategy = self.strategy
-        options: dict[str, Any] = {}
-        if strategy == "extension":
-            options = {"hidden": "last-layer@prediction"}
-        elif strategy == "top_logprobs":
-            options = {"top_logprobs": self.top_logprobs, "force_bias": FORCE_BIAS}
-        return {
-            "provider": "openai-completions",
-            "base_url": f"{url.host}{url.path}",
-            "model": self.model,
-            "strategy": strategy,
-            "options": options,
-        }
+        return self._identity_fingerprint(
+            "openai-completions", "exact+hidden" if self.strategy == "extension" else "exact"
+        )
 
     def label_token_ids(self, words: Sequence[str]) -> list[int]:
-        words = list(words)
-        key = f"label_token_ids|{self.base_url}|{self.model}|{json.dumps(words)}"
-        what = f"the token ids of the label words {words}"
-        kept = self._session.fact(key, what, partial(self._fetch_label_token_ids, words))
-        result = [int(i) for i in kept]
-        with self._lock:
-            self._words.update(zip(result, words))
-        return result
-
-    def _fetch_label_token_ids(self, words: list[str]) -> list[int]:
-        found = {w: self._session.tokenize(LABEL_WORD_PREFIX + w) for w in dict.fromkeys(words)}
-        if all(ids is not None for ids in found.values()):
-            prefix = len(LABEL_WORD_PREFIX)
-            check_single_tokens(words, lambda text: [str(i) for i in found[text[prefix:]] or []])
-            result = [int(found[w][0]) for w in words]  # type: ignore[index]
-        else:  # no tokenizer: stable ids that cannot collide across tasks in the cache
-            result = [synthetic_token_id(w) for w in words]
-        return result
+        return self._label_token_ids(words, LABEL_WORD_PREFIX)
 
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
-        return self._session.count_tokens(prompts)
+        return self._count(prompts)
+
+    def max_prompt_tokens(self, prompts: Sequence[str], n_tokens: int) -> int:
+        # An echo request holds the prompt and a label word: bound the word too.
+        word = max((bound_tokens(LABEL_WORD_PREFIX + w) for w in self._choices), default=0)
+        per_prompt = self.max_queries_per_prompt(n_tokens)
+        return sum(n * per_prompt + word * (per_prompt - 1) for n in self._count(prompts))
 
     def max_queries_per_prompt(self, n_tokens: int) -> int:
         strategy = self.strategy
@@ -201,20 +220,87 @@ class OpenAICompletionsProvider(RemoteProvider):
         prompts = list(prompts)
         if not prompts:
             return []
-        strategy = self.strategy
-        labels = self._labels(token_ids, strategy)
+        plan = self.plan
+        labels = self._labels(token_ids, plan.strategy)
+        strategy = self._adapted(plan, labels)
         scorer = {
             "extension": score_extension,
-            "top_logprobs": partial(score_top_logprobs, top_k=self.top_logprobs),
+            "top_logprobs": partial(score_top_logprobs, top_k=self.top_logprobs,
+                                    resolver=self._resolver(plan)),
             "echo": score_echo,
         }[strategy]
 
         def one(post: Post, prompt: str) -> ProviderAnswer:
             return reading(partial(scorer, post, self.model, labels=labels), strategy)(prompt)
 
-        return self._session.map(one, prompts, "completions", model=self.model)
+        answers = self._map(one, prompts)
+        if strategy == "top_logprobs":
+            self._observe(labels, answers)
+        return answers
 
     # -- internals ----------------------------------------------------------------
+    def _resolver(self, plan: Plan) -> Resolver:
+        """How words missing from the top-k are read; forcing falls back to echo (and
+        is given up) when the API turns out to report biased values."""
+        if plan.missing == "echo":
+            return echoing
+        caps = self._probe
+
+        def make(post: Post, base: dict[str, Any], top: Any) -> Resolve:
+            force = forcing(post, base, top)
+            if caps is None or not caps.echo:
+                return force
+            echo = echoing(post, base, top)
+
+            def resolve(label: Label) -> tuple[float, int, int]:
+                try:
+                    return force(label)
+                except BiasError as exc:
+                    self._give_up_forcing(exc)
+                    value, tokens, sent = echo(label)
+                    return value, tokens + exc.prompt_tokens, sent + 1
+
+            return resolve
+
+        return make
+
+    def _give_up_forcing(self, exc: BiasError) -> None:
+        with self._lock:
+            if self._probe is None or self._probe.bias == exc.problem:
+                return
+            self._probe = dataclasses.replace(self._probe, bias=exc.problem)
+            self._session.remember(self._probe_key(), dataclasses.asdict(self._probe))
+        log.warning("%s: forcing stopped being exact (%s); missing words are echoed from now on",
+                    self.base_url, exc)
+
+    def _adapted(self, plan: Plan, labels: list[Label]) -> str:
+        """``echo`` instead of ``top_logprobs`` once the observed misses make it cheaper."""
+        caps = self._probe
+        if plan.strategy != "top_logprobs" or self._requested != "auto" or not caps or not caps.echo:
+            return plan.strategy
+        words = tuple(dict.fromkeys(label.text for label in labels))
+        with self._stats_lock:
+            seen, missing = self._misses.get(words) or self._recall_misses(words)
+        if seen >= MIN_SAMPLES_TO_ADAPT and 1 + missing / seen > len(words):
+            return "echo"
+        return "top_logprobs"
+
+    def _observe(self, labels: list[Label], answers: list[ProviderAnswer]) -> None:
+        words = tuple(dict.fromkeys(label.text for label in labels))
+        with self._stats_lock:
+            seen, missing = self._misses.get(words) or self._recall_misses(words)
+            stats = [seen + len(answers), missing + sum(a.queries - 1 for a in answers)]
+            self._misses[words] = stats
+        self._session.remember(self._misses_key(words), stats)
+
+    def _misses_key(self, words: tuple[str, ...]) -> str:
+        return "|".join(("misses", *self._identity(), repr(words)))
+
+    def _recall_misses(self, words: tuple[str, ...]) -> list[int]:
+        kept = self._session.recall(self._misses_key(words))
+        ok = isinstance(kept, list) and len(kept) == 2 and all(isinstance(v, int) for v in kept)
+        return list(kept) if ok else [0, 0]
+
     def _labels(self, token_ids: Sequence[int], strategy: str) -> list[Label]:
         ids = [int(i) for i in token_ids]
         if strategy == "extension" and any(i < 0 for i in ids):

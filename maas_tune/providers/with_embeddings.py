@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigurationError
-from .base import FactStore, Provider, ProviderAnswer
+from ._batch import BatchOutcome, bound_tokens
+from .base import FactStore, Provider, ProviderAnswer, SetupCost
 from .embeddings import OpenAIEmbeddingsProvider
 
 __all__ = ["WithEmbeddings"]
@@ -57,7 +58,7 @@ class WithEmbeddings(Provider):
         return {
             "provider": "with-embeddings",
             "model": scorer.get("model"),  # the cache's per-model bookkeeping
-            "strategy": f"{scorer.get('strategy', scorer.get('provider'))}+embeddings",
+            "strategy": f"{getattr(self.scorer, 'strategy', scorer.get('provider'))}+embeddings",
             "scorer": scorer,
             "embedder": self.embedder.fingerprint(),
         }
@@ -71,6 +72,21 @@ class WithEmbeddings(Provider):
     def max_queries_per_prompt(self, n_tokens: int) -> int:
         return self.scorer.max_queries_per_prompt(n_tokens) + 1
 
+    def max_prompt_tokens(self, prompts: Sequence[str], n_tokens: int) -> int:
+        return self.scorer.max_prompt_tokens(prompts, n_tokens) + sum(map(bound_tokens, prompts))
+
+    def observed(
+        self, events: Callable[[str], None] | None = None, max_requests: int | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        # The embeddings request of each chunk is one more (not counted against the scorer).
+        return self.scorer.observed(events, max_requests)
+
+    def setup_requests(self) -> int:
+        return self.scorer.setup_requests()
+
+    def prepare(self) -> SetupCost:
+        return self.scorer.prepare()
+
     def attach_facts(self, facts: FactStore, *, offline: bool = False) -> None:
         # Only the scorer asks its server things before scoring (probe, tokenizer).
         self.scorer.attach_facts(facts, offline=offline)
@@ -83,9 +99,15 @@ class WithEmbeddings(Provider):
         try:
             vectors, tokens = self.embedder.embed_with_usage(prompts)  # (n, d), (n,)
         except BaseException as exc:
-            # The scorer's requests were answered, so they were paid for whatever stops us now.
+            # The scorer's requests were answered, so they were paid for whatever stops us now;
+            # an answer without its hidden state is not this provider's answer: none is kept.
             with contextlib.suppress(AttributeError):
                 exc.request_sent = True  # type: ignore[attr-defined]
+                lost = getattr(exc, "outcome", None) or BatchOutcome()
+                exc.outcome = BatchOutcome(  # type: ignore[attr-defined]
+                    {}, lost.answered + sum(a.queries for a in answers), lost.unknown,
+                    lost.prompt_tokens + sum(a.prompt_tokens for a in answers),
+                )
             raise
         return [
             ProviderAnswer(a.logprobs, vectors[i], a.prompt_tokens + int(tokens[i]), a.queries + 1)

@@ -75,6 +75,9 @@ STEPS: tuple[Migration, ...] = (
             key TEXT PRIMARY KEY, owner TEXT NOT NULL, hostname TEXT NOT NULL,
             pid INTEGER NOT NULL, expires {real} NOT NULL)""",
     )),
+    Migration(3, "label words an answer could only bound (top-k), not read exactly", (
+        "ALTER TABLE answers ADD COLUMN floored INTEGER NOT NULL DEFAULT 0",
+    )),
 )  # fmt: skip
 
 #: Tables some step creates: a database holding one of them but no marker is not ours.

@@ -1,0 +1,250 @@
+"""One batch of HTTP requests: what it may have cost, how to stop it, and a pool that keeps
+what was answered when something fails or the user presses Ctrl-C.
+
+A hosted API bills every request it answers, and may bill one whose answer never
+arrived (a timeout, a connection lost after sending, a request in flight at Ctrl-C).
+:class:`Batch` counts both as they happen, so the client can charge exactly that and
+keep every answer that did arrive, whatever ends the batch. Status errors (4xx, 429,
+5xx) are answers saying the work was not done; hosted APIs do not bill them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from ..errors import MaasTuneError, ProviderError
+
+__all__ = [
+    "Batch",
+    "BatchOutcome",
+    "Cancelled",
+    "Events",
+    "ReservationSpent",
+    "bound_tokens",
+    "run_batch",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Tokens a tokenizer may add to any text (BOS, EOS, role markers): part of the bound.
+SPECIAL_TOKENS_BOUND = 8
+
+#: Called with ``"answered"`` (one item done), ``"retry"`` or ``"rate_limited"`` (a 429).
+Events = Callable[[str], None]
+
+
+class Cancelled(MaasTuneError):
+    """The batch was cancelled (Ctrl-C or an earlier failure): nothing more is sent."""
+
+
+class ReservationSpent(ProviderError):
+    """A retry would send more requests than the batch reserved (lost answers ate the
+    headroom): not sent, so the budget cap holds; what was answered is kept."""
+
+
+def bound_tokens(text: str) -> int:
+    """A number of tokens ``text`` cannot exceed with any byte-level tokenizer.
+
+    Every token of a byte-level BPE (tiktoken, Llama 3, Gemma's SentencePiece with byte
+    fallback) covers at least one UTF-8 byte, so the byte count plus the special
+    tokens a request may add is a sound upper bound, whatever the script (CJK
+    characters are 3 bytes each).
+    """
+    return len(text.encode("utf-8", "surrogatepass")) + SPECIAL_TOKENS_BOUND
+
+
+@dataclass
+class BatchOutcome(Generic[R]):
+    """What a batch that ended early leaves behind (attached to the error as ``outcome``).
+
+    Attributes
+    ----------
+    results : dict of int to R
+        The items that were answered in full, by index.
+    answered : int
+        Requests answered with 2xx (billed).
+    unknown : int
+        Requests whose answer never arrived after they were sent, or still in flight
+        when the batch was cancelled (may have been billed: counted as spent).
+    prompt_tokens : int
+        Prompt tokens of the answered requests (usage), plus a bound for the unknown ones.
+    """
+
+    results: dict[int, R] = field(default_factory=dict)
+    answered: int = 0
+    unknown: int = 0
+    prompt_tokens: int = 0
+
+    @property
+    def billable(self) -> int:
+        """Requests to charge: answered plus unknown."""
+        return self.answered + self.unknown
+
+
+class Batch:
+    """Thread-safe counters of one batch of requests, and its cancellation switch."""
+
+    def __init__(self, events: Events | None = None, max_requests: int | None = None) -> None:
+        self.max_requests = max_requests
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._frozen: BatchOutcome[Any] | None = None
+        self._events = events
+        self.answered = self.unknown = self.in_flight = self.prompt_tokens = 0
+        self.in_flight_tokens = 0
+        self.retries = self.rate_limited = 0
+
+    # -- cancellation -------------------------------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` once the batch was cancelled."""
+        if self._cancel.is_set():
+            raise Cancelled("the batch was cancelled; nothing more is sent")
+
+    def sleep(self, seconds: float, sleep: Callable[[float], None] | None = None) -> None:
+        """Wait ``seconds`` (through ``sleep`` when injected), cut short by cancellation."""
+        if sleep is not None:
+            sleep(seconds)
+        elif seconds > 0 and math.isfinite(seconds):
+            self._cancel.wait(seconds)
+        self.check()
+
+    def cancel(self) -> BatchOutcome[Any]:
+        """Stop sending and retrying; what is in flight now counts as spent. Idempotent."""
+        with self._lock:
+            self._cancel.set()
+            if self._frozen is None:
+                self._frozen = self._snapshot({})
+            return self._frozen
+
+    # -- accounting ---------------------------------------------------------------
+    def can_send(self) -> bool:
+        """Whether one more request stays within ``max_requests``."""
+        with self._lock:
+            used = self.answered + self.unknown + self.in_flight
+            return self.max_requests is None or used < self.max_requests
+
+    @contextmanager
+    def sending(self, bound: int) -> Any:
+        """Around one HTTP attempt: in flight while inside; ``bound`` bounds its tokens.
+
+        Raises
+        ------
+        ReservationSpent
+            The attempt would pass ``max_requests`` (requests billed or possibly billed).
+        """
+        with self._lock:
+            used = self.answered + self.unknown + self.in_flight
+            if self.max_requests is not None and used >= self.max_requests:
+                raise ReservationSpent(
+                    f"not sending: {used} requests of this batch were billed or may have been "
+                    f"(answers lost to timeouts or broken connections), all {self.max_requests} "
+                    "it reserved; what was answered is kept — run again to send the rest"
+                )
+            self.in_flight += 1
+            self.in_flight_tokens += bound
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+                self.in_flight_tokens -= bound
+
+    def record(self, outcome: str, prompt_tokens: int = 0) -> None:
+        """Count one attempt's outcome: ``"answered"`` (2xx), ``"unknown"``, ``"retry"``,
+        ``"rate_limited"``. Ignored once cancelled (the charge is already fixed)."""
+        with self._lock:
+            if self._frozen is not None:
+                return
+            if outcome == "answered":
+                self.answered += 1
+                self.prompt_tokens += prompt_tokens
+            elif outcome == "unknown":
+                self.unknown += 1
+                self.prompt_tokens += prompt_tokens
+            elif outcome == "retry":
+                self.retries += 1
+            elif outcome == "rate_limited":
+                self.rate_limited += 1
+        if self._events is not None and outcome in ("retry", "rate_limited"):
+            self._events(outcome)
+
+    def outcome(self, results: dict[int, Any]) -> BatchOutcome[Any]:
+        """The outcome so far (frozen at cancellation), with ``results``."""
+        with self._lock:
+            frozen = self._frozen or self._snapshot({})
+            return BatchOutcome(dict(results), frozen.answered, frozen.unknown,
+                                frozen.prompt_tokens)
+
+    def _snapshot(self, results: dict[int, Any]) -> BatchOutcome[Any]:
+        # In flight now: sent, answer not read; counted as spent, with their token bound.
+        return BatchOutcome(results, self.answered, self.unknown + self.in_flight,
+                            self.prompt_tokens + self.in_flight_tokens)
+
+    def item_done(self) -> None:
+        if self._events is not None:
+            self._events("answered")
+
+
+def run_batch(
+    one: Callable[[T], R], items: Sequence[T], workers: int, batch: Batch
+) -> list[R]:
+    """``one(item)`` for each item on up to ``workers`` daemon threads, in order.
+
+    The first failure stops new items from starting; items already started finish
+    (their answers were paid for). Any exception leaving this function, a
+    KeyboardInterrupt in the calling thread included, carries ``outcome``
+    (:class:`BatchOutcome`): the items answered in full and the requests to charge.
+    On an interrupt the batch is cancelled at once: no request is started or
+    retried after it, and the threads (daemons) never hold the process open.
+    """
+    results: dict[int, R] = {}
+    errors: list[BaseException] = []
+    lock = threading.Condition()
+    queue = iter(range(len(items)))
+    active = [min(workers, len(items))]
+
+    def work() -> None:
+        while True:
+            with lock:
+                index = None if errors or batch.cancelled else next(queue, None)
+            if index is None:
+                break
+            try:
+                result = one(items[index])
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                with lock:
+                    errors.append(exc)
+                break
+            with lock:
+                results[index] = result
+            batch.item_done()
+        with lock:
+            active[0] -= 1
+            lock.notify_all()
+
+    for _ in range(active[0]):
+        threading.Thread(target=work, daemon=True, name="maas-tune-request").start()
+    try:
+        with lock:
+            while active[0] > 0:
+                lock.wait()
+    except BaseException as exc:  # Ctrl-C while waiting: stop everything now
+        batch.cancel()
+        with lock:
+            exc.outcome = batch.outcome(results)  # type: ignore[attr-defined]
+        raise
+    if errors:
+        first = next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
+        first.outcome = batch.outcome(results)  # type: ignore[attr-defined]
+        raise first
+    return [results[i] for i in range(len(items))]

@@ -89,6 +89,16 @@ class EvalResult:
     prompt_tokens_sent: int = 0
     #: Prompt tokens of the answers the cache served (what they cost when first sent).
     prompt_tokens_cached: int = 0
+    #: Requests of the provider's capability probe (part of ``queries_sent``).
+    probe_queries: int = 0
+    #: Requests charged without an answer kept (failed or interrupted samples, lost answers).
+    queries_lost: int = 0
+    #: Attempts retried, and answered 429 (rate limited), while scoring.
+    retries: int = 0
+    rate_limited: int = 0
+    #: Share of label words (train and test) given the top-k bound instead of the model's
+    #: value (only the chat API's ``top_logprobs`` strategy bounds words).
+    floored_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -104,6 +114,43 @@ def make_decoder(method: str, *, shots: int, random_state: int = 0) -> BaseDecod
             f"unknown method {method!r}; choose one of: {', '.join(METHODS)}"
         ) from None
     return factory(shots, random_state)
+
+
+#: A run stops before the test set when more than this share of the training answers'
+#: label words are top-k bounds rather than the model's values.
+MAX_FLOORED_SHARE = 0.5
+
+
+def floored_share(task: Task, *scores: Scores) -> float:
+    """Share of ``task``'s label words, over ``scores``, given the top-k bound."""
+    floored = sum(int(s.floored.sum()) for s in scores if s.floored is not None)
+    words = sum(len(s) for s in scores if s.floored is not None) * len(task.label_words)
+    return floored / words if words else 0.0
+
+
+def check_floored(scores: Scores, task: Task) -> None:
+    """Stop before paying for the test set when the training answers are mostly bounds.
+
+    Raises
+    ------
+    ConfigurationError
+        More than :data:`MAX_FLOORED_SHARE` of the training answers' label words were
+        outside the API's top-k and got the top-k bound: such scores cannot tell the
+        classes apart, and the test set would be paid for nothing.
+    """
+    if scores.floored is None or not len(scores):
+        return
+    if floored_share(task, scores) > MAX_FLOORED_SHARE:
+        words = len(scores) * len(task.label_words)
+        floored = int(scores.floored.sum())
+        raise ConfigurationError(
+            f"{floored} of the {words} label words of the training answers were outside the "
+            "API's top-k and got the top-k bound, not the model's value, so the scores cannot "
+            "tell the classes apart; stopped before scoring the test set. Pass --tokenizer "
+            "(tiktoken:MODEL, a Hugging Face tokenizer directory, or 'embedded') with the "
+            "default --strategy auto so missing words are forced exactly, or choose label "
+            "words the model ranks in its top-k"
+        )
 
 
 def fit_method(
@@ -210,10 +257,13 @@ def evaluate(
         provider, cache=cache, budget=test_budget, offline=offline, progress=progress
     )
     decoders = {m: e for m, e in estimators.items() if isinstance(e, BaseDecoder)}
+    floored = 0.0
     if decoders:
         train_scores = train_client.score(task, shots_set)
+        check_floored(train_scores, task)
         content_free = train_client.content_free(task) if needs_content_free(decoders) else None
         test_scores = test_client.score(task, test)
+        floored = floored_share(task, train_scores, test_scores)
     shared = Usage(
         **{
             k: getattr(train_client.usage, k) + getattr(test_client.usage, k)
@@ -254,9 +304,14 @@ def evaluate(
                 fit_seconds=seconds,
                 model=str(fingerprint.get("model", "")),
                 provider=str(fingerprint.get("provider", "")),
-                strategy=str(fingerprint.get("strategy", "")),
+                strategy=str(getattr(provider, "strategy", fingerprint.get("strategy", ""))),
                 prompt_tokens_sent=usage.prompt_tokens_sent,
                 prompt_tokens_cached=usage.prompt_tokens_cached,
+                probe_queries=usage.probe_queries,
+                queries_lost=usage.queries_lost,
+                retries=usage.retries,
+                rate_limited=usage.rate_limited,
+                floored_share=floored,
             )
         )
     return results

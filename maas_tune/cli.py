@@ -145,10 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"maas-tune {__version__}")
     # Also accepted after the subcommand; own dests, as a subcommand's default would win.
     parser.add_argument(
-        "--debug", dest="debug_global", action="store_true", help="as --debug of a subcommand"
+        "--debug",
+        dest="debug_global",
+        action="store_true",
+        help="show tracebacks and debug logs (also accepted after the subcommand)",
     )
     parser.add_argument(
-        "--quiet", dest="quiet_global", action="store_true", help="as --quiet of a subcommand"
+        "--quiet",
+        dest="quiet_global",
+        action="store_true",
+        help="no progress bars (also accepted after the subcommand)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

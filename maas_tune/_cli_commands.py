@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import datasets
-from .budget import QueryBudget, list_budgets, reset_budget
+from .budget import QueryBudget
 from .cache import ScoreCache
 from .client import Client
 from .data import Example, labels_to_indices, load_examples, sample_k_shot
@@ -242,66 +241,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- cache / budget / datasets ------------------------------------------------------
-def cmd_cache(args: argparse.Namespace) -> int:
-    cache = ScoreCache(Store(args.cache))
-    if args.action == "stats":
-        s = cache.stats()
-        print(f"cache: {s.location}\nentries: {s.entries}\nsize: {s.size_bytes / 1e6:.1f} MB")
-        for model, count in sorted(s.per_model.items()):
-            print(f"  {model or '(unknown)'}: {count}")
-    elif args.action == "export":
-        n = cache.export(args.output or sys.stdout)
-        print(f"exported {n} entries", file=sys.stderr)
-    else:
-        question = f"delete cached answers in {cache.store.location}? [y/N] "
-        if not args.yes and sys.stdin.isatty() and input(question).strip().lower() != "y":
-            print("nothing deleted")
-            return 1
-        print(f"deleted {cache.clear(args.model_filter)} entries")
-    return 0
-
-
-def cmd_budget(args: argparse.Namespace) -> int:
-    store = Store(args.cache)
-    if args.action == "show":
-        rows = [b for b in list_budgets(store) if args.name in (None, b.name)]
-        if args.json:
-            print(json.dumps([dataclasses.asdict(b) for b in rows]))
-        elif not rows:
-            print("no budgets yet" if args.name is None else f"no budget named {args.name!r}")
-        for b in rows if not args.json else []:
-            cap = "unlimited" if b.max_queries is None else b.max_queries
-            print(
-                f"{b.name}: {b.spent_queries} of {cap} queries spent, {b.reserved_queries} in flight, "
-                f"{b.spent_prompt_tokens} prompt tokens"
-            )
-        return 0
-    if not args.name:
-        raise ConfigurationError(f"budget {args.action} needs a budget name")
-    if args.action == "reset":
-        reset_budget(store, args.name)
-        print(f"budget {args.name!r}: spent counters reset to 0")
-    else:
-        limits = {
-            k: v
-            for k, v in (
-                ("max_queries", args.max_queries),
-                ("max_prompt_tokens", args.max_prompt_tokens),
-            )
-            if v is not None
-        }
-        if not limits:
-            raise ConfigurationError("budget set needs --max-queries and/or --max-prompt-tokens")
-        b = QueryBudget(args.name, store=store)
-        b.set_limits(**limits)
-        s = b.status()
-        print(
-            f"budget {args.name!r}: max queries {s.max_queries}, max prompt tokens {s.max_prompt_tokens}"
-        )
-    return 0
-
-
+# -- bench / datasets ------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import load_config, run_grid, write_report
 

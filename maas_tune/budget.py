@@ -20,9 +20,21 @@ from ._reclaim import reclaim_dead as _reclaim_dead
 from .errors import BudgetExceeded, ConfigurationError
 from .storage.base import Connection, Store, borrowed_store, coerce_store
 
-__all__ = ["KEEP", "BudgetStatus", "QueryBudget", "Reservation", "list_budgets", "reset_budget"]
+__all__ = [
+    "KEEP",
+    "MAX_COUNT",
+    "BudgetStatus",
+    "QueryBudget",
+    "Reservation",
+    "list_budgets",
+    "reset_budget",
+]
 
 _LOG = logging.getLogger(__name__)
+
+#: The largest cap or count the ledger holds: SQLite's INTEGER and PostgreSQL's BIGINT
+#: are signed 64-bit.
+MAX_COUNT: Final = 2**63 - 1
 
 # Totals per budget: its row plus what its open reservations hold (a reclaimed one is
 # already in the spent counters). The casts keep PostgreSQL's SUM from returning numeric.
@@ -93,6 +105,11 @@ def _check_count(what: str, value: object, *, optional: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         allowed = "a non-negative integer" + (" or None (unlimited)" if optional else "")
         raise ConfigurationError(f"{what} must be {allowed}, got {value!r}")
+    if value > MAX_COUNT:
+        raise ConfigurationError(
+            f"{what} must be at most {MAX_COUNT} (the ledger stores signed 64-bit integers), "
+            f"got {value}" + ("; pass None for no cap" if optional else "")
+        )
 
 
 def _statuses(conn: Connection, name: str | None = None) -> list[BudgetStatus]:

@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import _cli_commands as commands
+from . import _cli_store as store_commands
 from ._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME
 from ._version import __version__
-from .errors import MaasTuneError
+from .budget import MAX_COUNT
+from .errors import BudgetExceeded, MaasTuneError
 from .experiment import METHODS
 
 __all__ = ["build_parser", "main"]
+
+#: Largest seed: numpy's and scikit-learn's ``random_state`` take 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+#: Exit status after the reader of stdout went away (``| head``): 128 + SIGPIPE, as a
+#: program killed by SIGPIPE reports to the shell.
+EXIT_BROKEN_PIPE = 141
+#: Environment variables that eval, fit and predict read, listed in their ``--help``.
+ENVIRONMENT_HELP = (
+    "environment: MAAS_TUNE_API_KEY, else OPENAI_API_KEY: the API key sent with --base-url "
+    "(never give it on the command line); MAAS_TUNE_CACHE_DIR: the folder of the default "
+    "--cache database"
+)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -81,7 +96,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", metavar="FILE", help="test set (.jsonl/.csv) instead of --dataset")
     p.add_argument("--task", metavar="FILE", help="task file (.toml/.json); default: the dataset's")
     p.add_argument("--shots", type=_positive, default=16, help="examples per class (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the k-shot draw and the decoder")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the draw and the decoder")
     p.add_argument("--budget", default=DEFAULT_BUDGET_NAME, help="name of the training budget")
     p.add_argument("--max-queries", type=_count, help="cap on the training budget's queries")
     p.add_argument(
@@ -93,22 +108,32 @@ def _int(text: str) -> int:
     try:
         return int(text)
     except ValueError:  # argparse would name the type function: "invalid _positive value"
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        shown = text if len(text) <= 40 else text[:30] + "..."  # not 5,000 digits back
+        raise argparse.ArgumentTypeError(f"invalid int value: {shown!r}") from None
 
 
-def _positive(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _ranged(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high`` (argparse names the flag)."""
+
+    def parse(text: str) -> int:
+        value = _int(text)
+        if not low <= value <= high:
+            bound = f">= {low}" if value < low else f"<= {high}"
+            shown = str(value) if len(str(value)) <= 40 else str(value)[:30] + "..."
+            raise argparse.ArgumentTypeError(
+                f"must be {bound}, got {shown}; give an integer from {low} to {high}"
+            )
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    """A cap: an integer >= 0 (argparse turns the errors into a usage message)."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+#: A count of examples, prompts or log-probs: 1 up to what the ledger's BIGINT holds.
+_positive = _ranged(1, MAX_COUNT)
+#: A cap: 0 (nothing may be sent) up to what the ledger's BIGINT holds.
+_count = _ranged(0, MAX_COUNT)
+#: A seed, as numpy and scikit-learn accept it.
+_seed = _ranged(0, MAX_SEED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,9 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adapt a hosted LLM with cached, budgeted label scores and a local decoder.",
     )
     parser.add_argument("--version", action="version", version=f"maas-tune {__version__}")
+    # Also accepted after the subcommand; own dests, as a subcommand's default would win.
+    parser.add_argument(
+        "--debug",
+        dest="debug_global",
+        action="store_true",
+        help="show tracebacks and debug logs (also accepted after the subcommand)",
+    )
+    parser.add_argument(
+        "--quiet",
+        dest="quiet_global",
+        action="store_true",
+        help="no progress bars (also accepted after the subcommand)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("eval", help="fit methods on k shots and report test accuracy")
+    p = sub.add_parser(
+        "eval",
+        help="fit methods on k shots and report test accuracy",
+        epilog=ENVIRONMENT_HELP,
+    )
     _add_common(p), _add_provider(p), _add_data(p)
     p.add_argument(
         "--method",
@@ -135,13 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per method, one per line")
     p.set_defaults(func=commands.cmd_eval)
 
-    p = sub.add_parser("fit", help="fit a decoder on k shots and save it (safetensors + JSON)")
+    p = sub.add_parser(
+        "fit",
+        help="fit a decoder on k shots and save it (safetensors + JSON)",
+        epilog=ENVIRONMENT_HELP,
+    )
     _add_common(p), _add_provider(p), _add_data(p)
     p.add_argument("--method", default="dect", choices=list(METHODS))
     p.add_argument("--out", required=True, metavar="DIR", help="where to save the decoder")
     p.set_defaults(func=commands.cmd_fit)
 
-    p = sub.add_parser("predict", help="predict labels for a file with a saved decoder")
+    p = sub.add_parser(
+        "predict",
+        help="predict labels for a file with a saved decoder",
+        epilog=ENVIRONMENT_HELP,
+    )
     _add_common(p), _add_provider(p)
     p.add_argument("--decoder", required=True, metavar="DIR", help="a decoder saved by `fit`")
     p.add_argument("--input", required=True, metavar="FILE", help=".jsonl/.csv with a text field")
@@ -156,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", dest="model_filter", help="clear: only this model's entries")
     p.add_argument("--yes", action="store_true", help="clear: do not ask for confirmation")
     _add_common(p)
-    p.set_defaults(func=commands.cmd_cache)
+    p.set_defaults(func=store_commands.cmd_cache)
 
     p = sub.add_parser("budget", help="show, set or reset query budgets")
     p.add_argument("action", choices=["show", "set", "reset"])
@@ -165,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-tokens", type=_count, help="set: new prompt-token cap")
     p.add_argument("--json", action="store_true", help="show: JSON output")
     _add_common(p)
-    p.set_defaults(func=commands.cmd_budget)
+    p.set_defaults(func=store_commands.cmd_budget)
 
     p = sub.add_parser("serve", help="serve a local model over the OpenAI completions/chat API")
     p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="model to serve (as for eval)")
@@ -193,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", metavar="CONFIG", help="the grid (e.g. benchmarks/grid.toml)")
     p.add_argument("--dataset", action="append", help="run only these datasets (repeatable)")
     p.add_argument("--shots", action="append", type=_positive, help="only these shots")
-    p.add_argument("--seed", action="append", type=_int, help="only these seeds")
+    p.add_argument("--seed", action="append", type=_seed, help="only these seeds")
     p.add_argument("--method", action="append", help="only these methods")
     p.add_argument("--no-plots", action="store_true", help="write the table only")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -207,20 +257,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = bool(getattr(args, "debug", False))
+    """Run the CLI; returns the process exit code (0 ok, 1 error, 2 usage, 130 interrupted,
+    141 when the reader of stdout went away, as with ``| head``)."""
+    try:
+        try:
+            return _run(argv)
+        finally:  # a closed pipe shows here, not as "Exception ignored" at exit
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush cannot fail again
+    (the Python docs' "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it)
+        pass
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    args.debug = debug = bool(getattr(args, "debug", False) or args.debug_global)
+    args.quiet = bool(getattr(args, "quiet", False) or args.quiet_global)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        raise
     except MaasTuneError as exc:
         if debug:
             raise
-        print(f"maas-tune: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if isinstance(exc, BudgetExceeded):  # with the flag that raises that budget's cap
+            message = store_commands.budget_refusal(args, exc)
+        print(f"maas-tune: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("maas-tune: interrupted (everything answered so far is cached)", file=sys.stderr)

@@ -93,10 +93,19 @@ class BudgetExceeded(MaasTuneError):
         self.limit = limit
         self.spent = spent
         self.requested = requested
+        cap = f"max_{unit}"
         super().__init__(
-            f"budget {budget!r} would be exceeded: {requested} more {unit} requested, "
-            f"{spent} of {limit} already spent or reserved ({self.remaining} remaining); "
-            "raise the limit (e.g. --max-queries) or use a cached run"
+            f"{self.summary}; raise its cap (QueryBudget.set_limits({cap}=...), or `maas-tune "
+            f"budget set {budget} --{cap.replace('_', '-')} N`) or use a cached run"
+        )
+
+    @property
+    def summary(self) -> str:
+        """What was refused, without advice (the CLI adds the flag that raises that cap)."""
+        return (
+            f"budget {self.budget!r} would be exceeded: {self.requested} more "
+            f"{self.unit.replace('_', ' ')} requested, {self.spent} of {self.limit} already "
+            f"spent or reserved ({self.remaining} remaining)"
         )
 
     @property

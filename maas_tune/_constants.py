@@ -14,7 +14,8 @@ DECODER_FORMAT_VERSION = 1
 ENV_CACHE_DIR = "MAAS_TUNE_CACHE_DIR"
 #: File name of the default store inside the cache directory.
 DEFAULT_DB_NAME = "maas-tune.sqlite"
-#: SQLite busy timeout in seconds: how long a writer waits for the lock.
+#: SQLite busy timeout in seconds: how long a writer waits for the lock, and how long
+#: opening a store keeps trying to switch the file to WAL while another opener does.
 SQLITE_BUSY_TIMEOUT_S = 60.0
 #: PostgreSQL ``lock_timeout`` in seconds: how long a statement waits for a row lock
 #: (the counterpart of the SQLite busy timeout).

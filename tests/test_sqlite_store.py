@@ -1,13 +1,18 @@
-"""SQLite-only store behaviour: the file, its pragmas, schema checks, error translation, closing.
+"""SQLite-only store behaviour: the file, its pragmas, schema checks, error translation,
+opening a file another connection has locked, closing.
 
 Transactions, threads and fork are tested on both backends in ``test_storage.py``.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import stat
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +25,9 @@ from maas_tune._constants import (
 )
 from maas_tune._sqlite import Store, borrowed_store, default_db_path, translate_sqlite_errors
 from maas_tune.errors import CacheCorruptionError, CacheError
+from maas_tune.storage import sqlite as sqlite_store
+
+from ._concurrency import THREAD_TIMEOUT_S
 
 
 @pytest.fixture
@@ -111,14 +119,22 @@ def test_unwritable_location_is_cache_error(tmp_path: Path) -> None:
         Store(blocker / "store.sqlite")
 
 
+#: A lock error raised at once says that it waited (almost) nothing.
+_GAVE_UP_AT_ONCE = (
+    rf"another connection held it, and this one gave up after waiting 0\.0\d\d s of the "
+    rf"{SQLITE_BUSY_TIMEOUT_S:g} s busy timeout"
+)
+
+
 @pytest.mark.parametrize(
     ("message", "expected", "fragment"),
     [
-        ("database is locked", CacheError, "another process"),
+        ("database is locked", CacheError, _GAVE_UP_AT_ONCE),
         ("file is not a database", CacheCorruptionError, "delete it"),
         ("attempt to write a readonly database", CacheError, "read-only"),
         ("something odd", CacheError, "SQLite failed"),
     ],
+    ids=["locked", "not-a-database", "read-only", "other"],
 )
 def test_translate_sqlite_errors(
     tmp_path: Path, message: str, expected: type, fragment: str
@@ -152,3 +168,73 @@ def test_borrowed_store_closes_only_what_it_opened(store: Store, tmp_path: Path)
         conn.execute("SELECT 1")
 
 
+def _hold_write_lock(path: Path) -> sqlite3.Connection:
+    """Another connection holding the file's write lock, as an opener switching it to WAL does."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_opening_waits_for_another_opener_switching_the_file_to_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite refuses the switch at once here, without calling the busy handler: the store
+    # must try again itself until the other connection is done.
+    path = tmp_path / "store.sqlite"
+    holder = _hold_write_lock(path)
+    refused, pauses = threading.Event(), []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        refused.set()
+        time.sleep(seconds)
+
+    monkeypatch.setattr(sqlite_store, "_pause", pause, raising=False)
+    outcome: list[object] = []
+
+    def open_it() -> None:
+        try:
+            with Store(path) as store:
+                outcome.append(store.connection().execute("PRAGMA journal_mode").fetchone()[0])
+        except Exception as exc:  # noqa: BLE001 - asserted on below
+            outcome.append(exc)
+        finally:
+            refused.set()
+
+    opener = threading.Thread(target=open_it)
+    opener.start()
+    refused.wait(THREAD_TIMEOUT_S)  # the opener was refused once (or gave up)
+    holder.execute("COMMIT")
+    opener.join(THREAD_TIMEOUT_S)
+    holder.close()
+    assert outcome == ["wal"]
+    assert pauses, "the opener never met the lock"
+
+
+def _open_new(path: Path) -> None:
+    Store(path)
+
+
+def _write_to_existing(path: Path) -> None:
+    with Store(path) as store, store.transaction() as conn:
+        _put(conn, "t1")
+
+
+@pytest.mark.parametrize("blocked", [_open_new, _write_to_existing], ids=["open", "write"])
+def test_lock_error_says_how_long_it_waited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blocked: Callable[[Path], None]
+) -> None:
+    monkeypatch.setattr(sqlite_store, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    path = tmp_path / "store.sqlite"
+    if blocked is _write_to_existing:
+        Store(path).close()
+    holder = _hold_write_lock(path)
+    try:
+        with pytest.raises(CacheError, match="is locked") as info:
+            blocked(path)
+    finally:
+        holder.close()
+    message = str(info.value)
+    waited = re.search(r"gave up after waiting ([0-9.]+) s of the 0\.2 s busy timeout", message)
+    assert waited is not None, message
+    assert float(waited.group(1)) >= 0.2, message  # it waited the timeout out, not 0 s

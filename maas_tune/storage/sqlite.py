@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 from .._constants import DEFAULT_DB_NAME, ENV_CACHE_DIR, SQLITE_BUSY_TIMEOUT_S
 from ..errors import CacheCorruptionError, CacheError
@@ -15,6 +18,8 @@ from .base import CONNS_LOCK, Connection, Store
 from .url import sqlite_path
 
 __all__ = ["SQLiteStore", "default_db_path", "translate_sqlite_errors"]
+
+_LOG = logging.getLogger(__name__)
 
 #: Name under which platformdirs files the user cache directory.
 APP_NAME = "maas-tune"
@@ -31,12 +36,53 @@ SQLITE_SYNCHRONOUS = "FULL"
 # Primary SQLite result codes (the low byte of extended codes).
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 5, 6, 8
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
+#: Pauses between tries of the switch to WAL while another opener switches the file:
+#: doubled from the first to the last, until the busy timeout has passed.
+_WAL_RETRY_FIRST_S, _WAL_RETRY_MAX_S = 0.001, 0.1
+#: How long to sleep between tries (tests inject their own).
+_pause = time.sleep
 
 
 class _Connection(sqlite3.Connection):
-    """A connection that remembers the process that opened it (and can be weakly referenced)."""
+    """A connection that remembers the process that opened it (and can be weakly referenced).
+
+    A statement that fails records how long it ran in the error's ``waited_s``, so that a
+    "database is locked" error can say how long it waited for the lock.
+    """
 
     owner_pid: int
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        """Run one statement (see ``sqlite3.Connection.execute``)."""
+        start = time.monotonic()
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.Error as exc:
+            _note_wait(exc, start)
+            raise
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> sqlite3.Cursor:
+        """Run one statement per row (see ``sqlite3.Connection.executemany``)."""
+        start = time.monotonic()
+        try:
+            return super().executemany(sql, seq_of_parameters)
+        except sqlite3.Error as exc:
+            _note_wait(exc, start)
+            raise
+
+
+def _note_wait(exc: sqlite3.Error, start: float) -> None:
+    """Record on ``exc`` the seconds since ``start``, unless it already says how long it waited."""
+    if not hasattr(exc, "waited_s"):
+        exc.waited_s = time.monotonic() - start  # type: ignore[attr-defined]
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused because another connection holds a lock."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11 only
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return "locked" in str(exc).lower()
 
 
 # SQLite forbids using a connection in a child after fork, and closing it there can
@@ -71,6 +117,37 @@ if hasattr(os, "register_at_fork"):
     )
 
 
+def _switch_to_wal(conn: _Connection) -> str:
+    """Run ``PRAGMA journal_mode = WAL`` until it is done or the busy timeout has passed.
+
+    SQLite switches a file by reading its header, then upgrading that read to a write.
+    When another connection holds the write lock (another opener switching the same
+    file, say), the upgrade fails with SQLITE_BUSY at once: the busy handler is not
+    called, since waiting while holding a read lock could deadlock. So the switch is
+    tried again after a pause; once the other opener is done, the file is already in
+    WAL mode and the next try has nothing to write.
+
+    Returns
+    -------
+    str
+        The journal mode now in force (``"wal"`` unless the file system cannot share memory).
+    """
+    start, pause = time.monotonic(), _WAL_RETRY_FIRST_S
+    while True:
+        left = SQLITE_BUSY_TIMEOUT_S - (time.monotonic() - start)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {max(int(left * 1000), 0)}")
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.Error as exc:
+            waited = time.monotonic() - start
+            if not _is_busy(exc) or waited >= SQLITE_BUSY_TIMEOUT_S:
+                exc.waited_s = waited  # type: ignore[attr-defined]
+                raise
+            _LOG.debug("switching to WAL: locked after %.3f s, trying again", waited)
+            _pause(min(pause, SQLITE_BUSY_TIMEOUT_S - waited))
+            pause = min(2 * pause, _WAL_RETRY_MAX_S)
+
+
 def default_db_path() -> Path:
     """``$MAAS_TUNE_CACHE_DIR/maas-tune.sqlite`` if set, else that file in the user cache dir."""
     env = os.environ.get(ENV_CACHE_DIR, "").strip()
@@ -82,14 +159,16 @@ def default_db_path() -> Path:
 
 
 _ELSEWHERE = "or pass another --cache path"
-# (primary result codes, words of the message, error class, what is wrong, what to do)
+# (primary result codes, words of the message, error class, what is wrong, what to do);
+# ``{waited}`` and ``{timeout}`` are filled in when the error is raised.
 _TRANSLATIONS: tuple[tuple[tuple[int, ...], tuple[str, ...], type[CacheError], str, str], ...] = (
     ((_SQLITE_NOTADB, _SQLITE_CORRUPT), ("not a database", "malformed"), CacheCorruptionError,
      "is not a SQLite database or is damaged",
      (f"if it is a maas-tune cache, delete it (answers are fetched again, budget counters are "
       f"lost), {_ELSEWHERE}")),
     ((_SQLITE_BUSY, _SQLITE_LOCKED), ("locked",), CacheError,
-     f"is locked: another process held it for more than {SQLITE_BUSY_TIMEOUT_S:g} s",
+     ("is locked: another connection held it, and this one gave up after waiting "
+      "{waited:.3f} s of the {timeout:g} s busy timeout"),
      f"wait for the other maas-tune run to finish, {_ELSEWHERE}"),
     ((_SQLITE_READONLY,), ("readonly",), CacheError, "is read-only",
      f"make it and its folder writable, {_ELSEWHERE}"),
@@ -109,15 +188,20 @@ def translate_sqlite_errors(path: str | Path) -> Iterator[None]:
     CacheCorruptionError
         The file is not a SQLite database or is damaged.
     CacheError
-        Any other SQLite failure (locked past the busy timeout, read-only, disk full, ...).
+        Any other SQLite failure (locked, read-only, disk full, ...). A lock error says
+        how long the failed statement waited (the whole block's time if it was not
+        timed): the busy timeout, unless SQLite refused without waiting.
     """
+    start = time.monotonic()
     try:
         yield
     except sqlite3.Error as exc:
         code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11 only
         code, text = (None if code is None else code & 0xFF), str(exc).lower()
+        waited = getattr(exc, "waited_s", time.monotonic() - start)
         for codes, words, error, problem, advice in _TRANSLATIONS:
             if code in codes or any(word in text for word in words):
+                problem = problem.format(waited=waited, timeout=SQLITE_BUSY_TIMEOUT_S)
                 raise error(f"{path} {problem} (sqlite: {exc}); {advice}") from exc
         raise CacheError(f"SQLite failed on {path} ({exc}); if it persists, {_ELSEWHERE}") from exc
 
@@ -202,10 +286,14 @@ class SQLiteStore(Store):
                 factory=_Connection,
             )
             conn.owner_pid = os.getpid()
-            conn.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            conn.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
-        if str(mode).lower() != "wal":
+            try:
+                mode = _switch_to_wal(conn)
+                conn.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+                conn.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
+            except BaseException:
+                conn.close()
+                raise
+        if mode.lower() != "wal":
             conn.close()
             raise CacheError(
                 f"{self._path} cannot use write-ahead logging (journal mode stays {mode!r}), "

@@ -33,14 +33,18 @@ Each request goes through these steps, in order; the first that answers ends it:
 6. Forwarding: the model is renamed to the upstream's (``upstream_model``, else the
    first of the upstream's ``GET /v1/models``, else unchanged); unknown fields are dropped
    when ``strip_unknown``; ``logit_bias`` is dropped when ``"ignored"``. The request now
-   counts in ``forwarded``, ``per_prompt`` and ``per_request``.
+   counts in ``forwarded``, ``per_prompt`` and ``per_request``; an upstream that cannot be
+   reached (or times out, ``upstream_timeout_s``) gives a 502.
 7. The answer: an upstream error is passed on (status, error body, ``Retry-After``); a 200
-   counts in ``billable`` and ``tokens_billed``, reports ``reported_model`` (default
-   ``model``) as its model, is rewritten after the bias when ``logit_bias="post"``, and
-   loses every field OpenAI does not define when ``strip_unknown``.
+   counts in ``billable`` and ``tokens_billed``; a 200 body that is not a JSON object goes
+   back as it came (so :class:`~tests._fault_server.FaultServer`'s broken bodies show
+   through); a JSON one reports ``reported_model`` (default ``model``) as its model and
+   ``fp_hosted`` as its ``system_fingerprint`` (if any), is rewritten after the bias when
+   ``logit_bias="post"``, and loses every field OpenAI does not define when
+   ``strip_unknown``.
 
-``logit_bias`` modes: ``"pre"`` passes it on: maas-tune's server, like OpenAI, reports
-log-probs before the bias (the forced token keeps the model's own log-prob). ``"post"``
+``logit_bias`` modes: ``"pre"`` passes it on: maas-tune's server (and both fakes), like
+OpenAI, report log-probs before the bias (the forced token keeps the model's own log-prob). ``"post"``
 reports the biased distribution, as hosts that apply the bias as a logits processor do:
 at each generated position the log-probs shown are renormalised with the bias (a token
 forced with +100 gets about 0, the others about -100) and the top-k is re-ranked. Token
@@ -62,7 +66,8 @@ import httpx
 
 from maas_tune.server.background import serve_in_thread
 
-from ._hosted_app import Faults, build_app
+from ._hosted_app import build_app
+from ._hosted_faults import Faults
 from ._hosted_stats import HostedStats
 
 __all__ = ["BiasMode", "HostedAPI", "HostedConfig"]

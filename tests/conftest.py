@@ -1,8 +1,11 @@
 """Shared fixtures: the real Gemma 3 270M model is loaded once per test session; stores on
-both backends (a throwaway PostgreSQL server is started once per session when needed)."""
+both backends (a throwaway PostgreSQL server is started once per session when needed);
+loopback servers (maas-tune serve with the real model or the fake engine) and the strict
+hosted-API simulator in front of them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -22,6 +25,62 @@ def gemma():
     provider = TransformersProvider(batch_size=16)
     yield provider
     provider.close()
+
+
+#: The model name ``real_server`` serves.
+REAL_MODEL = "gemma-3-270m"
+
+
+@pytest.fixture(scope="session")
+def real_server(gemma):
+    """``maas-tune serve``'s app with the real model on 127.0.0.1, once per session.
+
+    Yields its root URL (``http://127.0.0.1:PORT``; the API is under ``/v1``), serving
+    :data:`REAL_MODEL` with the server's defaults (top log-probs up to 20, log-probs
+    reported before ``logit_bias``, ``/extras/tokenize``, chat and embeddings).
+    """
+    pytest.importorskip("fastapi", reason="needs the 'server' extra")
+    from maas_tune.server import create_app
+    from maas_tune.server.background import serve_in_thread
+    from maas_tune.server.engine import Engine
+
+    with serve_in_thread(create_app(Engine(gemma, REAL_MODEL), max_wait_ms=5)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def fake_server():
+    """``maas-tune serve``'s app with the fake engine (:mod:`tests._fake_engine`) on
+    127.0.0.1, once per session: every route in microseconds. Yields its root URL."""
+    pytest.importorskip("fastapi", reason="needs the 'server' extra")
+    from maas_tune.server import create_app
+    from maas_tune.server.background import serve_in_thread
+
+    from ._fake_engine import FakeEngine
+
+    with serve_in_thread(create_app(FakeEngine(), max_wait_ms=1)) as url:
+        yield url
+
+
+@pytest.fixture()
+def hosted_api(request):
+    """Factory of strict hosted-API simulators (:mod:`tests._hosted_api`), stopped after the test.
+
+    ``hosted_api(config=None, upstream=None)`` starts a :class:`~tests._hosted_api.HostedAPI`
+    with ``config`` (a :class:`~tests._hosted_api.HostedConfig`) in front of ``upstream`` (a
+    root or ``/v1`` URL; None: the session's ``fake_server``) and returns it.
+    """
+    pytest.importorskip("starlette", reason="needs the 'server' extra")
+    from ._hosted_api import HostedAPI
+
+    with contextlib.ExitStack() as stack:
+
+        def make(config=None, upstream=None):
+            if upstream is None:
+                upstream = request.getfixturevalue("fake_server")
+            return stack.enter_context(HostedAPI(upstream, config))
+
+        yield make
 
 
 @pytest.fixture()

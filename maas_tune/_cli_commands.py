@@ -35,6 +35,8 @@ from .task import Task
 
 # -- shared argument handling ---------------------------------------------------
 def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
+    if getattr(args, "tokenizer", None) and not getattr(args, "base_url", None):
+        raise ConfigurationError("--tokenizer needs --base-url (the local model has its own)")
     if getattr(args, "embeddings", False) and not getattr(args, "base_url", None):
         raise ConfigurationError("--embeddings needs --base-url (the API to embed prompts with)")
     if getattr(args, "base_url", None):
@@ -54,14 +56,19 @@ def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
 
 def _http_scorer(args: argparse.Namespace, name: str) -> Provider:
     """The label scorer behind --base-url: completions (default) or chat (--api chat)."""
-    top = getattr(args, "top_logprobs", 5)
+    options: dict[str, Any] = {"strategy": args.strategy,
+                               "top_logprobs": getattr(args, "top_logprobs", 5)}
+    if getattr(args, "tokenizer", None):
+        from .providers.tokenizers import load_tokenizer
+
+        options["tokenizer"] = load_tokenizer(args.tokenizer)
     if getattr(args, "api", "completions") == "chat":
         from .providers.chat import OpenAIChatProvider
 
-        return OpenAIChatProvider(args.base_url, name, strategy=args.strategy, top_logprobs=top)
+        return OpenAIChatProvider(args.base_url, name, **options)
     from .providers.openai import OpenAICompletionsProvider
 
-    return OpenAICompletionsProvider(args.base_url, name, strategy=args.strategy, top_logprobs=top)
+    return OpenAICompletionsProvider(args.base_url, name, **options)
 
 
 def _progress(args: argparse.Namespace) -> bool | None:
@@ -142,9 +149,17 @@ def _print_summary(results: list[EvalResult], test_budget: QueryBudget) -> None:
         print(f"  {r.method:<14}{r.accuracy:>10.4f}{r.fit_seconds:>10.3f}")
     limit = "unlimited" if r0.budget_limit is None else str(r0.budget_limit)
     t = test_budget.status()
-    per_sample = f"{r0.queries_sent / r0.samples_sent:.2f}" if r0.samples_sent else "-"
+    scoring = r0.queries_sent - r0.probe_queries - r0.queries_lost
+    per_sample = f"{scoring / r0.samples_sent:.2f}" if r0.samples_sent else "-"
     print(f"provider: {r0.provider}, strategy {r0.strategy}, queries per sample: {per_sample}")
-    print(f"queries sent this run: {r0.queries_sent}   cache hits: {r0.cache_hits}")
+    print(f"queries sent this run: {r0.queries_sent} (probe {r0.probe_queries}, "
+          f"without a kept answer {r0.queries_lost})   cache hits: {r0.cache_hits}")
+    if r0.retries or r0.rate_limited:
+        print(f"retried: {r0.retries} attempts, of which answered 429 (rate limit): "
+              f"{r0.rate_limited}")
+    if r0.floored_share:
+        print(f"label words given the top-k bound, not the model's value: "
+              f"{100 * r0.floored_share:.1f}% (pass --tokenizer to force them exactly)")
     print(f"training budget {r0.budget_name!r}: {r0.budget_spent} of {limit} queries spent")
     print(f"test budget {t.name!r}: {t.spent_queries} queries spent in total")
 

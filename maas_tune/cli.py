@@ -15,6 +15,7 @@ from ._version import __version__
 from .budget import MAX_COUNT
 from .errors import BudgetExceeded, MaasTuneError
 from .experiment import METHODS
+from .providers._secrets import safe_traceback
 
 __all__ = ["build_parser", "main"]
 
@@ -37,6 +38,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--verbose", action="store_true", help="log retries, 429s and the chosen strategy"
+    )
 
 
 def _add_provider(p: argparse.ArgumentParser) -> None:
@@ -71,6 +75,14 @@ def _add_provider(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --base-url: take hidden states from the same API's /embeddings endpoint "
         "(one more query per sample), for APIs that expose none",
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="SPEC",
+        help="with --base-url: the served model's tokenizer, for APIs without one (OpenAI and "
+        "most hosts): tiktoken:NAME (an encoding or an OpenAI model, e.g. tiktoken:gpt-4o-mini), "
+        "a Hugging Face tokenizer directory, or 'embedded'; lets missing label words be forced "
+        "exactly with logit_bias and makes prompt-token counts exact",
     )
     p.add_argument(
         "--embeddings-model",
@@ -288,13 +300,16 @@ def _run(argv: Sequence[str] | None) -> int:
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if getattr(args, "verbose", False) and not debug:
+        logging.getLogger("maas_tune").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:
         raise
     except MaasTuneError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, with every API key in use masked (chained causes too)
+            print(safe_traceback(exc), file=sys.stderr, end="")
+            return 1
         message = str(exc)
         if isinstance(exc, BudgetExceeded):  # with the flag that raises that budget's cap
             message = store_commands.budget_refusal(args, exc)
@@ -305,7 +320,8 @@ def _run(argv: Sequence[str] | None) -> int:
         return 130
     except (OSError, ValueError) as exc:
         if debug:
-            raise
+            print(safe_traceback(exc), file=sys.stderr, end="")
+            return 1
         print(f"maas-tune: error: {exc} (rerun with --debug for details)", file=sys.stderr)
         return 1
 

@@ -109,8 +109,12 @@ class WithEmbeddings(Provider):
                     lost.prompt_tokens + sum(a.prompt_tokens for a in answers),
                 )
             raise
+        # The embedder sends one request per batch of inputs: each is charged to the
+        # answer of the batch's first prompt, so the answers' queries sum to what was billed.
+        size = self.embedder.batch_size
         return [
-            ProviderAnswer(a.logprobs, vectors[i], a.prompt_tokens + int(tokens[i]), a.queries + 1)
+            ProviderAnswer(a.logprobs, vectors[i], a.prompt_tokens + int(tokens[i]),
+                           a.queries + (i % size == 0))
             for i, a in enumerate(answers)
         ]
 

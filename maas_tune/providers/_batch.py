@@ -98,6 +98,7 @@ class Batch:
         self._events = events
         self.answered = self.unknown = self.in_flight = self.prompt_tokens = 0
         self.in_flight_tokens = 0
+        self._bodies: dict[str, dict[str, Any]] = {}  # request key -> answered body
         self.retries = self.rate_limited = 0
 
     # -- cancellation -------------------------------------------------------------
@@ -189,6 +190,15 @@ class Batch:
         # In flight now: sent, answer not read; counted as spent, with their token bound.
         return BatchOutcome(results, self.answered, self.unknown + self.in_flight,
                             self.prompt_tokens + self.in_flight_tokens)
+
+    def keep(self, key: str, body: dict[str, Any]) -> None:
+        """Remember an answered body (kept beyond the batch only if the batch fails)."""
+        with self._lock:
+            self._bodies[key] = body
+
+    def kept(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return dict(self._bodies)
 
     def item_done(self) -> None:
         if self._events is not None:

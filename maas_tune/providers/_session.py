@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +64,18 @@ Post = Callable[[dict[str, Any]], dict[str, Any]]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+# An API root that ends in a version (/v1, /v1beta, /openai/v1): the routes live below it.
+_VERSIONED = re.compile(r"/v\d+[a-z0-9]*$")
+#: Facts holding answered request bodies of samples that failed, by request key.
+_ANSWERED_FACT = "answered-request|"
+
+
+def _request_key(path: str, payload: dict[str, Any]) -> str:
+    """A content hash of one request (route and body)."""
+    text = json.dumps([path, payload], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _payload_bound(payload: dict[str, Any]) -> int:
@@ -155,6 +171,8 @@ class APISession:
         self._special_prefix: list[int] | None = None  # what tokenize adds to any text (BOS)
         self._facts: FactStore | None = None
         self._offline = False
+        self._memo: dict[str, dict[str, Any]] = {}  # answered bodies of failed batches
+        self._memo_lock = threading.Lock()
         self._client = httpx.Client(
             base_url=root + "/",
             headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
@@ -176,6 +194,10 @@ class APISession:
         cancelled batch sends and retries nothing more.
         """
         batch = batch if batch is not None else Batch()
+        key = _request_key(path, payload)
+        kept = self._answered(key)
+        if kept is not None:  # paid for by a sample that failed later: never paid twice
+            return kept
         limiter = self.rate_limiter if limited else None
         tokens = estimate_request_tokens(payload)
         bound = _payload_bound(payload)
@@ -186,7 +208,9 @@ class APISession:
                 limiter.acquire(1, tokens)
                 batch.check()
             with batch.sending(bound):
-                return self._attempt(path, payload, batch, limiter, bound)
+                body = self._attempt(path, payload, batch, limiter, bound)
+            batch.keep(key, body)
+            return body
 
         def sleep(seconds: float) -> None:
             batch.record("retry")
@@ -206,6 +230,10 @@ class APISession:
                 if limiter is not None:  # the server's limit is tighter than ours: all pause
                     wait = exc.retry_after if exc.retry_after is not None else DEFAULT_PENALTY_S
                     limiter.penalize(min(wait, MAX_RETRY_AFTER_S))
+            if exc.status == 404 and not _VERSIONED.search(self._shown_url):
+                exc.args = (f"{exc.args[0]} (the base URL {self._shown_url} does not end in a "
+                            "version such as /v1: OpenAI-compatible APIs live under "
+                            f"{self._shown_url}/v1)",)
             if exc.status == 401 and self._key_source is None:
                 hint = f"no API key was sent: set {' or '.join(API_KEY_ENV)}, or pass api_key="
                 exc.args = (f"{exc.args[0]} ({hint})",)
@@ -249,7 +277,10 @@ class APISession:
 
         try:
             return run_batch(lambda item: one(post, item), items, self.max_concurrency, batch)
-        except ProviderError as exc:
+        except BaseException as exc:
+            self._keep_answered(batch)  # their samples failed: keep what was paid for
+            if not isinstance(exc, ProviderError):
+                raise
             exc.request_sent = exc.request_sent or batch.answered > 0  # those were paid for
             raise
 
@@ -273,6 +304,26 @@ class APISession:
         if self._facts is not None:
             self._facts.remember(key, value)
         return value
+
+    def _answered(self, key: str) -> dict[str, Any] | None:
+        """An answered request body kept from a batch that failed (this process, or the
+        fact store: an earlier run's)."""
+        with self._memo_lock:
+            body = self._memo.get(key)
+        if body is None:
+            body = self.recall(_ANSWERED_FACT + key)
+        return body if isinstance(body, dict) else None
+
+    def _keep_answered(self, batch: Batch) -> None:
+        """Keep the answered bodies of a failed batch, so a rerun sends none of them again."""
+        bodies = batch.kept()
+        with self._memo_lock:
+            self._memo.update(bodies)
+        for key, body in bodies.items():
+            try:
+                self.remember(_ANSWERED_FACT + key, body)
+            except Exception:  # noqa: BLE001 - the in-process memo still holds it
+                break
 
     def recall(self, key: str) -> Any | None:
         """The fact kept under ``key``, or None (no request)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ __all__ = [
 DATA_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
 #: Fields read from every record; other fields are ignored.
 TEXT_FIELD, PAIR_FIELD, LABEL_FIELD = "text", "text_b", "label"
+#: A lone UTF-16 surrogate: what a JSON escape like "\ud800" decodes to.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,7 @@ def _records_jsonl(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]
             continue
         if len(line) > MAX_RECORD_CHARS:
             raise _too_long(source, number, f"the record is {len(line)} characters long")
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{source}, line {number}: invalid JSON ({exc.msg}); write one JSON object per line"
-            ) from exc
+        record = _parse_line(line, f"{source}, line {number}")
         if not isinstance(record, dict):
             raise DataError(
                 f"{source}, line {number}: expected a JSON object like "
@@ -82,6 +80,26 @@ def _records_jsonl(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]
                 f"got {type(record).__name__}"
             )
         yield number, record
+
+
+def _parse_line(line: str, where: str) -> Any:
+    """One JSON Lines record; every way ``json.loads`` fails becomes a DataError at ``where``."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{where}: invalid JSON ({exc.msg}); write one JSON object per line"
+        ) from exc
+    except RecursionError:  # the parser recurses once per '[' or '{'
+        raise DataError(
+            f"{where}: JSON nested too deeply to read; a record is a flat object like "
+            '{"text": ..., "label": ...}'
+        ) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise DataError(
+            f"{where}: invalid JSON (a number with too many digits to read); "
+            "quote it or remove it"
+        ) from exc
 
 
 def _too_long(source: str, number: int, what: str) -> DataError:
@@ -138,6 +156,16 @@ def _string_field(record: dict[str, Any], key: str, where: str, *, required: boo
         raise DataError(
             f"{where}: field {key!r} must be a string, "
             f"got {type(value).__name__} {value!r}; quote it"
+        )
+    surrogate = _SURROGATE.search(value)
+    if surrogate is not None:
+        # Only a JSON escape can put one here (a strict UTF-8 decode never yields one); it is
+        # not a character, and tokenizers, the cache and any UTF-8 output fail on it later.
+        escape = f"\\u{ord(surrogate.group()):04x}"
+        raise DataError(
+            f"{where}: field {key!r} holds a lone UTF-16 surrogate {escape} at character "
+            f"{surrogate.start()}, which is not a character; fix the escape (a surrogate pair "
+            "such as \\ud83d\\ude00 is fine) or remove it"
         )
     return value
 

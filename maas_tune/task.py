@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,13 +10,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ._constants import LABEL_WORD_PREFIX
+from ._task_file import parse_task_text, refuse_surrogates
 from ._template import PLACEHOLDERS, Segment, Slot, validate_template
 from .errors import TaskError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 if TYPE_CHECKING:
     from .data import Example
@@ -243,17 +238,18 @@ class Task:
 
     @classmethod
     def from_text(cls, text: str, *, fmt: str, source: str = "<string>") -> Task:
-        """Parse a task from TOML or JSON text (``fmt`` is ``"toml"`` or ``"json"``)."""
+        """Parse a task from TOML or JSON text (``fmt`` is ``"toml"`` or ``"json"``).
+
+        Raises
+        ------
+        TaskError
+            Naming ``source``: invalid syntax, nesting too deep to parse (with the line),
+            a number too long to read, a lone UTF-16 surrogate, or an invalid task.
+        """
+        data = parse_task_text(text, fmt, source)
         try:
-            if fmt == "toml":
-                data: Any = tomllib.loads(text)
-            elif fmt == "json":
-                data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-            else:
-                raise TaskError(f"unknown task format {fmt!r}; use 'toml' or 'json'")
+            refuse_surrogates(data)
             return cls.from_dict(data)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-            raise TaskError(f"{source}: invalid {fmt.upper()}: {exc}; fix the syntax") from exc
         except TaskError as exc:
             raise TaskError(f"{source}: {exc}") from exc
 
@@ -296,17 +292,6 @@ def _field(example: object, name: str) -> object:
     if isinstance(example, Mapping):
         return example.get(name)
     return getattr(example, name, None)
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json.loads silently keeps the last of two equal keys; a repeated label is a mistake.
-    keys = [key for key, _ in pairs]
-    duplicates = sorted({key for key in keys if keys.count(key) > 1})
-    if duplicates:
-        raise TaskError(
-            f"key(s) {duplicates} appear twice in one JSON object (a duplicate label?); keep one"
-        )
-    return dict(pairs)
 
 
 def check_single_tokens(

@@ -11,37 +11,61 @@ A directory keeps the pair together under one name and lets a reader see at once
 what belongs to what. Each file is written to a temporary name and moved into
 place, the JSON last, so a crash leaves either the old pair or a pair whose JSON
 checksum exposes the mismatch.
+
+A saved decoder is untrusted input. :func:`load_decoder` checks the whole of it before
+building anything (the JSON against a schema: every field's type and range; each
+tensor's name, shape, dtype and finiteness; the checksum) and refuses with one
+:class:`~maas_tune.errors.SerializationError` naming the file and the field.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from safetensors.torch import load as load_safetensors
+from pydantic import BaseModel, Field, create_model
 from safetensors.torch import save as save_safetensors
 
+from .._artefact import (
+    TENSORS_NAME,
+    check_saveable,
+    check_version,
+    jsonable,
+    package_version,
+    read_bytes,
+    read_json,
+    read_tensors,
+    saved_metadata,
+    write_artefact,
+)
+from .._artefact_schema import (
+    STRICT,
+    ArtefactHeader,
+    Layout,
+    check_model,
+    clip_text,
+    params_model,
+    show_value,
+)
 from .._constants import DECODER_FORMAT_VERSION
 from ..errors import ConfigurationError, SerializationError
+from ._label_attention import init_label_network
 from .base import BaseDecoder
 from .dect import DecT
 from .linear import LinearProbe, ScoreLogisticRegression
-from .ytuning import YTuning
+from .ytuning import PARAM_PREFIX, YTuning
 from .zero_shot import ContextualCalibration, ZeroShot
 
 __all__ = ["DECODERS", "load_decoder", "register_decoder", "save_decoder"]
 
 #: File names inside a saved decoder directory.
 JSON_NAME = "decoder.json"
-TENSORS_NAME = "tensors.safetensors"
 #: Value of the ``format`` field, to recognise our JSON.
 FORMAT_NAME = "maas-tune-decoder"
-# What a damaged save calls for (every SerializationError says what to do).
-_RESAVE = "the save is damaged: fit and save the decoder again"
+LAYOUT = Layout("decoder", JSON_NAME, FORMAT_NAME, "save_decoder")
 
 #: Decoder classes by name: what ``load_decoder`` may rebuild.
 DECODERS: dict[str, type[BaseDecoder]] = {
@@ -56,6 +80,38 @@ DECODERS: dict[str, type[BaseDecoder]] = {
     )
 }
 
+_LOSSES = Annotated[list[float], Field(max_length=10_000)]
+#: The learned JSON values (``_meta_attrs``) of each bundled class; their tensors are all
+#: float32. A class registered with :func:`register_decoder` is checked by its ``_restore``.
+STATE_MODELS: dict[type[BaseDecoder], type[BaseModel]] = {
+    cls: create_model(f"{cls.__name__}State", __config__=STRICT, **fields)
+    for cls, fields in {
+        ContextualCalibration: {},
+        DecT: {
+            "lam_": (Annotated[float, Field(ge=0, le=1e6)], ...),
+            "cv_loss_": (_LOSSES, ...),
+            "uses_hidden_": (bool, ...),
+        },
+        LinearProbe: {},
+        ScoreLogisticRegression: {},
+        YTuning: {},
+        ZeroShot: {},
+    }.items()
+}
+#: Learned standardisation scales: a prediction divides by them.
+_POSITIVE_TENSORS = ("feature_scale_", "scale_")
+#: Methods a decoder class may define to check its hyper-parameters (choices, divisibility).
+_PARAM_CHECKS = ("_validate_params", "_check_params")
+
+
+class DecoderHeader(ArtefactHeader):
+    """``decoder.json``: the common fields and the class names."""
+
+    classes: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=10_000)]],
+        Field(min_length=1, max_length=100_000),
+    ]
+
 
 def register_decoder(cls: type[BaseDecoder]) -> type[BaseDecoder]:
     """Make a decoder class loadable by :func:`load_decoder` (usable as a class decorator)."""
@@ -63,49 +119,6 @@ def register_decoder(cls: type[BaseDecoder]) -> type[BaseDecoder]:
         raise ConfigurationError(f"{cls!r} is not a BaseDecoder subclass")
     DECODERS[cls.__name__] = cls
     return cls
-
-
-def _package_version() -> str:
-    try:
-        from .._version import __version__
-    except ImportError:  # pragma: no cover - the version module ships with the package
-        return "0.0.0"
-    return str(__version__)
-
-
-def _jsonable(value: Any) -> Any:
-    """Tuples become lists (JSON has no tuples); everything else must already be JSON."""
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
-
-
-def _write_artefact(
-    path: str | os.PathLike[str], name: str, doc: dict[str, Any], blob: bytes,
-    json_name: str = JSON_NAME,
-) -> Path:
-    """Write ``doc`` as JSON and the safetensors ``blob`` into directory ``path``, each atomically."""
-    try:
-        # Not sort_keys: it would reorder the caller's metadata, e.g. the labels of a task's
-        # verbalizer, whose order is the class order.
-        text = json.dumps(doc, indent=2, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(
-            f"cannot save {name}: parameters or metadata are not JSON-serialisable ({exc})"
-        ) from exc
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(directory / TENSORS_NAME, blob)
-    _write_atomic(directory / json_name, text.encode("utf-8"))
-    return directory
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def save_decoder(
@@ -122,7 +135,8 @@ def save_decoder(
         existing files of a previous save are replaced.
     metadata : dict, optional
         JSON-serialisable information kept with the decoder (task, provider
-        fingerprint, ...); returned as is by :func:`load_decoder`.
+        fingerprint, ...); returned as is by :func:`load_decoder`. maas-tune reads
+        ``metadata["model"]`` as a model name: if given, a string.
 
     Returns
     -------
@@ -134,7 +148,9 @@ def save_decoder(
     NotFittedError
         If the decoder is not fitted.
     ConfigurationError
-        If the class is not registered or a parameter or the metadata is not JSON-serialisable.
+        If the class is not registered, a parameter is out of the range
+        :func:`load_decoder` accepts, or a parameter or the metadata is not
+        JSON-serialisable.
     """
     name = type(decoder).__name__
     if DECODERS.get(name) is not type(decoder):
@@ -142,27 +158,29 @@ def save_decoder(
             f"{name} is not a registered decoder; call register_decoder({name}) first"
         )
     tensors = decoder._state_tensors()
+    params = jsonable(decoder.get_params())
+    check_saveable(type(decoder), params, metadata or {})
     blob = save_safetensors(tensors)
     doc = {
         "format": FORMAT_NAME,
         "format_version": DECODER_FORMAT_VERSION,
-        "maas_tune_version": _package_version(),
+        "maas_tune_version": package_version(),
         "class": name,
-        "params": _jsonable(decoder.get_params()),
+        "params": params,
         "classes": [str(c) for c in decoder.classes_.tolist()],
-        "state": _jsonable(decoder._state_meta()),
+        "state": jsonable(decoder._state_meta()),
         "tensors": {
             k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
             for k, v in tensors.items()
         },
         "tensors_sha256": hashlib.sha256(blob).hexdigest(),
-        "metadata": _jsonable(metadata or {}),
+        "metadata": jsonable(metadata or {}),
     }
-    return _write_artefact(path, name, doc, blob)
+    return write_artefact(path, name, doc, blob, JSON_NAME)
 
 
 def load_decoder(path: str | os.PathLike[str]) -> tuple[BaseDecoder, dict[str, Any]]:
-    """Read a decoder written by :func:`save_decoder`.
+    """Read a decoder written by :func:`save_decoder`, checking all of it first.
 
     Parameters
     ----------
@@ -174,122 +192,98 @@ def load_decoder(path: str | os.PathLike[str]) -> tuple[BaseDecoder, dict[str, A
     decoder : BaseDecoder
         Fitted, predicting exactly as the saved one did.
     metadata : dict
-        The caller's metadata given at save time.
+        The caller's metadata given at save time. Indexing a key it lacks raises a
+        SerializationError (also a KeyError) naming the file.
 
     Raises
     ------
     SerializationError
         If a file is missing, the JSON is invalid or not ours, the format is newer
-        than this package reads, the class is unknown, the tensors are truncated,
-        corrupt, of unexpected names or shapes, or do not match the JSON's checksum.
+        than this package reads, the class is unknown, a field has the wrong type or
+        is out of range, the tensors are truncated, corrupt, of unexpected names,
+        shapes or dtypes, not finite, or do not match the JSON's checksum. The
+        message names the file and the field.
     """
     directory = Path(path)
-    doc = _read_json(directory / JSON_NAME)
-    blob = _read_bytes(directory / TENSORS_NAME)
-    cls = _check_header(doc, directory)
-    tensors = _read_tensors(blob, doc, directory)
-    try:
-        decoder = cls(**doc["params"])
-        decoder._restore(tensors, {"classes": doc["classes"], **doc["state"]})
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise SerializationError(
-            f"{directory}: the saved {doc['class']} is inconsistent: {exc}; {_RESAVE} with "
-            "this maas-tune"
-        ) from exc
-    return decoder, dict(doc["metadata"])
+    json_path = directory / JSON_NAME
+    doc = read_json(json_path, LAYOUT)
+    check_version(doc, json_path, LAYOUT)
+    cls = _decoder_class(doc, directory)
+    header = check_model(DecoderHeader, doc, json_path, LAYOUT)
+    context = f"the saved {cls.__name__} is inconsistent: "
+    check_model(params_model(cls), header.params, json_path, LAYOUT, prefix="params",
+                context=context)
+    if cls in STATE_MODELS:
+        check_model(STATE_MODELS[cls], header.state, json_path, LAYOUT, prefix="state",
+                    context=context)
+    if len(set(header.classes)) != len(header.classes):
+        raise SerializationError(f"{json_path}: classes are not unique; {LAYOUT.fix}")
+    blob = read_bytes(directory / TENSORS_NAME, LAYOUT)
+    # A bundled class's tensors are all float32 (read_tensors' default); a custom one's must
+    # be what its JSON declares.
+    dtypes: dict[str, str] | None = {} if cls in STATE_MODELS else None
+    tensors = read_tensors(blob, header, directory, LAYOUT, dtypes)
+    _check_scales(tensors, directory)
+    decoder = _build(cls, header, tensors, json_path)
+    return decoder, saved_metadata(header.metadata, json_path, LAYOUT)
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise SerializationError(
-            f"{path} is missing; a saved decoder is a directory with {JSON_NAME} and {TENSORS_NAME}"
-        ) from None
-    except OSError as exc:
-        raise SerializationError(
-            f"cannot read {path}: {exc}; check that it exists and is readable"
-        ) from exc
-
-
-def _read_json(
-    path: Path, what: str = "decoder", format_name: str = FORMAT_NAME, saver: str = "save_decoder"
-) -> dict[str, Any]:
-    """The JSON object of a saved artefact, checked to carry ``format == format_name``."""
-    raw = _read_bytes(path)
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SerializationError(
-            f"{path} is not valid JSON ({exc}); save the {what} again"
-        ) from exc
-    if not isinstance(doc, dict) or doc.get("format") != format_name:
-        raise SerializationError(
-            f"{path} is not a maas-tune {what} file (no format={format_name!r}); pass the "
-            f"directory that {saver} or `maas-tune fit --out` wrote"
-        )
-    return doc
-
-
-def _check_header(doc: dict[str, Any], directory: Path) -> type[BaseDecoder]:
-    """Validate version, class and field types; return the decoder class."""
-    version = doc.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise SerializationError(f"{directory}: invalid format_version {version!r}; {_RESAVE}")
-    if version > DECODER_FORMAT_VERSION:
-        raise SerializationError(
-            f"{directory} was written in decoder format {version} by maas-tune "
-            f"{doc.get('maas_tune_version', '?')}; this maas-tune ({_package_version()}) reads "
-            f"format {DECODER_FORMAT_VERSION} at most: upgrade maas-tune"
-        )
+def _decoder_class(doc: dict[str, Any], directory: Path) -> type[BaseDecoder]:
     name = doc.get("class")
-    if name not in DECODERS:
+    if not isinstance(name, str) or name not in DECODERS:
         raise SerializationError(
-            f"{directory}: unknown decoder class {name!r}; known: {', '.join(sorted(DECODERS))} "
-            "(register custom classes with register_decoder before loading)"
+            f"{directory}: unknown decoder class {show_value(name)}; known: "
+            f"{', '.join(sorted(DECODERS))} (register custom classes with register_decoder "
+            "before loading)"
         )
-    for field, kind in (
-        ("params", dict),
-        ("state", dict),
-        ("tensors", dict),
-        ("metadata", dict),
-        ("classes", list),
-        ("tensors_sha256", str),
-    ):
-        if not isinstance(doc.get(field), kind):
-            raise SerializationError(
-                f"{directory}: field {field!r} is missing or not a {kind.__name__}; {_RESAVE}"
-            )
-    params = dict(doc["params"])
-    # JSON turned tuples into lists; give sequence parameters back as tuples
-    doc["params"] = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     return DECODERS[name]
 
 
-def _read_tensors(blob: bytes, doc: dict[str, Any], directory: Path) -> dict[str, torch.Tensor]:
-    """Parse the safetensors bytes and check names, shapes and checksum against the JSON."""
-    try:
-        tensors = load_safetensors(blob)
-    except Exception as exc:  # safetensors raises its own SafetensorError and others
-        raise SerializationError(
-            f"{directory / TENSORS_NAME} is truncated or corrupt ({exc}); save the decoder again"
-        ) from exc
-    declared = doc["tensors"]
-    if set(declared) != set(tensors):
-        raise SerializationError(
-            f"{directory}: tensors {sorted(tensors)} do not match the declared "
-            f"{sorted(declared)}; {_RESAVE}"
-        )
-    for name, spec in declared.items():
-        shape = list(tensors[name].shape)
-        if not isinstance(spec, dict) or spec.get("shape") != shape:
+def _check_scales(tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    for name in _POSITIVE_TENSORS:
+        if name in tensors and not bool((tensors[name] > 0).all()):
             raise SerializationError(
-                f"{directory}: tensor {name!r} has shape {shape}, the JSON declares {spec!r}; "
-                f"{_RESAVE}"
+                f"{directory / TENSORS_NAME}: tensor {name!r} (a standardisation scale) must be "
+                f"positive; {LAYOUT.fix}"
             )
-    if hashlib.sha256(blob).hexdigest() != doc["tensors_sha256"]:
+
+
+def _build(
+    cls: type[BaseDecoder], header: DecoderHeader, tensors: dict[str, torch.Tensor], where: Path
+) -> BaseDecoder:
+    """The decoder from checked parts; what only the class can check is its own rules."""
+    # JSON turned tuples into lists; give sequence parameters back as tuples
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in header.params.items()}
+    try:
+        decoder = cls(**params)
+        for hook in _PARAM_CHECKS:
+            check = getattr(decoder, hook, None)
+            if callable(check):
+                check()
+        decoder._restore(tensors, {"classes": list(header.classes), **header.state})
+        if isinstance(decoder, YTuning):
+            _check_label_network(decoder)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as exc:
         raise SerializationError(
-            f"{directory / TENSORS_NAME} does not match the checksum in {JSON_NAME} "
-            f"(modified, or the two files come from different saves); {_RESAVE}"
-        )
-    return tensors
+            f"{where}: the saved {cls.__name__} is inconsistent: {clip_text(str(exc), 400)}; "
+            f"{LAYOUT.fix} with this maas-tune"
+        ) from exc
+    return decoder
+
+
+def _check_label_network(decoder: YTuning) -> None:
+    """Every tensor of a restored YTuning label network has the shape a fresh one would.
+
+    ``YTuning._check_state`` checks the outer tensors only; a wrong layer tensor would
+    fail inside torch at the first prediction. The reference is built on the meta
+    device: shapes without memory, whatever ``d_model`` claims.
+    """
+    d, k = decoder.mean_.shape[0], len(decoder.classes_)
+    with torch.device("meta"):
+        expected = init_label_network(d, decoder.d_model, k, decoder.n_layers, torch.Generator())
+    for name, reference in expected.items():
+        got = tuple(decoder.params_[name].shape)
+        if got != tuple(reference.shape):
+            raise ValueError(
+                f"{PARAM_PREFIX}{name} has shape {got}, expected {tuple(reference.shape)}"
+            )

@@ -166,6 +166,8 @@ class Client:
             self._charge_probe(reservation, *spent)
             raise
         self._charge_probe(reservation, cost.requests, cost.prompt_tokens)
+        self.usage.retries += cost.retries
+        self.usage.rate_limited += cost.rate_limited
 
     def _charge_probe(self, reservation: Reservation | None, queries: int, tokens: int) -> None:
         if reservation is not None:
@@ -306,10 +308,12 @@ class Client:
         error: BaseException | None = None
         limit = reservation.queries if reservation is not None else None
         try:
-            with self.provider.observed(event, limit):
+            with self.provider.observed(event, limit) as seen:
                 answers = dict(enumerate(self.provider.score(prompts, token_ids)))
             spent = (sum(_count(a.queries) for a in answers.values()),
                      sum(_count(a.prompt_tokens) for a in answers.values()))
+            if seen.requests is not None:  # counted per request (answers reused aren't paid)
+                spent = (seen.requests, _count(seen.prompt_tokens))
             if len(answers) != len(prompts):
                 error = _refused(f"provider returned {len(answers)} answers for {len(prompts)} prompts")
                 answers = {}

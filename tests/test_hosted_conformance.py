@@ -159,7 +159,7 @@ def test_chat_without_a_tokenizer_endpoint_is_exact_with_a_local_tokenizer(
     """The hosted case proper: no tokenizer endpoint, ``--tokenizer`` given locally."""
     config = HostedConfig(api_key=KEY, chat_top_k_cap=5, tokenizer=False, embeddings=False)
     api = hosted_api(config, upstream=real_server)
-    tokenizer = lambda text: gemma.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    tokenizer = lambda text: gemma.tokenizer(text, add_special_tokens=False)["input_ids"]
     provider = OpenAIChatProvider(api.base_url, config.model, api_key=KEY, tokenizer=tokenizer,
                                   sleep=lambda s: None)
     client, budget, scores = run_cell(api, provider, db_path)

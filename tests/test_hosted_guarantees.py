@@ -154,7 +154,7 @@ def test_a_probe_is_never_sent_past_the_cap(real_server, hosted_api, db_path):
     client, budget = client_for(completions(api), db_path, max_queries=2)
     with pytest.raises(BudgetExceeded):
         client.score(TASK, TEXTS)  # the probe may take up to 4: it is not even started
-    assert api.received == 0 and budget.status().spent_queries == 0
+    assert api.forwarded == 0 and budget.status().spent_queries == 0
 
 
 # -- Ctrl-C ----------------------------------------------------------------------------

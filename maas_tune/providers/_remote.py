@@ -21,7 +21,7 @@ from ._batch import Batch, BatchOutcome, Events
 from ._forcing import synthetic_token_id
 from ._http import public_url
 from ._session import APISession, Post
-from .base import FactStore, Provider, SetupCost
+from .base import FactStore, Provider, SetupCost, Spend
 
 __all__ = ["RemoteProvider", "Tokenizer"]
 
@@ -111,22 +111,27 @@ class RemoteProvider(Provider):
     @contextlib.contextmanager
     def observed(
         self, events: Events | None = None, max_requests: int | None = None
-    ) -> Iterator[None]:
+    ) -> Iterator[Spend]:
         local = self._local
-        previous = getattr(local, "events", None), getattr(local, "max_requests", None)
-        local.events, local.max_requests = events, max_requests
+        previous = (getattr(local, "events", None), getattr(local, "max_requests", None),
+                    getattr(local, "spend", None))
+        local.events, local.max_requests, local.spend = events, max_requests, Spend(0, 0)
         try:
-            yield
+            yield local.spend
         finally:
-            local.events, local.max_requests = previous
+            local.events, local.max_requests, local.spend = previous
 
     def _map(self, one: Callable[[Post, T], R], prompts: Sequence[T]) -> list[R]:
         """``one(post, prompt)`` for each prompt through the session, as observed."""
         local = self._local
-        return self._session.map(
-            one, prompts, self.route, model=self.model,
-            events=getattr(local, "events", None), max_requests=getattr(local, "max_requests", None),
-        )
+        batch = Batch(getattr(local, "events", None), getattr(local, "max_requests", None))
+        try:
+            return self._session.map(one, prompts, self.route, model=self.model, batch=batch)
+        finally:
+            spend = getattr(local, "spend", None)
+            if spend is not None:  # requests answered or lost: what may be billed
+                spend.requests = (spend.requests or 0) + batch.answered + batch.unknown
+                spend.prompt_tokens = (spend.prompt_tokens or 0) + batch.prompt_tokens
 
     # -- setup: the probe, charged by the client -------------------------------------
     def setup_requests(self) -> int:
@@ -148,7 +153,8 @@ class RemoteProvider(Provider):
             raise
         finally:
             self._batch = None
-        return SetupCost(batch.answered + batch.unknown, batch.prompt_tokens)
+        return SetupCost(batch.answered + batch.unknown, batch.prompt_tokens, batch.retries,
+                         batch.rate_limited)
 
     def _probe_known(self) -> bool:
         return getattr(self, "_probe", None) is not None or self._session.recall(

@@ -231,9 +231,9 @@ class APISession:
                     wait = exc.retry_after if exc.retry_after is not None else DEFAULT_PENALTY_S
                     limiter.penalize(min(wait, MAX_RETRY_AFTER_S))
             if exc.status == 404 and not _VERSIONED.search(self._shown_url):
-                exc.args = (f"{exc.args[0]} (the base URL {self._shown_url} does not end in a "
-                            "version such as /v1: OpenAI-compatible APIs live under "
-                            f"{self._shown_url}/v1)",)
+                hint = (f"the base URL {self._shown_url} does not end in a version such as "
+                        f"/v1: OpenAI-compatible APIs live under {self._shown_url}/v1")
+                exc.args = (f"{exc.args[0]} ({hint})",)
             if exc.status == 401 and self._key_source is None:
                 hint = f"no API key was sent: set {' or '.join(API_KEY_ENV)}, or pass api_key="
                 exc.args = (f"{exc.args[0]} ({hint})",)
@@ -255,6 +255,7 @@ class APISession:
     def map(
         self, one: Callable[[Post, T], R], items: Sequence[T], path: str, *, model: str,
         events: Events | None = None, max_requests: int | None = None,
+        batch: Batch | None = None,
     ) -> list[R]:
         """``one(post, item)`` for each item on up to ``max_concurrency`` threads, in order.
 
@@ -264,11 +265,12 @@ class APISession:
         (:class:`~maas_tune.providers._batch.BatchOutcome`): the items answered in full
         and the requests that were, or may have been, billed. ``events`` is called per
         item answered, retry and 429. ``max_requests`` caps the requests that may be
-        billed (answered or lost), retries included: the budget's reservation.
+        billed (answered or lost), retries included: the budget's reservation. A
+        ``batch`` given instead counts the requests for the caller.
         """
         if not items:
             return []
-        batch = Batch(events, max_requests)
+        batch = batch if batch is not None else Batch(events, max_requests)
 
         def post(payload: dict[str, Any]) -> dict[str, Any]:
             body = self.post(path, payload, batch=batch)

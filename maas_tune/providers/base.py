@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["FactStore", "Provider", "ProviderAnswer", "SetupCost"]
+__all__ = ["FactStore", "Provider", "ProviderAnswer", "SetupCost", "Spend"]
 
 
 class FactStore(Protocol):
@@ -55,6 +55,16 @@ class ProviderAnswer:
     floored: int = 0
 
 
+@dataclass
+class Spend:
+    """What one :meth:`Provider.score` call sent that may be billed, where the provider
+    counts its requests itself (HTTP providers); None where it does not (then the
+    answers' ``queries`` and ``prompt_tokens`` are what was spent)."""
+
+    requests: int | None = None
+    prompt_tokens: int | None = None
+
+
 @dataclass(frozen=True)
 class SetupCost:
     """What a provider sent before scoring (a capability probe): charged like any request.
@@ -69,6 +79,9 @@ class SetupCost:
 
     requests: int
     prompt_tokens: int
+    #: Attempts retried, and answered 429, on the way.
+    retries: int = 0
+    rate_limited: int = 0
 
 
 class Provider(abc.ABC):
@@ -138,12 +151,13 @@ class Provider(abc.ABC):
     @contextlib.contextmanager
     def observed(
         self, events: Callable[[str], None] | None = None, max_requests: int | None = None
-    ) -> Iterator[None]:
+    ) -> Iterator[Spend]:
         """While inside, this thread's :meth:`score` calls report ``"answered"`` (a prompt
         done), ``"retry"`` and ``"rate_limited"`` to ``events``, and send at most
         ``max_requests`` requests that may be billed, retries included (the budget's
-        reservation). Default: nothing to report, nothing that could pass the cap."""
-        yield
+        reservation); the :class:`Spend` yielded is filled with what they sent. Default:
+        nothing to report, nothing that could pass the cap, spend as the answers say."""
+        yield Spend()
 
     def setup_requests(self) -> int:
         """Most requests :meth:`prepare` may still send (reserved from the budget first)."""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import ConfigurationError
 from ._batch import BatchOutcome, bound_tokens
-from .base import FactStore, Provider, ProviderAnswer, SetupCost
+from .base import FactStore, Provider, ProviderAnswer, SetupCost, Spend
 from .embeddings import OpenAIEmbeddingsProvider
 
 __all__ = ["WithEmbeddings"]
@@ -75,11 +75,14 @@ class WithEmbeddings(Provider):
     def max_prompt_tokens(self, prompts: Sequence[str], n_tokens: int) -> int:
         return self.scorer.max_prompt_tokens(prompts, n_tokens) + sum(map(bound_tokens, prompts))
 
+    @contextlib.contextmanager
     def observed(
         self, events: Callable[[str], None] | None = None, max_requests: int | None = None
-    ) -> contextlib.AbstractContextManager[None]:
-        # The embeddings request of each chunk is one more (not counted against the scorer).
-        return self.scorer.observed(events, max_requests)
+    ) -> Iterator[Spend]:
+        # The embeddings requests are not counted against the scorer's cap; the answers'
+        # queries (the scorer's plus the embeddings requests) are what was spent.
+        with self.scorer.observed(events, max_requests):
+            yield Spend()
 
     def setup_requests(self) -> int:
         return self.scorer.setup_requests()

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._constants import CLAIM_POLL_MAX_S, CLAIM_POLL_S, CONTENT_FREE_TEXT
+from ._hold import ChunkHold
 from .budget import QueryBudget, Reservation
 from .cache import ScoreCache, cache_key
 from .claims import Claims
@@ -35,9 +36,7 @@ CLIENT_CHUNK_SIZE = 16
 PROBE_TOKENS_BOUND = 64
 #: Largest count believed from a provider (a signed 64-bit ledger column holds more).
 MAX_COUNT = 2**40
-#: Requests per chunk reserved beyond the strategy's worst case, for answers lost after
-#: sending (they may be billed, and are retried within this headroom only).
-LOST_ANSWER_HEADROOM = 2
+
 
 
 @dataclass
@@ -304,11 +303,10 @@ class Client:
         """Send one chunk; whatever ends it, keep every answer that arrived and charge
         exactly the requests that were (or may have been) billed, then re-raise."""
         keys, prompts = list(chunk), list(chunk.values())
-        reservation = self._reserve(prompts, len(token_ids))
+        hold = self._hold(prompts, len(token_ids))
         error: BaseException | None = None
-        limit = reservation.queries if reservation is not None else None
         try:
-            with self.provider.observed(event, limit) as seen:
+            with self.provider.observed(event, hold.queries, hold.extend) as seen:
                 answers = dict(enumerate(self.provider.score(prompts, token_ids)))
             spent = (sum(_count(a.queries) for a in answers.values()),
                      sum(_count(a.prompt_tokens) for a in answers.values()))
@@ -317,18 +315,18 @@ class Client:
             if len(answers) != len(prompts):
                 error = _refused(f"provider returned {len(answers)} answers for {len(prompts)} prompts")
                 answers = {}
-                spent = (reservation.queries, reservation.prompt_tokens) if reservation else spent
+                spent = (hold.queries or spent[0], hold.prompt_tokens or spent[1])
         except BaseException as exc:
             outcome = charge_of(exc)
             if outcome is None:  # not an HTTP batch (the local model, a bug)
-                if reservation is not None:
-                    self._settle_failed(reservation, exc)
+                if self.budget is not None:
+                    hold.settle_failed(bool(getattr(exc, "request_sent", False)))
                 raise
             answers, spent, error = dict(outcome.results), (outcome.billable,
                                                             outcome.prompt_tokens), exc
         kept, problem = _checked(answers, len(token_ids))
         result = {keys[i]: a for i, a in kept.items()}
-        self._commit_chunk(result, reservation, spent, claims, keys, model)
+        self._commit_chunk(result, hold, spent, claims, keys, model)
         self.usage.samples_sent += len(result)
         self.usage.queries_lost += max(0, spent[0] - sum(_count(a.queries) for a in result.values()))
         log.debug("sent %d queries (%d prompt tokens); %d answers kept", *spent, len(result))
@@ -338,19 +336,18 @@ class Client:
             raise problem
         return result
 
-    def _reserve(self, prompts: list[str], n_tokens: int) -> Reservation | None:
+    def _hold(self, prompts: list[str], n_tokens: int) -> ChunkHold:
+        """The chunk's worst case, reserved before sending (nothing without a budget);
+        a retry of a lost answer reserves one request more, or is not sent."""
         if self.budget is None:
-            return None
+            return ChunkHold(None, 0, 0, 0)
         per_prompt = self.provider.max_queries_per_prompt(n_tokens)
         tokens = self.provider.max_prompt_tokens(prompts, n_tokens)
-        # Headroom for requests whose answer is lost (a timeout after sending may be billed,
-        # and is retried): the provider never sends more than this reservation.
-        headroom = LOST_ANSWER_HEADROOM
-        return self.budget.reserve(len(prompts) * per_prompt + headroom,
-                                   tokens + headroom * max(self.provider.count_tokens(prompts)))
+        per_request = -(-tokens // max(1, len(prompts) * per_prompt))
+        return ChunkHold(self.budget, len(prompts) * per_prompt, tokens, per_request)
 
     def _commit_chunk(
-        self, result: dict[str, ProviderAnswer], reservation: Reservation | None,
+        self, result: dict[str, ProviderAnswer], hold: ChunkHold,
         spent: tuple[int, int], claims: Claims, keys: list[str], model: str,
     ) -> None:
         """Answers and spend land together (one transaction where the stores are one)."""
@@ -361,40 +358,27 @@ class Client:
                 if result:
                     self.cache.put_many(result, model=model, conn=conn)
                 claims.release(keys, conn=conn)
-                if reservation is not None:
-                    self._commit(reservation, queries, used, conn)
+                if self.budget is not None:
+                    # One transaction with the answers where the ledger is in the same
+                    # database; else the ledger's own.
+                    hold.settle(queries, used, conn if self._same_store() else None)
                     settled = not self._same_store()
         except BaseException as exc:
             # The answers arrived, so they were paid for, even if they cannot be cached.
             if isinstance(exc, ProviderError):
                 exc.request_sent = True
-            if reservation is not None and not settled:
-                self.budget.commit(reservation, queries=queries, prompt_tokens=used)  # type: ignore[union-attr]
+            if self.budget is not None and not settled:
+                hold.settle(queries, used)
             raise
         finally:
             self.usage.queries_sent += queries
             self.usage.prompt_tokens_sent += used
-
-    def _commit(self, reservation: Reservation, queries: int, tokens: int, conn: Any) -> None:
-        budget = self.budget
-        assert budget is not None
-        if self._same_store():
-            budget.commit(reservation, queries=queries, prompt_tokens=tokens, conn=conn)
-        else:  # the ledger lives in another database file: its own transaction
-            budget.commit(reservation, queries=queries, prompt_tokens=tokens)
 
     def _same_store(self) -> bool:
         """Whether the budget ledger is in the cache's database (one transaction for both)."""
         assert self.budget is not None
         return self.budget.store.identity == self.cache.store.identity
 
-    def _settle_failed(self, reservation: Reservation, exc: BaseException) -> None:
-        """Release a failed chunk's reservation, unless the request may have been billed."""
-        assert self.budget is not None
-        if getattr(exc, "request_sent", False):
-            self.budget.commit(reservation)  # conservative: count what may have been paid for
-        else:
-            self.budget.release(reservation)
 
 
 def _as_example(example: ExampleLike) -> Example:

@@ -88,7 +88,8 @@ def test_with_embeddings_through_the_client_costs_one_more_query_per_sample(
         spent = budget.status()
         scorer_queries = sum(a.queries for a in from_scorer)  # 1 each + forced label words
         assert len(from_scorer) == n and scorer_queries >= n
-        assert spent.spent_queries == scorer_queries + n  # + one embedding each
+        # + the embedding requests: one per batch of inputs (all n fit in one)
+        assert spent.spent_queries == scorer_queries + 1
         assert spent.reserved_queries == 0 and not scores.cache_hit.any()
         assert spent.spent_prompt_tokens == int(scores.prompt_tokens.sum())
         embedded = provider.embedder.embed([task.render(e) for e in shots])
@@ -116,7 +117,9 @@ def test_cli_embeddings_eval_fit_predict(served, capsys, tmp_path):
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["strategy"] == "extension+embeddings"
-    assert result["queries_sent"] == 2 * (4 + 4)  # train shots + test slice, 2 queries each
+    # Train shots and test slice: one scoring request per sample, one embeddings request
+    # per batch (each set fits in one batch).
+    assert result["queries_sent"] == (4 + 1) + (4 + 1)
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["queries_sent"] == 0  # all cached
 
@@ -258,9 +261,9 @@ def test_batches_retries_and_no_credentials_in_fingerprint(monkeypatch):
     assert len(server.requests) == 3  # the 503 retried, then two batches of at most 2
     assert [len(json.loads(r.content)["input"]) for r in server.requests[1:]] == [2, 1]
     assert server.requests[-1].headers["authorization"] == f"Bearer {KEY}"  # key from the env
-    assert fingerprint == {
+    assert fingerprint == {  # the full origin: scheme, host, port, path
         "provider": "openai-embeddings",
-        "base_url": "fake.test/v1",
+        "origin": "http://fake.test/v1",
         "model": "emb-model",
     }
     assert KEY not in repr(emb) + json.dumps(fingerprint)
@@ -291,7 +294,7 @@ def test_with_embeddings_contract(db_path, monkeypatch):
     assert provider.label_token_ids(["a"]) == scorer.label_token_ids(["a"])
     assert provider.count_tokens(["a b"]) == [3]
     answers = provider.score(["x y", "z"], [1, 2])
-    assert [a.queries for a in answers] == [2, 2]
+    assert [a.queries for a in answers] == [2, 1]  # one embeddings request for the batch
     assert [a.hidden.tolist() for a in answers] == [_vec(0), _vec(1)]  # embeddings win
     assert sum(a.prompt_tokens for a in answers) == 3 + 2 + 12  # scorer's + embedding usage
     provider.close()
@@ -317,10 +320,13 @@ def test_embeddings_failure_after_scores_counts_the_spend_and_caches_nothing(fau
         client.score(_sst2_shots(1)[0], ["fine", "awful"])
     assert info.value.request_sent  # the scores were answered: paid for
     status = budget.status()
-    assert (status.spent_queries, status.reserved_queries) == (2 * 2, 0)  # reserved worst case
+    # Exactly what was billed: the 2 scoring requests, and the embeddings request when it
+    # was answered (a 2xx with a NaN in it), not when it was refused (HTTP 400).
+    answered_embeddings = int(fault.status_code == 200)
+    assert (status.spent_queries, status.reserved_queries) == (2 + answered_embeddings, 0)
     assert cache.stats().entries == 0
 
     scores = client.score(_sst2_shots(1)[0], ["fine", "awful"])  # the server recovered
     assert scores.hidden is not None and scores.hidden.shape == (2, 3)
-    assert budget.status().spent_queries == 2 * 2 + 2 * 2
+    assert budget.status().spent_queries == 2 + answered_embeddings + 2 + 1
     assert cache.stats().entries == 2

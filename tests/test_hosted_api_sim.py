@@ -319,7 +319,7 @@ def test_the_completions_provider_sees_a_hosted_api(hosted_api, fault, config, s
 
     api = hosted_api(config, upstream=fault.base_url)
     provider = OpenAICompletionsProvider(api.base_url, MODEL, api_key=KEY, top_logprobs=2)
-    assert provider.probe_result.strategy == strategy
+    assert provider.strategy == strategy
     ids = provider.label_token_ids(["negative", "positive"])
     if refused:  # the forced word comes back at about 0: reported after the bias
         with pytest.raises(ProviderResponseError, match="after logit_bias"):

@@ -254,7 +254,9 @@ def test_transient_transport_fault_is_retried_then_succeeds(
     rig.server.script(fault)
     assert_good(rig.score())
     assert (rig.server.received, rig.server.completed) == (2, 1) and len(rig.slept) == 1
-    assert rig.spent() == 1 and len(rig.cache) == 1
+    # The lost answer's request reached the server: it may have been billed, so it is
+    # charged with the retry that was answered.
+    assert rig.spent() == 2 and len(rig.cache) == 1
     assert_rerun_is_free(rig)
 
 
@@ -287,7 +289,7 @@ def test_a_body_dribbled_past_the_total_deadline_is_cut_off_and_retried(make_rig
     rig.server.script(slow_body(0.85 * TIMEOUT_S))
     assert_good(rig.score())
     assert rig.server.received == 2 and len(rig.slept) == 1  # cut off once, then answered
-    assert rig.spent() == 1 and len(rig.cache) == 1
+    assert rig.spent() == 2 and len(rig.cache) == 1  # the cut-off one may have been billed
 
 
 # -- answers that arrive but are wrong: never retried, never cached, always paid ---------------

@@ -202,8 +202,8 @@ def test_a_429_pauses_the_limiter_for_the_retry_after_delay():
 
 def test_local_rate_limit_caps_the_rate_the_server_sees():
     with DetServer(tokenizer=False) as server:
-        provider = OpenAICompletionsProvider(
-            server.base_url, "det", max_concurrency=8,
+        provider = OpenAICompletionsProvider(  # the label words are always in its top-5
+            server.base_url, "det", strategy="top_logprobs", max_concurrency=8,
             rate_limit=RateLimit(requests_per_minute=1200),  # 20/s, burst 20
         )
         ids = provider.label_token_ids(["positive", "negative"])
@@ -221,7 +221,8 @@ def test_shared_limiter_caps_the_rate_of_two_ray_workers(ray_cluster, tmp_path):
     rows = [{"text": f"shared limiter sample {i}"} for i in range(120)]
     with DetServer(latency=0.002, tokenizer=False) as server:
         scored = score(
-            ray_cluster.data.from_items(rows), TASK, ProviderConfig(server.base_url, "det"),
+            ray_cluster.data.from_items(rows), TASK,
+            ProviderConfig(server.base_url, "det", strategy="top_logprobs"),
             str(tmp_path / "store.sqlite"), BudgetSpec("rate"), num_workers=2, batch_size=30,
             rate_limit=RateLimit(requests_per_minute=1200),  # 20/s, burst 20
         ).take_all()

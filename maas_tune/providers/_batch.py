@@ -90,8 +90,12 @@ class BatchOutcome(Generic[R]):
 class Batch:
     """Thread-safe counters of one batch of requests, and its cancellation switch."""
 
-    def __init__(self, events: Events | None = None, max_requests: int | None = None) -> None:
+    def __init__(
+        self, events: Events | None = None, max_requests: int | None = None,
+        extend: Callable[[], bool] | None = None,
+    ) -> None:
         self.max_requests = max_requests
+        self._extend = extend
         self._lock = threading.Lock()
         self._cancel = threading.Event()
         self._frozen: BatchOutcome[Any] | None = None
@@ -131,8 +135,16 @@ class Batch:
     def can_send(self) -> bool:
         """Whether one more request stays within ``max_requests``."""
         with self._lock:
-            used = self.answered + self.unknown + self.in_flight
-            return self.max_requests is None or used < self.max_requests
+            return self._room(self.answered + self.unknown + self.in_flight)
+
+    def _room(self, used: int) -> bool:
+        """Whether one more request fits, holding one more of the budget if it must."""
+        if self.max_requests is None or used < self.max_requests:
+            return True
+        if self._extend is not None and self._extend():
+            self.max_requests += 1
+            return True
+        return False
 
     @contextmanager
     def sending(self, bound: int) -> Any:
@@ -145,11 +157,11 @@ class Batch:
         """
         with self._lock:
             used = self.answered + self.unknown + self.in_flight
-            if self.max_requests is not None and used >= self.max_requests:
+            if not self._room(used):
                 raise ReservationSpent(
                     f"not sending: {used} requests of this batch were billed or may have been "
                     f"(answers lost to timeouts or broken connections), all {self.max_requests} "
-                    "it reserved; what was answered is kept — run again to send the rest"
+                    "it could reserve under the budget's cap; what was answered is kept"
                 )
             self.in_flight += 1
             self.in_flight_tokens += bound
@@ -195,6 +207,11 @@ class Batch:
         """Remember an answered body (kept beyond the batch only if the batch fails)."""
         with self._lock:
             self._bodies[key] = body
+
+    def discard(self, key: str) -> None:
+        """Forget an answered body that turned out unusable (it must not be reused)."""
+        with self._lock:
+            self._bodies.pop(key, None)
 
     def kept(self) -> dict[str, dict[str, Any]]:
         with self._lock:

@@ -110,25 +110,25 @@ class RemoteProvider(Provider):
 
     @contextlib.contextmanager
     def observed(
-        self, events: Events | None = None, max_requests: int | None = None
+        self, events: Events | None = None, max_requests: int | None = None,
+        extend: Callable[[], bool] | None = None,
     ) -> Iterator[Spend]:
         local = self._local
-        previous = (getattr(local, "events", None), getattr(local, "max_requests", None),
-                    getattr(local, "spend", None))
-        local.events, local.max_requests, local.spend = events, max_requests, Spend(0, 0)
+        previous = getattr(local, "observed", None)
+        local.observed = (events, max_requests, extend, Spend(0, 0))
         try:
-            yield local.spend
+            yield local.observed[3]
         finally:
-            local.events, local.max_requests, local.spend = previous
+            local.observed = previous
 
     def _map(self, one: Callable[[Post, T], R], prompts: Sequence[T]) -> list[R]:
         """``one(post, prompt)`` for each prompt through the session, as observed."""
-        local = self._local
-        batch = Batch(getattr(local, "events", None), getattr(local, "max_requests", None))
+        events, max_requests, extend, spend = getattr(self._local, "observed", None) or (
+            None, None, None, None)
+        batch = Batch(events, max_requests, extend)
         try:
             return self._session.map(one, prompts, self.route, model=self.model, batch=batch)
         finally:
-            spend = getattr(local, "spend", None)
             if spend is not None:  # requests answered or lost: what may be billed
                 spend.requests = (spend.requests or 0) + batch.answered + batch.unknown
                 spend.prompt_tokens = (spend.prompt_tokens or 0) + batch.prompt_tokens
@@ -170,7 +170,11 @@ class RemoteProvider(Provider):
         return self._session.tokenize(text)
 
     def _ids_known(self) -> bool:
-        return self._tokenizer is not None or self._session.has_tokenizer
+        if self._tokenizer is not None:
+            return True
+        if self._words:  # the label words' ids were learnt (kept in the cache offline)
+            return all(i >= 0 for i in self._words)
+        return self._session.has_tokenizer
 
     def _count(self, texts: Sequence[str]) -> list[int]:
         if self._tokenizer is not None:  # +1: the BOS token requests add

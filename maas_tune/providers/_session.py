@@ -272,13 +272,25 @@ class APISession:
             return []
         batch = batch if batch is not None else Batch(events, max_requests)
 
+        last = threading.local()  # the request each thread sent last
+
         def post(payload: dict[str, Any]) -> dict[str, Any]:
             body = self.post(path, payload, batch=batch)
+            last.key = _request_key(path, payload)
             check_model(body, model)  # never cache another model's answer under this one
             return body
 
+        def run(item: T) -> R:
+            last.key = None
+            try:
+                return one(post, item)
+            except ProviderResponseError:  # the last answer is unusable: never reuse it
+                if last.key is not None:
+                    batch.discard(last.key)
+                raise
+
         try:
-            return run_batch(lambda item: one(post, item), items, self.max_concurrency, batch)
+            return run_batch(run, items, self.max_concurrency, batch)
         except BaseException as exc:
             self._keep_answered(batch)  # their samples failed: keep what was paid for
             if not isinstance(exc, ProviderError):

@@ -150,12 +150,14 @@ class Provider(abc.ABC):
 
     @contextlib.contextmanager
     def observed(
-        self, events: Callable[[str], None] | None = None, max_requests: int | None = None
+        self, events: Callable[[str], None] | None = None, max_requests: int | None = None,
+        extend: Callable[[], bool] | None = None,
     ) -> Iterator[Spend]:
         """While inside, this thread's :meth:`score` calls report ``"answered"`` (a prompt
         done), ``"retry"`` and ``"rate_limited"`` to ``events``, and send at most
         ``max_requests`` requests that may be billed, retries included (the budget's
-        reservation); the :class:`Spend` yielded is filled with what they sent. Default:
+        reservation), unless ``extend()`` holds one more; the :class:`Spend` yielded is
+        filled with what they sent. Default:
         nothing to report, nothing that could pass the cap, spend as the answers say."""
         yield Spend()
 

@@ -77,11 +77,12 @@ class WithEmbeddings(Provider):
 
     @contextlib.contextmanager
     def observed(
-        self, events: Callable[[str], None] | None = None, max_requests: int | None = None
+        self, events: Callable[[str], None] | None = None, max_requests: int | None = None,
+        extend: Callable[[], bool] | None = None,
     ) -> Iterator[Spend]:
         # The embeddings requests are not counted against the scorer's cap; the answers'
         # queries (the scorer's plus the embeddings requests) are what was spent.
-        with self.scorer.observed(events, max_requests):
+        with self.scorer.observed(events, max_requests, extend):
             yield Spend()
 
     def setup_requests(self) -> int:

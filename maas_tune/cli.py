@@ -194,9 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-top-logprobs", type=_positive, default=20,
                    help="most top log-probs per position in completions and chat (default 20; "
                    "5 mimics a hosted API); more is a 400")
-    p.add_argument("--max-generated-tokens", type=_positive, default=512,
+    p.add_argument("--max-generated-tokens", type=_positive, default=256,
                    help="most tokens one request may generate, all its prompts together "
-                   "(default 512); more is a 400")
+                   "(default 256); more is a 400")
     p.add_argument("--max-context-tokens", type=_positive, default=4096,
                    help="most tokens (prompt + generated) one request may hold (default 4096, "
                    "at most the model's context); bounds memory and time; more is a 400")

@@ -344,7 +344,7 @@ def test_serve_flags_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
         "allowed_hosts": ["a.example", "b.example"], "max_generated_tokens": 64,
         "max_context_tokens": 1024, "read_timeout_s": 2.5, "max_connections": 8}
     defaults = build_parser().parse_args(["serve"])
-    assert (defaults.max_generated_tokens, defaults.max_context_tokens) == (512, 4096)
+    assert (defaults.max_generated_tokens, defaults.max_context_tokens) == (256, 4096)
     # the bind address is an allowed Host when it names one address, not when a wildcard
     assert served_hosts("0.0.0.0", [], LOOPBACK_HOSTS) == LOOPBACK_HOSTS
     assert served_hosts("10.1.2.3", ["x.example"], LOOPBACK_HOSTS) == {

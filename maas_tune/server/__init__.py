@@ -113,7 +113,7 @@ def run(
     max_top_logprobs : int, default 20
         Most top log-probs per position in completions and chat; 5 mimics a hosted API.
     max_generated_tokens : int, optional
-        Most tokens one request may generate, all its prompts together (default 512).
+        Most tokens one request may generate, all its prompts together (default 256).
     max_context_tokens : int, optional
         Most tokens (prompt + generated) one request may hold (default 4096, at most the
         model's context); bounds the memory and time of one forward pass.

@@ -36,8 +36,9 @@ __all__ = [
 #: Default of OpenAI's legacy completions when ``max_tokens`` is null.
 DEFAULT_MAX_TOKENS = 16
 #: Default of ``--max-generated-tokens``: most tokens one request may generate, all its
-#: prompts together (~25 s of model time for Gemma 3 270M on 2 busy cores).
-DEFAULT_MAX_GENERATED_TOKENS = 512
+#: prompts together; chat's default answer length. Each token is a forward pass: 512
+#: after a 3,584-token prompt took 10 minutes on 2 shared cores (benchmarks/server_memory.py).
+DEFAULT_MAX_GENERATED_TOKENS = 256
 #: Default of OpenAI's legacy completions when ``temperature`` is null.
 DEFAULT_TEMPERATURE = 1.0
 

@@ -184,7 +184,7 @@ def create_app(
     max_top_logprobs : int, default 20
         Most top log-probs per position, in completions (``logprobs``) and chat
         (``top_logprobs``); more is a 400, as on hosted APIs (e.g. 5).
-    max_generated_tokens : int, default 512
+    max_generated_tokens : int, default 256
         Most tokens one request may generate (``max_tokens`` times its prompts); more
         is a 400 naming ``--max-generated-tokens``.
     allowed_hosts : collection of str, default the loopback names

@@ -139,7 +139,7 @@ def run(
     from ..providers.local import TransformersProvider
     from ._completions import DEFAULT_MAX_GENERATED_TOKENS
     from ._connections import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT_S, server_config
-    from ._middleware import DEFAULT_MAX_BODY_BYTES, LOOPBACK_HOST_NAMES
+    from ._middleware import DEFAULT_MAX_BODY_BYTES
     from .app import create_app
     from .engine import DEFAULT_MAX_CONTEXT_TOKENS, Engine
 
@@ -163,7 +163,7 @@ def run(
                      max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
                      max_top_logprobs=max_top_logprobs,
                      max_generated_tokens=max_generated_tokens or DEFAULT_MAX_GENERATED_TOKENS,
-                     allowed_hosts=served_hosts(host, allowed_hosts, LOOPBACK_HOST_NAMES))
+                     allowed_hosts=served_hosts(host, allowed_hosts, LOOPBACK_HOSTS))
     server = uvicorn.Server(server_config(
         app, host, port, read_timeout_s=read_timeout_s or DEFAULT_READ_TIMEOUT_S,
         max_connections=max_connections or DEFAULT_MAX_CONNECTIONS))

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
+from . import LOOPBACK_HOSTS
 from .schemas import APIError
 
 __all__ = [
@@ -38,7 +39,7 @@ VERSION_HEADER = "x-maas-tune-version"
 #: Paths answered without an API key (liveness probes).
 PUBLIC_PATHS = frozenset({"/health"})
 #: ``Host`` names served by default: only this machine's own names for itself.
-LOOPBACK_HOST_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+LOOPBACK_HOST_NAMES = LOOPBACK_HOSTS
 
 
 async def _send_error(err: APIError, scope: Scope, receive: Receive, send: Send) -> None:

@@ -320,5 +320,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         max_body_bytes=args.max_body_bytes,
         max_top_logprobs=args.max_top_logprobs,
+        max_generated_tokens=args.max_generated_tokens,
+        max_context_tokens=args.max_context_tokens,
+        read_timeout_s=args.read_timeout,
+        max_connections=args.max_connections,
+        allowed_hosts=args.allowed_host,
     )
     return 0

@@ -148,6 +148,17 @@ _count = _ranged(0, MAX_COUNT)
 _seed = _ranged(0, MAX_SEED)
 
 
+def _seconds(text: str) -> float:
+    """A duration in seconds, > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``maas-tune`` (also used to document the CLI)."""
     parser = argparse.ArgumentParser(
@@ -245,6 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-top-logprobs", type=_positive, default=20,
                    help="most top log-probs per position in completions and chat (default 20; "
                    "5 mimics a hosted API); more is a 400")
+    p.add_argument("--max-generated-tokens", type=_positive, default=256,
+                   help="most tokens one request may generate, all its prompts together "
+                   "(default 256); more is a 400")
+    p.add_argument("--max-context-tokens", type=_positive, default=4096,
+                   help="most tokens (prompt + generated) one request may hold (default 4096, "
+                   "at most the model's context); bounds memory and time; more is a 400")
+    p.add_argument("--read-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="time a client gets to send a request's headers, and again its body "
+                   "(default 30); then the connection is closed")
+    p.add_argument("--max-connections", type=_positive, default=128,
+                   help="connections served at once (default 128); a request on one more gets 503")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header names NAME (repeatable; "
+                   "loopback names always; '*' for any); others get 421")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.set_defaults(func=commands.cmd_serve)
 

@@ -20,10 +20,14 @@ from ._model_files import ResolvedModel, resolve_model
 from ._packing import pack_runs
 from .base import Provider, ProviderAnswer
 
-__all__ = ["TransformersProvider"]
+__all__ = ["ContextLengthExceeded", "TransformersProvider"]
 
 #: Scoring strategy name recorded in the fingerprint (and hence in cache keys).
 STRATEGY = "next-token-logprobs"
+
+
+class ContextLengthExceeded(ConfigurationError):
+    """A prompt (plus the tokens to generate) does not fit in the model's context."""
 
 
 class TransformersProvider(Provider):
@@ -115,12 +119,26 @@ class TransformersProvider(Provider):
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self._tokenizer(list(prompts))["input_ids"]]
 
+    @property
+    def context_length(self) -> int:
+        """Most tokens the model attends to (its ``max_position_embeddings``)."""
+        return int(self._model.config.get_text_config().max_position_embeddings)
+
     def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
+        """Label log-probs after each prompt.
+
+        Raises
+        ------
+        ContextLengthExceeded
+            If a prompt is longer than the model's context (checked before any forward
+            pass: past it, a pass costs many GB and minutes, and its positions are untrained).
+        """
         prompts = list(prompts)
         answers: list[ProviderAnswer | None] = [None] * len(prompts)
         ids = self._torch.tensor(list(token_ids), dtype=self._torch.long)
+        encoded = [list(x) for x in self._tokenizer(prompts)["input_ids"]]
+        self._check_context(encoded)
         if self.pack_tokens is not None:
-            encoded = [list(x) for x in self._tokenizer(prompts)["input_ids"]]
             for chunk in pack_runs([len(x) for x in encoded], self.batch_size, self.pack_tokens):
                 for i, answer in zip(chunk, self._score_packed([encoded[i] for i in chunk], ids)):
                     answers[i] = answer
@@ -136,6 +154,17 @@ class TransformersProvider(Provider):
         self._model = None
 
     # -- internals --------------------------------------------------------------
+    def _check_context(self, encoded: list[list[int]]) -> None:
+        if self._model is None:
+            raise ProviderError("this TransformersProvider was closed; create a new one")
+        limit = self.context_length
+        for i, tokens in enumerate(encoded):
+            if len(tokens) > limit:
+                raise ContextLengthExceeded(
+                    f"prompt {i} has {len(tokens)} tokens, more than the model's context of "
+                    f"{limit} tokens ({self.model_id}); shorten or truncate it"
+                )
+
     def _score_packed(self, encoded: list[list[int]], token_ids: Any) -> list[ProviderAnswer]:
         """One forward pass over prompts packed into one row.
 

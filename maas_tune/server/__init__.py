@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._constants import DEFAULT_MODEL_NAME
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: Hosts that only this machine can reach.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Bind addresses that listen on every interface (no one name to allow in ``Host``).
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 def __getattr__(name: str) -> Any:
@@ -65,6 +68,13 @@ def warn_if_exposed(host: str, api_key: str | None) -> bool:
     return False
 
 
+def served_hosts(host: str, extra: Sequence[str], loopback: Collection[str]) -> frozenset[str]:
+    """``Host`` names to answer: the loopback names, ``extra``, and the bind address when it
+    names one address (a wildcard such as 0.0.0.0 names none)."""
+    named = [] if host in WILDCARD_HOSTS else [host]
+    return frozenset([*loopback, *extra, *named])
+
+
 def run(
     model: str | os.PathLike[str] = DEFAULT_MODEL_NAME,
     host: str = "127.0.0.1",
@@ -74,6 +84,12 @@ def run(
     max_wait_ms: float = 5,
     max_body_bytes: int | None = None,
     max_top_logprobs: int = 20,
+    *,
+    max_generated_tokens: int | None = None,
+    max_context_tokens: int | None = None,
+    read_timeout_s: float | None = None,
+    max_connections: int | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> None:
     """Serve ``model`` until SIGINT/SIGTERM (a graceful shutdown: in-flight requests finish).
 
@@ -96,6 +112,18 @@ def run(
         Largest request body (default 4 MiB); larger ones get 413.
     max_top_logprobs : int, default 20
         Most top log-probs per position in completions and chat; 5 mimics a hosted API.
+    max_generated_tokens : int, optional
+        Most tokens one request may generate, all its prompts together (default 256).
+    max_context_tokens : int, optional
+        Most tokens (prompt + generated) one request may hold (default 4096, at most the
+        model's context); bounds the memory and time of one forward pass.
+    read_timeout_s : float, optional
+        Seconds a client gets to send a request's headers, and again its body (default 30).
+    max_connections : int, optional
+        Connections served at once (default 128); a request on one more gets 503.
+    allowed_hosts : sequence of str
+        ``Host`` names served besides the loopback names (and ``host`` itself when it
+        names one address); ``"*"`` allows any. Other hosts get 421.
 
     Raises
     ------
@@ -109,9 +137,11 @@ def run(
     except ImportError as exc:
         raise MissingDependencyError("uvicorn", "server") from exc
     from ..providers.local import TransformersProvider
+    from ._completions import DEFAULT_MAX_GENERATED_TOKENS
+    from ._connections import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT_S, server_config
     from ._middleware import DEFAULT_MAX_BODY_BYTES
     from .app import create_app
-    from .engine import Engine
+    from .engine import DEFAULT_MAX_CONTEXT_TOKENS, Engine
 
     warn_if_exposed(host, api_key)
     providers: list[TransformersProvider] = []
@@ -120,7 +150,7 @@ def run(
         provider = TransformersProvider(model)
         providers.append(provider)
         model_id = DEFAULT_MODEL_NAME if str(model) == DEFAULT_MODEL_NAME else provider.model_id
-        return Engine(provider, model_id)
+        return Engine(provider, model_id, max_context_tokens or DEFAULT_MAX_CONTEXT_TOKENS)
 
     failed: list[BaseException] = []
 
@@ -131,8 +161,12 @@ def run(
     app = create_app(load, api_key=api_key, max_batch_size=max_batch_size,
                      max_wait_ms=max_wait_ms, on_load_failure=stop,
                      max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
-                     max_top_logprobs=max_top_logprobs)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port))
+                     max_top_logprobs=max_top_logprobs,
+                     max_generated_tokens=max_generated_tokens or DEFAULT_MAX_GENERATED_TOKENS,
+                     allowed_hosts=served_hosts(host, allowed_hosts, LOOPBACK_HOSTS))
+    server = uvicorn.Server(server_config(
+        app, host, port, read_timeout_s=read_timeout_s or DEFAULT_READ_TIMEOUT_S,
+        max_connections=max_connections or DEFAULT_MAX_CONNECTIONS))
     try:
         server.run()
     finally:

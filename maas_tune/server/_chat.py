@@ -12,7 +12,13 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
-from ._completions import check_model, check_top_logprobs, token_bias
+from ._completions import (
+    DEFAULT_MAX_GENERATED_TOKENS,
+    check_generated,
+    check_model,
+    check_top_logprobs,
+    token_bias,
+)
 from .batching import ScoreBatcher
 from .chat_schemas import (
     ChatChoice,
@@ -75,10 +81,14 @@ def render_chat(engine: Engine, messages: list[ChatMessage]) -> str:
     return text[len(bos):] if bos and text.startswith(bos) else text
 
 
-def _params(engine: Engine, req: ChatCompletionRequest, prompt_tokens: int) -> GenerationParams:
+def _params(
+    engine: Engine, req: ChatCompletionRequest, prompt_tokens: int, max_generated: int
+) -> GenerationParams:
     room = engine.context_length - prompt_tokens
-    limit = req.token_limit or max(1, min(DEFAULT_CHAT_MAX_TOKENS, room))
+    limit = req.token_limit or max(1, min(DEFAULT_CHAT_MAX_TOKENS, room, max_generated))
+    param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     engine.check_context(prompt_tokens, limit)
+    check_generated(limit, 1, max_generated, param)
     return GenerationParams(
         max_tokens=limit,
         temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
@@ -101,14 +111,22 @@ def _logprobs(done: Completion) -> ChatLogprobs:
     return ChatLogprobs(content=content)
 
 
+def _render(engine: Engine, req: ChatCompletionRequest) -> tuple[str, int]:
+    prompt = render_chat(engine, req.messages)
+    return prompt, len(engine.encode_prompt(prompt))
+
+
 async def create_chat_completion(
-    engine: Engine, batcher: ScoreBatcher, req: ChatCompletionRequest, max_top_logprobs: int
+    engine: Engine, batcher: ScoreBatcher, req: ChatCompletionRequest, max_top_logprobs: int,
+    max_generated_tokens: int = DEFAULT_MAX_GENERATED_TOKENS,
 ) -> ChatCompletionResponse:
-    """Answer one chat request; ``top_logprobs`` above ``max_top_logprobs`` is a 400."""
+    """Answer one chat request; ``top_logprobs`` above ``max_top_logprobs`` is a 400, as is
+    a token limit above ``max_generated_tokens``."""
     check_model(engine, req.model)
     check_top_logprobs(req.top_logprobs, max_top_logprobs, "top_logprobs")
-    prompt = render_chat(engine, req.messages)
-    params = _params(engine, req, len(engine.encode_prompt(prompt)))
+    # Templating and tokenizing a long conversation is CPU work: off the event loop.
+    prompt, prompt_tokens = await asyncio.to_thread(_render, engine, req)
+    params = _params(engine, req, prompt_tokens, max_generated_tokens)
     with batcher.admitting(1):  # waits for the model like queued prompts: same bound
         done = await asyncio.to_thread(engine.complete, prompt, params)
     choice = ChatChoice(
@@ -125,9 +143,12 @@ async def create_chat_completion(
 
 
 def install_chat_route(app: FastAPI, slot: ModelSlot, batcher: ScoreBatcher) -> None:
-    """Add ``POST /v1/chat/completions``; the cap is read from ``app.state.max_top_logprobs``."""
+    """Add ``POST /v1/chat/completions``; the caps are read from ``app.state``
+    (``max_top_logprobs``, ``max_generated_tokens``)."""
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest) -> dict[str, Any]:
-        cap = app.state.max_top_logprobs
-        return (await create_chat_completion(slot.engine, batcher, req, cap)).to_json()
+        state = app.state
+        done = await create_chat_completion(slot.engine, batcher, req, state.max_top_logprobs,
+                                            state.max_generated_tokens)
+        return done.to_json()

@@ -23,10 +23,22 @@ from .schemas import (
     Usage,
 )
 
-__all__ = ["check_model", "check_top_logprobs", "create_completion", "encode_hidden", "token_bias"]
+__all__ = [
+    "DEFAULT_MAX_GENERATED_TOKENS",
+    "check_generated",
+    "check_model",
+    "check_top_logprobs",
+    "create_completion",
+    "encode_hidden",
+    "token_bias",
+]
 
 #: Default of OpenAI's legacy completions when ``max_tokens`` is null.
 DEFAULT_MAX_TOKENS = 16
+#: Default of ``--max-generated-tokens``: most tokens one request may generate, all its
+#: prompts together; chat's default answer length. Each token is a forward pass: 512
+#: after a 3,584-token prompt took 10 minutes on 2 shared cores (benchmarks/server_memory.py).
+DEFAULT_MAX_GENERATED_TOKENS = 256
 #: Default of OpenAI's legacy completions when ``temperature`` is null.
 DEFAULT_TEMPERATURE = 1.0
 
@@ -50,6 +62,18 @@ def check_top_logprobs(value: int | None, cap: int, param: str) -> None:
     if value is not None and value > cap:
         raise APIError(400, f"{param} must be at most {cap} on this server, got {value}; "
                        f"ask for {cap} or fewer", param=param)
+
+
+def check_generated(max_tokens: int, n_prompts: int, cap: int, param: str) -> None:
+    """Raise a 400 :class:`APIError` when a request would generate more than ``cap`` tokens."""
+    total = max_tokens * n_prompts
+    if total > cap:
+        asked = f"{param}={max_tokens}" + (f" for each of {n_prompts} prompts" if n_prompts > 1
+                                           else "")
+        raise APIError(400, f"{asked} asks for up to {total} generated tokens, more than this "
+                       f"server's limit of {cap} per request (--max-generated-tokens); ask for "
+                       "fewer tokens or split the request", param=param,
+                       code="max_tokens_exceeded")
 
 
 def _check_ids(engine: Engine, ids: Iterable[int], param: str) -> None:
@@ -110,16 +134,20 @@ def _choice(
 async def create_completion(
     engine: Engine, batcher: ScoreBatcher, req: CompletionRequest,
     max_top_logprobs: int = MAX_TOP_LOGPROBS,
+    max_generated_tokens: int = DEFAULT_MAX_GENERATED_TOKENS,
 ) -> CompletionResponse:
     """Answer one completions request (every prompt is checked before any work starts).
 
-    ``logprobs`` above ``max_top_logprobs`` (the server's hosted-style cap) is a 400.
+    ``logprobs`` above ``max_top_logprobs`` (the server's hosted-style cap) is a 400, as
+    is ``max_tokens`` times the prompts above ``max_generated_tokens``.
     """
     check_model(engine, req.model)
     check_top_logprobs(req.logprobs, max_top_logprobs, "logprobs")
     params = _params(engine, req)
     prompts = req.prompts
-    lengths = engine.checked_lengths(prompts, params.max_tokens)
+    # Tokenizing megabytes takes seconds: off the event loop, so /health still answers.
+    lengths = await asyncio.to_thread(engine.checked_lengths, prompts, params.max_tokens)
+    check_generated(params.max_tokens, len(prompts), max_generated_tokens, "max_tokens")
     choices, prompt_tokens, completion_tokens = [], 0, 0
     forward = needs_forward(params)
     with batcher.admitting(len(prompts) if forward else 0):  # a flood gets 429, as for scoring

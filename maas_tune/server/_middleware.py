@@ -1,4 +1,5 @@
-"""Pure ASGI middleware of the server: version header, API key, 500s, and the body size limit.
+"""Pure ASGI middleware of the server: Host allow-list, version header, API key, 500s, and the
+body size limit.
 
 Pure ASGI (not ``BaseHTTPMiddleware``): no extra task per request, and exceptions
 raised while a route reads the body reach FastAPI unwrapped.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Collection
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
@@ -15,9 +17,18 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
+from . import LOOPBACK_HOSTS
 from .schemas import APIError
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "PUBLIC_PATHS", "VERSION_HEADER", "BodyLimit", "Gate"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "LOOPBACK_HOST_NAMES",
+    "PUBLIC_PATHS",
+    "VERSION_HEADER",
+    "BodyLimit",
+    "Gate",
+    "HostCheck",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +38,8 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 VERSION_HEADER = "x-maas-tune-version"
 #: Paths answered without an API key (liveness probes).
 PUBLIC_PATHS = frozenset({"/health"})
+#: ``Host`` names served by default: only this machine's own names for itself.
+LOOPBACK_HOST_NAMES = LOOPBACK_HOSTS
 
 
 async def _send_error(err: APIError, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,6 +83,41 @@ class Gate:
             if not started:
                 await _send_error(APIError(500, "internal server error; see the server log",
                                            type="server_error"), scope, receive, send)
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, lower-case, without port or IPv6 brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):  # [::1]:8000
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class HostCheck:
+    """Answer 421 to a request whose ``Host`` is not allowed.
+
+    A web page can point a name it controls at 127.0.0.1 (DNS rebinding) and so reach
+    a key-less loopback server from the user's browser; its requests then carry that
+    name in ``Host``, which this refuses. ``"*"`` in ``allowed`` turns the check off.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Collection[str] = LOOPBACK_HOST_NAMES) -> None:
+        self.app = app
+        self.allowed = frozenset(host_name(h) for h in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or "*" in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        header = Headers(scope=scope).get("host", "")
+        if host_name(header) not in self.allowed:
+            shown = header[:100].encode("ascii", "replace").decode() or "(none)"
+            await _send_error(APIError(
+                421, f"this server does not answer for Host {shown!r}; if that name is meant to "
+                "reach it, start it with --allowed-host NAME (repeatable)",
+                param="Host", code="host_not_allowed"), scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class _TooLarge(HTTPException):

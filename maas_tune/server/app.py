@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,10 +20,22 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(exc.name or "fastapi", "server") from exc
 
 from ._chat import install_chat_route
-from ._completions import check_model, create_completion, encode_hidden
-from ._middleware import DEFAULT_MAX_BODY_BYTES, VERSION_HEADER, BodyLimit, Gate
+from ._completions import (
+    DEFAULT_MAX_GENERATED_TOKENS,
+    check_model,
+    create_completion,
+    encode_hidden,
+)
+from ._middleware import (
+    DEFAULT_MAX_BODY_BYTES,
+    LOOPBACK_HOST_NAMES,
+    VERSION_HEADER,
+    BodyLimit,
+    Gate,
+    HostCheck,
+)
 from ._slot import ModelSlot
-from .batching import QueueFull, ScoreBatcher
+from .batching import QueueFull, ScoreBatcher, TooManyPrompts
 from .engine import ContextLengthExceeded, Engine
 from .schemas import (
     MAX_TOP_LOGPROBS,
@@ -47,10 +59,14 @@ def _error_response(err: APIError) -> JSONResponse:
 
 def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+    # In a union (str | list[str]) each member reports; a value error says what is wrong.
+    ranked = sorted(errors, key=lambda e: e.get("type") != "value_error")
+    first = ranked[0] if ranked else {"loc": (), "msg": str(exc)}
     if first.get("type") == "json_invalid":
         return _error_response(APIError(400, "the request body is not valid JSON"))
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    # Leave out "body" and pydantic's names of union members ("function-after[...]", "str").
+    loc = [str(part) for part in first.get("loc", ())
+           if part != "body" and not (isinstance(part, str) and (part == "str" or "[" in part))]
     param = ".".join(loc) or None
     msg = str(first.get("msg")).removeprefix("Value error, ")
     message = f"{param}: {msg}" if param else msg
@@ -66,7 +82,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
         code = "request_too_large" if exc.status_code == 413 else None
-        return _error_response(APIError(exc.status_code, str(exc.detail), type=kind, code=code))
+        return _error_response(APIError(exc.status_code, str(exc.detail), type=kind, code=code,
+                                        headers=exc.headers))
 
     async def queue_full(_r: Request, exc: Exception) -> JSONResponse:
         return _error_response(APIError(429, str(exc), type="rate_limit_error",
@@ -77,6 +94,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(APIError(400, str(exc), param="prompt",
                                         code="context_length_exceeded"))
 
+    async def too_many(_r: Request, exc: Exception) -> JSONResponse:
+        return _error_response(APIError(400, str(exc), code="too_many_prompts"))
+
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         return _validation_error(request, exc)
 
@@ -84,6 +104,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(QueueFull, queue_full)
     app.add_exception_handler(ContextLengthExceeded, too_long)
+    app.add_exception_handler(TooManyPrompts, too_many)
     app.add_exception_handler(RequestValidationError, validation)
 
 
@@ -103,12 +124,15 @@ def _install_routes(app: FastAPI, slot: ModelSlot, batcher: ScoreBatcher) -> Non
     async def tokenize(req: TokenizeRequest) -> dict[str, list[int]]:
         engine = slot.engine
         check_model(engine, req.model)
-        return {"tokens": engine.tokenize(req.input)}
+        # Megabytes of text take seconds to tokenize: off the event loop, so others are served.
+        return {"tokens": await asyncio.to_thread(engine.tokenize, req.input)}
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> dict[str, Any]:
-        cap = app.state.max_top_logprobs
-        return (await create_completion(slot.engine, batcher, req, cap)).to_json()
+        state = app.state
+        done = await create_completion(slot.engine, batcher, req, state.max_top_logprobs,
+                                       state.max_generated_tokens)
+        return done.to_json()
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
@@ -118,7 +142,8 @@ def _install_routes(app: FastAPI, slot: ModelSlot, batcher: ScoreBatcher) -> Non
             raise APIError(400, "this server's provider returns no hidden states; "
                            "start it with return_hidden=True", param="model")
         inputs = req.inputs
-        answers = await batcher.submit(inputs, (), engine.checked_lengths(inputs))
+        lengths = await asyncio.to_thread(engine.checked_lengths, inputs)
+        answers = await batcher.submit(inputs, (), lengths)
         data = [
             {"object": "embedding", "index": i,
              "embedding": encode_hidden(a.hidden) if req.encoding_format == "base64"
@@ -136,6 +161,8 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     on_load_failure: Callable[[BaseException], None] | None = None,
     max_top_logprobs: int = MAX_TOP_LOGPROBS,
+    max_generated_tokens: int = DEFAULT_MAX_GENERATED_TOKENS,
+    allowed_hosts: Collection[str] = LOOPBACK_HOST_NAMES,
 ) -> FastAPI:
     """Build the OpenAI-compatible server around ``engine``.
 
@@ -157,6 +184,12 @@ def create_app(
     max_top_logprobs : int, default 20
         Most top log-probs per position, in completions (``logprobs``) and chat
         (``top_logprobs``); more is a 400, as on hosted APIs (e.g. 5).
+    max_generated_tokens : int, default 256
+        Most tokens one request may generate (``max_tokens`` times its prompts); more
+        is a 400 naming ``--max-generated-tokens``.
+    allowed_hosts : collection of str, default the loopback names
+        ``Host`` header names (without port) served; any other gets 421 (a DNS
+        rebinding page cannot reach a key-less server). ``"*"`` allows any host.
 
     Returns
     -------
@@ -186,9 +219,11 @@ def create_app(
     app.state.slot = slot
     app.state.batcher = batcher
     app.state.max_top_logprobs = max_top_logprobs
+    app.state.max_generated_tokens = max_generated_tokens
     _install_error_handlers(app)
     _install_routes(app, slot, batcher)
     install_chat_route(app, slot, batcher)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.add_middleware(Gate, api_key=api_key)  # outermost: the key is checked first
+    app.add_middleware(Gate, api_key=api_key)
+    app.add_middleware(HostCheck, allowed=allowed_hosts)  # outermost: before the key
     return app

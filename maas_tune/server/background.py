@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from ..errors import MaasTuneError
 
@@ -24,8 +25,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: object) -> Iterator[str]:
+def serve_in_thread(app: object, **options: Any) -> Iterator[str]:
     """Run ``app`` under uvicorn on 127.0.0.1; yield ``http://127.0.0.1:<port>``; stop it.
+
+    ``options`` go to :func:`~maas_tune.server._connections.server_config` (e.g.
+    ``read_timeout_s``, ``max_connections``) and on to ``uvicorn.Config``. Unlike
+    ``maas-tune serve``, the number of connections is not capped unless asked.
 
     Raises
     ------
@@ -34,8 +39,12 @@ def serve_in_thread(app: object) -> Iterator[str]:
     """
     import uvicorn
 
+    from ._connections import server_config
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    options.setdefault("log_level", "warning")
+    options.setdefault("max_connections", None)
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, **options))
     thread = threading.Thread(target=server.run, name="maas-tune-serve", daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_S

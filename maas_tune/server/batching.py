@@ -14,7 +14,7 @@ from ..providers._packing import pack_runs
 from ..providers.base import ProviderAnswer
 from ._planning import DEFAULT_PASS_OVERHEAD_TOKENS, pass_waste, plan_passes
 
-__all__ = ["QueueFull", "ScoreBatcher"]
+__all__ = ["QueueFull", "ScoreBatcher", "TooManyPrompts"]
 
 #: How many recent pass sizes :attr:`ScoreBatcher.batch_sizes` keeps.
 BATCH_SIZE_HISTORY = 1024
@@ -26,6 +26,16 @@ ScoreFn = Callable[[Sequence[str], Sequence[int]], list[ProviderAnswer]]
 
 class QueueFull(MaasTuneError):
     """The batching queue has no room for the request; the client should retry later."""
+
+
+class TooManyPrompts(MaasTuneError):
+    """One request holds more prompts than the queue ever takes: retrying cannot help."""
+
+
+def _check_size(n: int, max_queue: int) -> None:
+    if n > max_queue:
+        raise TooManyPrompts(f"this request has {n} prompts; send at most {max_queue} prompts "
+                             "per request")
 
 
 @dataclass
@@ -133,13 +143,14 @@ class ScoreBatcher:
         ------
         QueueFull
             If ``max_queue`` such prompts are already admitted (nothing is held then).
+        TooManyPrompts
+            If ``n`` is more than ``max_queue``.
         """
+        _check_size(n, self.max_queue)
         if self._generating + n > self.max_queue:
-            advice = (f"send at most {self.max_queue} prompts per request" if n > self.max_queue
-                      else "retry after a short wait")
             raise QueueFull(
                 f"the server is busy ({self._generating} of {self.max_queue} prompts "
-                f"generating, {n} more asked for); {advice}"
+                f"generating, {n} more asked for); retry after a short wait"
             )
         self._generating += n
         try:
@@ -160,7 +171,10 @@ class ScoreBatcher:
         ------
         QueueFull
             If the prompts do not fit in the queue (nothing is enqueued then).
+        TooManyPrompts
+            If there are more prompts than ``max_queue``: they would never fit.
         """
+        _check_size(len(prompts), self.max_queue)
         queue = self._start()
         if queue.qsize() + len(prompts) > self.max_queue:
             raise QueueFull(

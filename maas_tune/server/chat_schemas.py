@@ -10,6 +10,7 @@ from .schemas import (
     MAX_SEED,
     MAX_TOP_LOGPROBS,
     MIN_SEED,
+    Text,
     Usage,
     check_logit_bias,
     stop_strings,
@@ -32,7 +33,7 @@ class ContentPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
@@ -41,7 +42,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
 
     @property
     def text(self) -> str:
@@ -66,7 +67,7 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     logit_bias: dict[str, float] | None = None
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     n: int | None = 1
     seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED)
     stream: bool | None = False

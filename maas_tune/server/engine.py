@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._constants import DEFAULT_MODEL_NAME
-from ..errors import ConfigurationError
 from ..providers.base import ProviderAnswer
-from ..providers.local import TransformersProvider
+from ..providers.local import ContextLengthExceeded, TransformersProvider
+from ._fair_lock import FairLock
 
 __all__ = [
     "Completion",
@@ -21,9 +20,12 @@ __all__ = [
     "needs_forward",
 ]
 
-
-class ContextLengthExceeded(ConfigurationError):
-    """The prompt plus the tokens to generate do not fit in the model's context."""
+#: Default of ``--max-context-tokens``: most tokens (prompt + generated) one request may
+#: hold. Memory and time grow with it (see benchmarks/server_memory.py).
+DEFAULT_MAX_CONTEXT_TOKENS = 4096
+#: Prompt positions sent through the LM head at once for echoed log-probs: (64, V)
+#: float32 logits are 64 MiB for Gemma's 262,144 tokens, not (L, V) at once.
+ECHO_CHUNK_POSITIONS = 64
 
 
 @dataclass(frozen=True)
@@ -70,23 +72,34 @@ class Engine:
         the default) for the embeddings endpoint and the ``return_hidden`` extension.
     model_id : str, default "gemma-3-270m"
         The name the server answers to (``model`` in requests and responses).
+    max_context_tokens : int, default 4096
+        Most tokens (prompt + generated) one request may hold, at most the model's
+        context; a longer request is refused (``ContextLengthExceeded``) before any work.
+        None: the model's context.
 
     Notes
     -----
     Methods are blocking (torch); the HTTP layer runs them with ``asyncio.to_thread``.
     The lock serialises forward passes because ``provider.score`` captures the hidden
-    state with a forward hook that a concurrent pass would also trigger.
+    state with a forward hook that a concurrent pass would also trigger. It is granted
+    first come, first served, and generation takes it once per token, so a scoring pass
+    waits for one decoding step, not for a whole generation.
     """
 
-    def __init__(self, provider: TransformersProvider, model_id: str = DEFAULT_MODEL_NAME) -> None:
+    def __init__(
+        self, provider: TransformersProvider, model_id: str = DEFAULT_MODEL_NAME,
+        max_context_tokens: int | None = DEFAULT_MAX_CONTEXT_TOKENS,
+    ) -> None:
         import torch
 
         self.provider = provider
         self.model_id = model_id
         self._torch = torch
-        self._lock = threading.Lock()
+        self._lock = FairLock()
         config = provider.model.config.get_text_config()
-        self.context_length = int(config.max_position_embeddings)
+        self.model_context = int(config.max_position_embeddings)
+        self.context_length = min(self.model_context, max_context_tokens or self.model_context)
+        self._softcap = getattr(config, "final_logit_softcapping", None)
         self.vocab_size = int(provider.model.get_output_embeddings().weight.shape[0])
         self.returns_hidden = bool(provider.returns_hidden)
         tok = provider.tokenizer
@@ -110,11 +123,16 @@ class Engine:
 
     def check_context(self, prompt_tokens: int, max_tokens: int = 0) -> None:
         """Raise :class:`ContextLengthExceeded` if the request cannot fit the context."""
-        if prompt_tokens + max_tokens > self.context_length:
-            raise ContextLengthExceeded(
-                f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds "
-                f"the model's context of {self.context_length} tokens; shorten the prompt"
-            )
+        if prompt_tokens + max_tokens <= self.context_length:
+            return
+        model = getattr(self, "model_context", self.context_length)
+        limit = (f"the model's context of {self.context_length} tokens" if model <= self.context_length
+                 else f"this server's limit of {self.context_length} tokens per request "
+                 f"(--max-context-tokens; the model's context is {model})")
+        raise ContextLengthExceeded(
+            f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds "
+            f"{limit}; shorten the prompt"
+        )
 
     def checked_lengths(self, prompts: Sequence[str], max_tokens: int = 0) -> list[int]:
         """Prompt tokens of each prompt (BOS included), after checking each fits the context."""
@@ -141,38 +159,59 @@ class Engine:
 
     # -- completion -------------------------------------------------------------
     def complete(self, prompt: str, params: GenerationParams) -> Completion:
-        """Echo and/or generate up to ``params.max_tokens`` tokens after ``prompt``."""
+        """Echo and/or generate up to ``params.max_tokens`` tokens after ``prompt``.
+
+        The prompt is one forward pass; each chunk of echoed log-probs and each
+        generated token takes the lock on its own, so scoring passes run between them.
+        """
         ids = self.encode_prompt(prompt)
         self.check_context(len(ids), params.max_tokens)
-        want_echo_lp = params.echo and params.logprobs is not None
         result = empty_completion(prompt, len(ids), params)
         if not needs_forward(params):
             return result
         torch = self._torch
-        with self._lock, torch.inference_mode():
-            # logits_to_keep=0 keeps every position (needed only for echo logprobs).
-            out = self.provider.model(input_ids=torch.tensor([ids]), use_cache=True,
-                                      logits_to_keep=0 if want_echo_lp else 1)
-            logits = out.logits[0].float()  # (L or 1, V)
-            if want_echo_lp:
-                self._echo_logprobs(ids, logits, params.logprobs or 0, result)
+        with torch.inference_mode():
+            with self._lock:
+                out = self.provider.model.model(input_ids=torch.tensor([ids]), use_cache=True)
+                hidden = out.last_hidden_state[0]  # (L, d)
+                logits = self._logits(hidden[-1:])[0]  # (V,)
+            cache = out.past_key_values
+            del out
+            if params.echo and params.logprobs is not None:
+                self._echo_logprobs(ids, hidden, params.logprobs, result)
+            del hidden  # only the KV cache is needed from here on
             if params.max_tokens > 0:
-                self._generate(prompt, logits[-1], out.past_key_values, params, result)
+                self._generate(prompt, logits, cache, params, result)
         return result
 
-    def _echo_logprobs(self, ids: list[int], logits: Any, k: int, result: Completion) -> None:
+    def _logits(self, hidden: Any) -> Any:
+        """(n, V) float32 logits of (n, d) last-layer hidden states (the model's LM head)."""
+        logits = self.provider.model.get_output_embeddings()(hidden).float()  # (n, V)
+        if self._softcap is not None:  # as the model's own forward does
+            logits = self._torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    def _echo_logprobs(self, ids: list[int], hidden: Any, k: int, result: Completion) -> None:
+        """Log-prob and top ``k`` of each prompt token, ``ECHO_CHUNK_POSITIONS`` rows at a time:
+        (L, V) logits are never held at once (6 GB for 6,000 tokens of Gemma 3)."""
         torch = self._torch
-        lp = torch.log_softmax(logits[:-1], dim=-1)  # (L - 1, V): row i predicts ids[i + 1]
         start = 1 if ids and ids[0] == self._bos else 0
         offset = 0
-        for pos in range(start, len(ids)):
-            text = self.token_text(ids[pos])
-            first = pos == start
-            result.tokens.append(text)
-            result.token_logprobs.append(None if first else float(lp[pos - 1, ids[pos]]))
-            result.top_logprobs.append(None if first else self._top(lp[pos - 1], k))
-            result.text_offset.append(offset)
-            offset += len(text)
+        for lo in range(start, len(ids), ECHO_CHUNK_POSITIONS):
+            hi = min(lo + ECHO_CHUNK_POSITIONS, len(ids))
+            # rows[j] predicts ids[max(lo, 1) + j]; the first token has no prediction
+            rows = hidden[max(lo - 1, 0) : hi - 1]  # (c, d)
+            with self._lock:  # a chunk per turn: the LM head is most of an echo's time
+                lp = torch.log_softmax(self._logits(rows), dim=-1) if len(rows) else None  # (c, V)
+            for pos in range(lo, hi):
+                text = self.token_text(ids[pos])
+                row = pos - max(lo, 1)  # position of the row predicting ids[pos]
+                first = pos == start
+                result.tokens.append(text)
+                result.token_logprobs.append(None if first else float(lp[row, ids[pos]]))
+                result.top_logprobs.append(None if first else self._top(lp[row], k))
+                result.text_offset.append(offset)
+                offset += len(text)
 
     def _top(self, lp: Any, k: int) -> dict[str, float]:
         if k <= 0:
@@ -219,9 +258,10 @@ class Engine:
                 result.finish_reason = "stop"
                 break
             if step + 1 < params.max_tokens:
-                out = self.provider.model(
-                    input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True
-                )
+                with self._lock:  # one token per turn: waiting scoring passes go in between
+                    out = self.provider.model(
+                        input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True
+                    )
                 cache, logits = out.past_key_values, out.logits[0, -1].float()
         self._finish_text(prompt, steps, params, result)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import MaasTuneError
 
@@ -17,6 +17,7 @@ __all__ = [
     "ExtensionRequest",
     "ExtensionResult",
     "Logprobs",
+    "Text",
     "TokenizeRequest",
     "Usage",
     "check_logit_bias",
@@ -43,6 +44,27 @@ def check_logit_bias(bias: dict[str, float] | None) -> dict[str, float] | None:
         if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
             raise ValueError(f"values must lie in [-100, 100], got {value} for {key!r}")
     return bias
+
+
+def check_unicode(text: str) -> str:
+    """Refuse a string that is not valid Unicode text (ValueError naming where it breaks).
+
+    JSON's ``"\\ud800"`` escape decodes to a lone UTF-16 surrogate, which Python
+    strings can hold but no tokenizer (nor UTF-8) can encode.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise ValueError(
+            f"contains a lone surrogate {bad!r} at character {exc.start}, which is not valid "
+            "Unicode; send UTF-8 text (a surrogate escape must be half of a pair)"
+        ) from None
+    return text
+
+
+#: A string that the tokenizer can encode: every text field that reaches the model.
+Text = Annotated[str, AfterValidator(check_unicode)]
 
 
 def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
@@ -95,13 +117,13 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    prompt: str | list[str]
+    prompt: Text | list[Text]
     max_tokens: int | None = Field(16, ge=0)
     temperature: float | None = Field(1.0, ge=0.0, le=2.0)
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     logit_bias: dict[str, float] | None = None
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     n: int = 1
     seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED)
     stream: bool | None = False
@@ -147,7 +169,7 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    input: str | list[str]
+    input: Text | list[Text]
     encoding_format: Literal["float", "base64"] = "float"
 
     @property
@@ -166,7 +188,7 @@ class EmbeddingRequest(BaseModel):
 class TokenizeRequest(BaseModel):
     """``POST /extras/tokenize`` (the shape of llama-cpp-python's server)."""
 
-    input: str
+    input: Text
     model: str | None = None
 
 

@@ -347,3 +347,15 @@ def test_mostly_floored_training_answers_stop_before_the_test_set(
     assert "top-k bound" in err and "stopped before scoring the test set" in err
     assert "--tokenizer" in err
     assert QueryBudget("default:test", store=db_path).status().spent_queries == 0
+
+
+def test_an_unreachable_api_is_named_by_the_url_given():
+    """Row 13: the error named our /extras/tokenize, not the URL the user gave."""
+    from maas_tune.errors import ProviderConnectionError
+
+    provider = OpenAICompletionsProvider("http://127.0.0.1:9/v1", "m", api_key=KEY,
+                                         max_retries=0)
+    with pytest.raises(ProviderConnectionError) as info:
+        provider.label_token_ids(["positive"])
+    assert "the API at http://127.0.0.1:9/v1" in str(info.value)
+    assert "extras/tokenize" not in str(info.value)

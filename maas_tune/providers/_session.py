@@ -399,9 +399,8 @@ class APISession:
                 raise
             body = {}
         except ProviderConnectionError as exc:  # name the URL the user gave, not ours
-            raise type(exc)(
-                f"cannot reach {self._shown_url}: {exc}"
-            ) from exc
+            shown = f"POST {public_url(self._tokenize_url)}"
+            raise type(exc)(str(exc).replace(shown, f"the API at {self._shown_url}")) from exc
         except ProviderResponseError:  # e.g. an HTML page: not a tokenizer
             body = {}
         tokens = body.get("tokens")

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .base import Provider, ProviderAnswer
+from .tokenizers import load_tokenizer
 
-__all__ = ["Provider", "ProviderAnswer"]
+__all__ = ["Provider", "ProviderAnswer", "load_tokenizer"]

@@ -134,14 +134,14 @@ def main() -> None:
     try:
         table = {name: run_dataset(name, chat, local, store, args.test_limit)
                  for name in args.datasets}
-        probe = chat.probe_result
+        plan = chat.plan
     finally:
         server.terminate()
         server.wait(timeout=60)
         local.close()
     path = write_result("chat_accuracy", {
         "seeds": list(SEEDS), "shots": SHOTS, "server_max_top_logprobs": TOP_LOGPROBS,
-        "test_limit": args.test_limit, "strategy": chat.strategy, "probe": probe.reason,
+        "test_limit": args.test_limit, "strategy": chat.strategy, "probe": plan.reason,
         "chat_format": chat.chat_format.fingerprint(), "results": table,
     })
     print(f"wrote {path}")

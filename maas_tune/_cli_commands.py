@@ -99,7 +99,7 @@ def _task_and_data(args: argparse.Namespace) -> tuple[str, Task, list[Example], 
     return Path(args.train).stem, task, train, test
 
 
-def _columns(args: argparse.Namespace) -> dict[str, str | None]:
+def _columns(args: argparse.Namespace) -> dict[str, Any]:
     """The column flags as the keywords of :func:`load_examples`."""
     return {field: getattr(args, f"{field}_column", None) for field in ("text", "text_b", "label")}
 

@@ -296,7 +296,7 @@ def load_examples(
     """
     from .frames import load_table, resolve_columns
 
-    names = {"text": text, "text_b": text_b, "label": label, "column_mapping": column_mapping}
+    names: dict[str, Any] = {"text": text, "text_b": text_b, "label": label, "column_mapping": column_mapping}
     if not isinstance(path, (str, Path)) or Path(path).suffix.lower() == ".parquet":
         return load_table(path, labels=labels, require_label=require_label, **names)
     columns = resolve_columns(**names)

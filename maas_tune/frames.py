@@ -72,15 +72,15 @@ def resolve_columns(
                 "map one column to each field"
             )
         chosen[field] = column
-    for field, column in ((TEXT_FIELD, text), (PAIR_FIELD, text_b), (LABEL_FIELD, label)):
-        if column is None:
+    for field, named in ((TEXT_FIELD, text), (PAIR_FIELD, text_b), (LABEL_FIELD, label)):
+        if named is None:
             continue
-        if field in chosen and chosen[field] != column:
+        if field in chosen and chosen[field] != named:
             raise ConfigurationError(
-                f"{field}={column!r} contradicts column_mapping, which maps {chosen[field]!r} "
+                f"{field}={named!r} contradicts column_mapping, which maps {chosen[field]!r} "
                 f"to {field!r}; give the column once"
             )
-        chosen[field] = column
+        chosen[field] = named
     for field, column in chosen.items():
         if not isinstance(column, str) or not column:
             raise ConfigurationError(
@@ -184,12 +184,12 @@ class _Table(NamedTuple):
 
 def _table(data: Any) -> _Table | None:
     """``data`` as named columns if it is a DataFrame or a Dataset, else None."""
-    pandas = sys.modules.get("pandas")
+    pandas: Any = sys.modules.get("pandas")
     if pandas is not None and isinstance(data, pandas.DataFrame):
         lookup = {str(c): c for c in data.columns}  # names shown and mapped as str
         return _Table("DataFrame", list(lookup), lambda c: data[lookup[c]].tolist(), {})
-    hf = sys.modules.get("datasets")
-    if hf is not None and isinstance(data, getattr(hf, "Dataset", ())):
+    hf: Any = sys.modules.get("datasets")
+    if hf is not None and isinstance(data, hf.Dataset):
         decode = {
             name: feature.int2str
             for name, feature in data.features.items()

@@ -109,16 +109,16 @@ def test_numeric_labels_and_missing_texts_are_refused_naming_the_row() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ("a gorgeous movie", "got a single str, not a collection of rows; pass a pandas "
-                             "DataFrame, a datasets.Dataset, a list of dicts"),
+        ("a gorgeous movie", ("got a single str, not a collection of rows; pass a pandas "
+                             "DataFrame, a datasets.Dataset, a list of dicts")),
         ({"text": TEXTS}, "got a dict; pass a pandas DataFrame"),
         (np.arange(3), "got a numpy.ndarray of int64 with shape (3,); pass"),
         (np.array([TEXTS]), "got a numpy.ndarray of <U23 with shape (1, 3); pass"),
         (42, "got a value of type int, which holds no rows; pass a pandas DataFrame"),
-        ([("a", "b")], "item 0 is a tuple (('a', 'b')); each item must be a dict, a str or an "
-                       "Example"),
-        ([{"review": "x"}], "item 0: the record has no key 'text' (its keys: ['review']); name "
-                            "the text's key with text='KEY'"),
+        ([("a", "b")], ("item 0 is a tuple (('a', 'b')); each item must be a dict, a str or an "
+                       "Example")),
+        ([{"review": "x"}], ("item 0: the record has no key 'text' (its keys: ['review']); name "
+                            "the text's key with text='KEY'")),
     ],
 )
 def test_refusals_name_what_was_given_and_what_to_pass(data: Any, message: str) -> None:
@@ -225,8 +225,8 @@ def test_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gemm
     block = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
     assert "mt.TransformersProvider()" in block
     namespace: dict[str, Any] = {"gemma": gemma}
-    exec(compile(block.replace("mt.TransformersProvider()", "gemma"), "docs/data.md", "exec"),
-         namespace)  # fmt: skip
+    code = compile(block.replace("mt.TransformersProvider()", "gemma"), "docs/data.md", "exec")
+    exec(code, namespace)  # noqa: S102 - our own docs page
     assert len(namespace["shots"]) == 4
     assert set(namespace["predicted"]) <= {"negative", "positive"}
     assert namespace["pairs"][0] == Example("a gorgeous movie", "positive")

@@ -236,20 +236,13 @@ def parse_examples(
         _records_jsonl(text, source) if fmt == "jsonl" else _records_csv(text, source, text_column)
     )
     examples = [
-        _to_example(_renamed(record, columns), f"{source}, line {number}", labels, require_label)
+        _to_example(columns.renamed(record, f"{source}, line {number}") if columns else record,
+                    f"{source}, line {number}", labels, require_label)
         for number, record in records
-    ]
+    ]  # fmt: skip
     if not examples:
         raise DataError(f"{source}: the file is empty (no records); add examples, one per line")
     return examples
-
-
-def _renamed(record: dict[str, Any], columns: Columns | None) -> dict[str, Any]:
-    """``record`` keyed by field (text, text_b, label) instead of by the data's own columns."""
-    if columns is None:
-        return record
-    fields = (TEXT_FIELD, PAIR_FIELD, LABEL_FIELD)
-    return {field: record[columns.of(field)] for field in fields if columns.of(field) in record}
 
 
 def load_examples(

@@ -44,6 +44,13 @@ class Columns(NamedTuple):
         """The column that holds ``field``."""
         return str(getattr(self, field))
 
+    def renamed(self, record: dict[str, Any], where: str) -> dict[str, Any]:
+        """A file's ``record`` keyed by field instead of by its own column names."""
+        if self.text not in record:
+            raise DataError(f"{where}: missing field {self.text!r} (the text); every record "
+                            f"needs {self.text!r}")  # fmt: skip
+        return {field: record[self.of(field)] for field in FIELDS if self.of(field) in record}
+
 
 def resolve_columns(
     *,

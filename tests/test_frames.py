@@ -173,6 +173,8 @@ def test_load_examples_csv_and_jsonl_with_own_column_names(tmp_path: Path) -> No
     assert load_examples(jsonl, column_mapping={"review": "text", "stars": "label"}) == EXPECTED
     with pytest.raises(DataError, match=r"has no 'body' column; check the column name"):
         load_examples(csv_path, text="body")
+    with pytest.raises(DataError, match=r"line 1: missing field 'body' \(the text\)"):
+        load_examples(jsonl, text="body")
     with pytest.raises(DataError, match="DataFrame: holds no rows"):
         load_examples(pd.DataFrame({"text": [], "label": []}))
 

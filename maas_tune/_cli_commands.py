@@ -15,7 +15,7 @@ from . import datasets
 from .budget import QueryBudget
 from .cache import ScoreCache
 from .client import Client
-from .data import Example, labels_to_indices, load_examples, sample_k_shot
+from .data import Example, labels_to_indices, load_examples, parse_examples, sample_k_shot
 from .decoders import load_decoder, save_decoder
 from .errors import ConfigurationError
 from .experiment import (
@@ -27,6 +27,7 @@ from .experiment import (
     needs_content_free,
     subsample_test,
 )
+from .frames import resolve_columns
 from .methods import PromptMethod, is_saved_method, load_method, save_method
 from .providers.base import Provider
 from .storage import Store
@@ -80,6 +81,11 @@ def _task_and_data(args: argparse.Namespace) -> tuple[str, Task, list[Example], 
     if args.dataset:
         if args.train or args.test:
             raise ConfigurationError("give either --dataset or --train/--test files, not both")
+        if any(_columns(args).values()):
+            raise ConfigurationError(
+                "--text-column, --text-b-column and --label-column name the columns of "
+                "--train/--test files; a bundled --dataset has its own: drop them"
+            )
         task = Task.from_file(args.task) if args.task else datasets.load_task(args.dataset)
         ds = datasets.load(args.dataset)
         return args.dataset, task, list(ds.train), list(ds.test)
@@ -88,9 +94,29 @@ def _task_and_data(args: argparse.Namespace) -> tuple[str, Task, list[Example], 
             "say what to train on: --dataset NAME (bundled), or --train FILE and --task FILE"
         )
     task = Task.from_file(args.task)
-    train = load_examples(args.train, labels=task.labels)
-    test = load_examples(args.test, labels=task.labels) if getattr(args, "test", None) else []
+    train = _load(args.train, args, task)
+    test = _load(args.test, args, task) if getattr(args, "test", None) else []
     return Path(args.train).stem, task, train, test
+
+
+def _columns(args: argparse.Namespace) -> dict[str, Any]:
+    """The column flags as the keywords of :func:`load_examples`."""
+    return {field: getattr(args, f"{field}_column", None) for field in ("text", "text_b", "label")}
+
+
+def _load(path: str, args: argparse.Namespace, task: Task, *, require_label: bool = True
+          ) -> list[Example]:  # fmt: skip
+    """Examples of a data file, or of JSON Lines on stdin for ``-``, with the column flags."""
+    if path == "-":
+        return parse_examples(
+            sys.stdin.buffer.read(),
+            fmt="jsonl",
+            source="<stdin>",
+            labels=task.labels,
+            require_label=require_label,
+            columns=resolve_columns(**_columns(args)),
+        )
+    return load_examples(path, labels=task.labels, require_label=require_label, **_columns(args))
 
 
 def _budget(
@@ -228,7 +254,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "maas-tune: warning: the provider differs from the one the decoder was fitted with",
             file=sys.stderr,
         )
-    examples = load_examples(args.input, labels=task.labels, require_label=False)
+    examples = _load(args.input, args, task, require_label=False)
     store = Store(args.cache)
     client = Client(
         provider,
@@ -246,7 +272,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         out: TextIO = (
             stack.enter_context(open(args.output, "w", encoding="utf-8"))
-            if args.output
+            if args.output and args.output != "-"
             else sys.stdout
         )
         for ex, label, p in zip(examples, preds, proba):

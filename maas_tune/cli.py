@@ -100,12 +100,27 @@ def _add_provider(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_columns(p: argparse.ArgumentParser) -> None:
+    for field, default in (("text", "text"), ("text-b", "text_b"), ("label", "label")):
+        p.add_argument(
+            f"--{field}-column",
+            metavar="NAME",
+            help=f"the column (or JSON key) of the data files holding the {default} "
+            f"(default {default!r})",
+        )
+
+
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="bundled dataset name (see `maas-tune datasets`)")
     p.add_argument(
-        "--train", metavar="FILE", help="training pool (.jsonl/.csv) instead of --dataset"
+        "--train",
+        metavar="FILE",
+        help="training pool (.jsonl/.csv/.parquet) instead of --dataset",
     )
-    p.add_argument("--test", metavar="FILE", help="test set (.jsonl/.csv) instead of --dataset")
+    p.add_argument(
+        "--test", metavar="FILE", help="test set (.jsonl/.csv/.parquet) instead of --dataset"
+    )
+    _add_columns(p)
     p.add_argument("--task", metavar="FILE", help="task file (.toml/.json); default: the dataset's")
     p.add_argument("--shots", type=_positive, default=16, help="examples per class (default 16)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the draw and the decoder")
@@ -217,8 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(p), _add_provider(p)
     p.add_argument("--decoder", required=True, metavar="DIR", help="a decoder saved by `fit`")
-    p.add_argument("--input", required=True, metavar="FILE", help=".jsonl/.csv with a text field")
-    p.add_argument("--output", metavar="FILE", help="write JSON Lines here instead of stdout")
+    p.add_argument(
+        "--input",
+        required=True,
+        metavar="FILE",
+        help=".jsonl/.csv/.parquet with a text field; '-' reads JSON Lines from stdin",
+    )
+    _add_columns(p)
+    p.add_argument(
+        "--output", metavar="FILE", help="write JSON Lines here (default, or '-': stdout)"
+    )
     p.add_argument("--budget", default=DEFAULT_BUDGET_NAME + ":predict", help="budget name")
     p.add_argument("--max-queries", type=_count, help="cap on that budget's queries")
     p.set_defaults(func=commands.cmd_predict, model=None)

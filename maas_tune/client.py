@@ -19,6 +19,7 @@ from .cache import ScoreCache, cache_key
 from .claims import Claims
 from .data import Example
 from .errors import BudgetExceeded, OfflineCacheMiss, ProviderError, ProviderResponseError
+from .frames import as_examples
 from .providers._remote import charge_of
 from .providers.base import Provider, ProviderAnswer
 from .scores import Scores
@@ -27,8 +28,6 @@ from .task import Task
 __all__ = ["Client", "Usage"]
 
 log = logging.getLogger(__name__)
-
-ExampleLike = Example | Mapping[str, Any] | str
 
 #: Prompts sent per reservation / provider call / cache commit: a crash loses at most this many.
 CLIENT_CHUNK_SIZE = 16
@@ -114,13 +113,16 @@ class Client:
         provider.attach_facts(self.cache, offline=offline)
 
     # -- public API -------------------------------------------------------------
-    def score(self, task: Task, examples: Sequence[ExampleLike]) -> Scores:
+    def score(self, task: Task, examples: Any) -> Scores:
         """Label scores (and hidden states) for ``examples`` rendered through ``task``.
 
         Parameters
         ----------
         task : Task
-        examples : sequence of Example, mapping with ``text``/``text_b``, or str; length n
+        examples : pandas.DataFrame, datasets.Dataset, or list of Example / dict / str; n rows
+            Anything :func:`maas_tune.frames.as_examples` takes (columns ``text``, ``text_b``);
+            other column names: ``as_examples(df, text="review")``. A bare str, a dict or an
+            array of numbers is refused (:class:`DataError`).
 
         Returns
         -------
@@ -128,7 +130,7 @@ class Client:
             ``label_logprobs`` of shape (n, K): per class, the log of the summed
             probabilities of its label words.
         """
-        prompts = [task.render(_as_example(e)) for e in examples]
+        prompts = [task.render(e) for e in as_examples(examples)]
         token_ids = self.provider.label_token_ids(task.label_words)
         self._setup()
         answers, hits = self._answers(prompts, token_ids)
@@ -379,14 +381,6 @@ class Client:
         assert self.budget is not None
         return self.budget.store.identity == self.cache.store.identity
 
-
-
-def _as_example(example: ExampleLike) -> Example:
-    if isinstance(example, Example):
-        return example
-    if isinstance(example, str):
-        return Example(text=example, label=None)
-    return Example(text=example["text"], label=example.get("label"), text_b=example.get("text_b"))
 
 
 def _count(value: object) -> int:

@@ -1,4 +1,5 @@
-"""Labelled examples: loading JSON Lines / CSV files and class-balanced k-shot sampling."""
+"""Labelled examples: loading JSON Lines / CSV / Parquet files (or in-memory tables, through
+:mod:`maas_tune.frames`) and class-balanced k-shot sampling."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ._constants import MAX_RECORD_CHARS
 from .errors import ConfigurationError, DataError
+
+if TYPE_CHECKING:
+    from .frames import Columns
 
 __all__ = [
     "Dataset",
@@ -27,7 +31,7 @@ __all__ = [
 ]
 
 #: File suffix -> format understood by :func:`load_examples`.
-DATA_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
+DATA_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 #: Fields read from every record; other fields are ignored.
 TEXT_FIELD, PAIR_FIELD, LABEL_FIELD = "text", "text_b", "label"
 #: A lone UTF-16 surrogate: what a JSON escape like "\ud800" decodes to.
@@ -122,14 +126,21 @@ def _csv_errors(reader: csv.DictReader[str], source: str) -> Iterator[None]:
         raise DataError(f"{source}, line {number}: not valid CSV ({exc}); check the quoting") from exc
 
 
-def _records_csv(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _records_csv(
+    text: str, source: str, text_column: str = TEXT_FIELD
+) -> Iterator[tuple[int, dict[str, Any]]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     with _csv_errors(reader, source):
         header = reader.fieldnames or []
-    if TEXT_FIELD not in header:
+    if text_column not in header:
+        advice = (
+            f"name the columns {TEXT_FIELD!r}, {LABEL_FIELD!r} and optionally {PAIR_FIELD!r}, "
+            "or say which column holds the text (text='COLUMN', --text-column COLUMN)"
+            if text_column == TEXT_FIELD
+            else "check the column name"
+        )
         raise DataError(
-            f"{source}, line 1: the CSV header {header} has no {TEXT_FIELD!r} column; "
-            f"name the columns {TEXT_FIELD!r}, {LABEL_FIELD!r} and optionally {PAIR_FIELD!r}"
+            f"{source}, line 1: the CSV header {header} has no {text_column!r} column; {advice}"
         )
     rows = iter(reader)
     while True:
@@ -141,8 +152,8 @@ def _records_csv(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]]]
         record = {
             key: value for key, value in row.items() if key is not None and value not in (None, "")
         }
-        if row.get(TEXT_FIELD) == "":
-            record[TEXT_FIELD] = ""
+        if row.get(text_column) == "":
+            record[text_column] = ""
         yield reader.line_num, record
 
 
@@ -188,6 +199,7 @@ def parse_examples(
     source: str = "<bytes>",
     labels: Sequence[str] | None = None,
     require_label: bool = True,
+    columns: Columns | None = None,
 ) -> list[Example]:
     """Parse UTF-8 ``jsonl`` or ``csv`` content into examples.
 
@@ -201,6 +213,9 @@ def parse_examples(
         Name used in error messages (usually the file path).
     labels, require_label
         See :func:`load_examples`.
+    columns : Columns, optional
+        The record key of each field (:func:`maas_tune.frames.resolve_columns`); default
+        ``text``, ``text_b`` and ``label``.
 
     Raises
     ------
@@ -216,28 +231,45 @@ def parse_examples(
         ) from exc
     if fmt not in ("jsonl", "csv"):
         raise ConfigurationError(f"unknown data format {fmt!r}; use 'jsonl' or 'csv'")
-    records = _records_jsonl(text, source) if fmt == "jsonl" else _records_csv(text, source)
+    text_column = columns.text if columns is not None else TEXT_FIELD
+    records = (
+        _records_jsonl(text, source) if fmt == "jsonl" else _records_csv(text, source, text_column)
+    )
     examples = [
-        _to_example(record, f"{source}, line {number}", labels, require_label)
+        _to_example(columns.renamed(record, f"{source}, line {number}") if columns else record,
+                    f"{source}, line {number}", labels, require_label)
         for number, record in records
-    ]
+    ]  # fmt: skip
     if not examples:
         raise DataError(f"{source}: the file is empty (no records); add examples, one per line")
     return examples
 
 
 def load_examples(
-    path: str | Path, *, labels: Sequence[str] | None = None, require_label: bool = True
+    path: Any,
+    *,
+    labels: Sequence[str] | None = None,
+    require_label: bool = True,
+    text: str | None = None,
+    text_b: str | None = None,
+    label: str | None = None,
+    column_mapping: dict[str, str] | None = None,
 ) -> list[Example]:
-    """Read examples from a ``.jsonl`` / ``.json`` (JSON Lines) or ``.csv`` file.
+    """Read examples from a ``.jsonl`` / ``.json`` (JSON Lines), ``.csv`` or ``.parquet`` file,
+    or from an in-memory table (see :func:`maas_tune.frames.as_examples`).
 
     Each record has ``text``, optionally ``text_b`` (second text of a pair) and
-    ``label``; other fields are ignored. A CSV file needs a header row.
+    ``label``; other fields are ignored. A CSV file needs a header row. Reading Parquet
+    needs pyarrow (``pip install 'maas-tune[frames]'``).
 
     Parameters
     ----------
-    path : str or Path
-        File to read, UTF-8.
+    path : str, Path, pandas.DataFrame, datasets.Dataset or list of dict
+        File to read (UTF-8), or the rows themselves.
+    text, text_b, label : str, optional
+        The column holding each field, when not named ``text``, ``text_b``, ``label``.
+    column_mapping : dict of str to str, optional
+        The same, spelled as in SetFit: data column -> field, e.g. ``{"review": "text"}``.
     labels : sequence of str, optional
         Allowed label names; a record with another label is an error.
     require_label : bool, default True
@@ -255,6 +287,12 @@ def load_examples(
         Naming the file and line: missing or non-string field, unknown label,
         invalid JSON, invalid UTF-8, empty file, unsupported suffix.
     """
+    from .frames import load_table, resolve_columns
+
+    names: dict[str, Any] = {"text": text, "text_b": text_b, "label": label, "column_mapping": column_mapping}
+    if not isinstance(path, (str, Path)) or Path(path).suffix.lower() == ".parquet":
+        return load_table(path, labels=labels, require_label=require_label, **names)
+    columns = resolve_columns(**names)
     path = Path(path)
     fmt = DATA_FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -272,8 +310,9 @@ def load_examples(
             "and its permissions"
         ) from exc
     return parse_examples(
-        raw, fmt=fmt, source=str(path), labels=labels, require_label=require_label
-    )
+        raw, fmt=fmt, source=str(path), labels=labels, require_label=require_label,
+        columns=columns,
+    )  # fmt: skip
 
 
 def _check_labels(labels: Sequence[str]) -> list[str]:

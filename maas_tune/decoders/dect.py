@@ -225,7 +225,7 @@ class DecT(BaseDecoder):
     def fit(
         self,
         X: Scores,
-        y: Sequence[Any] | np.ndarray,
+        y: Sequence[Any] | np.ndarray | None = None,
         *,
         content_free: np.ndarray | Sequence[float] | None = None,
     ) -> DecT:

@@ -8,6 +8,7 @@ Render labelled examples through a :class:`Task`, score them once each through a
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from . import datasets
 from ._version import __version__
@@ -16,17 +17,6 @@ from .cache import ScoreCache, cache_key
 from .chat_format import ChatFormat
 from .client import Client
 from .data import Dataset, Example, load_examples, sample_k_shot
-from .decoders import (
-    BaseDecoder,
-    ContextualCalibration,
-    DecT,
-    LinearProbe,
-    ScoreLogisticRegression,
-    YTuning,
-    ZeroShot,
-    load_decoder,
-    save_decoder,
-)
 from .errors import (
     BudgetExceeded,
     CacheError,
@@ -44,8 +34,42 @@ from .scores import Scores
 from .storage import Store
 from .task import Task
 
-#: Public names imported on first use (module relative to this package).
+if TYPE_CHECKING:  # type checkers and IDEs see the lazy names as ordinary imports
+    from .decoders import (
+        BaseDecoder,
+        ContextualCalibration,
+        DecT,
+        LinearProbe,
+        ScoreLogisticRegression,
+        YTuning,
+        ZeroShot,
+        load_decoder,
+        save_decoder,
+    )
+    from .providers.chat import OpenAIChatProvider
+    from .providers.embeddings import OpenAIEmbeddingsProvider
+    from .providers.local import TransformersProvider
+    from .providers.openai import OpenAICompletionsProvider
+    from .providers.with_embeddings import WithEmbeddings
+
+#: Public names imported on first use (module relative to this package). The decoders
+#: need torch (about 1.5 s to import), which the cache, the budget and the HTTP
+#: providers do not: ``import maas_tune`` stays light until a decoder is asked for.
 _LAZY = {
+    **dict.fromkeys(
+        (
+            "BaseDecoder",
+            "ContextualCalibration",
+            "DecT",
+            "LinearProbe",
+            "ScoreLogisticRegression",
+            "YTuning",
+            "ZeroShot",
+            "load_decoder",
+            "save_decoder",
+        ),
+        ".decoders",
+    ),
     "OpenAIChatProvider": ".providers.chat",
     "OpenAICompletionsProvider": ".providers.openai",
     "OpenAIEmbeddingsProvider": ".providers.embeddings",
@@ -55,10 +79,16 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> object:
-    # Providers pull in transformers / httpx machinery: import them only when asked for.
+    # PEP 562: decoders (torch) and providers (transformers) load only when asked for.
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'maas_tune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

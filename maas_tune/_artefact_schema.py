@@ -3,7 +3,6 @@ hyper-parameter may take, and pydantic errors turned into one line that names th
 
 from __future__ import annotations
 
-import functools
 import inspect
 import types
 import typing
@@ -171,14 +170,24 @@ def show_value(value: Any) -> str:
 
 
 # -- hyper-parameters -----------------------------------------------------------------------
-@functools.cache
-def params_model(cls: type) -> type[BaseModel]:
+#: One params model per class, built on first use (a dict, not ``functools.cache``: mypy
+#: does not see class objects as ``Hashable``).
+_PARAMS_MODELS: dict[type, type[BaseModel]] = {}
+
+
+def params_model(cls: type[object]) -> type[BaseModel]:
     """A strict model of ``cls``'s keyword hyper-parameters, from its ``__init__`` signature.
 
     Each parameter keeps its annotated type (``int | None``, ``Sequence[float]``...), bounded
     by :data:`PARAM_BOUNDS`; a parameter missing from a saved document takes its default
     (older saves lack newer parameters); an unknown one is refused.
     """
+    if cls not in _PARAMS_MODELS:
+        _PARAMS_MODELS[cls] = _build_params_model(cls)
+    return _PARAMS_MODELS[cls]
+
+
+def _build_params_model(cls: type[object]) -> type[BaseModel]:
     try:
         hints = typing.get_type_hints(cls.__init__)
     except (NameError, TypeError):  # a custom class with unresolvable annotations

@@ -201,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit methods on k shots and report test accuracy",
         epilog=ENVIRONMENT_HELP,
     )
-    _add_common(p), _add_provider(p), _add_data(p)
+    _add_common(p)
+    _add_provider(p)
+    _add_data(p)
     p.add_argument(
         "--method",
         action="append",
@@ -220,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit a decoder on k shots and save it (safetensors + JSON)",
         epilog=ENVIRONMENT_HELP,
     )
-    _add_common(p), _add_provider(p), _add_data(p)
+    _add_common(p)
+    _add_provider(p)
+    _add_data(p)
     p.add_argument("--method", default="dect", choices=list(METHODS))
     p.add_argument("--out", required=True, metavar="DIR", help="where to save the decoder")
     p.set_defaults(func=commands.cmd_fit)
@@ -230,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict labels for a file with a saved decoder",
         epilog=ENVIRONMENT_HELP,
     )
-    _add_common(p), _add_provider(p)
+    _add_common(p)
+    _add_provider(p)
     p.add_argument("--decoder", required=True, metavar="DIR", help="a decoder saved by `fit`")
     p.add_argument(
         "--input",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -165,7 +165,7 @@ def fit_method(
     return time.perf_counter() - start
 
 
-def needs_content_free(methods: Sequence[str]) -> bool:
+def needs_content_free(methods: Iterable[str]) -> bool:
     """Whether any of ``methods`` uses the content-free query (contextual calibration)."""
     return any(make_decoder(m, shots=1).needs_content_free for m in methods)
 

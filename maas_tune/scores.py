@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,38 @@ class Scores:
         return int(self.label_logprobs.shape[0])
 
     @property
+    def shape(self) -> tuple[int, int]:
+        """``(n, K)``: examples and classes (scikit-learn counts samples by ``shape[0]``)."""
+        n, k = self.label_logprobs.shape
+        return int(n), int(k)
+
+    def __getitem__(self, index: Any) -> Scores:
+        """The rows ``index`` as Scores: a slice, an array of row numbers or a boolean mask.
+
+        This is what scikit-learn's splitters need (``cross_val_score``, ``GridSearchCV``),
+        and it passes rows as ``scores[rows, ...]``, which is accepted too. A single row
+        is ``scores[[i]]``; ``scores[i]`` is refused because it would not keep the
+        ``(n, ...)`` shapes of the arrays.
+
+        Raises
+        ------
+        TypeError
+            If ``index`` is one integer or selects columns.
+        """
+        if isinstance(index, tuple):
+            if len(index) != 2 or index[1] is not Ellipsis:
+                raise TypeError(
+                    "Scores are indexed by rows only: scores[rows] with a slice, "
+                    "row numbers or a boolean mask"
+                )
+            index = index[0]
+        if isinstance(index, (int, np.integer)):
+            raise TypeError(
+                f"scores[{index}] would drop the row axis; use scores[[{index}]] for one row"
+            )
+        return self.subset(index)
+
+    @property
     def n_cache_hits(self) -> int:
         """How many examples were answered from the cache."""
         return int(self.cache_hit.sum())
@@ -66,9 +99,16 @@ class Scores:
         """How many examples cost a query to the provider in this call."""
         return len(self) - self.n_cache_hits
 
-    def subset(self, index: Sequence[int] | np.ndarray) -> Scores:
-        """The rows ``index`` (any numpy index: ints or a boolean mask)."""
-        idx = np.asarray(index)
+    def subset(self, index: Sequence[int] | np.ndarray | slice) -> Scores:
+        """The rows ``index``: row numbers, a boolean mask or a slice."""
+        idx = index if isinstance(index, slice) else np.asarray(index)
+        if isinstance(idx, np.ndarray) and (idx.ndim != 1 or idx.dtype.kind not in "iub"):
+            if idx.size:
+                raise TypeError(
+                    "index Scores rows with a slice, 1-D integer row numbers or a "
+                    f"boolean mask; got an array of dtype {idx.dtype} and shape {idx.shape}"
+                )
+            idx = idx.astype(np.int64).reshape(0)  # [] is float64 to numpy
         return Scores(
             label_logprobs=self.label_logprobs[idx],
             hidden=None if self.hidden is None else self.hidden[idx],

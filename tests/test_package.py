@@ -33,6 +33,28 @@ def test_importing_the_package_does_not_import_transformers():
     assert out.stdout.strip() == "False"
 
 
+def test_importing_the_package_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, maas_tune, maas_tune.decoders; print('torch' in sys.modules); "
+        "from maas_tune import DecT; print('torch' in sys.modules, DecT.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "DecT"]
+
+
+def test_dir_lists_the_lazily_loaded_names():
+    import maas_tune.decoders
+
+    assert set(maas_tune.__all__) <= set(dir(maas_tune))
+    assert set(maas_tune.decoders.__all__) <= set(dir(maas_tune.decoders))
+    assert maas_tune.decoders.DecT is maas_tune.DecT
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        maas_tune.decoders.Nope  # noqa: B018
+
+
 @pytest.mark.model
 def test_quickstart_example_runs(gemma, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("quickstart", ROOT / "examples" / "quickstart.py")

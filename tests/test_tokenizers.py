@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from maas_tune.errors import ConfigurationError
+from maas_tune.errors import ConfigurationError, MissingDependencyError
 from maas_tune.providers import load_tokenizer
 
 
@@ -51,3 +53,17 @@ def test_a_hugging_face_directory_and_the_embedded_tokenizer(gemma):
 def test_anything_else_lists_the_accepted_forms(spec):
     with pytest.raises(ConfigurationError, match="tiktoken:NAME"):
         load_tokenizer(spec)
+
+
+def test_missing_tiktoken_names_the_package_and_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tiktoken", None)  # `import tiktoken` now fails
+    with pytest.raises(MissingDependencyError, match=r"pip install 'maas-tune\[hosted\]'") as err:
+        load_tokenizer("tiktoken:o200k_base")
+    assert err.value.package == "tiktoken"
+
+
+def test_missing_transformers_names_the_package_and_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'maas-tune\[local\]'") as err:
+        load_tokenizer(str(tmp_path))
+    assert err.value.package == "transformers"

@@ -129,7 +129,9 @@ class BenchConfig:
         """A copy restricted to a slice (``datasets=``, ``shots=``, ``seeds=``, ``methods=``)."""
         blocks = []
         for block in self.blocks:
-            changes = {k: tuple(x for x in getattr(block, k) if x in v) for k, v in grid.items()}
+            changes: dict[str, Any] = {
+                k: tuple(x for x in getattr(block, k) if x in v) for k, v in grid.items()
+            }
             narrowed = replace(block, **changes)
             if all(getattr(narrowed, k) for k in ("methods", "datasets", "shots", "seeds")):
                 blocks.append(narrowed)

@@ -104,8 +104,8 @@ def _headline(
     for s in summaries:
         if s.row not in rows:
             continue
-        best = at.get((s.row, s.dataset))
-        if best is None or s.shots > best.shots:
+        held = at.get((s.row, s.dataset))
+        if held is None or s.shots > held.shots:
             at[(s.row, s.dataset)] = s
     lines = ["| method | " + " | ".join(datasets) + " | mean |",
              "|---" * (len(datasets) + 2) + "|"]  # fmt: skip
@@ -116,10 +116,11 @@ def _headline(
     for row in rows:
         cells, means = [], []
         for d in datasets:
-            s = at.get((row, d))
-            if s is None:
+            found = at.get((row, d))
+            if found is None:
                 cells.append("–")
                 continue
+            s = found
             text = (
                 f"{s.accuracy} ({s.shots})" if s.shots != _max_shots(summaries, d) else s.accuracy
             )

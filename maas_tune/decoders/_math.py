@@ -9,6 +9,7 @@ training ``B`` models together gives exactly what ``B`` separate runs would.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -243,9 +244,11 @@ def train_dect(
     """
     weight = weight0.clone().requires_grad_(True)
     radii = radii0.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam(
-        [{"params": [weight], "weight_decay": weight_decay}, {"params": [radii]}], lr=lr
-    )
+    groups: list[dict[str, Any]] = [
+        {"params": [weight], "weight_decay": weight_decay},
+        {"params": [radii]},
+    ]
+    optimizer = torch.optim.Adam(groups, lr=lr)
     for _ in range(epochs):
         optimizer.zero_grad(set_to_none=True)
         logits = dect_logits(project(h, weight), prototypes, radii, scores, lam)  # (n, B, K)

@@ -16,6 +16,7 @@ from ._math import normalize_scores
 
 __all__ = [
     "BaseDecoder",
+    "check_scores",
     "check_shapes",
     "check_width",
     "content_free_tensor",
@@ -42,6 +43,25 @@ class BaseDecoder(HyperParameters):
     _tensor_attrs: ClassVar[tuple[str, ...]] = ()
     #: Learned attributes saved in the JSON metadata (plain JSON values).
     _meta_attrs: ClassVar[tuple[str, ...]] = ()
+    #: Whether ``fit`` needs labels ``y`` (scikit-learn's ``target_tags.required``).
+    _requires_y: ClassVar[bool] = True
+    #: What scikit-learn < 1.6 reads instead of :meth:`__sklearn_tags__`.
+    _estimator_type: ClassVar[str] = "classifier"
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's estimator tags: a classifier (stratified folds, accuracy).
+
+        Only scikit-learn calls this, so scikit-learn is imported here and stays an
+        optional dependency.
+        """
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
+
+        return Tags(
+            estimator_type="classifier",
+            target_tags=TargetTags(required=self._requires_y),
+            classifier_tags=ClassifierTags(),
+            input_tags=InputTags(two_d_array=False),  # X is Scores, not a matrix
+        )
 
     @property
     def needs_content_free(self) -> bool:
@@ -55,10 +75,17 @@ class BaseDecoder(HyperParameters):
 
     # ------------------------------------------------------------------ labels and checks
     def _set_classes(self, X: Scores) -> None:
+        check_scores(X, type(self).__name__)
         self.classes_ = np.array(X.labels)
 
-    def _encode_y(self, X: Scores, y: Sequence[Any] | np.ndarray) -> torch.Tensor:
+    def _encode_y(self, X: Scores, y: Sequence[Any] | np.ndarray | None) -> torch.Tensor:
         """Class indices, shape (n,), int64, from label names or integer indices."""
+        check_scores(X, type(self).__name__)
+        if y is None:
+            raise ConfigurationError(
+                f"{type(self).__name__}.fit needs the labels: call fit(X, y) with one label "
+                "name or class index per example"
+            )
         arr = np.asarray(y)
         if arr.ndim != 1 or arr.shape[0] != len(X):
             raise ConfigurationError(
@@ -82,6 +109,7 @@ class BaseDecoder(HyperParameters):
 
     def _check_X(self, X: Scores) -> None:
         """Raise unless fitted and ``X`` has this decoder's classes."""
+        check_scores(X, type(self).__name__)
         if not hasattr(self, "classes_"):
             raise NotFittedError(
                 f"this {type(self).__name__} is not fitted yet; call fit(X, y) before using it"
@@ -189,6 +217,19 @@ class BaseDecoder(HyperParameters):
             raise NotFittedError(
                 f"this {type(self).__name__} is not fitted yet; call fit(X, y) before saving it"
             )
+
+
+def check_scores(X: object, decoder: str) -> None:
+    """Raise a ConfigurationError unless ``X`` is :class:`Scores`.
+
+    A bare array would lose the class names, and predictions named ``"0"``, ``"1"``
+    would silently never equal integer labels; so the conversion stays explicit.
+    """
+    if not isinstance(X, Scores):
+        raise ConfigurationError(
+            f"{decoder} takes X as Scores, got {type(X).__name__}: pass client.score(task, "
+            "examples), or Scores.from_arrays(label_logprobs, hidden, labels=...) for arrays"
+        )
 
 
 def content_free_tensor(content_free: Any, k: int) -> torch.Tensor:

@@ -225,7 +225,7 @@ class DecT(BaseDecoder):
     def fit(
         self,
         X: Scores,
-        y: Sequence[Any] | np.ndarray,
+        y: Sequence[Any] | np.ndarray | None = None,
         *,
         content_free: np.ndarray | Sequence[float] | None = None,
     ) -> DecT:
@@ -243,7 +243,9 @@ class DecT(BaseDecoder):
         with torch_threads(self.n_threads):
             return self._fit(X, y, content_free)
 
-    def _fit(self, X: Scores, y: Sequence[Any] | np.ndarray, content_free: Any) -> DecT:
+    def _fit(
+        self, X: Scores, y: Sequence[Any] | np.ndarray | None, content_free: Any
+    ) -> DecT:
         target = self._encode_y(X, y)  # (n,)
         k = len(X.labels)
         generator = torch.Generator().manual_seed(torch_seed(self.random_state))
@@ -298,9 +300,18 @@ class DecT(BaseDecoder):
         u = _math.project(h, weight0, normalize=normalize)  # (n, B, m)
         radii0 = _math.class_mean_distance(u, target, weights, prototypes.shape[0])  # (B, K)
         lam = torch.tensor(lams, dtype=torch.float32)  # (B,)
-        hyper = {"epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay}
         return _math.train_dect(
-            h, scores, target, weights, lam, weight0, prototypes, radii0, **hyper
+            h,
+            scores,
+            target,
+            weights,
+            lam,
+            weight0,
+            prototypes,
+            radii0,
+            epochs=self.epochs,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
         )
 
     def _fit_members(

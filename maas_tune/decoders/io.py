@@ -83,20 +83,21 @@ DECODERS: dict[str, type[BaseDecoder]] = {
 _LOSSES = Annotated[list[float], Field(max_length=10_000)]
 #: The learned JSON values (``_meta_attrs``) of each bundled class; their tensors are all
 #: float32. A class registered with :func:`register_decoder` is checked by its ``_restore``.
+_STATE_FIELDS: dict[type[BaseDecoder], dict[str, Any]] = {
+    ContextualCalibration: {},
+    DecT: {
+        "lam_": (Annotated[float, Field(ge=0, le=1e6)], ...),
+        "cv_loss_": (_LOSSES, ...),
+        "uses_hidden_": (bool, ...),
+    },
+    LinearProbe: {},
+    ScoreLogisticRegression: {},
+    YTuning: {},
+    ZeroShot: {},
+}
 STATE_MODELS: dict[type[BaseDecoder], type[BaseModel]] = {
     cls: create_model(f"{cls.__name__}State", __config__=STRICT, **fields)
-    for cls, fields in {
-        ContextualCalibration: {},
-        DecT: {
-            "lam_": (Annotated[float, Field(ge=0, le=1e6)], ...),
-            "cv_loss_": (_LOSSES, ...),
-            "uses_hidden_": (bool, ...),
-        },
-        LinearProbe: {},
-        ScoreLogisticRegression: {},
-        YTuning: {},
-        ZeroShot: {},
-    }.items()
+    for cls, fields in _STATE_FIELDS.items()
 }
 #: Learned standardisation scales: a prediction divides by them.
 _POSITIVE_TENSORS = ("feature_scale_", "scale_")

@@ -81,7 +81,7 @@ class ScoreLogisticRegression(BaseDecoder):
     def fit(
         self,
         X: Scores,
-        y: Sequence[Any] | np.ndarray,
+        y: Sequence[Any] | np.ndarray | None = None,
         *,
         content_free: np.ndarray | Sequence[float] | None = None,
     ) -> ScoreLogisticRegression:
@@ -154,7 +154,7 @@ class LinearProbe(BaseDecoder):
         self.random_state = random_state
         self.n_threads = n_threads
 
-    def fit(self, X: Scores, y: Sequence[Any] | np.ndarray) -> LinearProbe:
+    def fit(self, X: Scores, y: Sequence[Any] | np.ndarray | None = None) -> LinearProbe:
         """Fit on scored examples with hidden states; returns ``self``.
 
         Raises

@@ -118,7 +118,7 @@ class YTuning(BaseDecoder):
         self.random_state = random_state
         self.n_threads = n_threads
 
-    def fit(self, X: Scores, y: Sequence[Any] | np.ndarray) -> YTuning:
+    def fit(self, X: Scores, y: Sequence[Any] | np.ndarray | None = None) -> YTuning:
         """Train the label network on scored examples with hidden states; returns ``self``."""
         self._check_params()
         target = self._encode_y(X, y)

@@ -22,6 +22,8 @@ class ZeroShot(BaseDecoder):
     distribution renormalised over the K label words.
     """
 
+    _requires_y = False
+
     def __init__(self) -> None:
         pass
 
@@ -50,6 +52,7 @@ class ContextualCalibration(BaseDecoder):
     """
 
     _tensor_attrs: ClassVar[tuple[str, ...]] = ("content_free_",)
+    _requires_y = False
 
     def __init__(self) -> None:
         pass

@@ -111,7 +111,7 @@ def fit_demonstrations(
     keep = np.clip(keep, 0, m).astype(np.int64)  # (n,)
     todo = np.flatnonzero(keep > 0)
     while todo.size:  # confirm with exact counts; tokenisation is not exactly additive
-        prompts = [join_prompt(blocks, int(keep[i]), separator, tests[i]) for i in todo]
+        prompts = [join_prompt(blocks, int(keep[i]), separator, tests[i]) for i in todo.tolist()]
         over = np.array(count_tokens(prompts)) > max_tokens
         keep[todo[over]] -= 1
         todo = todo[over & (keep[todo] > 0)]

@@ -156,7 +156,8 @@ class BDPL(PromptMethod):
                 "least 2: pass more examples or a corpus"
             )
         before = copy.copy(client.usage)
-        self.stopped_by_budget_, self.history_ = False, []
+        self.stopped_by_budget_ = False
+        self.history_: list[dict[str, Any]] = []
         shape = (self.prompt_length, len(self.candidates_))
         probs = torch.full(shape, 1 / len(self.candidates_)).requires_grad_(True)  # (L, N)
         tried: list[tuple[bool, Any, tuple[int, ...]]] = []  # (partial, loss, prompt)

@@ -178,7 +178,9 @@ class InContextLearning(PromptMethod):
         for j in np.unique(keep).tolist():
             rows = np.flatnonzero(keep == j)
             prefix = join_prompt(blocks, j, self.separator, "") if j else ""
-            scores = client.score(prefixed_task(self.task_, prefix), [examples[i] for i in rows])
+            scores = client.score(
+                prefixed_task(self.task_, prefix), [examples[i] for i in rows.tolist()]
+            )
             out[rows] = scores.label_logprobs
         return class_log_probs(out)
 

@@ -63,25 +63,35 @@ METHOD_CLASSES: dict[str, type[PromptMethod]] = {
 }
 
 _LIST = Field(max_length=1_000_000)
-_DEMONSTRATION = create_model(
-    "Demonstration", __config__=STRICT, text=(str, ...), text_b=(str | None, ...), label=(str, ...)
-)
+
+
+class _Demonstration(BaseModel):
+    """One saved in-context demonstration."""
+
+    model_config = STRICT
+
+    text: str
+    text_b: str | None
+    label: str
+
+
 #: Learned JSON values of each class (its ``_meta_attrs``).
+_STATE_FIELDS: dict[type[PromptMethod], dict[str, Any]] = {
+    BDPL: {
+        "candidates_": (Annotated[list[str], _LIST], ...),
+        "best_loss_": (float | None, ...),
+        "history_": (Annotated[list[dict[str, Any]], _LIST], ...),
+        "stopped_by_budget_": (bool, ...),
+    },
+    InContextLearning: {"demonstrations_": (Annotated[list[_Demonstration], _LIST], ...)},
+    PromptTuning: {
+        "loss_history_": (Annotated[list[float], _LIST], ...),
+        "model_fingerprint_": (dict[str, Any], ...),
+    },
+}
 STATE_MODELS: dict[type[PromptMethod], type[BaseModel]] = {
     cls: create_model(f"{cls.__name__}State", __config__=STRICT, **fields)
-    for cls, fields in {
-        BDPL: {
-            "candidates_": (Annotated[list[str], _LIST], ...),
-            "best_loss_": (float | None, ...),
-            "history_": (Annotated[list[dict[str, Any]], _LIST], ...),
-            "stopped_by_budget_": (bool, ...),
-        },
-        InContextLearning: {"demonstrations_": (Annotated[list[_DEMONSTRATION], _LIST], ...)},
-        PromptTuning: {
-            "loss_history_": (Annotated[list[float], _LIST], ...),
-            "model_fingerprint_": (dict[str, Any], ...),
-        },
-    }.items()
+    for cls, fields in _STATE_FIELDS.items()
 }
 #: The dtype of each learned tensor.
 TENSOR_DTYPES: dict[type[PromptMethod], dict[str, str]] = {

@@ -119,7 +119,7 @@ class PromptTuning(PromptMethod):
         label_ids = client.provider.label_token_ids(task.label_words)
         soft = initial_prompt(model, label_ids, text_ids, self.n_tokens, generator)
         soft.requires_grad_(True)
-        self.loss_history_ = []
+        self.loss_history_: list[float] = []
         with frozen(model):
             self._train(client, model, tokenizer, prompts, target, soft, generator)
         self.soft_prompt_ = soft.detach().clone()

@@ -223,12 +223,13 @@ class OpenAICompletionsProvider(RemoteProvider):
         plan = self.plan
         labels = self._labels(token_ids, plan.strategy)
         strategy = self._adapted(plan, labels)
-        scorer = {
+        scorers: dict[str, Callable[..., ProviderAnswer]] = {
             "extension": score_extension,
             "top_logprobs": partial(score_top_logprobs, top_k=self.top_logprobs,
                                     resolver=self._resolver(plan)),
             "echo": score_echo,
-        }[strategy]
+        }
+        scorer = scorers[strategy]
 
         def one(post: Post, prompt: str) -> ProviderAnswer:
             return reading(partial(scorer, post, self.model, labels=labels), strategy)(prompt)
@@ -298,8 +299,9 @@ class OpenAICompletionsProvider(RemoteProvider):
 
     def _recall_misses(self, words: tuple[str, ...]) -> list[int]:
         kept = self._session.recall(self._misses_key(words))
-        ok = isinstance(kept, list) and len(kept) == 2 and all(isinstance(v, int) for v in kept)
-        return list(kept) if ok else [0, 0]
+        if isinstance(kept, list) and len(kept) == 2 and all(isinstance(v, int) for v in kept):
+            return list(kept)
+        return [0, 0]
 
     def _labels(self, token_ids: Sequence[int], strategy: str) -> list[Label]:
         ids = [int(i) for i in token_ids]

@@ -60,9 +60,7 @@ def _tiktoken(name: str) -> Tokenizer:
     try:
         import tiktoken
     except ImportError as exc:
-        raise MissingDependencyError(
-            "tiktoken tokenizers need the 'tiktoken' package: pip install 'maas-tune[hosted]'"
-        ) from exc
+        raise MissingDependencyError("tiktoken", "hosted") from exc
     try:
         encoding = _encoding(tiktoken, name)
     except (KeyError, ValueError) as exc:
@@ -89,9 +87,7 @@ def _huggingface(path: Path, spec: str) -> Tokenizer:
     try:
         import transformers
     except ImportError as exc:
-        raise MissingDependencyError(
-            "a Hugging Face tokenizer needs transformers: pip install 'maas-tune[local]'"
-        ) from exc
+        raise MissingDependencyError("transformers", "local") from exc
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -108,7 +109,8 @@ def deadline_protocol(read_timeout_s: float) -> type[H11Protocol]:
 
 
 def server_config(
-    app: object, host: str, port: int, *, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    app: Callable[..., Any], host: str, port: int, *,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     max_connections: int | None = DEFAULT_MAX_CONNECTIONS, **options: Any,
 ) -> Any:
     """A ``uvicorn.Config`` with the read deadline and the connection cap.

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
+
 from .._version import __version__
 from ..errors import MissingDependencyError
 
@@ -83,7 +85,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
         code = "request_too_large" if exc.status_code == 413 else None
         return _error_response(APIError(exc.status_code, str(exc.detail), type=kind, code=code,
-                                        headers=exc.headers))
+                                        headers=dict(exc.headers or {})))
 
     async def queue_full(_r: Request, exc: Exception) -> JSONResponse:
         return _error_response(APIError(429, str(exc), type="rate_limit_error",
@@ -144,10 +146,15 @@ def _install_routes(app: FastAPI, slot: ModelSlot, batcher: ScoreBatcher) -> Non
         inputs = req.inputs
         lengths = await asyncio.to_thread(engine.checked_lengths, inputs)
         answers = await batcher.submit(inputs, (), lengths)
+
+        def embedding(hidden: np.ndarray | None) -> str | list[float]:
+            assert hidden is not None  # returns_hidden was checked above
+            if req.encoding_format == "base64":
+                return encode_hidden(hidden)
+            return [float(x) for x in hidden]
+
         data = [
-            {"object": "embedding", "index": i,
-             "embedding": encode_hidden(a.hidden) if req.encoding_format == "base64"
-             else [float(x) for x in a.hidden]}  # type: ignore[union-attr]
+            {"object": "embedding", "index": i, "embedding": embedding(a.hidden)}
             for i, a in enumerate(answers)
         ]
         used = sum(a.prompt_tokens for a in answers)

@@ -6,7 +6,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import MaasTuneError
@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: object, **options: Any) -> Iterator[str]:
+def serve_in_thread(app: Callable[..., Any], **options: Any) -> Iterator[str]:
     """Run ``app`` under uvicorn on 127.0.0.1; yield ``http://127.0.0.1:<port>``; stop it.
 
     ``options`` go to :func:`~maas_tune.server._connections.server_config` (e.g.

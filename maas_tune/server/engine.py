@@ -206,10 +206,13 @@ class Engine:
             for pos in range(lo, hi):
                 text = self.token_text(ids[pos])
                 row = pos - max(lo, 1)  # position of the row predicting ids[pos]
+                # lp is None only when there are no rows: then pos is the first position
                 first = pos == start
                 result.tokens.append(text)
-                result.token_logprobs.append(None if first else float(lp[row, ids[pos]]))
-                result.top_logprobs.append(None if first else self._top(lp[row], k))
+                result.token_logprobs.append(
+                    None if first or lp is None else float(lp[row, ids[pos]])
+                )
+                result.top_logprobs.append(None if first or lp is None else self._top(lp[row], k))
                 result.text_offset.append(offset)
                 offset += len(text)
 

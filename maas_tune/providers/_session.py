@@ -8,7 +8,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ from ..ratelimit import (
 )
 from ._answers import check_model, usage_tokens
 from ._batch import Batch, Events, bound_tokens, run_batch
+from ._extras import extra_headers, extra_query
 from ._http import public_url, request_json
 from ._retry import RetryPolicy
 from ._secrets import check_api_key
@@ -39,6 +40,7 @@ from .base import FactStore
 
 __all__ = [
     "API_KEY_ENV",
+    "BASE_URL_ENV",
     "CHARS_PER_TOKEN_ESTIMATE",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_TIMEOUT_S",
@@ -46,10 +48,13 @@ __all__ = [
     "Post",
     "check_api_options",
     "check_count",
+    "resolve_base_url",
 ]
 
 #: Environment variables read for the API key, first match wins.
 API_KEY_ENV = ("MAAS_TUNE_API_KEY", "OPENAI_API_KEY")
+#: Environment variables read for the base URL when none is given, first match wins.
+BASE_URL_ENV = ("MAAS_TUNE_BASE_URL", "OPENAI_BASE_URL")
 #: Default per-request timeout in seconds (connect, read, write and pool alike).
 DEFAULT_TIMEOUT_S = 30.0
 #: Default number of requests in flight at once.
@@ -83,6 +88,27 @@ def _payload_bound(payload: dict[str, Any]) -> int:
     texts = [payload.get("prompt"), payload.get("input")]
     texts += [m.get("content") for m in payload.get("messages") or () if isinstance(m, dict)]
     return sum(bound_tokens(t) for t in texts if isinstance(t, str))
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """``base_url``, or when it is None the first of :data:`BASE_URL_ENV` that is set
+    (openai-python reads ``OPENAI_BASE_URL`` the same way).
+
+    Raises
+    ------
+    ConfigurationError
+        ``base_url`` is None and no variable is set: there is no default API to call.
+    """
+    if base_url is not None:
+        return base_url
+    for name in BASE_URL_ENV:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    raise ConfigurationError(
+        f"no base_url given and {' and '.join('$' + n for n in BASE_URL_ENV)} are unset; pass "
+        "base_url='http://127.0.0.1:8000/v1' (the API root, version included) or set one of them"
+    )
 
 
 def check_count(name: str, value: object) -> None:
@@ -151,6 +177,8 @@ class APISession:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rate_limit: RateLimit | RateLimiter | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, str] | None = None,
     ) -> None:
         root = base_url.rstrip("/")  # may carry credentials (user:pass@): never shown
         self.max_concurrency = max_concurrency
@@ -173,9 +201,13 @@ class APISession:
         self._offline = False
         self._memo: dict[str, dict[str, Any]] = {}  # answered bodies of failed batches
         self._memo_lock = threading.Lock()
+        headers = httpx.Headers({"Authorization": f"Bearer {api_key}"} if api_key else {})
+        for name, value in extra_headers(default_headers):  # openai-python: these win
+            headers[name] = value
         self._client = httpx.Client(
             base_url=root + "/",
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            headers=headers,
+            params=extra_query(default_query),
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(
                 max_connections=max_concurrency, max_keepalive_connections=max_concurrency

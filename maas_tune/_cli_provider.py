@@ -135,6 +135,7 @@ def apply_record(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, An
               file=sys.stderr)
         _fill_defaults(args)
         return None
+    _check_record(record)
     problems = _mismatches(args, record)
     if problems and not getattr(args, "allow_provider_mismatch", False):
         raise ConfigurationError(
@@ -149,6 +150,18 @@ def apply_record(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, An
         _fill(args, record)  # what the flags leave out; a flag given always wins
     _fill_defaults(args)
     return record
+
+
+def _check_record(record: dict[str, Any]) -> None:
+    """Refuse a damaged record (hand-edited metadata) with one clear line."""
+    kind = record.get("kind")
+    names = ("model",) if kind == "local" else ("base_url", "api_model", "strategy")
+    bad = [n for n in names if not isinstance(record.get(n), str) or not record.get(n)]
+    if kind not in ("local", "completions", "chat") or bad:
+        raise ConfigurationError(
+            f"the decoder's metadata.{RECORD_KEY} is damaged (kind {kind!r}, bad fields "
+            f"{bad}); refit the decoder, or delete that key to give the provider by flags"
+        )
 
 
 def _mismatches(args: argparse.Namespace, record: dict[str, Any]) -> list[str]:

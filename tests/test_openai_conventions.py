@@ -274,6 +274,15 @@ def test_a_locally_fitted_decoder_refuses_an_api():
         apply_record(args, meta)
 
 
+@pytest.mark.parametrize("record", [{"kind": "ftp"}, {"kind": "chat", "base_url": 5}])
+def test_a_damaged_record_is_one_clear_error(record):
+    from maas_tune._cli_provider import apply_record
+
+    args = build_parser().parse_args(["predict", "--decoder", "d", "--input", "i"])
+    with pytest.raises(ConfigurationError, match="metadata.provider_config is damaged"):
+        apply_record(args, {"provider_config": record})
+
+
 def test_cli_leaves_an_unused_base_url_variable_alone_and_says_so(monkeypatch, capsys):
     from maas_tune._cli_provider import resolve_cli_base_url
 

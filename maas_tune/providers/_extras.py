@@ -1,5 +1,6 @@
-"""Extra headers and query parameters of an API (openai-python's ``default_headers`` and
-``default_query``): checked at the edge, credentials among them masked in every log record.
+"""openai-python's client conventions at the edge: the base URL from the environment, and
+extra headers and query parameters (``default_headers``, ``default_query``), checked, with
+credentials among them masked in every log record.
 
 Azure OpenAI wants ``?api-version=...`` and an ``api-key`` header, OpenRouter an
 ``HTTP-Referer`` and ``X-Title``, OpenAI ``OpenAI-Organization`` / ``OpenAI-Project``.
@@ -7,16 +8,41 @@ Azure OpenAI wants ``?api-version=...`` and an ``api-key`` header, OpenRouter an
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from ..errors import ConfigurationError
 from ._http import is_secret_name
 from ._secrets import check_api_key, register_secret
 
-__all__ = ["extra_headers", "extra_query", "parse_pairs"]
+__all__ = ["BASE_URL_ENV", "extra_headers", "extra_query", "parse_pairs", "resolve_base_url"]
+
+#: Environment variables read for the base URL when none is given, first match wins.
+BASE_URL_ENV = ("MAAS_TUNE_BASE_URL", "OPENAI_BASE_URL")
 
 # A header name is an RFC 9110 token.
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """``base_url``, or when it is None the first of :data:`BASE_URL_ENV` that is set
+    (openai-python reads ``OPENAI_BASE_URL`` the same way).
+
+    Raises
+    ------
+    ConfigurationError
+        ``base_url`` is None and no variable is set: there is no default API to call.
+    """
+    if base_url is not None:
+        return base_url
+    for name in BASE_URL_ENV:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    raise ConfigurationError(
+        f"no base_url given and {' and '.join('$' + n for n in BASE_URL_ENV)} are unset; pass "
+        "base_url='http://127.0.0.1:8000/v1' (the API root, version included) or set one of them"
+    )
 
 
 def extra_headers(headers: Mapping[str, str] | None) -> list[tuple[str, str]]:

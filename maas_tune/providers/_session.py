@@ -32,7 +32,7 @@ from ..ratelimit import (
 )
 from ._answers import check_model, usage_tokens
 from ._batch import Batch, Events, bound_tokens, run_batch
-from ._extras import extra_headers, extra_query
+from ._extras import BASE_URL_ENV, extra_headers, extra_query, resolve_base_url
 from ._http import public_url, request_json
 from ._retry import RetryPolicy
 from ._secrets import check_api_key
@@ -53,8 +53,6 @@ __all__ = [
 
 #: Environment variables read for the API key, first match wins.
 API_KEY_ENV = ("MAAS_TUNE_API_KEY", "OPENAI_API_KEY")
-#: Environment variables read for the base URL when none is given, first match wins.
-BASE_URL_ENV = ("MAAS_TUNE_BASE_URL", "OPENAI_BASE_URL")
 #: Default per-request timeout in seconds (connect, read, write and pool alike).
 DEFAULT_TIMEOUT_S = 30.0
 #: Default number of requests in flight at once.
@@ -88,27 +86,6 @@ def _payload_bound(payload: dict[str, Any]) -> int:
     texts = [payload.get("prompt"), payload.get("input")]
     texts += [m.get("content") for m in payload.get("messages") or () if isinstance(m, dict)]
     return sum(bound_tokens(t) for t in texts if isinstance(t, str))
-
-
-def resolve_base_url(base_url: str | None) -> str:
-    """``base_url``, or when it is None the first of :data:`BASE_URL_ENV` that is set
-    (openai-python reads ``OPENAI_BASE_URL`` the same way).
-
-    Raises
-    ------
-    ConfigurationError
-        ``base_url`` is None and no variable is set: there is no default API to call.
-    """
-    if base_url is not None:
-        return base_url
-    for name in BASE_URL_ENV:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    raise ConfigurationError(
-        f"no base_url given and {' and '.join('$' + n for n in BASE_URL_ENV)} are unset; pass "
-        "base_url='http://127.0.0.1:8000/v1' (the API root, version included) or set one of them"
-    )
 
 
 def check_count(name: str, value: object) -> None:

@@ -94,15 +94,16 @@ def provider_record(args: argparse.Namespace, provider: Provider) -> dict[str, A
     if not getattr(args, "base_url", None):
         return {"kind": "local", "model": args.model}
     scorer = getattr(provider, "scorer", provider)
+    model = str(getattr(scorer, "model", args.api_model or args.model))
     extras = api_extras(args)
     return {
         "kind": args.api,
         "base_url": public_url(args.base_url),
-        "api_model": str(getattr(scorer, "model", args.api_model or args.model)),
+        "api_model": model,
         "strategy": args.strategy,
         "top_logprobs": args.top_logprobs,
         "tokenizer": getattr(args, "tokenizer", None),
-        "embeddings_model": (args.embeddings_model or str(scorer.model))
+        "embeddings_model": (args.embeddings_model or model)
         if getattr(args, "embeddings", False) else None,
         "headers": {k: v for k, v in extras.get("default_headers", {}).items()
                     if not is_secret_name(k)},

@@ -1,7 +1,8 @@
 """Quickstart: 16-shot DecT on SST-2 with the embedded Gemma 3 270M, under a query budget.
 
-Run it with ``python examples/quickstart.py``. The first run sends 33 queries (32 shots
-and one content-free query) plus one per test example; a second run sends none.
+Run it with ``python examples/quickstart.py``. The first run sends 32 queries (the 32 shots;
+the default DecT needs no content-free query) plus one per test example; a second run
+sends none.
 """
 
 from __future__ import annotations

@@ -12,6 +12,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import datasets
+from ._cli_provider import (
+    RECORD_KEY,
+    api_extras,
+    apply_record,
+    check_fingerprint,
+    provider_record,
+    resolve_cli_base_url,
+)
 from .budget import QueryBudget
 from .cache import ScoreCache
 from .client import Client
@@ -36,29 +44,33 @@ from .task import Task
 
 # -- shared argument handling ---------------------------------------------------
 def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
+    resolve_cli_base_url(args)  # --base-url env; a note when $OPENAI_BASE_URL goes unused
+    extras = api_extras(args)  # --header / --query
     if getattr(args, "tokenizer", None) and not getattr(args, "base_url", None):
         raise ConfigurationError("--tokenizer needs --base-url (the local model has its own)")
     if getattr(args, "embeddings", False) and not getattr(args, "base_url", None):
         raise ConfigurationError("--embeddings needs --base-url (the API to embed prompts with)")
     if getattr(args, "base_url", None):
         name = args.api_model or model or args.model
-        scorer = _http_scorer(args, name)
+        scorer = _http_scorer(args, name, extras)
         if not getattr(args, "embeddings", False):
             return scorer
         from .providers.embeddings import OpenAIEmbeddingsProvider
         from .providers.with_embeddings import WithEmbeddings
 
-        embedder = OpenAIEmbeddingsProvider(args.base_url, args.embeddings_model or name)
+        embedder = OpenAIEmbeddingsProvider(
+            args.base_url, args.embeddings_model or name, **extras
+        )
         return WithEmbeddings(scorer, embedder)
     from .providers.local import TransformersProvider
 
     return TransformersProvider(model or args.model, batch_size=args.batch_size)
 
 
-def _http_scorer(args: argparse.Namespace, name: str) -> Provider:
+def _http_scorer(args: argparse.Namespace, name: str, extras: dict[str, Any]) -> Provider:
     """The label scorer behind --base-url: completions (default) or chat (--api chat)."""
     options: dict[str, Any] = {"strategy": args.strategy,
-                               "top_logprobs": getattr(args, "top_logprobs", 5)}
+                               "top_logprobs": getattr(args, "top_logprobs", 5), **extras}
     if getattr(args, "tokenizer", None):
         from .providers.tokenizers import load_tokenizer
 
@@ -204,10 +216,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     )
     shots = sample_k_shot(train, args.shots, labels=task.labels, seed=args.seed)
     decoder = make_decoder(args.method, shots=args.shots, random_state=args.seed)
+    client.prepare(task)  # a probe is charged to the budget before the identity is read
+    record = provider_record(args, provider)  # what predict rebuilds
     meta = {
         "task": task.to_dict(),
         "provider": provider.fingerprint(),
-        "model": args.model,
+        RECORD_KEY: record,
+        "model": record.get("api_model") or args.model,
         "method": args.method,
         "dataset": name,
         "shots": args.shots,
@@ -248,12 +263,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         decoder, meta = load_decoder(args.decoder)
         task = _in_class_order(Task.from_dict(meta["task"]), decoder.classes_.tolist())
+    record = apply_record(args, meta)  # the fitted provider unless the flags name another
     provider = _provider(args, model=args.model or meta.get("model"))
-    if provider.fingerprint() != meta.get("provider"):
-        print(
-            "maas-tune: warning: the provider differs from the one the decoder was fitted with",
-            file=sys.stderr,
-        )
     examples = _load(args.input, args, task, require_label=False)
     store = Store(args.cache)
     client = Client(
@@ -263,6 +274,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=_progress(args),
         budget=_budget(store, args.budget, args.max_queries),
     )
+    client.prepare(task)  # a probe is charged to the budget before the identity is read
+    check_fingerprint(args, provider, meta, record)
     if method is not None:
         proba = method.predict_proba(client, examples)
         preds = method.classes_[proba.argmax(axis=1)]

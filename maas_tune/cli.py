@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from . import _cli_commands as commands
 from . import _cli_store as store_commands
+from ._cli_provider import add_api_flags
 from ._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME
 from ._version import __version__
 from .budget import MAX_COUNT
@@ -27,8 +28,9 @@ EXIT_BROKEN_PIPE = 141
 #: Environment variables that eval, fit and predict read, listed in their ``--help``.
 ENVIRONMENT_HELP = (
     "environment: MAAS_TUNE_API_KEY, else OPENAI_API_KEY: the API key sent with --base-url "
-    "(never give it on the command line); MAAS_TUNE_CACHE_DIR: the folder of the default "
-    "--cache database"
+    "(never give it on the command line); MAAS_TUNE_BASE_URL, else OPENAI_BASE_URL: the URL "
+    "of --base-url env (without --base-url the local model scores); MAAS_TUNE_CACHE_DIR: "
+    "the folder of the default --cache database"
 )
 
 
@@ -48,8 +50,10 @@ def _add_provider(p: argparse.ArgumentParser) -> None:
         "--base-url",
         metavar="URL",
         help="score through an OpenAI-compatible API at URL (e.g. http://127.0.0.1:8000/v1); "
-        "default: the local model in process",
+        "'env': $MAAS_TUNE_BASE_URL, else $OPENAI_BASE_URL; default: the local model in process "
+        "(predict: the provider the decoder was fitted with)",
     )
+    add_api_flags(p)
     p.add_argument(
         "--api",
         default="completions",
@@ -249,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--budget", default=DEFAULT_BUDGET_NAME + ":predict", help="budget name")
     p.add_argument("--max-queries", type=_count, help="cap on that budget's queries")
-    p.set_defaults(func=commands.cmd_predict, model=None)
+    p.add_argument("--allow-provider-mismatch", action="store_true",
+                   help="score with the provider the flags name even where it differs from "
+                   "the one the decoder was fitted with (default: an error)")
+    # None: not given, so the provider recorded at fit fills them (see _cli_provider).
+    p.set_defaults(func=commands.cmd_predict, model=None, api=None, strategy=None,
+                   top_logprobs=None)
 
     p = sub.add_parser("cache", help="inspect or clear the answer cache")
     p.add_argument("action", choices=["stats", "export", "clear"])

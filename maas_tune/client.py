@@ -136,6 +136,16 @@ class Client:
         answers, hits = self._answers(prompts, token_ids)
         return _to_scores(task, answers, hits)
 
+    def prepare(self, task: Task) -> None:
+        """Learn what scoring ``task`` needs from the provider (its label words' token ids;
+        an HTTP API's capability probe) before any sample is sent, charged to the budget.
+
+        :meth:`score` does this itself; call it first to read ``provider.fingerprint()``
+        or ``provider.plan`` without the probe escaping the budget.
+        """
+        self.provider.label_token_ids(task.label_words)
+        self._setup()
+
     def content_free(self, task: Task) -> np.ndarray:
         """Class log-probs of the content-free input ``"N/A"`` (contextual calibration).
 

@@ -16,32 +16,54 @@
     └── ProviderError               the model provider failed
         ├── ProviderConnectionError cannot connect
         │   └── ProviderTimeoutError
-        ├── ProviderStatusError     the provider answered with an error status
+        ├── ProviderStatusError     the provider answered with an error status (``status_code``)
+        │   ├── BadRequestError           400
+        │   ├── AuthenticationError       401
+        │   ├── PermissionDeniedError     403
+        │   ├── NotFoundError             404
+        │   ├── ConflictError             409
+        │   ├── UnprocessableEntityError  422
+        │   ├── RateLimitError            429
+        │   └── InternalServerError       >= 500
         └── ProviderResponseError   the answer is malformed or lacks what was asked for
 
 A cache miss is not an exception (``ScoreCache.get_many`` simply omits the key);
 ``OfflineCacheMiss`` is raised only when the user asked never to send a query.
+
+The status subclasses carry openai-python's names, so ``except RateLimitError`` reads the
+same with either SDK; one factory (:func:`maas_tune.providers._http.status_error`) picks
+the class, and other statuses (408, 413, ...) stay plain ``ProviderStatusError``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
+    "AuthenticationError",
+    "BadRequestError",
     "BudgetExceeded",
     "CacheCorruptionError",
     "CacheError",
     "ConfigurationError",
+    "ConflictError",
     "DataError",
+    "InternalServerError",
     "MaasTuneError",
     "MissingDependencyError",
     "NotFittedError",
+    "NotFoundError",
     "OfflineCacheMiss",
+    "PermissionDeniedError",
     "ProviderConnectionError",
     "ProviderError",
     "ProviderResponseError",
     "ProviderStatusError",
     "ProviderTimeoutError",
+    "RateLimitError",
     "SerializationError",
     "TaskError",
+    "UnprocessableEntityError",
 ]
 
 
@@ -186,6 +208,58 @@ class ProviderStatusError(ProviderError):
         self.request_id = request_id
         self.body_excerpt = body_excerpt
         super().__init__(message)
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status (openai-python's name for :attr:`status`)."""
+        return self.status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments: the default pickling (Ray, multiprocessing) would fail.
+        fields = {"status": self.status, "error_type": self.error_type,
+                  "request_id": self.request_id, "body_excerpt": self.body_excerpt}
+        return (_rebuild_status_error, (type(self), self.args, fields, self.__dict__.copy()))
+
+
+def _rebuild_status_error(
+    cls: type[ProviderStatusError], args: tuple[Any, ...], fields: dict[str, Any],
+    state: dict[str, Any],
+) -> ProviderStatusError:
+    err = cls(*(args or ("",)), **fields)
+    err.__dict__.update(state)
+    return err
+
+
+class BadRequestError(ProviderStatusError):
+    """HTTP 400: the provider refused the request as malformed."""
+
+
+class AuthenticationError(ProviderStatusError):
+    """HTTP 401: the API key is missing or invalid."""
+
+
+class PermissionDeniedError(ProviderStatusError):
+    """HTTP 403: the key may not use this model or endpoint."""
+
+
+class NotFoundError(ProviderStatusError):
+    """HTTP 404: no such route or model (check the base URL and the model name)."""
+
+
+class ConflictError(ProviderStatusError):
+    """HTTP 409: the provider reported a conflict (retried automatically)."""
+
+
+class UnprocessableEntityError(ProviderStatusError):
+    """HTTP 422: the request was well-formed but its values were refused."""
+
+
+class RateLimitError(ProviderStatusError):
+    """HTTP 429: rate limit or quota reached (retried automatically after the delay asked)."""
+
+
+class InternalServerError(ProviderStatusError):
+    """HTTP 500 or above: the provider failed on its side (most are retried automatically)."""
 
 
 class ProviderResponseError(ProviderError):

@@ -12,15 +12,31 @@ from typing import Any
 import httpx
 
 from ..errors import (
+    AuthenticationError,
+    BadRequestError,
     ConfigurationError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
     ProviderConnectionError,
     ProviderResponseError,
     ProviderStatusError,
     ProviderTimeoutError,
+    RateLimitError,
+    UnprocessableEntityError,
 )
 from ._retry import RETRYABLE_STATUSES, parse_retry_after
 
-__all__ = ["BODY_EXCERPT_CHARS", "public_url", "redact", "request_json", "status_error"]
+__all__ = [
+    "BODY_EXCERPT_CHARS",
+    "STATUS_ERRORS",
+    "is_secret_name",
+    "public_url",
+    "redact",
+    "request_json",
+    "status_error",
+]
 
 _LOG = logging.getLogger("maas_tune.providers")
 #: A whole answer must arrive within this many read timeouts (a total deadline).
@@ -36,6 +52,18 @@ _KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}")
 _BEARER_PATTERN = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]+")
 # Request headers whose values are credentials, scrubbed from anything we report.
 _SECRET_HEADERS = ("authorization", "api-key", "x-api-key")
+# A header or query parameter whose name holds one of these is taken for a credential.
+_SECRET_NAME_PARTS = ("auth", "key", "token", "secret", "password", "cookie", "signature")
+#: The error class of each status (openai-python's names); >= 500 is InternalServerError.
+STATUS_ERRORS: dict[int, type[ProviderStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
 # Transport failures raised before any byte of the request left this machine.
 _NOT_SENT = (
     httpx.ConnectError,
@@ -82,15 +110,22 @@ def redact(text: str, secrets: Sequence[str] = ()) -> str:
     return _KEY_PATTERN.sub(_REDACTED, text)
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether a header or query parameter called ``name`` likely carries a credential
+    (``Authorization``, Azure's ``api-key``, ``X-Goog-Api-Key``, ``?key=``, ``access_token``)."""
+    lowered = name.lower()
+    return lowered in _SECRET_HEADERS or any(part in lowered for part in _SECRET_NAME_PARTS)
+
+
 def _secrets_of(request: httpx.Request) -> list[str]:
     found = []
-    for name in _SECRET_HEADERS:
-        value = request.headers.get(name)
-        if value:
+    for name, value in request.headers.items():
+        if value and is_secret_name(name):
             found.append(value)
             scheme, _, token = value.partition(" ")
             if token and scheme.lower() in ("bearer", "basic", "token"):
                 found.append(token.strip())
+    found += [v for n, v in request.url.params.multi_items() if v and is_secret_name(n)]
     return found
 
 
@@ -155,7 +190,9 @@ def status_error(response: httpx.Response) -> ProviderStatusError:
     Returns
     -------
     ProviderStatusError
-        With ``status``, ``error_type`` (from an OpenAI ``{"error": {...}}`` body),
+        Of the class :data:`STATUS_ERRORS` names for the status (``RateLimitError`` for
+        429, ``InternalServerError`` for any 5xx, plain ``ProviderStatusError`` for
+        the rest), with ``status`` (alias ``status_code``), ``error_type`` (from an OpenAI ``{"error": {...}}`` body),
         ``request_id`` (``x-request-id``), a redacted ``body_excerpt`` of at most
         :data:`BODY_EXCERPT_CHARS` characters, ``retry_after`` (seconds or None) and
         ``request_sent`` (True for 5xx, 408 and 409: the provider may have done
@@ -174,7 +211,8 @@ def status_error(response: httpx.Response) -> ProviderStatusError:
         f"{request.method} {_safe_url(request.url)} failed with HTTP {status} "
         f"{response.reason_phrase}{kind}{rid}: {detail}; {_hint(status)}"
     )
-    err = ProviderStatusError(
+    cls = STATUS_ERRORS.get(status, InternalServerError if status >= 500 else ProviderStatusError)
+    err = cls(
         message, status=status, error_type=error_type, request_id=request_id, body_excerpt=excerpt
     )
     err.request_sent = status >= 500 or status in (408, 409)

@@ -8,7 +8,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -66,6 +66,8 @@ class RemoteProvider(Provider):
         sleep: Callable[[float], None] = time.sleep,
         rate_limit: RateLimit | RateLimiter | None = None,
         tokenizer: Tokenizer | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = public_url(base_url)  # shown and kept in the cache: no credentials
         self.model = model
@@ -81,6 +83,7 @@ class RemoteProvider(Provider):
         self._session = APISession(
             base_url, api_key=api_key, timeout=timeout, max_concurrency=max_concurrency,
             max_retries=max_retries, transport=transport, sleep=sleep, rate_limit=rate_limit,
+            default_headers=default_headers, default_query=default_query,
         )
 
     def __repr__(self) -> str:

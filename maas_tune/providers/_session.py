@@ -8,7 +8,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ from ..ratelimit import (
 )
 from ._answers import check_model, usage_tokens
 from ._batch import Batch, Events, bound_tokens, run_batch
+from ._extras import BASE_URL_ENV, extra_headers, extra_query, resolve_base_url
 from ._http import public_url, request_json
 from ._retry import RetryPolicy
 from ._secrets import check_api_key
@@ -39,6 +40,7 @@ from .base import FactStore
 
 __all__ = [
     "API_KEY_ENV",
+    "BASE_URL_ENV",
     "CHARS_PER_TOKEN_ESTIMATE",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_TIMEOUT_S",
@@ -46,6 +48,7 @@ __all__ = [
     "Post",
     "check_api_options",
     "check_count",
+    "resolve_base_url",
 ]
 
 #: Environment variables read for the API key, first match wins.
@@ -151,6 +154,8 @@ class APISession:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rate_limit: RateLimit | RateLimiter | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, str] | None = None,
     ) -> None:
         root = base_url.rstrip("/")  # may carry credentials (user:pass@): never shown
         self.max_concurrency = max_concurrency
@@ -173,9 +178,13 @@ class APISession:
         self._offline = False
         self._memo: dict[str, dict[str, Any]] = {}  # answered bodies of failed batches
         self._memo_lock = threading.Lock()
+        headers = httpx.Headers({"Authorization": f"Bearer {api_key}"} if api_key else {})
+        for name, value in extra_headers(default_headers):  # openai-python: these win
+            headers[name] = value
         self._client = httpx.Client(
             base_url=root + "/",
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            headers=headers,
+            params=extra_query(default_query),
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(
                 max_connections=max_concurrency, max_keepalive_connections=max_concurrency

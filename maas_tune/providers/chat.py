@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from functools import partial
 from typing import Any
@@ -27,6 +27,7 @@ from ._session import (
     Post,
     check_api_options,
     check_count,
+    resolve_base_url,
 )
 from .base import ProviderAnswer
 from .openai import DEFAULT_TOP_LOGPROBS
@@ -47,8 +48,9 @@ class OpenAIChatProvider(RemoteProvider):
 
     Parameters
     ----------
-    base_url : str
-        API root including the version, e.g. ``"https://api.openai.com/v1"``; requests go
+    base_url : str or None
+        None reads ``$MAAS_TUNE_BASE_URL``, else ``$OPENAI_BASE_URL`` (as openai-python
+        does). API root including the version, e.g. ``"https://api.openai.com/v1"``; requests go
         to ``{base_url}/chat/completions``.
     model : str
         Model name sent with every request.
@@ -70,6 +72,7 @@ class OpenAIChatProvider(RemoteProvider):
         ``logit_bias`` of the ``force`` strategy; by default the server's
         ``/extras/tokenize`` (maas-tune serve, llama.cpp) is asked.
     max_concurrency, timeout, max_retries, transport, sleep, rate_limit
+    default_headers, default_query
         As for :class:`~maas_tune.providers.openai.OpenAICompletionsProvider` (same
         retry policy, error mapping and key redaction).
 
@@ -101,7 +104,7 @@ class OpenAIChatProvider(RemoteProvider):
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | None,
         model: str,
         *,
         api_key: str | None = None,
@@ -116,14 +119,18 @@ class OpenAIChatProvider(RemoteProvider):
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rate_limit: RateLimit | RateLimiter | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, str] | None = None,
     ) -> None:
+        base_url = resolve_base_url(base_url)
         check_api_options(base_url, model, max_concurrency, timeout)
         check_count("top_logprobs", top_logprobs)
         _check_chat_options(strategy, chat_format, label_prefix, tokenizer)
         super().__init__(
             base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
             timeout=timeout, max_retries=max_retries, transport=transport, sleep=sleep,
-            rate_limit=rate_limit, tokenizer=tokenizer,
+            rate_limit=rate_limit, tokenizer=tokenizer, default_headers=default_headers,
+            default_query=default_query,
         )
         self.top_logprobs = top_logprobs
         self.chat_format = chat_format or ChatFormat()

@@ -7,7 +7,7 @@ import binascii
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
@@ -23,6 +23,7 @@ from ._session import (
     DEFAULT_TIMEOUT_S,
     APISession,
     check_api_options,
+    resolve_base_url,
 )
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ class OpenAIEmbeddingsProvider:
 
     Parameters
     ----------
-    base_url : str
-        API root including the version, e.g. ``"http://127.0.0.1:8000/v1"``; requests go
+    base_url : str or None
+        None reads ``$MAAS_TUNE_BASE_URL``, else ``$OPENAI_BASE_URL`` (as openai-python
+        does). API root including the version, e.g. ``"http://127.0.0.1:8000/v1"``; requests go
         to ``{base_url}/embeddings``.
     model : str
         Embedding model name sent with every request.
@@ -69,6 +71,13 @@ class OpenAIEmbeddingsProvider:
         Client-side requests/tokens-per-minute limit, waited for before each request
         (see :class:`~maas_tune.providers._session.APISession`); share one among
         processes with :func:`maas_tune.ray.shared_rate_limiter`.
+    default_headers : Mapping[str, str], optional
+        Headers sent with every request (openai-python's ``default_headers``): Azure's
+        ``api-key``, OpenRouter's ``HTTP-Referer``, ``OpenAI-Organization``. Values of
+        credential-like names are masked in logs; not part of the cache identity.
+    default_query : Mapping[str, str], optional
+        Query parameters added to every request (openai-python's ``default_query``),
+        e.g. Azure's ``{"api-version": "2024-10-21"}``; not part of the cache identity.
 
     Notes
     -----
@@ -79,7 +88,7 @@ class OpenAIEmbeddingsProvider:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | None,
         model: str,
         *,
         api_key: str | None = None,
@@ -91,7 +100,10 @@ class OpenAIEmbeddingsProvider:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rate_limit: RateLimit | RateLimiter | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, str] | None = None,
     ) -> None:
+        base_url = resolve_base_url(base_url)
         check_api_options(base_url, model, max_concurrency, timeout)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -109,6 +121,7 @@ class OpenAIEmbeddingsProvider:
         self._session = APISession(
             base_url, api_key=api_key, timeout=timeout, max_concurrency=max_concurrency,
             max_retries=max_retries, transport=transport, sleep=sleep, rate_limit=rate_limit,
+            default_headers=default_headers, default_query=default_query,
         )
 
     def __repr__(self) -> str:

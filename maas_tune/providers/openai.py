@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -27,6 +27,7 @@ from ._session import (
     DEFAULT_TIMEOUT_S,
     check_api_options,
     check_count,
+    resolve_base_url,
 )
 from ._strategies import (
     STRATEGIES,
@@ -56,8 +57,9 @@ class OpenAICompletionsProvider(RemoteProvider):
 
     Parameters
     ----------
-    base_url : str
-        API root including the version, e.g. ``"http://127.0.0.1:8000/v1"``; requests go
+    base_url : str or None
+        None reads ``$MAAS_TUNE_BASE_URL``, else ``$OPENAI_BASE_URL`` (as openai-python
+        does). API root including the version, e.g. ``"http://127.0.0.1:8000/v1"``; requests go
         to ``{base_url}/completions`` and ``{base_url minus /v1}/extras/tokenize``.
     model : str
         Model name sent with every request.
@@ -88,6 +90,13 @@ class OpenAICompletionsProvider(RemoteProvider):
         Client-side requests/tokens-per-minute limit, waited for before each request
         (see :class:`~maas_tune.providers._session.APISession`); share one among
         processes with :func:`maas_tune.ray.shared_rate_limiter`.
+    default_headers : Mapping[str, str], optional
+        Headers sent with every request (openai-python's ``default_headers``): Azure's
+        ``api-key``, OpenRouter's ``HTTP-Referer``, ``OpenAI-Organization``. Values of
+        credential-like names are masked in logs; not part of the cache identity.
+    default_query : Mapping[str, str], optional
+        Query parameters added to every request (openai-python's ``default_query``),
+        e.g. Azure's ``{"api-version": "2024-10-21"}``; not part of the cache identity.
 
     Notes
     -----
@@ -117,7 +126,7 @@ class OpenAICompletionsProvider(RemoteProvider):
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | None,
         model: str,
         *,
         api_key: str | None = None,
@@ -130,12 +139,16 @@ class OpenAICompletionsProvider(RemoteProvider):
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rate_limit: RateLimit | RateLimiter | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, str] | None = None,
     ) -> None:
+        base_url = resolve_base_url(base_url)
         _check_options(base_url, model, strategy, top_logprobs, max_concurrency, timeout)
         super().__init__(
             base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
             timeout=timeout, max_retries=max_retries, transport=transport, sleep=sleep,
-            rate_limit=rate_limit, tokenizer=tokenizer,
+            rate_limit=rate_limit, tokenizer=tokenizer, default_headers=default_headers,
+            default_query=default_query,
         )
         self.top_logprobs = top_logprobs
         self._probe: ProbeResult | None = None

@@ -60,7 +60,9 @@ def test_eval_through_the_server_costs_one_query_per_sample_and_matches_in_proce
     gemma, served, capsys, tmp_path, monkeypatch
 ):
     http = _eval(capsys, EVAL + ["--base-url", served, "--cache", str(tmp_path / "h.sqlite")])
-    assert http["dect"]["queries_sent"] == 8 + 24  # extension strategy: one request each
+    # The extension strategy: one request per sample, and the probe's one (charged too).
+    assert http["dect"]["probe_queries"] == 1
+    assert http["dect"]["queries_sent"] == 8 + 24 + 1
     monkeypatch.setattr(_cli_commands, "_provider", lambda args, model=None: gemma)
     local = _eval(capsys, EVAL + ["--cache", str(tmp_path / "l.sqlite")])
     for method in ("dect", "zero-shot"):

@@ -185,3 +185,72 @@ def test_classification_metrics_are_json_ready_and_keyed_by_label():
     without = metrics.classification_metrics(y_true, y_pred, None, ["neg", "pos", "neutral"])
     assert without["log_loss"] is None and without["ece"] is None
     assert without["reliability"] is None and without["macro_f1"] == out["macro_f1"]
+
+
+# -- wired into evaluate ------------------------------------------------------------
+def test_evaluate_reports_every_metric_for_decoders_and_prompt_methods(db_path):
+    from maas_tune import datasets
+    from maas_tune._sqlite import Store
+    from maas_tune.budget import QueryBudget
+    from maas_tune.cache import ScoreCache
+    from maas_tune.client import Client
+    from maas_tune.data import labels_to_indices
+    from maas_tune.decoders import ZeroShot
+    from maas_tune.experiment import evaluate
+
+    from .fakes import FakeProvider
+
+    store, fake = Store(db_path), FakeProvider()
+    ds, task = datasets.load("trec"), datasets.load_task("trec")
+    test = ds.test[:30]
+    results = evaluate(
+        provider=fake, task=task, dataset="trec", train_pool=ds.train, test=test,
+        methods=["zero-shot", "lr", "icl"], shots=1, seed=0, cache=ScoreCache(store),
+        budget=QueryBudget("train", store=store), progress=False,
+    )  # fmt: skip
+    y_test = labels_to_indices(test, task.labels)
+    for r in results:
+        row = json.loads(json.dumps(r.to_dict(), allow_nan=False))
+        assert row["labels"] == list(task.labels)
+        cm = np.array(row["confusion_matrix"])
+        assert cm.shape == (6, 6) and cm.sum() == 30
+        assert np.trace(cm) / 30 == pytest.approx(row["accuracy"])  # same predictions
+        assert [row["per_class"][c]["support"] for c in task.labels] == np.bincount(
+            y_test, minlength=6).tolist()  # fmt: skip
+        assert 0 <= row["macro_f1"] <= 1 and row["log_loss"] > 0 and 0 <= row["ece"] <= 1
+        assert sum(row["reliability"]["count"]) == 30, r.method
+    # Zero-shot's numbers, recomputed from its own probabilities with scikit-learn.
+    scores = Client(fake, cache=ScoreCache(store), progress=False).score(task, test)
+    zero = ZeroShot().fit(scores, y_test)
+    proba, y_pred = zero.predict_proba(scores), zero.predict(scores)
+    pred_idx = np.array([task.labels.index(p) for p in y_pred])
+    r = results[0]
+    assert r.macro_f1 == pytest.approx(skm.f1_score(y_test, pred_idx, average="macro"))
+    assert r.log_loss == pytest.approx(skm.log_loss(y_test, proba, labels=list(range(6))))
+    assert r.confusion_matrix == skm.confusion_matrix(y_test, pred_idx, labels=range(6)).tolist()
+
+
+def test_eval_prints_macro_f1_log_loss_and_ece_and_json_carries_all(db_path, capsys,
+                                                                   monkeypatch):  # fmt: skip
+    from maas_tune import _cli_commands
+    from maas_tune.cli import main
+
+    from .fakes import FakeProvider
+
+    fake = FakeProvider()
+    monkeypatch.setattr(_cli_commands, "_provider", lambda args, model=None: fake)
+    argv = ["eval", "--dataset", "trec", "--shots", "1", "--test-limit", "30", "--quiet",
+            "--method", "zero-shot,icl", "--cache", str(db_path)]  # fmt: skip
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(line for line in lines if "method" in line)
+    for column in ("accuracy", "macro-F1", "log-loss", "ECE", "lowest recall"):
+        assert column in head
+    assert "15 equal-width confidence bins" in "\n".join(lines)
+    assert main([*argv, "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for row in rows:
+        assert {"macro_f1", "log_loss", "ece", "per_class", "confusion_matrix", "labels",
+                "reliability"} <= set(row)  # fmt: skip
+        table_row = next(line for line in lines if line.split()[:1] == [row["method"]])
+        assert f"{row['macro_f1']:.4f}" in table_row and f"{row['ece']:.3f}" in table_row

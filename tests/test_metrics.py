@@ -254,3 +254,19 @@ def test_eval_prints_macro_f1_log_loss_and_ece_and_json_carries_all(db_path, cap
                 "reliability"} <= set(row)  # fmt: skip
         table_row = next(line for line in lines if line.split()[:1] == [row["method"]])
         assert f"{row['macro_f1']:.4f}" in table_row and f"{row['ece']:.3f}" in table_row
+
+
+def test_the_docs_metrics_example_runs_and_prints_what_the_page_says(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "concepts.md").read_text("utf-8")
+    section = text[text.index("## Metrics"):text.index("## DecT")]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    shown = re.search(r"```text\n(.*?)```", section, re.DOTALL).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/concepts.md", "exec"), namespace)  # noqa: S102 - the example is the test
+    assert capsys.readouterr().out == shown
+    y_true, y_pred = namespace["y_true"], namespace["y_pred"]
+    assert f"{skm.f1_score(y_true, y_pred, average='macro'):.3f}" in shown
+    assert f"{skm.log_loss(y_true, namespace['proba']):.3f}" in shown

@@ -66,7 +66,7 @@ class ReliabilityBins(NamedTuple):
     """
 
     edges: np.ndarray  # (B + 1,) from 0 to 1
-    count: np.ndarray  # (B,) int64
+    counts: np.ndarray  # (B,) int64
     confidence: np.ndarray  # (B,) mean largest probability in the bin
     accuracy: np.ndarray  # (B,) share of the bin's predictions that are right
 
@@ -255,9 +255,9 @@ def expected_calibration_error(
         mean confidence, up to 1.
     """
     bins = reliability_bins(y_true, proba, n_bins)
-    full = bins.count > 0  # (B,)
+    full = bins.counts > 0  # (B,)
     gap = np.abs(bins.accuracy[full] - bins.confidence[full])  # (B_full,)
-    return float(np.sum(bins.count[full] * gap) / bins.count.sum())
+    return float(np.sum(bins.counts[full] * gap) / bins.counts.sum())
 
 
 def _finite(values: np.ndarray, digits: int) -> list[float | None]:
@@ -311,7 +311,7 @@ def classification_metrics(
         bins = reliability_bins(y_true, proba)
         out["log_loss"] = log_loss(y_true, proba)
         out["ece"] = expected_calibration_error(y_true, proba)
-        out["reliability"] = {"count": bins.count.tolist(),
+        out["reliability"] = {"count": bins.counts.tolist(),
                               "confidence": _finite(bins.confidence, 6),
                               "accuracy": _finite(bins.accuracy, 6)}  # fmt: skip
     return out

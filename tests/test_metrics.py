@@ -77,10 +77,10 @@ def test_reliability_bins_match_scikit_learns_calibration_curve(case):
     # calibration_curve bins a binary outcome's probability the same way (uniform,
     # right-closed) and returns the non-empty bins only.
     prob_true, prob_pred = calibration_curve(correct, confidence, n_bins=metrics.ECE_BINS)
-    full = bins.count > 0
+    full = bins.counts > 0
     np.testing.assert_allclose(bins.accuracy[full], prob_true)
     np.testing.assert_allclose(bins.confidence[full], prob_pred)
-    assert bins.count.sum() == len(y_true) and np.isnan(bins.accuracy[~full]).all()
+    assert bins.counts.sum() == len(y_true) and np.isnan(bins.accuracy[~full]).all()
     # ECE by its definition, one prediction at a time.
     lo, hi = bins.edges[:-1], bins.edges[1:]
     expected = 0.0
@@ -143,13 +143,13 @@ def test_a_well_calibrated_forecaster_has_a_small_ece_and_an_overconfident_one_a
 def test_bins_are_right_closed_and_the_first_includes_its_lower_edge():
     edges = np.linspace(0, 1, metrics.ECE_BINS + 1)
     uniform = np.full((1, 15), 1 / 15)  # confidence exactly 1/15, the first bin's upper edge
-    assert metrics.reliability_bins(np.zeros(1, int), uniform).count[0] == 1
+    assert metrics.reliability_bins(np.zeros(1, int), uniform).counts[0] == 1
     certain = metrics.reliability_bins(np.zeros(1, int), np.array([[1.0, 0.0]]))
-    assert certain.count[-1] == 1  # confidence 1.0: the last bin, (14/15, 1]
+    assert certain.counts[-1] == 1  # confidence 1.0: the last bin, (14/15, 1]
     above = np.nextafter(edges[8], 1.0)  # just above 8/15: the ninth bin
-    assert metrics.reliability_bins(np.zeros(1, int), np.array([[above, 1 - above]])).count[8] == 1
+    assert metrics.reliability_bins(np.zeros(1, int), np.array([[above, 1 - above]])).counts[8] == 1
     at = metrics.reliability_bins(np.zeros(1, int), np.array([[edges[8], 1 - edges[8]]]))
-    assert at.count[7] == 1  # exactly 8/15: the eighth bin, (7/15, 8/15]
+    assert at.counts[7] == 1  # exactly 8/15: the eighth bin, (7/15, 8/15]
 
 
 @pytest.mark.parametrize(

@@ -148,11 +148,15 @@ def plot_reliability(
             conf, acc, count = pooled[(row, dataset)]
             full = count > 0
             ece = float(np.sum(count[full] * np.abs(acc[full] - conf[full])) / count.sum())
-            ax.plot(conf[full], acc[full], marker=_MARKERS[i % len(_MARKERS)],
-                    color=plt.get_cmap("tab20")(i % 20), label=f"{row} (pooled ECE {ece:.3f})")  # fmt: skip
+            color = plt.get_cmap("tab20")(i % 20)
+            ax.plot(conf[full], acc[full], color=color, linewidth=1, alpha=0.6)
+            # Marker area by the bin's share of predictions: a bin of two is noise.
+            ax.scatter(conf[full], acc[full], s=8 + 240 * count[full] / count.sum(),
+                       marker=_MARKERS[i % len(_MARKERS)], color=color,
+                       label=f"{row} (pooled ECE {ece:.3f})")  # fmt: skip
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence (largest class probability), bin mean")
+        ax.set_xlabel("confidence (largest class probability), bin mean; area: predictions")
         ax.set_ylabel("accuracy in the bin")
         ax.set_title(f"{dataset}: reliability at the largest shots (seeds pooled)")
         ax.grid(alpha=0.3)

@@ -182,9 +182,14 @@ def _print_summary(results: list[EvalResult], test_budget: QueryBudget) -> None:
     print(
         f"{r0.dataset}: {r0.shots}-shot, seed {r0.seed}, {r0.n_test} test examples, model {r0.model}"
     )
-    print(f"  {'method':<14}{'accuracy':>10}{'fit (s)':>10}")
+    print(f"  {'method':<14}{'accuracy':>10}{'macro-F1':>10}{'log-loss':>10}{'ECE':>8}"
+          f"{'fit (s)':>10}  lowest recall")  # fmt: skip
     for r in results:
-        print(f"  {r.method:<14}{r.accuracy:>10.4f}{r.fit_seconds:>10.3f}")
+        print(f"  {r.method:<14}{r.accuracy:>10.4f}{_num(r.macro_f1, 10, 4)}"
+              f"{_num(r.log_loss, 10, 3)}{_num(r.ece, 8, 3)}{r.fit_seconds:>10.3f}"
+              f"  {_lowest_recall(r)}")  # fmt: skip
+    print("  (ECE: expected calibration error of predict_proba, 15 equal-width confidence "
+          "bins; --json has per-class scores and the confusion matrix)")  # fmt: skip
     limit = "unlimited" if r0.budget_limit is None else str(r0.budget_limit)
     t = test_budget.status()
     scoring = r0.queries_sent - r0.probe_queries - r0.queries_lost
@@ -200,6 +205,20 @@ def _print_summary(results: list[EvalResult], test_budget: QueryBudget) -> None:
               f"{100 * r0.floored_share:.1f}% (pass --tokenizer to force them exactly)")
     print(f"training budget {r0.budget_name!r}: {r0.budget_spent} of {limit} queries spent")
     print(f"test budget {t.name!r}: {t.spent_queries} queries spent in total")
+
+
+def _num(value: float | None, width: int, digits: int) -> str:
+    """A right-aligned number, or a dash where a method has no such value."""
+    return f"{'—':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def _lowest_recall(r: EvalResult) -> str:
+    """The class the method finds least often: ``ABBR 0.33 of 9`` (what accuracy hides)."""
+    present = {k: v for k, v in (r.per_class or {}).items() if v["support"]}
+    if not present:
+        return "—"
+    name = min(present, key=lambda k: present[k]["recall"])
+    return f"{name} {present[name]['recall']:.2f} of {int(present[name]['support'])}"
 
 
 # -- fit / predict ----------------------------------------------------------------

@@ -27,6 +27,7 @@ from .decoders import (
 from .errors import ConfigurationError
 from .methods import BDPL, InContextLearning, PromptMethod, PromptTuning, require_white_box
 from .methods.base import usage_since
+from .metrics import classification_metrics
 from .providers.base import Provider
 from .scores import Scores
 from .task import Task
@@ -99,6 +100,20 @@ class EvalResult:
     #: Share of label words (train and test) given the top-k bound instead of the model's
     #: value (only the chat API's ``top_logprobs`` strategy bounds words).
     floored_share: float = 0.0
+    #: Unweighted mean F1 over the classes in the test set or the predictions.
+    macro_f1: float | None = None
+    #: Mean negative log-probability of the true class (nats, clipped), and the expected
+    #: calibration error over 15 equal-width confidence bins (see :mod:`maas_tune.metrics`);
+    #: None for a method without ``predict_proba``.
+    log_loss: float | None = None
+    ece: float | None = None
+    #: Label → ``{"precision", "recall", "f1", "support"}`` on the test set.
+    per_class: dict[str, dict[str, float]] | None = None
+    #: Rows: true label, columns: predicted label, both in the order of ``labels``.
+    confusion_matrix: list[list[int]] | None = None
+    labels: list[str] | None = None
+    #: Per confidence bin: ``count``, mean ``confidence``, ``accuracy`` (None where empty).
+    reliability: dict[str, list[Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -201,15 +216,51 @@ def fit_prompt_method(
     usage : Usage
         What the fit and the predictions sent, together.
     """
+    predictions, _, seconds, usage = _fit_prompt_proba(
+        method, train_client=train_client, test_client=test_client, task=task, train=train,
+        test=test,
+    )  # fmt: skip
+    return predictions, seconds, usage
+
+
+def _fit_prompt_proba(
+    method: PromptMethod,
+    *,
+    train_client: Client,
+    test_client: Client,
+    task: Task,
+    train: Sequence[Example],
+    test: Sequence[Example],
+) -> tuple[np.ndarray, np.ndarray | None, float, Usage]:
+    """:func:`fit_prompt_method`, also returning the class probabilities, shape (n_test, K).
+
+    The predictions are their argmax (what ``predict`` returns, at the same queries);
+    the probabilities are None for a method without ``predict_proba``.
+    """
     before_train, before_test = copy.copy(train_client.usage), copy.copy(test_client.usage)
     start = time.perf_counter()
     method.fit(train_client, task, train)
     seconds = time.perf_counter() - start
-    predictions = method.predict(test_client, test)
+    proba: np.ndarray | None = None
+    if hasattr(method, "predict_proba"):
+        proba = method.predict_proba(test_client, test)  # (n_test, K)
+        predictions = method.classes_[proba.argmax(axis=1)]
+    else:
+        predictions = method.predict(test_client, test)
     fit_usage = usage_since(train_client, before_train)
     test_usage = usage_since(test_client, before_test)
     total = Usage(**{k: getattr(fit_usage, k) + getattr(test_usage, k) for k in asdict(fit_usage)})
-    return predictions, seconds, total
+    return predictions, proba, seconds, total
+
+
+def _quality(
+    predictions: np.ndarray, proba: np.ndarray | None, y_test: np.ndarray, labels: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy and the :func:`~maas_tune.metrics.classification_metrics` of one method."""
+    index = {name: i for i, name in enumerate(labels)}
+    y_pred = np.array([index[str(p)] for p in predictions], dtype=np.int64)  # (n_test,)
+    out = classification_metrics(y_test, y_pred, proba, labels) if len(y_test) else {}
+    return {"accuracy": float(np.mean(y_pred == y_test)), **out}
 
 
 def evaluate(
@@ -271,11 +322,10 @@ def evaluate(
         }
     )
     fingerprint = provider.fingerprint()
-    truth = np.asarray(task.labels)[y_test]
     results = []
     for method, est in estimators.items():
         if isinstance(est, PromptMethod):
-            predictions, seconds, usage = fit_prompt_method(
+            predictions, proba, seconds, usage = _fit_prompt_proba(
                 est,
                 train_client=train_client,
                 test_client=test_client,
@@ -286,6 +336,7 @@ def evaluate(
         else:
             seconds = fit_method(est, train_scores, y_train, content_free)
             predictions, usage = est.predict(test_scores), shared
+            proba = est.predict_proba(test_scores) if hasattr(est, "predict_proba") else None
         status = budget.status()
         results.append(
             EvalResult(
@@ -293,7 +344,6 @@ def evaluate(
                 dataset=dataset,
                 shots=shots,
                 seed=seed,
-                accuracy=float(np.mean(predictions == truth)),
                 n_test=len(test),
                 queries_sent=usage.queries_sent,
                 samples_sent=usage.samples_sent,
@@ -312,6 +362,7 @@ def evaluate(
                 retries=usage.retries,
                 rate_limited=usage.rate_limited,
                 floored_share=floored,
+                **_quality(predictions, proba, y_test, task.labels),
             )
         )
     return results

@@ -196,6 +196,48 @@ def test_the_report_has_a_table_per_dataset_and_the_plots(tmp_path):
     assert s.seeds == 2 and s.accuracy_mean == pytest.approx(np.mean([r["accuracy"] for r in rows]))
 
 
+def test_the_report_shows_macro_f1_and_ece_and_a_reliability_diagram(tmp_path):
+    import json
+
+    from maas_tune.bench.report import MISSING
+
+    config = _config(tmp_path)
+    run_grid(config, pool=ProviderPool(local=FakeProvider()), progress=False)
+    rows = read_results(config.results_path)
+    assert all(r["macro_f1"] is not None and r["ece"] is not None for r in rows)
+    paths = write_report(config)
+    table = (config.output / "table.md").read_text(encoding="utf-8")
+    head = next(line for line in table.splitlines() if line.startswith("| method | 1-shot"))
+    assert "| macro-F1 (2-shot) | ECE |" in head
+    s = {(x.row, x.dataset, x.shots): x for x in summarize(rows)}[("dect", "trec", 2)]
+    line = next(line for line in table.splitlines() if line.startswith("| dect |")
+                and s.macro_f1 in line)  # fmt: skip
+    assert f"| {s.macro_f1} | {s.ece} |" in line and " ± " in s.macro_f1
+    for d in ("sst2", "trec"):
+        png = config.output / "plots" / f"{d}-reliability.png"
+        assert png in paths and png.read_bytes()[:8] == PNG_MAGIC
+        assert f"(plots/{d}-reliability.png)" in table
+    # Results written before these metrics existed still render, with a dash.
+    old = [{k: v for k, v in r.items() if k not in ("macro_f1", "log_loss", "ece", "per_class",
+            "confusion_matrix", "labels", "reliability")} for r in rows]  # fmt: skip
+    config.results_path.write_text("".join(json.dumps(r) + "\n" for r in old))
+    paths = write_report(config)
+    table = (config.output / "table.md").read_text(encoding="utf-8")
+    lines = [line for line in table.splitlines() if line.startswith("| dect |")]
+    assert all(f"| {MISSING} | {MISSING} |" in line for line in lines if line.count("|") > 8)
+    assert sum(line.count("|") > 8 for line in lines) == 2  # one per dataset table
+    assert not any("reliability" in p.name for p in paths)
+
+
+def test_the_shipped_results_render_without_the_new_metrics():
+    from maas_tune.bench.report import render_markdown
+
+    config = load_config(ROOT / "benchmarks" / "grid.toml")
+    text = render_markdown(config, read_results(config.results_path))
+    assert "macro-F1 (16-shot)" in text and "### trec" not in text  # level 1: "## trec"
+    assert "## trec" in text
+
+
 def test_the_report_can_fill_a_docs_page_between_its_markers(tmp_path):
     from maas_tune.bench.report import BEGIN_MARKER, END_MARKER
 

@@ -1,14 +1,18 @@
-"""PNG plots of a benchmark grid: accuracy vs shots and accuracy vs API queries, per dataset."""
+"""PNG plots of a benchmark grid, per dataset: accuracy vs shots and vs API queries, and a
+reliability diagram (accuracy vs confidence of the class probabilities)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ..errors import ConfigurationError
-from .report import Summary
+from .report import RELIABILITY_SUFFIX, Summary
 
-__all__ = ["plot_datasets"]
+__all__ = ["plot_datasets", "plot_reliability", "pooled_reliability"]
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -76,6 +80,89 @@ def plot_datasets(summaries: Sequence[Summary], folder: Path, rows: Sequence[str
         fig.legend(*left.get_legend_handles_labels(), loc="center right", fontsize=8)
         fig.tight_layout(rect=(0, 0, 0.86, 1))
         path = folder / f"{dataset}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def pooled_reliability(
+    rows: Sequence[dict[str, Any]],
+) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Reliability bins per (row, dataset) at its largest shots, pooled over seeds.
+
+    Returns
+    -------
+    dict
+        (row, dataset) → (confidence (B,), accuracy (B,), count (B,)): each bin's
+        count-weighted mean confidence and accuracy over the seeds (NaN where empty).
+        Rows without reliability bins (results written before they were recorded) are
+        left out.
+    """
+    top: dict[tuple[str, str], int] = {}
+    for r in rows:
+        if r.get("reliability"):
+            key = (str(r["row"]), str(r["dataset"]))
+            top[key] = max(top.get(key, 0), int(r["shots"]))
+    sums: dict[tuple[str, str], np.ndarray] = {}
+    for r in rows:
+        key = (str(r["row"]), str(r["dataset"]))
+        if not r.get("reliability") or int(r["shots"]) != top[key]:
+            continue
+        bins = r["reliability"]
+        count = np.asarray(bins["count"], dtype=np.float64)  # (B,)
+        conf = np.nan_to_num(np.asarray(bins["confidence"], dtype=np.float64))  # (B,)
+        acc = np.nan_to_num(np.asarray(bins["accuracy"], dtype=np.float64))  # (B,)
+        total = np.stack([count * conf, count * acc, count])  # (3, B)
+        sums[key] = sums[key] + total if key in sums else total
+    out = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for key, (conf_sum, acc_sum, count) in sums.items():
+            out[key] = (conf_sum / count, acc_sum / count, count)
+    return out
+
+
+def plot_reliability(
+    rows: Sequence[dict[str, Any]], folder: Path, plotted: Sequence[str]
+) -> list[Path]:
+    """One reliability diagram per dataset, ``<dataset>-reliability.png``; return the files.
+
+    Each of the ``plotted`` rows at its largest shots, pooled over seeds: the accuracy
+    of each confidence bin (15 equal-width bins of the largest class probability, see
+    :mod:`maas_tune.metrics`) against its mean confidence. On the diagonal a method is
+    right as often as it claims; below it, overconfident. The legend gives the ECE of the
+    pooled predictions (the report's table averages the per-seed ECE).
+    """
+    pooled = pooled_reliability(rows)
+    if not pooled:
+        return []
+    plt = _pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for dataset in dict.fromkeys(d for _, d in pooled):
+        fig, ax = plt.subplots(figsize=(6.4, 5.4))
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+        for i, row in enumerate(plotted):
+            if (row, dataset) not in pooled:
+                continue
+            conf, acc, count = pooled[(row, dataset)]
+            full = count > 0
+            ece = float(np.sum(count[full] * np.abs(acc[full] - conf[full])) / count.sum())
+            color = plt.get_cmap("tab20")(i % 20)
+            ax.plot(conf[full], acc[full], color=color, linewidth=1, alpha=0.6)
+            # Marker area by the bin's share of predictions: a bin of two is noise.
+            ax.scatter(conf[full], acc[full], s=8 + 240 * count[full] / count.sum(),
+                       marker=_MARKERS[i % len(_MARKERS)], color=color,
+                       label=f"{row} (pooled ECE {ece:.3f})")  # fmt: skip
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (largest class probability), bin mean; area: predictions")
+        ax.set_ylabel("accuracy in the bin")
+        ax.set_title(f"{dataset}: reliability at the largest shots (seeds pooled)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        path = folder / f"{dataset}{RELIABILITY_SUFFIX}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

@@ -15,6 +15,8 @@ from ..experiment import make_decoder
 from .config import BenchConfig
 from .grid import read_results
 
+#: File-name suffix of a dataset's reliability diagram (``<dataset>-reliability.png``).
+RELIABILITY_SUFFIX = "-reliability"
 #: The lines between which a markdown report page gets the grid's tables.
 BEGIN_MARKER = "<!-- bench-grid:begin (written by maas-tune bench report) -->"
 END_MARKER = "<!-- bench-grid:end -->"
@@ -22,6 +24,8 @@ END_MARKER = "<!-- bench-grid:end -->"
 __all__ = [
     "BEGIN_MARKER",
     "END_MARKER",
+    "MISSING",
+    "RELIABILITY_SUFFIX",
     "Summary",
     "is_white_box",
     "render_markdown",
@@ -51,13 +55,46 @@ class Summary:
     prompt_tokens: float
     fit_seconds: float
     wall_seconds: float
+    #: Mean (and std) over seeds of macro-F1, log-loss and ECE; None when a run of the
+    #: group lacks it (results written before maas-tune recorded them).
+    macro_f1_mean: float | None = None
+    macro_f1_std: float | None = None
+    log_loss_mean: float | None = None
+    ece_mean: float | None = None
 
     @property
     def accuracy(self) -> str:
         """``0.842 ± 0.016`` (no ± for a single seed)."""
-        if self.seeds < 2:
-            return f"{self.accuracy_mean:.3f}"
-        return f"{self.accuracy_mean:.3f} ± {self.accuracy_std:.3f}"
+        return _mean_std(self.accuracy_mean, self.accuracy_std, self.seeds)
+
+    @property
+    def macro_f1(self) -> str:
+        """``0.801 ± 0.020``, or ``–`` where the results lack it."""
+        if self.macro_f1_mean is None:
+            return MISSING
+        return _mean_std(self.macro_f1_mean, self.macro_f1_std or 0.0, self.seeds)
+
+    @property
+    def ece(self) -> str:
+        """Mean expected calibration error over seeds, or ``–``."""
+        return MISSING if self.ece_mean is None else f"{self.ece_mean:.3f}"
+
+
+#: A table cell with no value (a shots setting not run, a metric not recorded).
+MISSING = "–"
+
+
+def _mean_std(mean: float, std: float, seeds: int) -> str:
+    return f"{mean:.3f}" if seeds < 2 else f"{mean:.3f} ± {std:.3f}"
+
+
+def _stats(rs: Sequence[dict[str, Any]], key: str) -> tuple[float | None, float | None]:
+    """Mean and sample std of ``key`` over ``rs``; (None, None) unless every row has it."""
+    values = [r.get(key) for r in rs]
+    if any(v is None for v in values):
+        return None, None
+    xs = [float(v) for v in values]  # type: ignore[arg-type]
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
 def is_white_box(method: str) -> bool:
@@ -77,6 +114,7 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
     out = []
     for (row, dataset, shots), rs in groups.items():
         accs = [float(r["accuracy"]) for r in rs]
+        f1_mean, f1_std = _stats(rs, "macro_f1")
         out.append(Summary(
             row=row, method=rs[0]["method"], dataset=dataset, shots=shots, seeds=len(rs),
             accuracy_mean=statistics.fmean(accs),
@@ -84,6 +122,8 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
             n_test=int(rs[0]["n_test"]), queries=mean(rs, "queries_needed"),
             fit_queries=mean(rs, "fit_queries"), prompt_tokens=mean(rs, "prompt_tokens_needed"),
             fit_seconds=mean(rs, "fit_seconds"), wall_seconds=mean(rs, "wall_seconds"),
+            macro_f1_mean=f1_mean, macro_f1_std=f1_std, log_loss_mean=_stats(rs, "log_loss")[0],
+            ece_mean=_stats(rs, "ece")[0],
         ))  # fmt: skip
     return out
 
@@ -118,7 +158,7 @@ def _headline(
         for d in datasets:
             found = at.get((row, d))
             if found is None:
-                cells.append("–")
+                cells.append(MISSING)
                 continue
             s = found
             text = (
@@ -129,7 +169,7 @@ def _headline(
             means.append(s.accuracy_mean)
         if not means:
             continue
-        mean = f"{statistics.fmean(means):.3f}" if len(means) == len(datasets) else "–"
+        mean = f"{statistics.fmean(means):.3f}" if len(means) == len(datasets) else MISSING
         label = f"{row} (white-box)" if is_white_box(config.method_of(row)) else row
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
     return lines
@@ -143,15 +183,16 @@ def _dataset_table(config: BenchConfig, summaries: Sequence[Summary], dataset: s
     mine = [s for s in summaries if s.dataset == dataset]
     shots = sorted({s.shots for s in mine})
     top = shots[-1]
-    head = (["method"] + [f"{k}-shot" for k in shots]
+    head = (["method"] + [f"{k}-shot" for k in shots] + [f"macro-F1 ({top}-shot)", "ECE"]
             + ["test n", "seeds", f"queries ({top}-shot)", "of which fit", "prompt tokens", "fit s", "wall s"])  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for row in config.row_names():
         by_shots = {s.shots: s for s in mine if s.row == row}
         if not by_shots:
             continue
-        accs = [by_shots[k].accuracy if k in by_shots else "–" for k in shots]
+        accs = [by_shots[k].accuracy if k in by_shots else MISSING for k in shots]
         s = by_shots.get(top) or by_shots[max(by_shots)]
+        accs += [s.macro_f1, s.ece]
         costs = [str(s.n_test), str(s.seeds), _count(s.queries), _count(s.fit_queries), _count(s.prompt_tokens),
                  f"{s.fit_seconds:.2f}", f"{s.wall_seconds:.1f}"]  # fmt: skip
         lines.append(f"| {row} | " + " | ".join(accs + costs) + " |")
@@ -190,7 +231,11 @@ def render_markdown(
             "what one run needs from an empty cache (training + test set); *of which fit* is the "
             "part spent before predicting; *fit s* is the method's own fitting time and "
             "*wall s* the whole run's in this grid (answers already in the cache cost no model "
-            "time, so a decoder that shares its scoring with an earlier row shows little)."
+            "time, so a decoder that shares its scoring with an earlier row shows little). "
+            "*macro-F1* (the unweighted mean of the per-class F1, so a rare class counts as "
+            "much as a frequent one) and *ECE* (expected calibration error of the class "
+            "probabilities, 15 equal-width confidence bins) are at the largest shots; "
+            f"{MISSING} where the results predate them."
         ),
         "",
         "Test sets per block: "
@@ -221,6 +266,9 @@ def render_markdown(
         lines += ["", f"{h}# {d}", "", *_dataset_table(config, summaries, d)]
         if plots and d in plots:
             lines += ["", f"![{d}: accuracy vs shots and vs queries]({plots[d]})"]
+        if plots and f"{d}{RELIABILITY_SUFFIX}" in plots:
+            link = plots[f"{d}{RELIABILITY_SUFFIX}"]
+            lines += ["", f"![{d}: reliability diagram at the largest shots]({link})"]
     return "\n".join(lines) + "\n"
 
 
@@ -244,7 +292,8 @@ def _insert(path: Path, text: str) -> None:
 def write_report(config: BenchConfig, *, plots: bool = True) -> list[Path]:
     """Write the report; return the files written.
 
-    If ``config.report_dir`` is a folder: ``table.md`` and ``plots/<dataset>.png`` in
+    If ``config.report_dir`` is a folder: ``table.md``, ``plots/<dataset>.png`` and
+    ``plots/<dataset>-reliability.png`` (where the results have reliability bins) in
     it. If it is a markdown page (``*.md``): the tables go between its
     :data:`BEGIN_MARKER` and :data:`END_MARKER` lines (one heading level down) and
     the plots into ``grid-plots/`` beside it.
@@ -255,9 +304,10 @@ def write_report(config: BenchConfig, *, plots: bool = True) -> list[Path]:
     plot_dir = target.parent / "grid-plots" if into_page else target / "plots"
     written: list[Path] = []
     if plots and rows:
-        from .plots import plot_datasets
+        from .plots import plot_datasets, plot_reliability
 
         written += plot_datasets(summarize(rows), plot_dir, config.plotted_rows())
+        written += plot_reliability(rows, plot_dir, config.plotted_rows())
     links = {p.stem: f"{plot_dir.name}/{p.name}" for p in written}
     if into_page:
         _insert(target, render_markdown(config, rows, plots=links, level=2))

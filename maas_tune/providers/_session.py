@@ -184,7 +184,7 @@ class APISession:
         self._client = httpx.Client(
             base_url=root + "/",
             headers=headers,
-            params=httpx.QueryParams(extra_query(default_query)),
+            params=tuple(extra_query(default_query)),
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(
                 max_connections=max_concurrency, max_keepalive_connections=max_concurrency

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .budget import QueryBudget
+from .budget import BudgetStatus, QueryBudget
 from .cache import ScoreCache
 from .client import Client, Usage
 from .data import Example, labels_to_indices, sample_k_shot
@@ -36,6 +36,7 @@ __all__ = [
     "TEST_BUDGET_SUFFIX",
     "TEST_SUBSET_SEED",
     "EvalResult",
+    "cost_fields",
     "evaluate",
     "fit_method",
     "fit_prompt_method",
@@ -99,6 +100,20 @@ class EvalResult:
     #: Share of label words (train and test) given the top-k bound instead of the model's
     #: value (only the chat API's ``top_logprobs`` strategy bounds words).
     floored_share: float = 0.0
+    #: US dollars per million input and output tokens the costs are counted at: the
+    #: training budget's price, else the test budget's (None: no price, no cost counted).
+    price_input_per_million: float | None = None
+    price_output_per_million: float | None = None
+    #: Cost of this run's ``queries_sent`` and ``prompt_tokens_sent`` at that price, each
+    #: query counted as one output token (see :mod:`maas_tune.pricing`), US dollars.
+    cost_sent: float | None = None
+    #: The training budget's cost cap and cost spent (all runs), US dollars.
+    budget_cost_limit: float | None = None
+    budget_cost_spent: float | None = None
+    #: The test budget's name, cost cap and cost spent (all runs), US dollars.
+    test_budget_name: str | None = None
+    test_budget_cost_limit: float | None = None
+    test_budget_cost_spent: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -212,6 +227,22 @@ def fit_prompt_method(
     return predictions, seconds, total
 
 
+def cost_fields(usage: Usage, train: BudgetStatus, test: BudgetStatus | None) -> dict[str, Any]:
+    """The cost fields of an :class:`EvalResult`: ``usage`` and both budgets in US dollars."""
+    price = train.price or (test.price if test is not None else None)
+    sent = None if price is None else price.query_cost(usage.queries_sent, usage.prompt_tokens_sent)
+    return {
+        "price_input_per_million": None if price is None else price.input_per_million,
+        "price_output_per_million": None if price is None else price.output_per_million,
+        "cost_sent": sent,
+        "budget_cost_limit": train.max_cost,
+        "budget_cost_spent": train.spent_cost,
+        "test_budget_name": None if test is None else test.name,
+        "test_budget_cost_limit": None if test is None else test.max_cost,
+        "test_budget_cost_spent": None if test is None else test.spent_cost,
+    }
+
+
 def evaluate(
     *,
     provider: Provider,
@@ -287,6 +318,7 @@ def evaluate(
             seconds = fit_method(est, train_scores, y_train, content_free)
             predictions, usage = est.predict(test_scores), shared
         status = budget.status()
+        test_status = test_budget.status() if test_budget is not None else None
         results.append(
             EvalResult(
                 method=method,
@@ -312,6 +344,7 @@ def evaluate(
                 retries=usage.retries,
                 rate_limited=usage.rate_limited,
                 floored_share=floored,
+                **cost_fields(usage, status, test_status),
             )
         )
     return results

@@ -73,8 +73,7 @@ def _set_budget(store: Store, args: argparse.Namespace) -> None:
     limits = {k: v for k, v in given if v is not None}
     if not limits and args.price is None:
         raise ConfigurationError(
-            "budget set needs at least one of --max-queries, --max-prompt-tokens, --max-cost "
-            "and --price"
+            "budget set needs --max-queries, --max-prompt-tokens, --max-cost and/or --price"
         )
     b = QueryBudget(args.name, price=args.price, store=store)
     b.set_limits(**limits)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import sqlite3
 import sys
 import threading
@@ -368,3 +369,15 @@ def test_eval_over_http_prices_an_api_model_from_the_table(
         captured = capsys.readouterr()
         assert json.loads(captured.out)["price_input_per_million"] == 0.15
         assert "keeps its stored price" in captured.err and "pass --price" in captured.err
+
+
+def test_the_concepts_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (Path(__file__).parents[1] / "docs" / "concepts.md").read_text(encoding="utf-8")
+    found = re.search(r"### Cost in money.*?```python\n(.*?)```", text, re.DOTALL)
+    assert found, "docs/concepts.md lost its cost example"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(found.group(1), "docs/concepts.md", "exec"), {})  # noqa: S102 - the test
+    assert capsys.readouterr().out.splitlines() == ["$0.00027960 of $0.01", "cost"]
+    assert (tmp_path / "runs.sqlite").is_file()

@@ -39,8 +39,12 @@ def check_usd(what: str, value: object, *, optional: bool = False) -> None:
     """Refuse anything but a finite, non-negative number of dollars (``None`` if optional)."""
     if optional and value is None:
         return
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value < 0:  # type: ignore[arg-type]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
         allowed = "a finite number >= 0" + (" or None (no cap)" if optional else "")
         raise ConfigurationError(f"{what} must be {allowed} (US dollars), got {value!r}")
 

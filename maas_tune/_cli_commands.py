@@ -37,6 +37,7 @@ from .experiment import (
 )
 from .frames import resolve_columns
 from .methods import PromptMethod, is_saved_method, load_method, save_method
+from .pricing import Price, format_usd, price_for
 from .providers.base import Provider
 from .storage import Store
 from .task import Task
@@ -131,10 +132,40 @@ def _load(path: str, args: argparse.Namespace, task: Task, *, require_label: boo
     return load_examples(path, labels=task.labels, require_label=require_label, **_columns(args))
 
 
+def _pricing(args: argparse.Namespace, model: str | None = None) -> tuple[Price | None, bool]:
+    """(price, given): ``--price``, else the example table's price of the API model
+    (``given`` False: a default, which does not replace a price stored earlier)."""
+    if getattr(args, "price", None) is not None:
+        return args.price, True
+    name = getattr(args, "base_url", None) and (args.api_model or model or args.model)
+    return (price_for(name) if name else None), False  # the local model: no price
+
+
 def _budget(
-    store: Store, name: str, max_queries: int | None, max_tokens: int | None = None
+    store: Store,
+    name: str,
+    max_queries: int | None,
+    max_tokens: int | None = None,
+    max_cost: float | None = None,
+    pricing: tuple[Price | None, bool] = (None, False),
 ) -> QueryBudget:
-    return QueryBudget(name, max_queries=max_queries, max_prompt_tokens=max_tokens, store=store)
+    """The budget with the caps given (None: as stored) and its price (see :func:`_pricing`)."""
+    price, given = pricing
+    budget = QueryBudget(
+        name, max_queries=max_queries, max_prompt_tokens=max_tokens,
+        price=price if given else None, store=store,
+    )  # fmt: skip
+    if price is not None and not given:
+        stored = budget.status().price
+        if stored is None:
+            budget.set_price(price)
+        elif stored != price:
+            print(f"maas-tune: warning: budget {name!r} keeps its stored price ({stored}), not "
+                  f"the example table's ({price}); pass --price INPUT,OUTPUT to change it",
+                  file=sys.stderr)  # fmt: skip
+    if max_cost is not None:
+        budget.set_limits(max_cost=max_cost)
+    return budget
 
 
 def _methods(raw: Sequence[str] | None) -> list[str]:
@@ -152,8 +183,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigurationError("eval needs a test set: --dataset NAME or --test FILE")
     test = subsample_test(test, args.test_limit)
     store = Store(args.cache)
-    budget = _budget(store, args.budget, args.max_queries, args.max_prompt_tokens)
-    test_budget = _budget(store, args.budget + TEST_BUDGET_SUFFIX, args.max_test_queries)
+    pricing = _pricing(args)
+    budget = _budget(
+        store, args.budget, args.max_queries, args.max_prompt_tokens, args.max_cost, pricing
+    )
+    test_budget = _budget(
+        store, args.budget + TEST_BUDGET_SUFFIX, args.max_test_queries, None,
+        args.max_test_cost, pricing,
+    )  # fmt: skip
     results = evaluate(
         provider=_provider(args),
         task=task,
@@ -203,8 +240,22 @@ def _print_summary(results: list[EvalResult], test_budget: QueryBudget) -> None:
     if r0.floored_share:
         print(f"label words given the top-k bound, not the model's value: "
               f"{100 * r0.floored_share:.1f}% (pass --tokenizer to force them exactly)")
-    print(f"training budget {r0.budget_name!r}: {r0.budget_spent} of {limit} queries spent")
-    print(f"test budget {t.name!r}: {t.spent_queries} queries spent in total")
+    if r0.cost_sent is not None and r0.price_input_per_million is not None:
+        price = Price(r0.price_input_per_million, r0.price_output_per_million or 0.0)
+        print(f"cost this run: {format_usd(r0.cost_sent)} at {price} "
+              "(a query counts one output token)")  # fmt: skip
+    print(f"training budget {r0.budget_name!r}: {r0.budget_spent} of {limit} queries spent"
+          + _cost_text(r0.budget_cost_spent, r0.budget_cost_limit))  # fmt: skip
+    print(f"test budget {t.name!r}: {t.spent_queries} queries spent in total"
+          + _cost_text(t.spent_cost, t.max_cost))  # fmt: skip
+
+
+def _cost_text(spent: float | None, cap: float | None) -> str:
+    """``"; $0.42 spent (cost cap $4.00)"``, or nothing without a price."""
+    if spent is None:
+        return ""
+    shown = "no cost cap" if cap is None else f"cost cap {format_usd(cap)}"
+    return f"; {format_usd(spent)} spent ({shown})"
 
 
 def _num(value: float | None, width: int, digits: int) -> str:
@@ -226,12 +277,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     name, task, train, _ = _task_and_data(args)
     store = Store(args.cache)
     provider = _provider(args)
+    budget = _budget(
+        store, args.budget, args.max_queries, args.max_prompt_tokens, args.max_cost, _pricing(args)
+    )
     client = Client(
         provider,
         cache=ScoreCache(store),
         offline=args.offline,
         progress=_progress(args),
-        budget=_budget(store, args.budget, args.max_queries, args.max_prompt_tokens),
+        budget=budget,
     )
     shots = sample_k_shot(train, args.shots, labels=task.labels, seed=args.seed)
     decoder = make_decoder(args.method, shots=args.shots, random_state=args.seed)
@@ -286,12 +340,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     provider = _provider(args, model=args.model or meta.get("model"))
     examples = _load(args.input, args, task, require_label=False)
     store = Store(args.cache)
+    pricing = _pricing(args, model=meta.get("model"))
+    budget = _budget(store, args.budget, args.max_queries, None, args.max_cost, pricing)
     client = Client(
         provider,
         cache=ScoreCache(store),
         offline=args.offline,
         progress=_progress(args),
-        budget=_budget(store, args.budget, args.max_queries),
+        budget=budget,
     )
     client.prepare(task)  # a probe is charged to the budget before the identity is read
     check_fingerprint(args, provider, meta, record)

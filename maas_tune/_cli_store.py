@@ -12,6 +12,7 @@ from .budget import BudgetStatus, QueryBudget, list_budgets, reset_budget
 from .cache import ScoreCache
 from .errors import BudgetExceeded, ConfigurationError
 from .experiment import TEST_BUDGET_SUFFIX
+from .pricing import format_usd
 from .storage import Store
 
 __all__ = ["budget_refusal", "cmd_budget", "cmd_cache"]
@@ -61,30 +62,34 @@ def cmd_budget(args: argparse.Namespace) -> int:
         reset_budget(store, args.name)
         print(f"budget {args.name!r}: spent counters reset to 0")
     else:
-        limits = {
-            k: v
-            for k, v in (
-                ("max_queries", args.max_queries),
-                ("max_prompt_tokens", args.max_prompt_tokens),
-            )
-            if v is not None
-        }
-        if not limits:
-            raise ConfigurationError("budget set needs --max-queries and/or --max-prompt-tokens")
-        b = QueryBudget(args.name, store=store)
-        b.set_limits(**limits)
-        s = b.status()
-        print(
-            f"budget {args.name!r}: max queries {s.max_queries}, "
-            f"max prompt tokens {s.max_prompt_tokens}"
-        )
+        _set_budget(store, args)
     return 0
+
+
+def _set_budget(store: Store, args: argparse.Namespace) -> None:
+    """``budget set``: the caps and the price given, in that order (a cost cap needs a price)."""
+    given = (("max_queries", args.max_queries), ("max_prompt_tokens", args.max_prompt_tokens),
+             ("max_cost", args.max_cost))  # fmt: skip
+    limits = {k: v for k, v in given if v is not None}
+    if not limits and args.price is None:
+        raise ConfigurationError(
+            "budget set needs --max-queries, --max-prompt-tokens, --max-cost and/or --price"
+        )
+    b = QueryBudget(args.name, price=args.price, store=store)
+    b.set_limits(**limits)
+    s = b.status()
+    cost = "none" if s.max_cost is None else format_usd(s.max_cost)
+    print(
+        f"budget {args.name!r}: max queries {s.max_queries}, "
+        f"max prompt tokens {s.max_prompt_tokens}, max cost {cost}, price {s.price or 'none'}"
+    )
 
 
 def _show_budgets(rows: list[BudgetStatus], args: argparse.Namespace) -> None:
     """One line per budget, both units (or ``--json``: every field, remaining ones too)."""
     if args.json:
-        remaining = ("remaining_queries", "remaining_prompt_tokens")
+        remaining = ("remaining_queries", "remaining_prompt_tokens", "spent_cost",
+                     "reserved_cost", "remaining_cost")  # fmt: skip
         dicts = [{**dataclasses.asdict(b), **{k: getattr(b, k) for k in remaining}} for b in rows]
         print(json.dumps(dicts))
         return
@@ -96,15 +101,28 @@ def _show_budgets(rows: list[BudgetStatus], args: argparse.Namespace) -> None:
         print(
             f"{b.name}: {b.spent_queries} of {q} queries spent, {b.reserved_queries} in flight; "
             f"{b.spent_prompt_tokens} of {t} prompt tokens spent, "
-            f"{b.reserved_prompt_tokens} in flight"
+            f"{b.reserved_prompt_tokens} in flight" + _cost_line(b)
         )
     print("(a query is one request to the provider: one prompt scored; prompt tokens are "
-          "the tokens of the prompts sent)")  # fmt: skip
+          "the tokens of the prompts sent; cost is both at the budget's price, a query "
+          "counting one output token)")  # fmt: skip
+
+
+def _cost_line(b: BudgetStatus) -> str:
+    """``; $0.42 of $4.00 spent, $0.01 in flight, at $0.15/$0.60 per million ...``."""
+    if b.spent_cost is None or b.reserved_cost is None:
+        return "; no price" + (" (and a cost cap: set one)" if b.max_cost is not None else "")
+    cap = "no cost cap" if b.max_cost is None else format_usd(b.max_cost)
+    return (
+        f"; {format_usd(b.spent_cost)} of {cap} spent, {format_usd(b.reserved_cost)} in "
+        f"flight, at {b.price}"
+    )
 
 
 def budget_refusal(args: argparse.Namespace, exc: BudgetExceeded) -> str:
     """The refusal with the advice that fits this command line: the flag that raises the
-    cap of that budget (``--max-queries``, ``--max-test-queries``, ``--max-prompt-tokens``),
+    cap of that budget (``--max-queries``, ``--max-test-queries``, ``--max-prompt-tokens``,
+    ``--max-cost``, ``--max-test-cost``),
     else ``maas-tune budget set`` (a cap stored earlier, on a budget without a flag here)."""
     flags: dict[tuple[str, str], str] = {}
     name = getattr(args, "budget", None)
@@ -112,14 +130,17 @@ def budget_refusal(args: argparse.Namespace, exc: BudgetExceeded) -> str:
         for dest, budget, unit in (
             ("max_queries", name, "queries"),
             ("max_prompt_tokens", name, "prompt_tokens"),
+            ("max_cost", name, "cost"),
             ("max_test_queries", name + TEST_BUDGET_SUFFIX, "queries"),
+            ("max_test_cost", name + TEST_BUDGET_SUFFIX, "cost"),
         ):
             if hasattr(args, dest):
                 flags[(budget, unit)] = "--" + dest.replace("_", "-")
     flag = flags.get((exc.budget, exc.unit))
+    value = "USD" if exc.unit == "cost" else "N"
     if flag is not None:
-        advice = f"rerun with a larger {flag} N (it is stored with the budget)"
+        advice = f"rerun with a larger {flag} {value} (it is stored with the budget)"
     else:
         cap = "--max-" + exc.unit.replace("_", "-")
-        advice = f"raise it with `maas-tune budget set {exc.budget} {cap} N`"
+        advice = f"raise it with `maas-tune budget set {exc.budget} {cap} {value}`"
     return f"{exc.summary}; {advice}, or use a cached run"

@@ -6,7 +6,7 @@ from __future__ import annotations
 CACHE_SCHEMA_VERSION = 1
 #: Version of the store schema (cache, budget and claim tables), on SQLite and PostgreSQL
 #: alike; ``storage/migrations.py`` holds one step per version and upgrades older stores.
-DB_SCHEMA_VERSION = 3
+DB_SCHEMA_VERSION = 4
 #: Version of the saved-decoder format (safetensors + JSON).
 DECODER_FORMAT_VERSION = 1
 
@@ -41,6 +41,10 @@ CACHE_READ_CHUNK = 500
 #: characters: some 32k tokens, past any prompt worth paying for; it is also the limit
 #: of Python's csv module, so that both formats refuse the same records.
 MAX_RECORD_CHARS = 131_072
+
+#: Output tokens counted per scoring request when pricing it: a request asks for at most
+#: one answer token (``max_tokens=1``; 0 for the server extension and echo).
+OUTPUT_TOKENS_PER_QUERY = 1
 
 #: Default budget name used by the CLI.
 DEFAULT_BUDGET_NAME = "default"

@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Final, Literal, TypeAlias
 
 from ._constants import RESERVATION_LEASE_S
+from ._ledger import MAX_COUNT, BudgetStatus, no_price_error
+from ._ledger import check_count as _check_count
+from ._ledger import refusal as _refusal
+from ._ledger import statuses as _statuses
 from ._liveness import hostname
 from ._reclaim import ADD_SPENT_SQL as _ADD_SPENT_SQL
 from ._reclaim import reclaim_dead as _reclaim_dead
-from .errors import BudgetExceeded, ConfigurationError
+from .errors import ConfigurationError
+from .pricing import Price, check_price, check_usd
 from .storage.base import Connection, Store, borrowed_store, coerce_store
 
 __all__ = [
@@ -32,18 +37,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-#: The largest cap or count the ledger holds: SQLite's INTEGER and PostgreSQL's BIGINT
-#: are signed 64-bit.
-MAX_COUNT: Final = 2**63 - 1
-
-# Totals per budget: its row plus what its open reservations hold (a reclaimed one is
-# already in the spent counters). The casts keep PostgreSQL's SUM from returning numeric.
-_STATUS_SQL = """
-SELECT b.name, b.max_queries, b.spent_queries, CAST(COALESCE(SUM(r.queries), 0) AS BIGINT),
-       b.max_prompt_tokens, b.spent_prompt_tokens,
-       CAST(COALESCE(SUM(r.prompt_tokens), 0) AS BIGINT)
-FROM budgets AS b LEFT JOIN reservations AS r ON r.budget = b.name AND r.reclaimed = 0
-"""
 _RESERVE_SQL = (
     "INSERT INTO reservations "
     "(id, budget, queries, prompt_tokens, pid, hostname, created, expires) "
@@ -58,6 +51,20 @@ class _Keep(enum.Enum):
 #: Default of :meth:`QueryBudget.set_limits`: leave that limit as it is stored.
 KEEP: Final = _Keep.KEEP
 Limit: TypeAlias = "int | Literal[_Keep.KEEP] | None"
+CostLimit: TypeAlias = "float | Literal[_Keep.KEEP] | None"
+
+# Create the budget, or update the caps and price given (NULL: leave the stored one).
+_UPSERT_SQL = (
+    "INSERT INTO budgets (name, max_queries, max_prompt_tokens, max_cost, price_input, "
+    "price_output, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET "
+    "max_queries = COALESCE(excluded.max_queries, budgets.max_queries), "
+    "max_prompt_tokens = COALESCE(excluded.max_prompt_tokens, budgets.max_prompt_tokens), "
+    "max_cost = COALESCE(excluded.max_cost, budgets.max_cost), "
+    "price_input = COALESCE(excluded.price_input, budgets.price_input), "
+    "price_output = COALESCE(excluded.price_output, budgets.price_output), "
+    "updated = excluded.updated"
+)
 
 
 @dataclass(frozen=True)
@@ -70,65 +77,8 @@ class Reservation:
     prompt_tokens: int
 
 
-@dataclass(frozen=True)
-class BudgetStatus:
-    """A budget's caps and counters; a cap of ``None`` means unlimited."""
-
-    name: str
-    max_queries: int | None
-    spent_queries: int
-    reserved_queries: int
-    max_prompt_tokens: int | None
-    spent_prompt_tokens: int
-    reserved_prompt_tokens: int
-
-    def _remaining(self, unit: str) -> int | None:
-        cap = getattr(self, f"max_{unit}")
-        if cap is None:
-            return None
-        return max(0, cap - getattr(self, f"spent_{unit}") - getattr(self, f"reserved_{unit}"))
-
-    @property
-    def remaining_queries(self) -> int | None:
-        """Queries that can still be reserved (``None`` if unlimited)."""
-        return self._remaining("queries")
-
-    @property
-    def remaining_prompt_tokens(self) -> int | None:
-        """Prompt tokens that can still be reserved (``None`` if unlimited)."""
-        return self._remaining("prompt_tokens")
-
-
-def _check_count(what: str, value: object, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        allowed = "a non-negative integer" + (" or None (unlimited)" if optional else "")
-        raise ConfigurationError(f"{what} must be {allowed}, got {value!r}")
-    if value > MAX_COUNT:
-        raise ConfigurationError(
-            f"{what} must be at most {MAX_COUNT} (the ledger stores signed 64-bit integers), "
-            f"got {value}" + ("; pass None for no cap" if optional else "")
-        )
-
-
-def _statuses(conn: Connection, name: str | None = None) -> list[BudgetStatus]:
-    where, args = ("WHERE b.name = ? ", (name,)) if name is not None else ("", ())
-    rows = conn.execute(f"{_STATUS_SQL} {where}GROUP BY b.name ORDER BY b.name", args).fetchall()
-    return [BudgetStatus(*row) for row in rows]
-
-
-def _refusal(status: BudgetStatus, queries: int, prompt_tokens: int) -> BudgetExceeded | None:
-    for unit, requested in (("queries", queries), ("prompt_tokens", prompt_tokens)):
-        limit = getattr(status, f"max_{unit}")
-        used = getattr(status, f"spent_{unit}") + getattr(status, f"reserved_{unit}")
-        if limit is not None and used + requested > limit:
-            return BudgetExceeded(status.name, unit, limit, used, requested)
-    return None
-
-
 class QueryBudget:
-    """A named cap on queries and prompt tokens, persisted in the store and shared by processes.
+    """Named caps on queries, prompt tokens and cost, persisted and shared by processes.
 
     Parameters
     ----------
@@ -137,6 +87,15 @@ class QueryBudget:
     max_queries, max_prompt_tokens : int or None
         Caps to store. ``None`` leaves the stored cap as it is (unlimited for a new
         budget); use :meth:`set_limits` to remove a cap.
+    max_cost : float or None
+        Cap in US dollars on the cost of what is sent: the query and prompt-token
+        counters at ``price`` (each query counted as one output token). Needs a price,
+        given or stored. ``None`` leaves the stored cap as it is.
+    price : Price or None
+        What the model costs per million input and output tokens (see
+        :mod:`maas_tune.pricing`), stored with the budget. ``None`` leaves the stored
+        price as it is (none for a new budget: no cost is counted); use
+        :meth:`set_price` to change it.
     store : Store, str, Path or None
         The store (share the cache's, so that both can commit in one transaction),
         or a path or URL to open one on; ``None`` is the default SQLite file.
@@ -153,6 +112,11 @@ class QueryBudget:
     exited, else when its lease runs out (another host's processes cannot be
     checked). A holder that was only slow still settles its reservation afterwards,
     and the counters are corrected to what it reports.
+
+    The cost cap has the query cap's guarantee: a reservation of queries and prompt
+    tokens reserves their cost at the stored price, and is refused when that would
+    pass the cap. One price per budget: changing it re-prices what was already spent,
+    so give each model its own budget.
     """
 
     def __init__(
@@ -161,6 +125,8 @@ class QueryBudget:
         max_queries: int | None = None,
         max_prompt_tokens: int | None = None,
         *,
+        max_cost: float | None = None,
+        price: Price | None = None,
         store: Store | str | Path | None = None,
         lease_s: float = RESERVATION_LEASE_S,
     ) -> None:
@@ -168,6 +134,8 @@ class QueryBudget:
             raise ConfigurationError(f"a budget name must be a non-empty string, got {name!r}")
         _check_count("max_queries", max_queries, optional=True)
         _check_count("max_prompt_tokens", max_prompt_tokens, optional=True)
+        check_usd("max_cost", max_cost, optional=True)
+        check_price(price, optional=True)
         if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or lease_s <= 0:
             raise ConfigurationError(
                 f"lease_s must be a positive number of seconds, got {lease_s!r}"
@@ -176,16 +144,11 @@ class QueryBudget:
         self._lease_s = float(lease_s)
         self._store, self._owned = coerce_store(store)
         now = time.time()
+        prices = (price.input_per_million, price.output_per_million) if price else (None, None)
+        caps = (max_queries, max_prompt_tokens, None if max_cost is None else float(max_cost))
         with self._store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO budgets (name, max_queries, max_prompt_tokens, created, updated) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                "max_queries = COALESCE(excluded.max_queries, budgets.max_queries), "
-                "max_prompt_tokens = "
-                "COALESCE(excluded.max_prompt_tokens, budgets.max_prompt_tokens), "
-                "updated = excluded.updated",
-                (name, max_queries, max_prompt_tokens, now, now),
-            )
+            conn.execute(_UPSERT_SQL, (name, *caps, *prices, now, now))
+            self._check_priced(conn)
 
     @property
     def name(self) -> str:
@@ -205,18 +168,57 @@ class QueryBudget:
         if self._owned:
             self._store.close()
 
-    def set_limits(self, *, max_queries: Limit = KEEP, max_prompt_tokens: Limit = KEEP) -> None:
-        """Change the caps: an int sets one, ``None`` removes it, :data:`KEEP` leaves it."""
+    def set_limits(
+        self,
+        *,
+        max_queries: Limit = KEEP,
+        max_prompt_tokens: Limit = KEEP,
+        max_cost: CostLimit = KEEP,
+    ) -> None:
+        """Change the caps: a number sets one, ``None`` removes it, :data:`KEEP` leaves it.
+
+        Raises
+        ------
+        ConfigurationError
+            A value is out of range, or a cost cap is set on a budget without a price.
+        """
         given = {"max_queries": max_queries, "max_prompt_tokens": max_prompt_tokens}
-        changes = {column: value for column, value in given.items() if value is not KEEP}
+        changes: dict[str, object] = {c: v for c, v in given.items() if v is not KEEP}
         for column, value in changes.items():
             _check_count(column, value, optional=True)
+        if max_cost is not KEEP:
+            check_usd("max_cost", max_cost, optional=True)
+            changes["max_cost"] = None if max_cost is None else float(max_cost)
+        self._update(changes)
+
+    def set_price(self, price: Price | None) -> None:
+        """Store the price the counters are costed at (``None`` removes it); the cost is
+        the counters at the price now stored, so a new price re-prices what was spent.
+
+        Raises
+        ------
+        ConfigurationError
+            ``price`` is not a :class:`Price`, or is ``None`` while a cost cap is set.
+        """
+        check_price(price, optional=True)
+        values = (price.input_per_million, price.output_per_million) if price else (None, None)
+        self._update(dict(zip(("price_input", "price_output"), values)))
+
+    def _update(self, changes: dict[str, object]) -> None:
+        """Set columns of the budget's row in one transaction, then check it stays priced."""
         with self._store.transaction() as conn:
-            for column, value in changes.items():  # column names come from the dict above
+            for column, value in changes.items():  # column names come from our own code
                 conn.execute(
                     f"UPDATE budgets SET {column} = ?, updated = ? WHERE name = ?",
                     (value, time.time(), self._name),
                 )
+            self._check_priced(conn)
+
+    def _check_priced(self, conn: Connection) -> None:
+        """Refuse (rolling the transaction back) a cost cap without a price to count it at."""
+        status = self._status(conn)
+        if status.max_cost is not None and status.price is None:
+            raise no_price_error(self._name)
 
     def _status(self, conn: Connection) -> BudgetStatus:
         found = _statuses(conn, self._name)
@@ -236,11 +238,13 @@ class QueryBudget:
     def reserve(self, queries: int, prompt_tokens: int = 0) -> Reservation:
         """Set units aside for a request about to be sent; atomic across threads and processes.
 
+        Their cost at the stored price (a query counts one output token) is reserved too.
+
         Raises
         ------
         BudgetExceeded
-            ``spent + reserved + requested`` would pass a cap; nothing is reserved,
-            and nothing must be sent.
+            ``spent + reserved + requested`` would pass a cap (of queries, prompt tokens
+            or cost); nothing is reserved, and nothing must be sent.
         """
         _check_count("queries", queries)
         _check_count("prompt_tokens", prompt_tokens)

@@ -14,8 +14,9 @@ from ._cli_provider import add_api_flags
 from ._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME
 from ._version import __version__
 from .budget import MAX_COUNT
-from .errors import BudgetExceeded, MaasTuneError
+from .errors import BudgetExceeded, ConfigurationError, MaasTuneError
 from .experiment import METHODS
+from .pricing import Price
 from .providers._secrets import safe_traceback
 
 __all__ = ["build_parser", "main"]
@@ -135,6 +136,18 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_money(p: argparse.ArgumentParser, whose: str = "the training budget's",
+               prefix: str = "") -> None:
+    auto = "" if prefix else ("; default for an --api-model listed in maas_tune.pricing.PRICES: "
+                              "its example price")
+    p.add_argument("--max-cost", type=_usd, metavar="USD",
+                   help=f"{prefix}cap in US dollars on {whose} cost: its queries and prompt "
+                   "tokens at the price, reserved before sending (persisted; needs a price)")
+    p.add_argument("--price", type=_price, metavar="INPUT,OUTPUT",
+                   help=f"{prefix}US dollars per million input and output tokens (e.g. "
+                   f"0.15,0.60), stored with the budget{auto}")  # fmt: skip
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -178,6 +191,25 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _usd(text: str) -> float:
+    """An amount of US dollars, finite and >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be an amount of US dollars >= 0, got {text!r}")
+    return value
+
+
+def _price(text: str) -> Price:
+    """``INPUT,OUTPUT``: US dollars per million input and output tokens."""
+    try:
+        return Price.parse(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``maas-tune`` (also used to document the CLI)."""
     parser = argparse.ArgumentParser(
@@ -218,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-limit", type=_positive, help="score a seeded random subset of N test examples"
     )
     p.add_argument("--max-test-queries", type=_count, help="cap on the test budget (<budget>:test)")
+    _add_money(p)
+    p.add_argument(
+        "--max-test-cost", type=_usd, metavar="USD", help="cap in US dollars on the test budget"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per method, one per line")
     p.set_defaults(func=commands.cmd_eval)
 
@@ -231,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--method", default="dect", choices=list(METHODS))
     p.add_argument("--out", required=True, metavar="DIR", help="where to save the decoder")
+    _add_money(p)
     p.set_defaults(func=commands.cmd_fit)
 
     p = sub.add_parser(
@@ -257,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score with the provider the flags name even where it differs from "
                    "the one the decoder was fitted with (default: an error)")
     # None: not given, so the provider recorded at fit fills them (see _cli_provider).
+    _add_money(p, "that budget's")
     p.set_defaults(func=commands.cmd_predict, model=None, api=None, strategy=None,
                    top_logprobs=None)
 
@@ -273,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="budget name (show: all when omitted)")
     p.add_argument("--max-queries", type=_count, help="set: new query cap")
     p.add_argument("--max-prompt-tokens", type=_count, help="set: new prompt-token cap")
+    _add_money(p, "the budget's", prefix="set: ")
     p.add_argument("--json", action="store_true", help="show: JSON output")
     _add_common(p)
     p.set_defaults(func=store_commands.cmd_budget)

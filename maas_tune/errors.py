@@ -7,7 +7,7 @@
     │   ├── TaskError               template / verbalizer problems
     │   ├── DataError               data files: missing field, unknown label, bad encoding
     │   └── MissingDependencyError  an optional extra is not installed (also an ImportError)
-    ├── BudgetExceeded              the next request would pass the query or token cap
+    ├── BudgetExceeded              the next request would pass the query, token or cost cap
     ├── OfflineCacheMiss            offline mode and some samples are not cached
     ├── NotFittedError              a decoder used before ``fit`` (also a ValueError)
     ├── SerializationError          a saved decoder is corrupt, truncated or incompatible
@@ -38,6 +38,8 @@ the class, and other statuses (408, 413, ...) stay plain ``ProviderStatusError``
 from __future__ import annotations
 
 from typing import Any
+
+from ._money import format_usd
 
 __all__ = [
     "AuthenticationError",
@@ -103,27 +105,38 @@ class BudgetExceeded(MaasTuneError):
     budget : str
         Name of the budget.
     unit : str
-        ``"queries"`` or ``"prompt_tokens"``.
-    limit, spent, requested : int
+        ``"queries"``, ``"prompt_tokens"`` or ``"cost"`` (US dollars).
+    limit, spent, requested : int or float
         The cap, what was already spent (committed plus reserved), and what the
-        refused request needed.
+        refused request needed (floats in US dollars for ``"cost"``).
     """
 
-    def __init__(self, budget: str, unit: str, limit: int, spent: int, requested: int) -> None:
+    def __init__(
+        self, budget: str, unit: str, limit: float, spent: float, requested: float
+    ) -> None:
         self.budget = budget
         self.unit = unit
         self.limit = limit
         self.spent = spent
         self.requested = requested
         cap = f"max_{unit}"
+        value = "USD" if unit == "cost" else "N"
         super().__init__(
             f"{self.summary}; raise its cap (QueryBudget.set_limits({cap}=...), or `maas-tune "
-            f"budget set {budget} --{cap.replace('_', '-')} N`) or use a cached run"
+            f"budget set {budget} --{cap.replace('_', '-')} {value}`) or use a cached run"
         )
 
     @property
     def summary(self) -> str:
         """What was refused, without advice (the CLI adds the flag that raises that cap)."""
+        if self.unit == "cost":
+            requested, spent, limit, remaining = (
+                format_usd(x) for x in (self.requested, self.spent, self.limit, self.remaining)
+            )
+            return (
+                f"budget {self.budget!r} would be exceeded: {requested} more cost requested, "
+                f"{spent} of the {limit} cost cap already spent or reserved ({remaining} remaining)"
+            )
         return (
             f"budget {self.budget!r} would be exceeded: {self.requested} more "
             f"{self.unit.replace('_', ' ')} requested, {self.spent} of {self.limit} already "
@@ -131,8 +144,8 @@ class BudgetExceeded(MaasTuneError):
         )
 
     @property
-    def remaining(self) -> int:
-        """How many units are still available under the cap."""
+    def remaining(self) -> float:
+        """How many units (or dollars) are still available under the cap."""
         return max(0, self.limit - self.spent)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .budget import QueryBudget
+from .budget import BudgetStatus, QueryBudget
 from .cache import ScoreCache
 from .client import Client, Usage
 from .data import Example, labels_to_indices, sample_k_shot
@@ -37,6 +37,7 @@ __all__ = [
     "TEST_BUDGET_SUFFIX",
     "TEST_SUBSET_SEED",
     "EvalResult",
+    "cost_fields",
     "evaluate",
     "fit_method",
     "fit_prompt_method",
@@ -114,6 +115,20 @@ class EvalResult:
     labels: list[str] | None = None
     #: Per confidence bin: ``count``, mean ``confidence``, ``accuracy`` (None where empty).
     reliability: dict[str, list[Any]] | None = None
+    #: US dollars per million input and output tokens the costs are counted at: the
+    #: training budget's price, else the test budget's (None: no price, no cost counted).
+    price_input_per_million: float | None = None
+    price_output_per_million: float | None = None
+    #: Cost of this run's ``queries_sent`` and ``prompt_tokens_sent`` at that price, each
+    #: query counted as one output token (see :mod:`maas_tune.pricing`), US dollars.
+    cost_sent: float | None = None
+    #: The training budget's cost cap and cost spent (all runs), US dollars.
+    budget_cost_limit: float | None = None
+    budget_cost_spent: float | None = None
+    #: The test budget's name, cost cap and cost spent (all runs), US dollars.
+    test_budget_name: str | None = None
+    test_budget_cost_limit: float | None = None
+    test_budget_cost_spent: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -263,6 +278,22 @@ def _quality(
     return {"accuracy": float(np.mean(y_pred == y_test)), **out}
 
 
+def cost_fields(usage: Usage, train: BudgetStatus, test: BudgetStatus | None) -> dict[str, Any]:
+    """The cost fields of an :class:`EvalResult`: ``usage`` and both budgets in US dollars."""
+    price = train.price or (test.price if test is not None else None)
+    sent = None if price is None else price.query_cost(usage.queries_sent, usage.prompt_tokens_sent)
+    return {
+        "price_input_per_million": None if price is None else price.input_per_million,
+        "price_output_per_million": None if price is None else price.output_per_million,
+        "cost_sent": sent,
+        "budget_cost_limit": train.max_cost,
+        "budget_cost_spent": train.spent_cost,
+        "test_budget_name": None if test is None else test.name,
+        "test_budget_cost_limit": None if test is None else test.max_cost,
+        "test_budget_cost_spent": None if test is None else test.spent_cost,
+    }
+
+
 def evaluate(
     *,
     provider: Provider,
@@ -338,6 +369,7 @@ def evaluate(
             predictions, usage = est.predict(test_scores), shared
             proba = est.predict_proba(test_scores) if hasattr(est, "predict_proba") else None
         status = budget.status()
+        test_status = test_budget.status() if test_budget is not None else None
         results.append(
             EvalResult(
                 method=method,
@@ -363,6 +395,7 @@ def evaluate(
                 rate_limited=usage.rate_limited,
                 floored_share=floored,
                 **_quality(predictions, proba, y_test, task.labels),
+                **cost_fields(usage, status, test_status),
             )
         )
     return results

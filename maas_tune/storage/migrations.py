@@ -78,6 +78,13 @@ STEPS: tuple[Migration, ...] = (
     Migration(3, "label words an answer could only bound (top-k), not read exactly", (
         "ALTER TABLE answers ADD COLUMN floored INTEGER NOT NULL DEFAULT 0",
     )),
+    Migration(4, "a cap in money per budget, and the price its counters are costed at", (
+        # US dollars; NULL: no cap. A cap needs a price (the budget module refuses one alone).
+        "ALTER TABLE budgets ADD COLUMN max_cost {real}",
+        # US dollars per million input (prompt) and output tokens; NULL: no price known.
+        "ALTER TABLE budgets ADD COLUMN price_input {real}",
+        "ALTER TABLE budgets ADD COLUMN price_output {real}",
+    )),
 )  # fmt: skip
 
 #: Tables some step creates: a database holding one of them but no marker is not ours.

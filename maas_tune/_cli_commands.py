@@ -65,10 +65,10 @@ def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
 
 def _placement(args: argparse.Namespace) -> Placement:
     """The checked --device and --dtype (a ConfigurationError naming the flag otherwise)."""
-    from .providers._device import resolve_placement
+    from .providers._device import DEFAULT_DEVICE, resolve_placement
 
     device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
-    return resolve_placement(device or "auto", dtype or "auto",
+    return resolve_placement(device or DEFAULT_DEVICE, dtype or "auto",
                              flags=("--device", "--dtype"))
 
 

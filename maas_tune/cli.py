@@ -105,9 +105,9 @@ def _add_placement(p: argparse.ArgumentParser, prefix: str = "", note: str = "")
     """--device and --dtype of the in-process model (checked when the model is loaded)."""
     p.add_argument(
         "--device",
-        metavar="{auto,cpu,cuda,cuda:N}",
-        help=f"{prefix}where the model runs (default auto: the first CUDA GPU if torch sees "
-        "one, else the CPU)",
+        metavar="{cpu,auto,cuda,cuda:N}",
+        help=f"{prefix}where the model runs (default cpu; auto: the first CUDA GPU if torch "
+        "sees one, else the CPU)",
     )
     p.add_argument(
         "--dtype",

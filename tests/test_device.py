@@ -40,8 +40,9 @@ def test_documented_spellings_are_accepted():
 
 
 @no_cuda
-def test_auto_is_cpu_float32_and_bfloat16_on_cpu_is_allowed():
+def test_default_and_auto_are_cpu_float32_without_a_gpu_and_bfloat16_is_allowed():
     assert resolve_placement() == Placement("cpu", "float32")
+    assert resolve_placement("auto", "auto") == Placement("cpu", "float32")
     assert resolve_placement("cpu", "bfloat16") == Placement("cpu", "bfloat16")
 
 
@@ -125,7 +126,8 @@ def test_bfloat16_on_cpu_agrees_with_float32_within_its_tolerance(gemma):
     args = build_parser().parse_args(["eval", "--device", "cpu", "--dtype", "bfloat16"])
     bf16 = _provider(args)
     try:
-        assert (bf16.device, bf16.dtype, gemma.dtype) == ("cpu", "bfloat16", "float32")
+        assert (bf16.device, bf16.dtype) == ("cpu", "bfloat16")
+        assert (gemma.device, gemma.dtype) == ("cpu", "float32")  # the defaults
         assert next(bf16.model.parameters()).dtype == torch.bfloat16
         ids = gemma.label_token_ids(["negative", "positive"])
         ref, low = gemma.score(PROMPTS, ids), bf16.score(PROMPTS, ids)

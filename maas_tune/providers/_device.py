@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import ConfigurationError, MissingDependencyError
 
 __all__ = [
+    "DEFAULT_DEVICE",
     "DEVICES",
     "DTYPES",
     "DTYPE_LOGPROB_TOLERANCE",
@@ -25,6 +26,9 @@ __all__ = [
 
 #: What ``device`` accepts (``cuda:N`` names the N-th GPU).
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+#: The device when none is given: the CPU, so that a machine with a GPU gives the same
+#: float32 answers (and cache keys) as every other machine unless a GPU is asked for.
+DEFAULT_DEVICE = "cpu"
 #: What ``dtype`` accepts; ``auto`` is float32 on CPU, bfloat16 on a GPU that computes it
 #: natively (Ampere and later), else float32: float16 is only taken when asked for, as
 #: Gemma-family activations can overflow its range.
@@ -84,7 +88,10 @@ def check_dtype(dtype: str, flag: str = "dtype") -> str:
 
 
 def resolve_placement(
-    device: str = "auto", dtype: str = "auto", *, flags: tuple[str, str] = ("device", "dtype")
+    device: str = DEFAULT_DEVICE,
+    dtype: str = "auto",
+    *,
+    flags: tuple[str, str] = ("device", "dtype"),
 ) -> Placement:
     """Check ``device`` and ``dtype`` against this machine and resolve ``"auto"``.
 

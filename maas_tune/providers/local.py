@@ -16,7 +16,7 @@ from .._constants import (
     LOCAL_PACK_TOKENS,
 )
 from ..errors import ConfigurationError, MissingDependencyError, ProviderError
-from ._device import Placement, resolve_placement
+from ._device import DEFAULT_DEVICE, Placement, resolve_placement
 from ._model_files import CONVERSION_MARKER, ResolvedModel, resolve_model
 from ._packing import pack_runs
 from .base import Provider, ProviderAnswer
@@ -50,9 +50,10 @@ class TransformersProvider(Provider):
         Pack up to this many prompt tokens into one row per forward pass (each prompt
         attends only to itself, positions restart at 0), so no compute goes to padding.
         None: left-padded batches of prompts sorted by length instead.
-    device : {"auto", "cpu", "cuda", "cuda:N"}, default "auto"
+    device : {"cpu", "auto", "cuda", "cuda:N"}, default "cpu"
         Where the model runs: ``auto`` is the first CUDA GPU when torch sees one, else
-        the CPU. ``cuda`` without a GPU is a :class:`ConfigurationError`.
+        the CPU. ``cuda`` without a GPU is a :class:`ConfigurationError`. The default
+        keeps a GPU machine's answers identical to any other machine's until asked.
     dtype : {"auto", "float32", "bfloat16", "float16"}, default "auto"
         Compute dtype of the weights: ``auto`` is float32 on CPU and bfloat16 on a GPU
         that computes it natively, else float32; float16 only when asked for (it is
@@ -82,7 +83,7 @@ class TransformersProvider(Provider):
         return_hidden: bool = True,
         num_threads: int | None = None,
         pack_tokens: int | None = LOCAL_PACK_TOKENS,
-        device: str = "auto",
+        device: str = DEFAULT_DEVICE,
         dtype: str = "auto",
     ) -> None:
         if batch_size < 1:

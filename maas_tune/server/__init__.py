@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._constants import DEFAULT_MODEL_NAME
 from ..errors import MissingDependencyError
+from ..providers._device import DEFAULT_DEVICE
 
 if TYPE_CHECKING:
     from .app import create_app
@@ -90,7 +91,7 @@ def run(
     read_timeout_s: float | None = None,
     max_connections: int | None = None,
     allowed_hosts: Sequence[str] = (),
-    device: str = "auto",
+    device: str = DEFAULT_DEVICE,
     dtype: str = "auto",
 ) -> None:
     """Serve ``model`` until SIGINT/SIGTERM (a graceful shutdown: in-flight requests finish).
@@ -126,8 +127,9 @@ def run(
     allowed_hosts : sequence of str
         ``Host`` names served besides the loopback names (and ``host`` itself when it
         names one address); ``"*"`` allows any. Other hosts get 421.
-    device, dtype : str, default "auto"
-        Where the model runs and its compute dtype, as
+    device, dtype : str, default "cpu", "auto"
+        Where the model runs (``"auto"``: the first CUDA GPU, else the CPU; ``"cuda"``)
+        and its compute dtype, as
         :class:`~maas_tune.providers.local.TransformersProvider` takes them; checked
         before the server starts.
 

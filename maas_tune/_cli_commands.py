@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import datasets
 from ._cli_provider import (
@@ -42,6 +42,9 @@ from .providers.base import Provider
 from .storage import Store
 from .task import Task
 
+if TYPE_CHECKING:
+    from .providers._device import Placement
+
 
 # -- shared argument handling ---------------------------------------------------
 def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
@@ -51,6 +54,10 @@ def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
         raise ConfigurationError("--tokenizer needs --base-url (the local model has its own)")
     if getattr(args, "embeddings", False) and not getattr(args, "base_url", None):
         raise ConfigurationError("--embeddings needs --base-url (the API to embed prompts with)")
+    if getattr(args, "base_url", None) and (getattr(args, "device", None)
+                                            or getattr(args, "dtype", None)):
+        raise ConfigurationError("--device and --dtype place the local model; drop them with "
+                                 "--base-url (the API's server runs its model)")
     if getattr(args, "base_url", None):
         name = args.api_model or model or args.model
         scorer = _http_scorer(args, name, extras)
@@ -65,7 +72,18 @@ def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
         return WithEmbeddings(scorer, embedder)
     from .providers.local import TransformersProvider
 
-    return TransformersProvider(model or args.model, batch_size=args.batch_size)
+    where = _placement(args)
+    return TransformersProvider(model or args.model, batch_size=args.batch_size,
+                                device=where.device, dtype=where.dtype)
+
+
+def _placement(args: argparse.Namespace) -> Placement:
+    """The checked --device and --dtype (a ConfigurationError naming the flag otherwise)."""
+    from .providers._device import DEFAULT_DEVICE, resolve_placement
+
+    device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
+    return resolve_placement(device or DEFAULT_DEVICE, dtype or "auto",
+                             flags=("--device", "--dtype"))
 
 
 def _http_scorer(args: argparse.Namespace, name: str, extras: dict[str, Any]) -> Provider:
@@ -425,8 +443,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigurationError(
                 f"--api-key-env {args.api_key_env}: that environment variable is empty or unset"
             )
+    where = _placement(args)  # before the server starts: a wrong flag stops it here
     run(
         args.model,
+        device=where.device,
+        dtype=where.dtype,
         host=args.host,
         port=args.port,
         api_key=api_key,

@@ -100,6 +100,7 @@ def _add_provider(p: argparse.ArgumentParser) -> None:
         help=f"local model: {DEFAULT_MODEL_NAME!r} (embedded), a .gguf file or a checkpoint dir",
     )
     p.add_argument("--batch-size", type=_positive, default=16, help="prompts per forward pass")
+    _add_placement(p, "local model: ", "; answers are cached per dtype")
     p.add_argument(
         "--offline", action="store_true", help="answer from the cache only; send nothing"
     )
@@ -113,6 +114,22 @@ def _add_columns(p: argparse.ArgumentParser) -> None:
             help=f"the column (or JSON key) of the data files holding the {default} "
             f"(default {default!r})",
         )
+
+
+def _add_placement(p: argparse.ArgumentParser, prefix: str = "", note: str = "") -> None:
+    """--device and --dtype of the in-process model (checked when the model is loaded)."""
+    p.add_argument(
+        "--device",
+        metavar="{cpu,auto,cuda,cuda:N}",
+        help=f"{prefix}where the model runs (default cpu; auto: the first CUDA GPU if torch "
+        "sees one, else the CPU)",
+    )
+    p.add_argument(
+        "--dtype",
+        metavar="{auto,float32,bfloat16,float16}",
+        help=f"{prefix}compute dtype (default auto: float32 on CPU, bfloat16 on a GPU that "
+        f"computes it natively, else float32){note}",
+    )
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
@@ -265,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_provider(p)
     _add_data(p)
-    p.add_argument("--method", default="dect", choices=list(METHODS))
+    p.add_argument("--method", default="dect", choices=list(METHODS),
+                   help="the method to fit (default dect)")
     p.add_argument("--out", required=True, metavar="DIR", help="where to save the decoder")
     _add_money(p)
     p.set_defaults(func=commands.cmd_fit)
@@ -319,14 +337,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve a local model over the OpenAI completions/chat API")
     p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="model to serve (as for eval)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument(
         "--api-key-env",
         metavar="VAR",
         help="require `Authorization: Bearer <key>` with the key read from this variable",
     )
-    p.add_argument("--max-batch-size", type=_positive, default=16)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-batch-size", type=_positive, default=16,
+                   help="most prompts scored in one batched forward pass (default 16)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a prompt waits for others to batch with (default 5 ms)")
+    _add_placement(p)
     p.add_argument("--max-body-bytes", type=_positive, default=None,
                    help="largest request body (default 4 MiB); larger ones get 413")
     p.add_argument("--max-top-logprobs", type=_positive, default=20,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -16,7 +16,8 @@ from .._constants import (
     LOCAL_PACK_TOKENS,
 )
 from ..errors import ConfigurationError, MissingDependencyError, ProviderError
-from ._model_files import ResolvedModel, resolve_model
+from ._device import DEFAULT_DEVICE, Placement, resolve_placement
+from ._model_files import CONVERSION_MARKER, ResolvedModel, resolve_model
 from ._packing import pack_runs
 from .base import Provider, ProviderAnswer
 
@@ -49,6 +50,14 @@ class TransformersProvider(Provider):
         Pack up to this many prompt tokens into one row per forward pass (each prompt
         attends only to itself, positions restart at 0), so no compute goes to padding.
         None: left-padded batches of prompts sorted by length instead.
+    device : {"cpu", "auto", "cuda", "cuda:N"}, default "cpu"
+        Where the model runs: ``auto`` is the first CUDA GPU when torch sees one, else
+        the CPU. ``cuda`` without a GPU is a :class:`ConfigurationError`. The default
+        keeps a GPU machine's answers identical to any other machine's until asked.
+    dtype : {"auto", "float32", "bfloat16", "float16"}, default "auto"
+        Compute dtype of the weights: ``auto`` is float32 on CPU and bfloat16 on a GPU
+        that computes it natively, else float32; float16 only when asked for (it is
+        refused on CPU).
 
     Notes
     -----
@@ -56,6 +65,12 @@ class TransformersProvider(Provider):
     position is taken over the full vocabulary, and the label tokens are read off it,
     so any number of label words costs one query. Packed, padded and single-prompt
     passes agree to float32 rounding (~2e-5; tested).
+
+    Log-probs and hidden states come back as float32 numpy arrays whatever the compute
+    dtype. The fingerprint (hence the cache key) holds the dtype, not the device: float32
+    on a GPU gives CPU float32's answers to rounding, while bfloat16 and float16 change
+    them (label log-probs by up to ``DTYPE_LOGPROB_TOLERANCE``; tested), so their answers
+    are cached apart.
     """
 
     returns_hidden = True
@@ -68,6 +83,8 @@ class TransformersProvider(Provider):
         return_hidden: bool = True,
         num_threads: int | None = None,
         pack_tokens: int | None = LOCAL_PACK_TOKENS,
+        device: str = DEFAULT_DEVICE,
+        dtype: str = "auto",
     ) -> None:
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
@@ -76,8 +93,10 @@ class TransformersProvider(Provider):
         self.batch_size = batch_size
         self.pack_tokens = pack_tokens
         self.returns_hidden = return_hidden
+        placement = resolve_placement(device, dtype)  # before any loading: errors come fast
+        self.device, self.dtype = placement.device, placement.dtype
         self._resolved: ResolvedModel = resolve_model(model)
-        self._torch, self._model, self._tokenizer = _load(self._resolved, num_threads)
+        self._torch, self._model, self._tokenizer = _load(self._resolved, num_threads, placement)
         self._lock = threading.Lock()
 
     # -- contract ---------------------------------------------------------------
@@ -86,7 +105,7 @@ class TransformersProvider(Provider):
             "provider": "transformers",
             "model": self._resolved.model_id,
             "weights": self._resolved.weights_id,
-            "dtype": "float32",
+            "dtype": self.dtype,
             "strategy": STRATEGY,
             "hidden": "last-layer@prediction" if self.returns_hidden else None,
         }
@@ -135,7 +154,7 @@ class TransformersProvider(Provider):
         """
         prompts = list(prompts)
         answers: list[ProviderAnswer | None] = [None] * len(prompts)
-        ids = self._torch.tensor(list(token_ids), dtype=self._torch.long)
+        ids = self._torch.tensor(list(token_ids), dtype=self._torch.long, device=self.device)
         encoded = [list(x) for x in self._tokenizer(prompts)["input_ids"]]
         self._check_context(encoded)
         if self.pack_tokens is not None:
@@ -171,11 +190,11 @@ class TransformersProvider(Provider):
         Positions restart at 0 for each prompt; transformers then detects the packed
         sequences from the positions and masks attention across them.
         """
-        torch = self._torch
+        torch, on = self._torch, {"dtype": self._torch.long, "device": self.device}
         lengths = [len(x) for x in encoded]
-        flat = torch.tensor([[t for x in encoded for t in x]], dtype=torch.long)
-        positions = torch.tensor([[i for n in lengths for i in range(n)]], dtype=torch.long)
-        ends = torch.tensor(np.cumsum(lengths) - 1, dtype=torch.long)
+        flat = torch.tensor([[t for x in encoded for t in x]], **on)
+        positions = torch.tensor([[i for n in lengths for i in range(n)]], **on)
+        ends = torch.tensor(np.cumsum(lengths) - 1, **on)
         out, hidden = self._forward(
             {"input_ids": flat, "position_ids": positions, "logits_to_keep": ends},
             lambda h: h[0, ends, :],
@@ -203,10 +222,11 @@ class TransformersProvider(Provider):
     def _answers(
         self, logits: Any, hidden: Any, token_ids: Any, n_tokens: Sequence[int]
     ) -> list[ProviderAnswer]:
-        """Answers from the (b, V) logits and (b, d) hidden states of the prediction positions."""
+        """Answers from the (b, V) logits and (b, d) hidden states of the prediction positions
+        (float32 numpy on the CPU, whatever the compute dtype and device)."""
         logprobs = self._torch.log_softmax(logits.float(), dim=-1)  # (b, V)
-        picked = logprobs[:, token_ids].numpy().astype(np.float32)  # (b, t)
-        states = hidden.float().numpy().astype(np.float32) if self.returns_hidden else None
+        picked = logprobs[:, token_ids].cpu().numpy().astype(np.float32)  # (b, t)
+        states = hidden.float().cpu().numpy().astype(np.float32) if self.returns_hidden else None
         return [
             ProviderAnswer(
                 logprobs=picked[j].copy(),
@@ -218,7 +238,7 @@ class TransformersProvider(Provider):
 
     def _score_batch(self, prompts: list[str], token_ids: Any) -> list[ProviderAnswer]:
         """One forward pass over left-padded prompts."""
-        enc = self._tokenizer(prompts, return_tensors="pt", padding=True)
+        enc = self._tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         mask = enc["attention_mask"]
         # Explicit positions keep left-padded rows identical to unpadded ones.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -230,7 +250,9 @@ class TransformersProvider(Provider):
         return self._answers(out.logits[:, -1, :], hidden, token_ids, mask.sum(-1).tolist())
 
 
-def _load(resolved: ResolvedModel, num_threads: int | None) -> tuple[Any, Any, Any]:
+def _load(
+    resolved: ResolvedModel, num_threads: int | None, placement: Placement
+) -> tuple[Any, Any, Any]:
     try:
         import torch
         import transformers
@@ -247,10 +269,23 @@ def _load(resolved: ResolvedModel, num_threads: int | None) -> tuple[Any, Any, A
     bars.disable_progress_bar()  # a sub-second load needs no progress bar
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            resolved.directory, dtype=torch.float32
+            resolved.directory, config=_config(transformers, resolved),
+            dtype=getattr(torch, placement.dtype),
         )
     finally:
         if shown:
             bars.enable_progress_bar()
+    model = cast(Any, model).to(placement.device)  # transformers' typing of .to is a wrapper
     model.eval()
     return torch, model, tokenizer
+
+
+def _config(transformers: Any, resolved: ResolvedModel) -> Any:
+    """The checkpoint's config; a converted GGUF's without the ``quantization_config`` that
+    transformers copies from the GGUF: its weights are plain (dequantised) tensors, and that
+    entry would attach a GGUF quantizer (which warns about any dtype but float32)."""
+    config = transformers.AutoConfig.from_pretrained(resolved.directory)
+    quantization = getattr(config, "quantization_config", None)
+    if (resolved.directory / CONVERSION_MARKER).is_file() and quantization is not None:
+        del config.quantization_config
+    return config

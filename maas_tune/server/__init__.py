@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._constants import DEFAULT_MODEL_NAME
 from ..errors import MissingDependencyError
+from ..providers._device import DEFAULT_DEVICE
 
 if TYPE_CHECKING:
     from .app import create_app
@@ -90,6 +91,8 @@ def run(
     read_timeout_s: float | None = None,
     max_connections: int | None = None,
     allowed_hosts: Sequence[str] = (),
+    device: str = DEFAULT_DEVICE,
+    dtype: str = "auto",
 ) -> None:
     """Serve ``model`` until SIGINT/SIGTERM (a graceful shutdown: in-flight requests finish).
 
@@ -124,11 +127,19 @@ def run(
     allowed_hosts : sequence of str
         ``Host`` names served besides the loopback names (and ``host`` itself when it
         names one address); ``"*"`` allows any. Other hosts get 421.
+    device, dtype : str, default "cpu", "auto"
+        Where the model runs (``"auto"``: the first CUDA GPU, else the CPU; ``"cuda"``)
+        and its compute dtype, as
+        :class:`~maas_tune.providers.local.TransformersProvider` takes them; checked
+        before the server starts.
 
     Raises
     ------
     MissingDependencyError
         If fastapi or uvicorn is not installed.
+    ConfigurationError
+        A misspelt ``device`` or ``dtype``, or a CUDA device torch does not see (before
+        the server starts).
     MaasTuneError
         Whatever loading the model raised (e.g. :class:`ConfigurationError`).
     """
@@ -136,6 +147,7 @@ def run(
         import uvicorn
     except ImportError as exc:
         raise MissingDependencyError("uvicorn", "server") from exc
+    from ..providers._device import resolve_placement
     from ..providers.local import TransformersProvider
     from ._completions import DEFAULT_MAX_GENERATED_TOKENS
     from ._connections import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT_S, server_config
@@ -143,11 +155,12 @@ def run(
     from .app import create_app
     from .engine import DEFAULT_MAX_CONTEXT_TOKENS, Engine
 
+    placement = resolve_placement(device, dtype)
     warn_if_exposed(host, api_key)
     providers: list[TransformersProvider] = []
 
     def load() -> Engine:
-        provider = TransformersProvider(model)
+        provider = TransformersProvider(model, device=placement.device, dtype=placement.dtype)
         providers.append(provider)
         model_id = DEFAULT_MODEL_NAME if str(model) == DEFAULT_MODEL_NAME else provider.model_id
         return Engine(provider, model_id, max_context_tokens or DEFAULT_MAX_CONTEXT_TOKENS)

@@ -95,6 +95,7 @@ class Engine:
         self.provider = provider
         self.model_id = model_id
         self._torch = torch
+        self._device = getattr(provider, "device", "cpu")  # where the model's inputs go
         self._lock = FairLock()
         config = provider.model.config.get_text_config()
         self.model_context = int(config.max_position_embeddings)
@@ -172,7 +173,8 @@ class Engine:
         torch = self._torch
         with torch.inference_mode():
             with self._lock:
-                out = self.provider.model.model(input_ids=torch.tensor([ids]), use_cache=True)
+                out = self.provider.model.model(input_ids=torch.tensor([ids], device=self._device),
+                                                use_cache=True)
                 hidden = out.last_hidden_state[0]  # (L, d)
                 logits = self._logits(hidden[-1:])[0]  # (V,)
             cache = out.past_key_values
@@ -227,12 +229,13 @@ class Engine:
         if params.temperature <= 0:
             return int(biased.argmax())
         probs = self._torch.softmax(biased / params.temperature, dim=-1)
-        return int(self._torch.multinomial(probs, 1, generator=gen))
+        # drawn on the CPU (the generator's device): a seed gives the same text on any device
+        return int(self._torch.multinomial(probs.cpu(), 1, generator=gen))
 
     def _bias_vector(self, logit_bias: Mapping[int, float]) -> Any:
         if not logit_bias:
             return None
-        bias = self._torch.zeros(self.vocab_size)
+        bias = self._torch.zeros(self.vocab_size, device=self._device)
         for token_id, value in logit_bias.items():
             bias[int(token_id)] = float(value)
         return bias
@@ -263,7 +266,8 @@ class Engine:
             if step + 1 < params.max_tokens:
                 with self._lock:  # one token per turn: waiting scoring passes go in between
                     out = self.provider.model(
-                        input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True
+                        input_ids=torch.tensor([[token]], device=self._device),
+                        past_key_values=cache, use_cache=True,
                     )
                 cache, logits = out.past_key_values, out.logits[0, -1].float()
         self._finish_text(prompt, steps, params, result)

@@ -17,6 +17,7 @@ from .cache import ScoreCache, cache_key
 from .chat_format import ChatFormat
 from .client import Client
 from .data import Dataset, Example, load_examples, sample_k_shot
+from .frames import as_examples
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -38,7 +39,9 @@ from .errors import (
     TaskError,
     UnprocessableEntityError,
 )
+from .pricing import Price, price_for
 from .providers.base import Provider, ProviderAnswer
+from .providers.tokenizers import load_tokenizer
 from .scores import Scores
 from .storage import Store
 from .task import Task
@@ -126,6 +129,7 @@ __all__ = [
     "OpenAICompletionsProvider",
     "OpenAIEmbeddingsProvider",
     "PermissionDeniedError",
+    "Price",
     "Provider",
     "ProviderAnswer",
     "ProviderError",
@@ -145,10 +149,13 @@ __all__ = [
     "YTuning",
     "ZeroShot",
     "__version__",
+    "as_examples",
     "cache_key",
     "datasets",
     "load_decoder",
     "load_examples",
+    "load_tokenizer",
+    "price_for",
     "sample_k_shot",
     "save_decoder",
 ]

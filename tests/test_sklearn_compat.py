@@ -177,3 +177,15 @@ def test_fit_without_labels_says_they_are_needed(decoder):
     X, _ = _problem(n=6)
     with pytest.raises(ConfigurationError, match=r"needs the labels: call fit\(X, y\)"):
         clone(decoder).fit(X)
+
+
+def test_the_docs_scikit_learn_example_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "concepts.md").read_text("utf-8")
+    section = text[text.index("## Decoders"):text.index("## Metrics")]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/concepts.md", "exec"), namespace)  # noqa: S102 - the example is the test
+    assert namespace["search"].best_params_["alpha"] in (0.01, 0.1, 1.0)

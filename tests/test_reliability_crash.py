@@ -216,7 +216,9 @@ def test_kill_9_of_the_server_under_a_running_client(tmp_path: Path, store_url: 
         sleep=lambda delay: time.sleep(min(delay, 0.1)),  # ride out the restart quickly
     )
     store = Store(db)
-    budget = QueryBudget("serve", max_queries=len(SERVER_TEXTS), store=store)
+    # Room for the requests in flight at the kill: read by the server, their answers lost,
+    # so they may have been billed (charged), and sent again.
+    budget = QueryBudget("serve", max_queries=len(SERVER_TEXTS) + SERVER_CONCURRENCY, store=store)
     client = Client(provider, cache=ScoreCache(store), budget=budget, progress=False, chunk_size=8)
 
     def run() -> None:
@@ -259,6 +261,9 @@ def test_kill_9_of_the_server_under_a_running_client(tmp_path: Path, store_url: 
     assert set(after_restart).isdisjoint(cached_at_kill)  # nothing answered is sent again
     assert set(scored) == set(keys)
     assert duplicates <= SERVER_CONCURRENCY  # only what was in flight at the kill
-    assert (status.spent_queries, status.reserved_queries) == (len(SERVER_TEXTS), 0)
+    # Every answer once, plus each request whose answer the kill lost (a duplicate is one).
+    assert len(SERVER_TEXTS) + duplicates <= status.spent_queries
+    assert status.spent_queries <= len(SERVER_TEXTS) + SERVER_CONCURRENCY
+    assert status.reserved_queries == 0
     report("duplicates_after_server_kill_9", duplicates, bound=SERVER_CONCURRENCY,
            scored=len(scored), answers=len(SERVER_TEXTS), backend=store_url.partition(":")[0])

@@ -24,7 +24,7 @@ from maas_tune import (
 )
 from maas_tune.errors import MissingDependencyError
 from maas_tune.providers.openai import OpenAICompletionsProvider
-from tests._det_server import DetServer, client_ports
+from tests._det_server import PROBE_PROMPT, DetServer, client_ports
 from tests._ray_cluster import local_ray_cluster
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,9 @@ def test_every_sample_is_scored_and_sent_once_then_rerun_is_free(ray_api, ray_cl
     assert all(r["scored"] and not r["cache_hit"] for r in out)
     assert all(server.per_prompt[p] == 1 for p in prompts)  # each prompt sent exactly once
     assert sent <= N_ROWS + 2  # + the capability probe of each actor at most
-    assert QueryBudget("first", store=store).status().spent_queries == N_ROWS
+    # Every request is charged, the probe's too (it is kept in the shared cache: one actor
+    # probes, or each of the two if they start together).
+    assert QueryBudget("first", store=store).status().spent_queries == sent
 
     again = _score(ray_api, ray_cluster, server, store, rows, "first")
     assert server.received - before == sent  # a rerun sends nothing
@@ -98,11 +100,11 @@ def test_a_budget_smaller_than_the_dataset_is_never_overshot(ray_api, ray_cluste
     lp = np.stack([r["label_logprobs"] for r in out])
     assert status.spent_queries <= limit and status.reserved_queries == 0  # 0 overshoot
     assert status.spent_queries >= limit - 16  # used up to one chunk
-    assert scored.sum() == status.spent_queries  # one query per scored row
-    assert np.isnan(lp[~scored]).all() and np.isfinite(lp[scored]).all()
     samples_sent = sum(server.per_prompt[TASK.render({"text": r["text"]})] for r in rows)
-    assert samples_sent == status.spent_queries
-    assert server.received - before - samples_sent <= 2  # probes only
+    probes = server.received - before - samples_sent
+    assert probes <= 2  # the capability probe of each actor at most, charged too
+    assert scored.sum() == samples_sent == status.spent_queries - probes  # one query per row
+    assert np.isnan(lp[~scored]).all() and np.isfinite(lp[scored]).all()
 
 
 def test_predictions_match_a_single_process_client_and_decoder(ray_api, ray_cluster, server,
@@ -158,6 +160,7 @@ def test_a_killed_worker_is_replaced_and_the_result_is_complete_within_the_cap(
                      ray_api.BudgetSpec("killed", limit), chunk_size=chunk)
         sent = [server.per_prompt[TASK.render({"text": r["text"]})] for r in rows]
         resent_by_port = server.duplicates_by_first_port()
+        probes = server.per_prompt.get(PROBE_PROMPT, 0)  # capability probes, charged too
     status = QueryBudget("killed", store=store).status()
     assert killed, "no scoring actor was found to kill"
     assert len(out) == n and all(r["scored"] for r in out)  # Ray retried the lost batch
@@ -165,7 +168,7 @@ def test_a_killed_worker_is_replaced_and_the_result_is_complete_within_the_cap(
     # every duplicate was first sent by the dead worker: live workers never raced
     assert set(resent_by_port) <= killed[0][1], (resent_by_port, killed)
     assert n <= status.spent_queries <= limit  # its reservation counted as spent; cap held
-    assert status.spent_queries - n <= chunk and status.reserved_queries == 0
+    assert status.spent_queries - n - probes <= chunk and status.reserved_queries == 0
 
 
 def test_worker_setup_carries_no_api_key(ray_api, monkeypatch, tmp_path):

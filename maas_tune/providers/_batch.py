@@ -10,6 +10,7 @@ keep every answer that did arrive, whatever ends the batch. Status errors (4xx, 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -167,6 +168,9 @@ class Batch:
             self.in_flight_tokens += bound
         try:
             yield
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            self.cancel()  # before leaving: this request, still in flight, counts as spent
+            raise
         finally:
             with self._lock:
                 self.in_flight -= 1

@@ -17,6 +17,7 @@ from .._constants import MAX_RETRIES
 from ..errors import ConfigurationError, ProviderResponseError
 from ..ratelimit import RateLimit, RateLimiter
 from ._http import public_url
+from ._script import Script
 from ._session import (
     CHARS_PER_TOKEN_ESTIMATE,
     DEFAULT_CONCURRENCY,
@@ -164,12 +165,15 @@ class OpenAIEmbeddingsProvider:
         # The session refuses a reply naming another model and marks a failure as paid
         # for once any request of this call was answered.
         parts = self._session.map(
-            lambda post, batch: self._parse(post(self._payload(batch)), batch),
-            batches, "embeddings", model=self.model,
+            self._script, batches, "embeddings", model=self.model,
         )
         vectors = np.concatenate([v for v, _ in parts])  # (n, d)
         tokens = np.asarray([t for _, ts in parts for t in ts], dtype=np.int64)  # (n,)
         return vectors, tokens
+
+    def _script(self, batch: list[str]) -> Script[tuple[np.ndarray, list[int]]]:
+        """One request of inputs: its vectors and each input's prompt tokens."""
+        return self._parse((yield self._payload(batch)), batch)
 
     def close(self) -> None:
         """Close the HTTP connections."""

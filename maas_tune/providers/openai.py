@@ -31,8 +31,8 @@ from ._session import (
 from ._strategies import (
     STRATEGIES,
     Label,
-    Post,
     Resolver,
+    Script,
     echoing,
     forcing,
     score_echo,
@@ -216,10 +216,9 @@ class OpenAICompletionsProvider(RemoteProvider):
             return max(1, n_tokens)
         return 1
 
-    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
-        prompts = list(prompts)
-        if not prompts:
-            return []
+    def _scoring(
+        self, prompts: list[str], token_ids: Sequence[int]
+    ) -> tuple[Callable[[str], Script[ProviderAnswer]], Callable[[list[ProviderAnswer]], None]]:
         plan = self.plan
         labels = self._labels(token_ids, plan.strategy)
         strategy = self._adapted(plan, labels)
@@ -230,13 +229,14 @@ class OpenAICompletionsProvider(RemoteProvider):
             "echo": score_echo,
         }[strategy]
 
-        def one(post: Post, prompt: str) -> ProviderAnswer:
-            return reading(partial(scorer, post, self.model, labels=labels), strategy)(prompt)
+        def one(prompt: str) -> Script[ProviderAnswer]:
+            return (yield from reading(partial(scorer, self.model, labels=labels), strategy)(prompt))
 
-        answers = self._map(one, prompts)
-        if strategy == "top_logprobs":
-            self._observe(labels, answers)
-        return answers
+        def after(answers: list[ProviderAnswer]) -> None:
+            if strategy == "top_logprobs":
+                self._observe(labels, answers)
+
+        return one, after
 
     # -- internals ----------------------------------------------------------------
     def _resolver(self, plan: Plan) -> Resolver:
@@ -246,18 +246,18 @@ class OpenAICompletionsProvider(RemoteProvider):
             return echoing
         caps = self._probe
 
-        def make(post: Post, base: dict[str, Any], top: Any) -> Resolve:
-            force = forcing(post, base, top)
+        def make(base: dict[str, Any], top: Any) -> Resolve:
+            force = forcing(base, top)
             if caps is None or not caps.echo:
                 return force
-            echo = echoing(post, base, top)
+            echo = echoing(base, top)
 
-            def resolve(label: Label) -> tuple[float, int, int]:
+            def resolve(label: Label) -> Script[tuple[float, int, int]]:
                 try:
-                    return force(label)
+                    return (yield from force(label))
                 except BiasError as exc:
                     self._give_up_forcing(exc)
-                    value, tokens, sent = echo(label)
+                    value, tokens, sent = yield from echo(label)
                     return value, tokens + exc.prompt_tokens, sent + 1
 
             return resolve

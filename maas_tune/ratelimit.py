@@ -31,6 +31,7 @@ __all__ = [
     "as_limiter",
     "book",
     "estimate_request_tokens",
+    "parse_rate",
 ]
 
 #: Characters per token assumed when a request's tokens are estimated (as ``count_tokens``
@@ -243,6 +244,32 @@ def as_limiter(rate_limit: RateLimit | RateLimiter | None) -> RateLimiter | None
         f"rate_limit must be a RateLimit, a rate limiter or None, got {rate_limit!r}; "
         "e.g. rate_limit=RateLimit(requests_per_minute=500)"
     )
+
+
+_PER = {"s": 60.0, "sec": 60.0, "second": 60.0, "m": 1.0, "min": 1.0, "minute": 1.0}
+
+
+def parse_rate(text: str) -> RateLimit:
+    """A request rate as the CLI takes it: ``"3000/min"``, ``"50/s"`` (also ``/m``,
+    ``/sec``, ``/second``, ``/minute``).
+
+    Raises
+    ------
+    ConfigurationError
+        Not a positive number of requests per second or minute.
+    """
+    number, _, unit = str(text).strip().lower().partition("/")
+    try:
+        value = float(number)
+    except ValueError:
+        value = float("nan")
+    factor = _PER.get(unit.strip())
+    if factor is None or not (math.isfinite(value) and value > 0):
+        raise ConfigurationError(
+            f"a rate limit must be requests per second or minute, e.g. 3000/min or 50/s "
+            f"(the account's limit from the provider's rate-limit page), got {text!r}"
+        )
+    return RateLimit(requests_per_minute=value * factor)
 
 
 def book(limiter: RateLimiter, costs: Sequence[tuple[int, int]]) -> list[float] | None:

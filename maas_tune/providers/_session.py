@@ -50,20 +50,27 @@ __all__ = [
     "CHARS_PER_TOKEN_ESTIMATE",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_TIMEOUT_S",
+    "RATE_LIMITED_CONCURRENCY",
     "APISession",
     "Post",
     "check_api_options",
     "check_count",
+    "concurrency_for",
 ]
 
 #: Environment variables read for the API key, first match wins.
 API_KEY_ENV = ("MAAS_TUNE_API_KEY", "OPENAI_API_KEY")
 #: Default per-request timeout in seconds (connect, read, write and pool alike).
 DEFAULT_TIMEOUT_S = 30.0
-#: Default number of requests in flight at once.
+#: Default number of requests in flight at once, without a rate limit.
 DEFAULT_CONCURRENCY = 4
+#: Default cap on the requests in flight with a rate limit: the limiter paces them, so
+#: ``rate x latency`` are in flight (400/s at 200 ms: 80), up to this many.
+RATE_LIMITED_CONCURRENCY = 256
 #: Characters per token assumed when no tokenizer is reachable (an upper-ish estimate).
 CHARS_PER_TOKEN_ESTIMATE = 3
+#: Connections per httpx pool (a session holds ceil(max_concurrency / this) pools).
+POOL_CONNECTIONS = 4
 # Statuses meaning "no tokenizer endpoint here".
 _NO_TOKENIZER = frozenset({400, 404, 405, 422, 501})
 
@@ -95,6 +102,16 @@ def check_count(name: str, value: object) -> None:
     """Raise :class:`ConfigurationError` unless ``value`` is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def concurrency_for(max_concurrency: int | None, rate_limit: object) -> int:
+    """The requests-in-flight cap: ``max_concurrency`` when given; else
+    :data:`RATE_LIMITED_CONCURRENCY` under a rate limit (the limiter sets the pace, the
+    latency the number in flight), :data:`DEFAULT_CONCURRENCY` without one."""
+    if max_concurrency is not None:
+        return max_concurrency
+    unlimited = rate_limit is None or getattr(rate_limit, "unlimited", False) is True
+    return DEFAULT_CONCURRENCY if unlimited else RATE_LIMITED_CONCURRENCY
 
 
 def check_api_options(base_url: str, model: str, max_concurrency: int, timeout: float) -> None:
@@ -185,6 +202,7 @@ class APISession:
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary())
         self._runner = LoopThread()  # runs the async core for blocking callers
+        self._ssl: Any = None  # one SSL context for every pool
         self._paused_until = 0.0  # after a 429: nothing of this process is sent before
         self.closed = False
 
@@ -197,18 +215,22 @@ class APISession:
             transport = self._transport
             if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport) or isinstance(transport, httpx.MockTransport):
                 transport = ThreadedTransport(transport)
-            client = httpx.AsyncClient(
-                base_url=self._root, headers=self._headers, timeout=httpx.Timeout(self._timeout),
-                limits=httpx.Limits(max_connections=self.max_concurrency,
-                                    max_keepalive_connections=self.max_concurrency),
-                transport=transport,
-            )
-            state = self._states[loop] = _LoopState(client, asyncio.Semaphore(self.max_concurrency))
+            # httpcore's pool costs O(connections x waiting requests) per event: shard it
+            # into pools of POOL_CONNECTIONS, each request to the least busy.
+            size = min(self.max_concurrency, POOL_CONNECTIONS)
+            if self._ssl is None:  # made once: it costs tens of milliseconds
+                self._ssl = httpx.create_ssl_context()
+            options = {"base_url": self._root, "headers": self._headers, "verify": self._ssl,
+                       "timeout": httpx.Timeout(self._timeout), "transport": transport,
+                       "limits": httpx.Limits(max_connections=size,
+                                              max_keepalive_connections=size)}
+            state = _LoopState(options, size, [], [], asyncio.Semaphore(self.max_concurrency))
+            self._states[loop] = state
         return state
 
     async def apost(
         self, path: str, payload: dict[str, Any], *, limited: bool = True,
-        batch: Batch | None = None, booked: float | None = None,
+        batch: Batch | None = None, booked: float | None = None, recall: bool = True,
     ) -> dict[str, Any]:
         """POST ``payload`` to ``path`` (relative to the API root, or absolute), with retries.
 
@@ -216,10 +238,11 @@ class APISession:
         first one until ``booked``, a :func:`time.monotonic` time, when its turn was
         booked already), and is counted in ``batch`` (answered, unknown outcome,
         retried, rate-limited); a cancelled batch sends and retries nothing more.
+        ``recall=False``: the kept answers were loaded already (:meth:`_load_answered`).
         """
         batch = batch if batch is not None else Batch()
         key = _request_key(path, payload)
-        kept = self._answered(key)
+        kept = self._answered(key, recall)
         if kept is not None:  # paid for by a sample that failed later: never paid twice
             return kept
         limiter = self.rate_limiter if limited else None
@@ -263,8 +286,10 @@ class APISession:
         self, path: str, payload: dict[str, Any], batch: Batch, limiter: RateLimiter | None,
         bound: int,
     ) -> dict[str, Any]:
+        state = self._state()
+        pool = state.pick()
         try:
-            body = await arequest_json(self._state().client, "POST", path, json=payload)
+            body = await arequest_json(state.clients[pool], "POST", path, json=payload)
         except ProviderStatusError as exc:
             if exc.status == 429:
                 batch.record("rate_limited")
@@ -280,6 +305,8 @@ class APISession:
                 answered = isinstance(exc, ProviderResponseError)
                 batch.record("answered" if answered else "unknown", bound)
             raise
+        finally:
+            state.load[pool] -= 1
         try:
             tokens = usage_tokens(body)
         except ProviderResponseError as exc:
@@ -384,14 +411,28 @@ class APISession:
             self._facts.remember(key, value)
         return value
 
-    def _answered(self, key: str) -> dict[str, Any] | None:
+    def _answered(self, key: str, recall: bool = True) -> dict[str, Any] | None:
         """An answered request body kept from a batch that failed (this process, or the
         fact store: an earlier run's)."""
         with self._memo_lock:
             body = self._memo.get(key)
-        if body is None:
+        if body is None and recall:
             body = self.recall(_ANSWERED_FACT + key)
         return body if isinstance(body, dict) else None
+
+    def _load_answered(self) -> bool:
+        """Load every kept answered body at once (one query per chunk, not per request);
+        False where the fact store cannot list them (then each request asks)."""
+        many = getattr(self._facts, "recall_prefixed", None)
+        if self._facts is None:
+            return True
+        if not callable(many):
+            return False
+        found = {k[len(_ANSWERED_FACT):]: v for k, v in many(_ANSWERED_FACT).items()
+                 if isinstance(v, dict)}
+        with self._memo_lock:
+            self._memo.update(found)
+        return True
 
     def _keep_answered(self, batch: Batch) -> None:
         """Keep the answered bodies of a failed batch, so a rerun sends none of them again."""
@@ -456,8 +497,9 @@ class APISession:
         loop = self._runner.loop
         state = self._states.get(loop) if loop is not None else None
         if state is not None:
-            with contextlib.suppress(Exception):
-                self._runner.run(state.client.aclose())
+            for client in state.clients:
+                with contextlib.suppress(Exception):
+                    self._runner.run(client.aclose())
         self._runner.stop()
 
     def _tokenize_raw(self, text: str) -> list[int] | None:
@@ -484,8 +526,21 @@ class APISession:
 class _LoopState:
     """What one event loop's requests share: the connection pool and the in-flight gate."""
 
-    client: httpx.AsyncClient
+    options: dict[str, Any]  # of each client
+    size: int  # connections per client
+    clients: list[httpx.AsyncClient]
+    load: list[int]  # requests in flight on each client
     gate: asyncio.Semaphore
+
+    def pick(self) -> int:
+        """The least busy pool (a new one when all are full), counted busier by one."""
+        pool = self.load.index(min(self.load)) if self.load else -1
+        if pool < 0 or self.load[pool] >= self.size:
+            self.clients.append(httpx.AsyncClient(**self.options))
+            self.load.append(0)
+            pool = len(self.clients) - 1
+        self.load[pool] += 1
+        return pool
 
 
 async def _run_scripts(
@@ -506,12 +561,14 @@ async def _run_scripts(
     now = time.monotonic()
     turns = dict(zip(firsts, (now + w for w in waits))) if waits is not None else {}
     gate, failed = session._state().gate, asyncio.Event()
+    loaded = session._load_answered()
 
     async def run(index: int) -> None:
         last: list[str] = []  # the key of the request this item sent last
 
         async def post(payload: dict[str, Any]) -> dict[str, Any]:
-            body = await session.apost(path, payload, batch=batch, booked=turns.pop(index, None))
+            body = await session.apost(path, payload, batch=batch, booked=turns.pop(index, None),
+                                       recall=not loaded)
             last[:] = [_request_key(path, payload)]
             check_model(body, model)  # never cache another model's answer under this one
             return body

@@ -23,10 +23,10 @@ from ._probe import Plan, cached_probe
 from ._remote import RemoteProvider, Tokenizer
 from ._script import Script
 from ._session import (
-    DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_S,
     check_api_options,
     check_count,
+    concurrency_for,
 )
 from .base import ProviderAnswer
 from .openai import DEFAULT_TOP_LOGPROBS
@@ -110,13 +110,14 @@ class OpenAIChatProvider(RemoteProvider):
         chat_format: ChatFormat | None = None,
         label_prefix: str = CHAT_LABEL_PREFIX,
         tokenizer: Tokenizer | None = None,
-        max_concurrency: int = DEFAULT_CONCURRENCY,
+        max_concurrency: int | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_retries: int = MAX_RETRIES,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rate_limit: RateLimit | RateLimiter | None = None,
     ) -> None:
+        max_concurrency = concurrency_for(max_concurrency, rate_limit)
         check_api_options(base_url, model, max_concurrency, timeout)
         check_count("top_logprobs", top_logprobs)
         _check_chat_options(strategy, chat_format, label_prefix, tokenizer)

@@ -20,10 +20,10 @@ from ._http import public_url
 from ._script import Script
 from ._session import (
     CHARS_PER_TOKEN_ESTIMATE,
-    DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_S,
     APISession,
     check_api_options,
+    concurrency_for,
 )
 
 if TYPE_CHECKING:
@@ -55,7 +55,9 @@ class OpenAIEmbeddingsProvider:
         Asked of the server; replies in either encoding are accepted whatever was asked.
     batch_size : int, default 16
         Inputs per request.
-    max_concurrency : int, default 4
+    max_concurrency : int or None, default None
+        Requests in flight at most (all chunks together). None: 4, or 256 with a
+        ``rate_limit`` (the limiter paces requests, so ``rate x latency`` are in flight).
         Requests in flight at once.
     timeout : float, default 30.0
         Per-request timeout in seconds.
@@ -86,13 +88,14 @@ class OpenAIEmbeddingsProvider:
         api_key: str | None = None,
         encoding_format: str = "float",
         batch_size: int = DEFAULT_EMBEDDINGS_BATCH_SIZE,
-        max_concurrency: int = DEFAULT_CONCURRENCY,
+        max_concurrency: int | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_retries: int = MAX_RETRIES,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rate_limit: RateLimit | RateLimiter | None = None,
     ) -> None:
+        max_concurrency = concurrency_for(max_concurrency, rate_limit)
         check_api_options(base_url, model, max_concurrency, timeout)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")

@@ -23,10 +23,10 @@ from ._remote import RemoteProvider, Tokenizer
 from ._session import (
     API_KEY_ENV,
     CHARS_PER_TOKEN_ESTIMATE,
-    DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_S,
     check_api_options,
     check_count,
+    concurrency_for,
 )
 from ._strategies import (
     STRATEGIES,
@@ -73,7 +73,9 @@ class OpenAICompletionsProvider(RemoteProvider):
         ``text -> token ids`` of the served model (no special tokens), e.g. from
         :func:`maas_tune.providers.load_tokenizer`; gives the label words' ids (for
         ``logit_bias``) and exact token counts where the API has no tokenizer endpoint.
-    max_concurrency : int, default 4
+    max_concurrency : int or None, default None
+        Requests in flight at most (all chunks together). None: 4, or 256 with a
+        ``rate_limit`` (the limiter paces requests, so ``rate x latency`` are in flight).
         Requests in flight at once (threads and pooled connections).
     timeout : float, default 30.0
         Per-request timeout in seconds.
@@ -124,13 +126,14 @@ class OpenAICompletionsProvider(RemoteProvider):
         strategy: str = "auto",
         top_logprobs: int = DEFAULT_TOP_LOGPROBS,
         tokenizer: Tokenizer | None = None,
-        max_concurrency: int = DEFAULT_CONCURRENCY,
+        max_concurrency: int | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_retries: int = MAX_RETRIES,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rate_limit: RateLimit | RateLimiter | None = None,
     ) -> None:
+        max_concurrency = concurrency_for(max_concurrency, rate_limit)
         _check_options(base_url, model, strategy, top_logprobs, max_concurrency, timeout)
         super().__init__(
             base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,

@@ -470,7 +470,16 @@ class Client(_Core):
             ``label_logprobs`` of shape (n, K): per class, the log of the summed
             probabilities of its label words.
         """
-        return _run(self._score(task, examples))
+        return _run(self._score_and_close(task, examples))
+
+    async def _score_and_close(self, task: Task, examples: Sequence[ExampleLike]) -> Scores:
+        """Score, then close this event loop's connections (the loop ends with the call)."""
+        try:
+            return await self._score(task, examples)
+        finally:
+            aclose = getattr(self.provider, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def content_free(self, task: Task) -> np.ndarray:
         """Class log-probs of the content-free input ``"N/A"`` (contextual calibration).

@@ -271,6 +271,10 @@ class RemoteProvider(Provider):
     def close(self) -> None:
         self._session.close()
 
+    async def aclose(self) -> None:
+        """Close the connections of the running event loop."""
+        await self._session.aclose()
+
 
 def charge_of(exc: BaseException) -> BatchOutcome[Any] | None:
     """The :class:`BatchOutcome` an error of a provider call carries, if any."""

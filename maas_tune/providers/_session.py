@@ -359,6 +359,13 @@ class APISession:
             raise
         return [results[i] for i in range(len(items))]
 
+    async def aclose(self) -> None:
+        """Close the running event loop's connection pools (the next request opens new ones)."""
+        state = self._states.pop(asyncio.get_running_loop(), None)
+        for client in state.clients if state is not None else ():
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
     # -- the blocking API: the async core on a private event loop --------------------
     def post(
         self, path: str, payload: dict[str, Any], *, limited: bool = True,

@@ -14,7 +14,7 @@ from ._version import __version__
 from .budget import BudgetStatus, QueryBudget
 from .cache import ScoreCache, cache_key
 from .chat_format import ChatFormat
-from .client import Client
+from .client import AsyncClient, Client
 from .data import Dataset, Example, load_examples, sample_k_shot
 from .decoders import (
     BaseDecoder,
@@ -62,6 +62,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AsyncClient",
     "BaseDecoder",
     "BudgetExceeded",
     "BudgetStatus",

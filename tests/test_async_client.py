@@ -199,3 +199,15 @@ def test_the_cli_passes_rate_limit_and_max_concurrency_to_the_provider():
     assert provider._session.rate_limiter.limit.requests_per_minute == 3000
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "--base-url", "http://x/v1", "--rate-limit", "9"])
+
+
+def test_the_sync_client_works_inside_a_running_event_loop(tmp_path: Path):
+    """A notebook runs a loop already: the blocking API runs its own on a helper thread."""
+    api, texts = Api(), ["film 1", "film 2"]
+    client = Client(_provider(api), cache=ScoreCache(tmp_path / "s.sqlite"), progress=False)
+
+    async def in_a_notebook() -> np.ndarray:
+        return client.score(TASK, texts).label_logprobs
+
+    np.testing.assert_allclose(asyncio.run(in_a_notebook()), _expected(texts), rtol=1e-6)
+    assert len(api.received) == 2

@@ -15,9 +15,8 @@ from ._version import __version__
 from .budget import BudgetStatus, QueryBudget
 from .cache import ScoreCache, cache_key
 from .chat_format import ChatFormat
-from .client import Client
+from .client import AsyncClient, Client
 from .data import Dataset, Example, load_examples, sample_k_shot
-from .frames import as_examples
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -39,6 +38,7 @@ from .errors import (
     TaskError,
     UnprocessableEntityError,
 )
+from .frames import as_examples
 from .pricing import Price, price_for
 from .providers.base import Provider, ProviderAnswer
 from .providers.tokenizers import load_tokenizer
@@ -104,6 +104,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
     "BaseDecoder",

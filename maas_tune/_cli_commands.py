@@ -66,9 +66,8 @@ def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
         from .providers.embeddings import OpenAIEmbeddingsProvider
         from .providers.with_embeddings import WithEmbeddings
 
-        embedder = OpenAIEmbeddingsProvider(
-            args.base_url, args.embeddings_model or name, **extras
-        )
+        embedder = OpenAIEmbeddingsProvider(args.base_url, args.embeddings_model or name,
+                                            **extras, **_pacing(args))
         return WithEmbeddings(scorer, embedder)
     from .providers.local import TransformersProvider
 
@@ -89,7 +88,8 @@ def _placement(args: argparse.Namespace) -> Placement:
 def _http_scorer(args: argparse.Namespace, name: str, extras: dict[str, Any]) -> Provider:
     """The label scorer behind --base-url: completions (default) or chat (--api chat)."""
     options: dict[str, Any] = {"strategy": args.strategy,
-                               "top_logprobs": getattr(args, "top_logprobs", 5), **extras}
+                               "top_logprobs": getattr(args, "top_logprobs", 5), **extras,
+                               **_pacing(args)}
     if getattr(args, "tokenizer", None):
         from .providers.tokenizers import load_tokenizer
 
@@ -101,6 +101,18 @@ def _http_scorer(args: argparse.Namespace, name: str, extras: dict[str, Any]) ->
     from .providers.openai import OpenAICompletionsProvider
 
     return OpenAICompletionsProvider(args.base_url, name, **options)
+
+
+def _pacing(args: argparse.Namespace) -> dict[str, Any]:
+    """--rate-limit and --max-concurrency as provider options (absent: the defaults)."""
+    rate = getattr(args, "rate_limit", None)
+    if rate is not None and not hasattr(args, "_limiter"):  # one limiter for every provider
+        from .ratelimit import as_limiter
+
+        args._limiter = as_limiter(rate)
+    found = {"rate_limit": getattr(args, "_limiter", None),
+             "max_concurrency": getattr(args, "max_concurrency", None)}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def _progress(args: argparse.Namespace) -> bool | None:

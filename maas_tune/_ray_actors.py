@@ -53,6 +53,11 @@ class BucketActor:
         """Book a request; return the seconds the caller waits before sending it."""
         return self._bucket.reserve(requests, tokens, time.monotonic())
 
+    def reserve_many(self, costs: list[tuple[float, float]]) -> list[float]:
+        """Book several requests in order (a whole chunk: one call); their waits."""
+        now = time.monotonic()
+        return [self._bucket.reserve(r, t, now) for r, t in costs]
+
     def penalize(self, seconds: float) -> None:
         """Pause every caller for ``seconds`` (a 429's Retry-After)."""
         self._bucket.penalize(seconds, time.monotonic())
@@ -80,6 +85,12 @@ class SharedRateLimiter(RateLimiter):
         wait = ray.get(self._actor.reserve.remote(requests, tokens))
         if wait > 0:
             time.sleep(wait)
+
+    def reserve_many(self, costs: list[tuple[int, int]]) -> list[float]:
+        """Book a whole chunk in one actor call; the seconds each request waits."""
+        import ray
+
+        return list(ray.get(self._actor.reserve_many.remote(list(costs))))
 
     def penalize(self, seconds: float) -> None:
         self._actor.penalize.remote(seconds)  # no need to wait: the next booking sees it

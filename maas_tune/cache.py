@@ -325,6 +325,15 @@ class ScoreCache:
             ).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def recall_prefixed(self, prefix: str) -> dict[str, Any]:
+        """Every fact whose key starts with ``prefix`` (one query), by key."""
+        start = _FACT_PREFIX + prefix
+        with self._store.read() as conn:
+            rows = conn.execute(
+                "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(start), start)
+            ).fetchall()
+        return {str(k)[len(_FACT_PREFIX):]: json.loads(v) for k, v in rows}
+
     def __len__(self) -> int:
         with self._store.read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0])

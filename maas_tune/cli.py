@@ -18,6 +18,7 @@ from .errors import BudgetExceeded, ConfigurationError, MaasTuneError
 from .experiment import METHODS
 from .pricing import Price
 from .providers._secrets import safe_traceback
+from .ratelimit import RateLimit, parse_rate
 
 __all__ = ["build_parser", "main"]
 
@@ -74,6 +75,19 @@ def _add_provider(p: argparse.ArgumentParser) -> None:
         type=_positive,
         default=5,
         help="with --base-url: top log-probs asked per request (hosted APIs allow 5 to 20)",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=_rate,
+        metavar="N/min",
+        help="with --base-url: the account's request limit, e.g. 3000/min or 50/s; requests "
+        "are paced below it and enough are kept in flight to reach it (default: no limit)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=_ranged(1, 10_000),
+        metavar="N",
+        help="with --base-url: most requests in flight (default 4, or 256 with --rate-limit)",
     )
     p.add_argument(
         "--embeddings",
@@ -195,6 +209,14 @@ _positive = _ranged(1, MAX_COUNT)
 _count = _ranged(0, MAX_COUNT)
 #: A seed, as numpy and scikit-learn accept it.
 _seed = _ranged(0, MAX_SEED)
+
+
+def _rate(text: str) -> RateLimit:
+    """A request rate such as ``3000/min`` or ``50/s``."""
+    try:
+        return parse_rate(text)
+    except MaasTuneError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,9 +27,10 @@ from .providers.base import Provider, ProviderAnswer
 from .scores import Scores
 from .task import Task
 
-__all__ = ["Client", "Usage"]
+__all__ = ["AsyncClient", "Client", "Usage"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Prompts sent per reservation / provider call / cache commit: a crash loses at most this many.
 CLIENT_CHUNK_SIZE = 16
@@ -63,8 +66,8 @@ class Usage:
     rate_limited: int = 0
 
 
-class Client:
-    """Score a task's examples through a provider, paying for each distinct prompt once.
+class _Core:
+    """What :class:`Client` and :class:`AsyncClient` share: one implementation, async.
 
     Parameters
     ----------
@@ -82,7 +85,13 @@ class Client:
         Show a progress bar; ``None`` shows it only on a terminal.
     chunk_size : int, default 16
         Prompts per provider call; each chunk is reserved, sent and committed
-        together, so a crash loses at most one chunk's answers.
+        together, so a crash loses at most the answers of the chunks in flight.
+    chunks_in_flight : int or None, default None
+        Chunks sent at once (they overlap: a slow request holds up only its chunk).
+        None: enough to keep the provider's ``max_concurrency`` requests in flight
+        (``ceil(max_concurrency / chunk_size) + 1``), or 1 for a provider that computes
+        in-process (the local model). A crash or a kill -9 leaves at most this many
+        chunks reserved but not committed (counted as spent: never an undercount).
 
     Notes
     -----
@@ -101,6 +110,7 @@ class Client:
         offline: bool = False,
         progress: bool | None = None,
         chunk_size: int = CLIENT_CHUNK_SIZE,
+        chunks_in_flight: int | None = None,
     ) -> None:
         self.provider = provider
         self.cache = cache if isinstance(cache, ScoreCache) else ScoreCache(cache)
@@ -108,32 +118,17 @@ class Client:
         self.offline = offline
         self.progress = progress
         self.chunk_size = chunk_size
+        self.chunks_in_flight = chunks_in_flight
         self.usage = Usage()
         self._sleep = time.sleep  # tests may inject a clock
         provider.attach_facts(self.cache, offline=offline)
 
-    # -- public API -------------------------------------------------------------
-    def score(self, task: Task, examples: Any) -> Scores:
-        """Label scores (and hidden states) for ``examples`` rendered through ``task``.
-
-        Parameters
-        ----------
-        task : Task
-        examples : pandas.DataFrame, datasets.Dataset, or list of Example / dict / str; n rows
-            Anything :func:`maas_tune.frames.as_examples` takes (columns ``text``, ``text_b``);
-            other column names: ``as_examples(df, text="review")``. A bare str, a dict or an
-            array of numbers is refused (:class:`DataError`).
-
-        Returns
-        -------
-        Scores
-            ``label_logprobs`` of shape (n, K): per class, the log of the summed
-            probabilities of its label words.
-        """
+    # -- the core, async ----------------------------------------------------------
+    async def _score(self, task: Task, examples: Any) -> Scores:
         prompts = [task.render(e) for e in as_examples(examples)]
         token_ids = self.provider.label_token_ids(task.label_words)
         self._setup()
-        answers, hits = self._answers(prompts, token_ids)
+        answers, hits = await self._answers(prompts, token_ids)
         return _to_scores(task, answers, hits)
 
     def prepare(self, task: Task) -> None:
@@ -145,17 +140,6 @@ class Client:
         """
         self.provider.label_token_ids(task.label_words)
         self._setup()
-
-    def content_free(self, task: Task) -> np.ndarray:
-        """Class log-probs of the content-free input ``"N/A"`` (contextual calibration).
-
-        Returns
-        -------
-        np.ndarray, shape (K,)
-        """
-        text_b = CONTENT_FREE_TEXT if task.is_pair else None
-        example = Example(text=CONTENT_FREE_TEXT, label=None, text_b=text_b)
-        return self.score(task, [example]).label_logprobs[0]
 
     # -- internals --------------------------------------------------------------
     def _setup(self) -> None:
@@ -188,7 +172,7 @@ class Client:
         self.usage.queries_sent += queries
         self.usage.prompt_tokens_sent += tokens
 
-    def _answers(
+    async def _answers(
         self, prompts: list[str], token_ids: list[int]
     ) -> tuple[list[ProviderAnswer], np.ndarray]:
         fingerprint = self.provider.fingerprint()
@@ -200,7 +184,7 @@ class Client:
             if self.offline:
                 raise OfflineCacheMiss(missing=sum(k in todo for k in keys), total=len(prompts))
             self._check_budget(len(todo) * self.provider.max_queries_per_prompt(len(token_ids)))
-            sent = self._fetch(todo, token_ids, fingerprint)
+            sent = await self._fetch(todo, token_ids, fingerprint)
             # What another worker sent meanwhile landed in the cache: a hit for us.
             found.update(self.cache.get_many([k for k in todo if k not in sent]))
             found.update(sent)
@@ -224,7 +208,7 @@ class Client:
         if used + needed > status.max_queries:
             raise BudgetExceeded(status.name, "queries", status.max_queries, used, needed)
 
-    def _fetch(
+    async def _fetch(
         self, todo: dict[str, str], token_ids: list[int], fingerprint: Mapping[str, Any]
     ) -> dict[str, ProviderAnswer]:
         """Send the keys of ``todo`` no other worker is sending; wait for the others.
@@ -239,39 +223,99 @@ class Client:
         pending, pause = list(todo), CLAIM_POLL_S
         disable = None if self.progress is None else not self.progress
         with tqdm(total=len(todo), desc="scoring", unit="sample", disable=disable) as bar:
-            event, live = self._observer(bar)
+            event = self._observer(bar)
             while pending:
                 blocked: list[str] = []
-                for start in range(0, len(pending), self.chunk_size):
-                    batch = pending[start : start + self.chunk_size]
-                    mine = self._claim(claims, batch)
-                    blocked.extend(k for k in batch if k not in mine)
-                    if mine:
-                        chunk = {k: todo[k] for k in batch if k in mine}
-                        before = live[0]
-                        out.update(self._fetch_chunk(chunk, token_ids, model, claims, event))
-                        bar.update(max(0, len(chunk) - (live[0] - before)))  # not yet shown
+                chunks = self._chunks(pending, todo, claims, blocked)
+                await self._pipeline(chunks, token_ids, model, claims, event, bar, out)
                 landed = set(self.cache.get_many(blocked)) if blocked else set()
                 bar.update(len(landed))
                 if len(blocked) == len(pending) and not landed:  # no progress: wait
                     log.debug("waiting for %d prompts other workers are sending", len(blocked))
-                    self._sleep(pause)
+                    await self._wait(pause)
                     pause = min(2 * pause, CLAIM_POLL_MAX_S)
                 else:
                     pause = CLAIM_POLL_S
                 pending = [k for k in blocked if k not in landed]
         return out
 
-    def _observer(self, bar: Any) -> tuple[Callable[[str], None], list[int]]:
+    def _chunks(
+        self, pending: list[str], todo: dict[str, str], claims: Claims, blocked: list[str]
+    ) -> Iterator[dict[str, str]]:
+        """The claimed chunks of ``pending``, claimed one at a time as they are needed
+        (keys another worker holds go to ``blocked``)."""
+        for start in range(0, len(pending), self.chunk_size):
+            batch = pending[start : start + self.chunk_size]
+            mine = self._claim(claims, batch)
+            blocked.extend(k for k in batch if k not in mine)
+            if mine:
+                yield {k: todo[k] for k in batch if k in mine}
+
+    def _depth(self) -> int:
+        """Chunks in flight at once: enough to keep the provider's requests in flight busy
+        while chunks start and commit (one for a provider that computes in-process)."""
+        if self.chunks_in_flight is not None:
+            return max(1, int(self.chunks_in_flight))
+        if type(self.provider).ascore is Provider.ascore:
+            return 1
+        slots = int(getattr(self.provider, "max_concurrency", 1) or 1)
+        return -(-slots // max(1, self.chunk_size)) + 1
+
+    async def _pipeline(
+        self, chunks: Iterator[dict[str, str]], token_ids: list[int], model: str,
+        claims: Claims, event: Callable[[str], None], bar: Any, out: dict[str, ProviderAnswer],
+    ) -> None:
+        """Send ``chunks`` overlapping (up to :meth:`_depth` at once), each reserved, sent
+        and committed on its own. The first failure stops new chunks; those in flight
+        finish (they were paid for). Cancellation cancels them: each keeps what was
+        answered and charges what was sent, then the cancellation goes on."""
+        running: set[asyncio.Task[None]] = set()
+        errors: list[BaseException] = []
+
+        async def one(chunk: dict[str, str]) -> None:
+            shown = [0]
+
+            def seen(kind: str) -> None:
+                shown[0] += kind == "answered"
+                event(kind)
+
+            try:
+                out.update(await self._fetch_chunk(chunk, token_ids, model, claims, seen))
+            finally:
+                bar.update(max(0, len(chunk) - shown[0]))  # what the events did not show
+
+        try:
+            for chunk in chunks:
+                running.add(asyncio.ensure_future(one(chunk)))
+                while len(running) >= self._depth() or (errors and running):
+                    errors += await _settle(running)
+                if errors:
+                    break
+            while running:
+                errors += await _settle(running)
+        except BaseException:
+            for task in running:
+                task.cancel()
+            if running:  # let each cancelled chunk commit what it got
+                await asyncio.wait(running)
+            raise
+        if errors:
+            raise errors[0]
+
+    async def _wait(self, seconds: float) -> None:
+        if self._sleep is time.sleep:
+            await asyncio.sleep(seconds)
+        else:
+            self._sleep(seconds)
+
+    def _observer(self, bar: Any) -> Callable[[str], None]:
         """An event callback that moves the bar as each prompt is answered and shows
-        retries and 429s on it, and the count of prompts it has shown."""
-        shown = [0]
+        retries and 429s on it."""
         lock = threading.Lock()
 
         def event(kind: str) -> None:
             with lock:
                 if kind == "answered":
-                    shown[0] += 1
                     bar.update(1)
                     return
                 if kind == "retry":
@@ -283,7 +327,7 @@ class Client:
                 log.info("scoring: %d retries, %d answered 429 so far", self.usage.retries,
                          self.usage.rate_limited)
 
-        return event, shown
+        return event
 
     def _claim(self, claims: Claims, batch: list[str]) -> set[str]:
         """Claim what no other worker sends, less what another worker's commit cached since
@@ -294,13 +338,13 @@ class Client:
             claims.release(list(landed))
         return mine - landed
 
-    def _fetch_chunk(
+    async def _fetch_chunk(
         self, chunk: dict[str, str], token_ids: list[int], model: str, claims: Claims,
         event: Callable[[str], None] | None = None,
     ) -> dict[str, ProviderAnswer]:
         """Reserve, send and commit one claimed chunk; its claims are dropped either way."""
         try:
-            return self._send_chunk(chunk, token_ids, model, claims, event)
+            return await self._send_chunk(chunk, token_ids, model, claims, event)
         except BaseException:
             try:  # the answers were not cached: let another worker (or a rerun) send them
                 claims.release(list(chunk))
@@ -308,7 +352,7 @@ class Client:
                 log.warning("could not drop claims (they expire by themselves): %s", exc)
             raise
 
-    def _send_chunk(
+    async def _send_chunk(
         self, chunk: dict[str, str], token_ids: list[int], model: str, claims: Claims,
         event: Callable[[str], None] | None = None,
     ) -> dict[str, ProviderAnswer]:
@@ -318,8 +362,9 @@ class Client:
         hold = self._hold(prompts, len(token_ids))
         error: BaseException | None = None
         try:
-            with self.provider.observed(event, hold.queries, hold.extend) as seen:
-                answers = dict(enumerate(self.provider.score(prompts, token_ids)))
+            got, seen = await self.provider.ascore(
+                prompts, token_ids, events=event, max_requests=hold.queries, extend=hold.extend)
+            answers = dict(enumerate(got))
             spent = (sum(_count(a.queries) for a in answers.values()),
                      sum(_count(a.prompt_tokens) for a in answers.values()))
             if seen.requests is not None:  # counted per request (answers reused aren't paid)
@@ -391,6 +436,94 @@ class Client:
         assert self.budget is not None
         return self.budget.store.identity == self.cache.store.identity
 
+
+class AsyncClient(_Core):
+    """:class:`Client` for asyncio code: ``await client.score(task, examples)``.
+
+    Chunks overlap: while one is sent, the next are claimed and reserved, and each
+    commits when its answers are in, so a slow request holds up only itself. The
+    requests in flight (all chunks together, per event loop) are capped by the
+    provider's ``max_concurrency``, and paced by its ``rate_limit``: set the
+    account's limit and the client keeps ``rate x latency`` requests in flight.
+    Cancelling ``score`` (a timeout, Ctrl-C) stops sending and retrying at once; each
+    chunk keeps what was answered and charges the requests in flight as spent.
+    Parameters as :class:`Client`.
+    """
+
+    async def score(self, task: Task, examples: Any) -> Scores:
+        """Label scores (and hidden states) for ``examples`` rendered through ``task``;
+        see :meth:`Client.score`."""
+        return await self._score(task, examples)
+
+    async def content_free(self, task: Task) -> np.ndarray:
+        """Class log-probs of the content-free input ``"N/A"``; see :meth:`Client.content_free`."""
+        return (await self.score(task, [_content_free(task)])).label_logprobs[0]
+
+
+class Client(_Core):
+    __doc__ = _Core.__doc__
+
+    def score(self, task: Task, examples: Any) -> Scores:
+        """Label scores (and hidden states) for ``examples`` rendered through ``task``.
+
+        Runs :class:`AsyncClient`'s code to its end (chunks overlap the same way).
+
+        Parameters
+        ----------
+        task : Task
+        examples : pandas.DataFrame, datasets.Dataset, or list of Example / dict / str; n rows
+            Anything :func:`maas_tune.frames.as_examples` takes (columns ``text``, ``text_b``);
+            other column names: ``as_examples(df, text="review")``. A bare str, a dict or an
+            array of numbers is refused (:class:`DataError`).
+
+        Returns
+        -------
+        Scores
+            ``label_logprobs`` of shape (n, K): per class, the log of the summed
+            probabilities of its label words.
+        """
+        return _run(self._score_and_close(task, examples))
+
+    async def _score_and_close(self, task: Task, examples: Any) -> Scores:
+        """Score, then close this event loop's connections (the loop ends with the call)."""
+        try:
+            return await self._score(task, examples)
+        finally:
+            aclose = getattr(self.provider, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def content_free(self, task: Task) -> np.ndarray:
+        """Class log-probs of the content-free input ``"N/A"`` (contextual calibration).
+
+        Returns
+        -------
+        np.ndarray, shape (K,)
+        """
+        return self.score(task, [_content_free(task)]).label_logprobs[0]
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end from blocking code: on a fresh event loop here (Ctrl-C
+    cancels it), or on a helper thread where this thread runs a loop already (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="maas-tune") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _settle(running: set[asyncio.Task[None]]) -> list[BaseException]:
+    """Wait for one of ``running`` to end; drop the ended ones, return their errors."""
+    done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+    running -= done
+    return [e for t in done if not t.cancelled() and (e := t.exception()) is not None]
+
+
+def _content_free(task: Task) -> Example:
+    text_b = CONTENT_FREE_TEXT if task.is_pair else None
+    return Example(text=CONTENT_FREE_TEXT, label=None, text_b=text_b)
 
 
 def _count(value: object) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,7 +29,9 @@ __all__ = [
     "RateLimiter",
     "TokenBucket",
     "as_limiter",
+    "book",
     "estimate_request_tokens",
+    "parse_rate",
 ]
 
 #: Characters per token assumed when a request's tokens are estimated (as ``count_tokens``
@@ -205,6 +207,22 @@ class LocalRateLimiter:
         if wait > 0:
             self._sleep(wait)
 
+    def reserve_many(self, costs: Sequence[tuple[int, int]]) -> list[float]:
+        """Book several requests at once, in order: the seconds each waits before sending.
+
+        Parameters
+        ----------
+        costs : sequence of (requests, tokens)
+
+        Returns
+        -------
+        list of float
+            Per booking, the wait (>= 0) from now; the bookings stand either way.
+        """
+        with self._lock:
+            now = self._clock()
+            return [self._bucket.reserve(r, t, now) for r, t in costs]
+
     def penalize(self, seconds: float) -> None:
         with self._lock:
             self._bucket.penalize(seconds, self._clock())
@@ -226,6 +244,39 @@ def as_limiter(rate_limit: RateLimit | RateLimiter | None) -> RateLimiter | None
         f"rate_limit must be a RateLimit, a rate limiter or None, got {rate_limit!r}; "
         "e.g. rate_limit=RateLimit(requests_per_minute=500)"
     )
+
+
+_PER = {"s": 60.0, "sec": 60.0, "second": 60.0, "m": 1.0, "min": 1.0, "minute": 1.0}
+
+
+def parse_rate(text: str) -> RateLimit:
+    """A request rate as the CLI takes it: ``"3000/min"``, ``"50/s"`` (also ``/m``,
+    ``/sec``, ``/second``, ``/minute``).
+
+    Raises
+    ------
+    ConfigurationError
+        Not a positive number of requests per second or minute.
+    """
+    number, _, unit = str(text).strip().lower().partition("/")
+    try:
+        value = float(number)
+    except ValueError:
+        value = float("nan")
+    factor = _PER.get(unit.strip())
+    if factor is None or not (math.isfinite(value) and value > 0):
+        raise ConfigurationError(
+            f"a rate limit must be requests per second or minute, e.g. 3000/min or 50/s "
+            f"(the account's limit from the provider's rate-limit page), got {text!r}"
+        )
+    return RateLimit(requests_per_minute=value * factor)
+
+
+def book(limiter: RateLimiter, costs: Sequence[tuple[int, int]]) -> list[float] | None:
+    """Book ``costs`` on ``limiter`` in one call when it can (``reserve_many``: for a shared
+    limiter one round trip per chunk); None when it only has :meth:`RateLimiter.acquire`."""
+    many = getattr(limiter, "reserve_many", None)
+    return list(many(costs)) if callable(many) else None
 
 
 def estimate_request_tokens(payload: Mapping[str, Any]) -> int:

@@ -298,7 +298,7 @@ def test_with_embeddings_contract(db_path, monkeypatch):
     assert [a.hidden.tolist() for a in answers] == [_vec(0), _vec(1)]  # embeddings win
     assert sum(a.prompt_tokens for a in answers) == 3 + 2 + 12  # scorer's + embedding usage
     provider.close()
-    assert provider.embedder._session._client.is_closed
+    assert provider.embedder._session.closed
     with pytest.raises(ConfigurationError, match="embedder"):
         WithEmbeddings(scorer, scorer)  # type: ignore[arg-type]
 

@@ -11,6 +11,7 @@ docs/reliability.md tabulates the outcomes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.utils
 import math
@@ -24,7 +25,7 @@ import pytest
 
 from maas_tune.budget import QueryBudget
 from maas_tune.cache import ScoreCache
-from maas_tune.client import Client
+from maas_tune.client import AsyncClient, Client
 from maas_tune.data import Example
 from maas_tune.errors import (
     ProviderConnectionError,
@@ -73,12 +74,14 @@ class Rig:
     """One provider wired through the real Client to a real cache and ledger in tmp_path."""
 
     server: FaultServer
-    client: Client
+    client: Client | AsyncClient
     cache: ScoreCache
     budget: QueryBudget
     slept: list[float]
 
     def score(self, texts: list[str] = TEXTS[:1]) -> Scores:
+        if isinstance(self.client, AsyncClient):  # the async API, awaited on a fresh loop
+            return asyncio.run(self.client.score(TASK, texts))
         return self.client.score(TASK, texts)
 
     def spent(self) -> int:
@@ -98,8 +101,10 @@ def server() -> Iterator[FaultServer]:
     assert running.pending == 0, "the test did not use its whole fault script"
 
 
-@pytest.fixture()
-def make_rig(server: FaultServer, tmp_path) -> Iterator[RigFactory]:
+@pytest.fixture(params=["sync", "async"])
+def make_rig(server: FaultServer, tmp_path, request) -> Iterator[RigFactory]:
+    """Rigs with the blocking :class:`Client` or the :class:`AsyncClient` (same guarantees)."""
+    kind = Client if request.param == "sync" else AsyncClient
     opened: list[tuple[OpenAICompletionsProvider, ScoreCache, QueryBudget]] = []
 
     def make(strategy: str = "extension", *, timeout: float = 10.0, real_sleep: bool = False) -> Rig:
@@ -112,7 +117,7 @@ def make_rig(server: FaultServer, tmp_path) -> Iterator[RigFactory]:
         db = tmp_path / "store.sqlite"
         cache, budget = ScoreCache(db), QueryBudget("faults", max_queries=1000, store=db)
         opened.append((provider, cache, budget))
-        return Rig(server, Client(provider, cache=cache, budget=budget, progress=False),
+        return Rig(server, kind(provider, cache=cache, budget=budget, progress=False),
                    cache, budget, slept)
 
     yield make

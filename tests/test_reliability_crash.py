@@ -84,23 +84,23 @@ def pause_at(name, nth):
         time.sleep(600)
     calls[name] = calls.get(name, 0) + 1
 
-score, put_many, fetch = (OpenAICompletionsProvider.score, ScoreCache.put_many,
+score, put_many, fetch = (OpenAICompletionsProvider.ascore, ScoreCache.put_many,
                           Client._fetch_chunk)
 
-def paused_score(self, *args, **kwargs):
+async def paused_score(self, *args, **kwargs):
     pause_at("reserved", kill_chunk)
-    return score(self, *args, **kwargs)
+    return await score(self, *args, **kwargs)
 
 def paused_put_many(self, *args, **kwargs):
     pause_at("answered", kill_chunk)
     return put_many(self, *args, **kwargs)
 
-def paused_fetch(self, *args, **kwargs):
-    result = fetch(self, *args, **kwargs)
+async def paused_fetch(self, *args, **kwargs):
+    result = await fetch(self, *args, **kwargs)
     pause_at("committed", kill_chunk)
     return result
 
-OpenAICompletionsProvider.score = paused_score
+OpenAICompletionsProvider.ascore = paused_score
 ScoreCache.put_many = paused_put_many
 Client._fetch_chunk = paused_fetch
 
@@ -109,6 +109,7 @@ store = Store(db)
 provider = OpenAICompletionsProvider(url, "fake-model", api_key="sk-crash", strategy="extension",
                                      max_concurrency=chunk)
 client = Client(provider, cache=ScoreCache(store), progress=False, chunk_size=chunk,
+                chunks_in_flight=1,  # the kill points name one chunk: no overlap
                 budget=QueryBudget("crash", max_queries=len(texts) + chunk, store=store))
 client.score(task, texts)
 print("finished without being killed")

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from ..errors import MaasTuneError, ProviderResponseError
+from ._script import Script
 
 __all__ = ["check_model", "reading", "same_model", "usage_tokens"]
 
@@ -89,14 +90,14 @@ def check_model(body: Mapping[str, Any], asked: str) -> None:
 
 
 def reading(
-    fn: Callable[[str], T], what: str, route: str = "/completions"
-) -> Callable[[str], T]:
+    fn: Callable[[str], Script[T]], what: str, route: str = "/completions"
+) -> Callable[[str], Script[T]]:
     """Wrap a scorer so that a field of the wrong type is a ProviderResponseError.
 
     Parameters
     ----------
-    fn : Callable[[str], T]
-        Scores one prompt, parsing the answers it gets.
+    fn : Callable[[str], Script[T]]
+        Scores one prompt, parsing the answers it gets (a script of its requests).
     what : str
         The strategy, named in the error.
     route : str, default "/completions"
@@ -104,15 +105,15 @@ def reading(
 
     Returns
     -------
-    Callable[[str], T]
+    Callable[[str], Script[T]]
         ``fn``, raising :class:`ProviderResponseError` (chained to the original) where
         it raised ``TypeError``, ``ValueError`` or ``ArithmeticError`` while reading an
         answer; maas-tune's own errors pass unchanged.
     """
 
-    def read(prompt: str) -> T:
+    def read(prompt: str) -> Script[T]:
         try:
-            return fn(prompt)
+            return (yield from fn(prompt))
         except MaasTuneError:
             raise
         except _UNREADABLE as exc:

@@ -1,5 +1,6 @@
-"""One batch of HTTP requests: what it may have cost, how to stop it, and a pool that keeps
-what was answered when something fails or the user presses Ctrl-C.
+"""One batch of HTTP requests: what it may have cost and how to stop it, so that what was
+answered is kept when something fails or the user presses Ctrl-C (the requests are sent
+by :meth:`~maas_tune.providers._session.APISession.amap`).
 
 A hosted API bills every request it answers, and may bill one whose answer never
 arrived (a timeout, a connection lost after sending, a request in flight at Ctrl-C).
@@ -10,9 +11,10 @@ keep every answer that did arrive, whatever ends the batch. Status errors (4xx, 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -26,10 +28,8 @@ __all__ = [
     "Events",
     "ReservationSpent",
     "bound_tokens",
-    "run_batch",
 ]
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 #: Tokens a tokenizer may add to any text (BOS, EOS, role markers): part of the bound.
@@ -167,6 +167,9 @@ class Batch:
             self.in_flight_tokens += bound
         try:
             yield
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            self.cancel()  # before leaving: this request, still in flight, counts as spent
+            raise
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -221,57 +224,3 @@ class Batch:
         if self._events is not None:
             self._events("answered")
 
-
-def run_batch(
-    one: Callable[[T], R], items: Sequence[T], workers: int, batch: Batch
-) -> list[R]:
-    """``one(item)`` for each item on up to ``workers`` daemon threads, in order.
-
-    The first failure stops new items from starting; items already started finish
-    (their answers were paid for). Any exception leaving this function, a
-    KeyboardInterrupt in the calling thread included, carries ``outcome``
-    (:class:`BatchOutcome`): the items answered in full and the requests to charge.
-    On an interrupt the batch is cancelled at once: no request is started or
-    retried after it, and the threads (daemons) never hold the process open.
-    """
-    results: dict[int, R] = {}
-    errors: list[BaseException] = []
-    lock = threading.Condition()
-    queue = iter(range(len(items)))
-    active = [min(workers, len(items))]
-
-    def work() -> None:
-        while True:
-            with lock:
-                index = None if errors or batch.cancelled else next(queue, None)
-            if index is None:
-                break
-            try:
-                result = one(items[index])
-            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-                with lock:
-                    errors.append(exc)
-                break
-            with lock:
-                results[index] = result
-            batch.item_done()
-        with lock:
-            active[0] -= 1
-            lock.notify_all()
-
-    for _ in range(active[0]):
-        threading.Thread(target=work, daemon=True, name="maas-tune-request").start()
-    try:
-        with lock:
-            while active[0] > 0:
-                lock.wait()
-    except BaseException as exc:  # Ctrl-C while waiting: stop everything now
-        batch.cancel()
-        with lock:
-            exc.outcome = batch.outcome(results)  # type: ignore[attr-defined]
-        raise
-    if errors:
-        first = next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
-        first.outcome = batch.outcome(results)  # type: ignore[attr-defined]
-        raise first
-    return [results[i] for i in range(len(items))]

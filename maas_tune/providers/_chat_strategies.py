@@ -3,7 +3,7 @@
 One request asks for a single answer token (``max_tokens=1``, ``temperature=0``) with
 its top-k alternatives; a label word missing from them is either forced with one more
 request (``logit_bias`` +100 on its token, strategy ``force``) or given the top-k bound
-(strategy ``top_logprobs``). Retries and error translation live in the caller's ``post``.
+(strategy ``top_logprobs``). Each scorer is a script of its requests (:mod:`maas_tune.providers._script`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import ProviderResponseError
 from ._answers import usage_tokens
 from ._forcing import FORCE_BIAS, Label, LabelReading, force_resolver, read_labels
-from ._session import Post
+from ._script import Script
 from ._strategies import first_choice
 from .base import ProviderAnswer
 
@@ -78,8 +78,8 @@ def top_of(token: Mapping[str, Any]) -> dict[str, float]:
 
 
 def score_chat(
-    post: Post, request: dict[str, Any], labels: Sequence[Label], *, force: bool
-) -> tuple[ProviderAnswer, LabelReading]:
+    request: dict[str, Any], labels: Sequence[Label], *, force: bool
+) -> Script[tuple[ProviderAnswer, LabelReading]]:
     """One prompt's label log-probs: 1 request, plus one per forced label when ``force``.
 
     Returns
@@ -90,19 +90,19 @@ def score_chat(
     reading : LabelReading
         How many labels were forced or bounded.
     """
-    body = post(request)
+    body = yield request
     top = top_of(first_token(body, "top_logprobs"))
-    resolve = force_resolver(partial(_forced, post, request), top, _REMEDY) if force else None
-    reading = read_labels(labels, top, resolve)
+    resolve = force_resolver(partial(_forced, request), top, _REMEDY) if force else None
+    reading = yield from read_labels(labels, top, resolve)
     tokens = usage_tokens(body) + reading.prompt_tokens
     answer = ProviderAnswer(reading.values, None, tokens, queries=1 + reading.forced,
                             floored=reading.floored)
     return answer, reading
 
 
-def _forced(post: Post, request: dict[str, Any], label: Label) -> tuple[str | None, float, int]:
+def _forced(request: dict[str, Any], label: Label) -> Script[tuple[str | None, float, int]]:
     """Generate ``label`` with a +100 bias: (generated token, its reported log-prob, tokens)."""
-    body = post({**request, "logit_bias": {str(label.token_id): FORCE_BIAS}})
+    body = yield ({**request, "logit_bias": {str(label.token_id): FORCE_BIAS}})
     token = first_token(body, "forced-token")
     value = token.get("logprob")
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -16,6 +16,7 @@ import numpy as np
 
 from .._constants import LABEL_WORD_PREFIX
 from ..errors import ProviderResponseError
+from ._script import Script
 
 __all__ = [
     "FORCE_BIAS",
@@ -66,9 +67,9 @@ class Label:
 
 #: Sends the request that forces ``label`` (bias +100 on its id) and returns what came back:
 #: (the generated token's text or None when not reported, its reported log-prob, prompt tokens).
-Force = Callable[[Label], tuple[str | None, float, int]]
+Force = Callable[[Label], "Script[tuple[str | None, float, int]]"]
 #: Reads one label missing from the top-k exactly: (its log-prob, prompt tokens, requests sent).
-Resolve = Callable[[Label], tuple[float, int, int]]
+Resolve = Callable[[Label], "Script[tuple[float, int, int]]"]
 
 
 class BiasError(ProviderResponseError):
@@ -120,7 +121,7 @@ def missing_bound(top: Mapping[str, float]) -> float:
 
 def read_labels(
     labels: Sequence[Label], top: Mapping[str, float], resolve: Resolve | None
-) -> LabelReading:
+) -> Script[LabelReading]:
     """Read each label from ``top``; resolve each missing one (or bound it when ``resolve`` is None).
 
     Parameters
@@ -147,7 +148,7 @@ def read_labels(
         elif resolve is None:
             found[label.text], floored = missing_bound(top), floored + 1
         else:
-            found[label.text], used, sent = resolve(label)
+            found[label.text], used, sent = yield from resolve(label)
             extra, tokens = extra + sent, tokens + used
     values = np.asarray([found[label.text] for label in labels], dtype=np.float32)  # (t,)
     return LabelReading(values, extra, floored, tokens)
@@ -157,9 +158,9 @@ def force_resolver(force: Force, top: Mapping[str, float], remedy: str) -> Resol
     """A :data:`Resolve` that forces the label and checks the value is the model's own."""
     floor = min(top.values())
 
-    def resolve(label: Label) -> tuple[float, int, int]:
+    def resolve(label: Label) -> Script[tuple[float, int, int]]:
         _check_id(label, len(top), remedy)
-        token, value, used = force(label)
+        token, value, used = yield from force(label)
         return _check_forced(label, token, value, floor, remedy, used), used, 1
 
     return resolve

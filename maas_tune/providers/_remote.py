@@ -20,8 +20,9 @@ from ..task import check_single_tokens
 from ._batch import Batch, BatchOutcome, Events
 from ._forcing import synthetic_token_id
 from ._http import public_url
-from ._session import APISession, Post
-from .base import FactStore, Provider, SetupCost, Spend
+from ._script import Script
+from ._session import APISession
+from .base import FactStore, Provider, ProviderAnswer, SetupCost, Spend
 
 __all__ = ["RemoteProvider", "Tokenizer"]
 
@@ -124,8 +125,44 @@ class RemoteProvider(Provider):
         finally:
             local.observed = previous
 
-    def _map(self, one: Callable[[Post, T], R], prompts: Sequence[T]) -> list[R]:
-        """``one(post, prompt)`` for each prompt through the session, as observed."""
+    @abc.abstractmethod
+    def _scoring(
+        self, prompts: list[str], token_ids: Sequence[int]
+    ) -> tuple[Callable[[str], Script[ProviderAnswer]], Callable[[list[ProviderAnswer]], None]]:
+        """How to score ``prompts``: each prompt's script of requests, and what to do with
+        the answers once all came back (learn from them)."""
+
+    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        one, after = self._scoring(prompts, token_ids)
+        answers = self._map(one, prompts)
+        after(answers)
+        return answers
+
+    async def ascore(
+        self, prompts: Sequence[str], token_ids: Sequence[int], *,
+        events: Events | None = None, max_requests: int | None = None,
+        extend: Callable[[], bool] | None = None,
+    ) -> tuple[list[ProviderAnswer], Spend]:
+        """:meth:`score` on the running event loop: the same scripts, sent by
+        :meth:`APISession.amap`; requests in flight are shared with other chunks."""
+        prompts, spend = list(prompts), Spend(0, 0)
+        if not prompts:
+            return [], spend
+        one, after = self._scoring(prompts, token_ids)
+        batch = Batch(events, max_requests, extend)
+        try:
+            answers = await self._session.amap(one, prompts, self.route, model=self.model,
+                                               batch=batch)
+        finally:  # requests answered or lost: what may be billed
+            spend.requests, spend.prompt_tokens = batch.answered + batch.unknown, batch.prompt_tokens
+        after(answers)
+        return answers, spend
+
+    def _map(self, one: Callable[[T], Script[R]], prompts: Sequence[T]) -> list[R]:
+        """``one(prompt)`` (a script) for each prompt through the session, as observed."""
         events, max_requests, extend, spend = getattr(self._local, "observed", None) or (
             None, None, None, None)
         batch = Batch(events, max_requests, extend)
@@ -236,6 +273,10 @@ class RemoteProvider(Provider):
 
     def close(self) -> None:
         self._session.close()
+
+    async def aclose(self) -> None:
+        """Close the connections of the running event loop."""
+        await self._session.aclose()
 
 
 def charge_of(exc: BaseException) -> BatchOutcome[Any] | None:

@@ -7,12 +7,18 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+)
 
 from .._constants import (
     INITIAL_RETRY_DELAY_S,
@@ -219,15 +225,31 @@ class RetryPolicy:
                                 *exc.args[1:])
             raise
 
+    async def acall(
+        self, fn: Callable[[], Awaitable[T]], *, sleep: Callable[[float], Awaitable[None]],
+        allowed: Callable[[], bool] | None = None,
+    ) -> T:
+        """:meth:`call` for an async attempt ``fn``, waiting with the async ``sleep``."""
+        retrying = self._retrying(sleep, allowed, AsyncRetrying)
+        try:
+            return await retrying(fn)  # type: ignore[no-any-return]
+        except BaseException as exc:
+            if is_retryable(exc):
+                attempts = retrying.statistics.get("attempt_number")
+                if isinstance(attempts, int) and attempts > 1 and exc.args:
+                    exc.args = (f"{exc.args[0]} (gave up after {attempts} attempts)",
+                                *exc.args[1:])
+            raise
+
     def _retrying(
-        self, sleep: Callable[[float], None], allowed: Callable[[], bool] | None
-    ) -> Retrying:
+        self, sleep: Any, allowed: Callable[[], bool] | None, kind: Any = None,
+    ) -> Any:
         # The one place the tenacity policy is assembled; a fresh one per call keeps
         # its statistics private to that call (and thread-safe).
         def retryable(exc: BaseException) -> bool:
             return is_retryable(exc) and (allowed is None or allowed())
 
-        return Retrying(
+        return (kind or Retrying)(
             retry=retry_if_exception(retryable),
             wait=self._wait,
             stop=stop_after_attempt(self.max_retries + 1),

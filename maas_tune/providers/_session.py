@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -28,13 +33,16 @@ from ..ratelimit import (
     RateLimit,
     RateLimiter,
     as_limiter,
+    book,
     estimate_request_tokens,
 )
+from ._aio import LoopThread, ThreadedTransport, arequest_json
 from ._answers import check_model, usage_tokens
-from ._batch import Batch, Events, bound_tokens, run_batch
+from ._batch import Batch, Cancelled, Events, bound_tokens
 from ._extras import BASE_URL_ENV, extra_headers, extra_query, resolve_base_url
-from ._http import public_url, request_json
+from ._http import public_url
 from ._retry import RetryPolicy
+from ._script import Post, Script, adrive
 from ._secrets import check_api_key
 from .base import FactStore
 
@@ -44,10 +52,12 @@ __all__ = [
     "CHARS_PER_TOKEN_ESTIMATE",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_TIMEOUT_S",
+    "RATE_LIMITED_CONCURRENCY",
     "APISession",
     "Post",
     "check_api_options",
     "check_count",
+    "concurrency_for",
     "resolve_base_url",
 ]
 
@@ -55,15 +65,18 @@ __all__ = [
 API_KEY_ENV = ("MAAS_TUNE_API_KEY", "OPENAI_API_KEY")
 #: Default per-request timeout in seconds (connect, read, write and pool alike).
 DEFAULT_TIMEOUT_S = 30.0
-#: Default number of requests in flight at once.
+#: Default number of requests in flight at once, without a rate limit.
 DEFAULT_CONCURRENCY = 4
+#: Default cap on the requests in flight with a rate limit: the limiter paces them, so
+#: ``rate x latency`` are in flight (400/s at 200 ms: 80), up to this many.
+RATE_LIMITED_CONCURRENCY = 256
 #: Characters per token assumed when no tokenizer is reachable (an upper-ish estimate).
 CHARS_PER_TOKEN_ESTIMATE = 3
+#: Connections per httpx pool (a session holds ceil(max_concurrency / this) pools).
+POOL_CONNECTIONS = 4
 # Statuses meaning "no tokenizer endpoint here".
 _NO_TOKENIZER = frozenset({400, 404, 405, 422, 501})
 
-#: Sends one request body to the API's scoring route and returns the decoded JSON object.
-Post = Callable[[dict[str, Any]], dict[str, Any]]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,6 +105,16 @@ def check_count(name: str, value: object) -> None:
     """Raise :class:`ConfigurationError` unless ``value`` is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def concurrency_for(max_concurrency: int | None, rate_limit: object) -> int:
+    """The requests-in-flight cap: ``max_concurrency`` when given; else
+    :data:`RATE_LIMITED_CONCURRENCY` under a rate limit (the limiter sets the pace, the
+    latency the number in flight), :data:`DEFAULT_CONCURRENCY` without one."""
+    if max_concurrency is not None:
+        return max_concurrency
+    unlimited = rate_limit is None or getattr(rate_limit, "unlimited", False) is True
+    return DEFAULT_CONCURRENCY if unlimited else RATE_LIMITED_CONCURRENCY
 
 
 def check_api_options(base_url: str, model: str, max_concurrency: int, timeout: float) -> None:
@@ -181,77 +204,120 @@ class APISession:
         headers = httpx.Headers({"Authorization": f"Bearer {api_key}"} if api_key else {})
         for name, value in extra_headers(default_headers):  # openai-python: these win
             headers[name] = value
-        self._client = httpx.Client(
-            base_url=root + "/",
-            headers=headers,
-            params=tuple(extra_query(default_query)),
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            ),
-            transport=transport,
-        )
+        self._headers = headers
+        self._params = tuple(extra_query(default_query))
+        self._root, self._timeout = root + "/", timeout
+        self._transport = transport
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary())
+        self._runner = LoopThread()  # runs the async core for blocking callers
+        self._ssl: Any = None  # one SSL context for every pool
+        self._paused_until = 0.0  # after a 429: nothing of this process is sent before
+        self.closed = False
 
-    def post(
+    # -- the async core -------------------------------------------------------------
+    def _state(self) -> _LoopState:
+        """The connection pool and in-flight gate of the running event loop."""
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            transport: Any = self._transport
+            sync = transport is not None and not isinstance(transport, httpx.AsyncBaseTransport)
+            if sync or isinstance(transport, httpx.MockTransport):  # a sync handler: off-loop
+                transport = ThreadedTransport(transport)
+            # httpcore's pool costs O(connections x waiting requests) per event: shard it
+            # into pools of POOL_CONNECTIONS, each request to the least busy.
+            size = min(self.max_concurrency, POOL_CONNECTIONS)
+            if self._ssl is None:  # made once: it costs tens of milliseconds
+                self._ssl = httpx.create_ssl_context()
+            options = {"base_url": self._root, "headers": self._headers, "params": self._params,
+                       "verify": self._ssl,
+                       "timeout": httpx.Timeout(self._timeout), "transport": transport,
+                       "limits": httpx.Limits(max_connections=size,
+                                              max_keepalive_connections=size)}
+            state = _LoopState(options, size, [], [], asyncio.Semaphore(self.max_concurrency))
+            self._states[loop] = state
+        return state
+
+    async def apost(
         self, path: str, payload: dict[str, Any], *, limited: bool = True,
-        batch: Batch | None = None,
+        batch: Batch | None = None, booked: float | None = None, recall: bool = True,
     ) -> dict[str, Any]:
         """POST ``payload`` to ``path`` (relative to the API root, or absolute), with retries.
 
-        Each attempt waits for the rate limiter first unless ``limited`` is False, and is
-        counted in ``batch`` (answered, unknown outcome, retried, rate-limited); a
-        cancelled batch sends and retries nothing more.
+        Each attempt waits for the rate limiter first unless ``limited`` is False (the
+        first one until ``booked``, a :func:`time.monotonic` time, when its turn was
+        booked already), and is counted in ``batch`` (answered, unknown outcome,
+        retried, rate-limited); a cancelled batch sends and retries nothing more.
+        ``recall=False``: the kept answers were loaded already (:meth:`_load_answered`).
         """
         batch = batch if batch is not None else Batch()
         key = _request_key(path, payload)
-        kept = self._answered(key)
+        kept = self._answered(key, recall)
         if kept is not None:  # paid for by a sample that failed later: never paid twice
             return kept
         limiter = self.rate_limiter if limited else None
-        tokens = estimate_request_tokens(payload)
-        bound = _payload_bound(payload)
+        tokens, bound = estimate_request_tokens(payload), _payload_bound(payload)
+        turn = [booked]
 
-        def attempt() -> dict[str, Any]:
+        async def attempt() -> dict[str, Any]:
             batch.check()
-            if limiter is not None:
-                limiter.acquire(1, tokens)
-                batch.check()
+            await self._turn(limiter, tokens, turn.pop() if turn else None)
+            batch.check()
             with batch.sending(bound):
-                body = self._attempt(path, payload, batch, limiter, bound)
+                body = await self._attempt(path, payload, batch, limiter, bound)
             batch.keep(key, body)
             return body
 
-        def sleep(seconds: float) -> None:
+        async def sleep(seconds: float) -> None:
             batch.record("retry")
-            batch.sleep(seconds, self._injected_sleep)
+            if self._injected_sleep is not None:
+                self._injected_sleep(seconds)
+            elif seconds > 0 and math.isfinite(seconds):
+                await asyncio.sleep(seconds)
+            batch.check()
 
-        return self._retry.call(attempt, sleep=sleep, allowed=batch.can_send)
+        return await self._retry.acall(attempt, sleep=sleep, allowed=batch.can_send)
 
-    def _attempt(
+    async def _turn(self, limiter: RateLimiter | None, tokens: int, booked: float | None) -> None:
+        """Wait for this attempt's turn: its booking (or a fresh one), and any 429 pause."""
+        if limiter is not None and booked is None:
+            waits = book(limiter, [(1, tokens)])
+            if waits is None:  # a limiter that can only block: off the loop
+                await asyncio.to_thread(limiter.acquire, 1, tokens)
+                booked = time.monotonic()
+            else:
+                booked = time.monotonic() + waits[0]
+        start = max(booked or 0.0, self._paused_until)
+        while (wait := start - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+            start = max(start, self._paused_until)
+
+    async def _attempt(
         self, path: str, payload: dict[str, Any], batch: Batch, limiter: RateLimiter | None,
         bound: int,
     ) -> dict[str, Any]:
+        state = self._state()
+        pool = state.pick()
         try:
-            body = request_json(self._client, "POST", path, json=payload)[0]
+            body = await arequest_json(state.clients[pool], "POST", path, json=payload)
         except ProviderStatusError as exc:
             if exc.status == 429:
                 batch.record("rate_limited")
                 if limiter is not None:  # the server's limit is tighter than ours: all pause
                     wait = exc.retry_after if exc.retry_after is not None else DEFAULT_PENALTY_S
-                    limiter.penalize(min(wait, MAX_RETRY_AFTER_S))
-            if exc.status == 404 and not _VERSIONED.search(self._shown_url):
-                hint = (f"the base URL {self._shown_url} does not end in a version such as "
-                        f"/v1: OpenAI-compatible APIs live under {self._shown_url}/v1")
-                exc.args = (f"{exc.args[0]} ({hint})",)
-            if exc.status == 401 and self._key_source is None:
-                hint = f"no API key was sent: set {' or '.join(API_KEY_ENV)}, or pass api_key="
-                exc.args = (f"{exc.args[0]} ({hint})",)
+                    wait = min(wait, MAX_RETRY_AFTER_S)
+                    limiter.penalize(wait)
+                    self._paused_until = max(self._paused_until, time.monotonic() + wait)
+            self._explain(exc)
             raise
         except ProviderError as exc:
             if exc.request_sent:  # a 2xx with an unreadable body, or sent and lost: billed
                 answered = isinstance(exc, ProviderResponseError)
                 batch.record("answered" if answered else "unknown", bound)
             raise
+        finally:
+            state.load[pool] -= 1
         try:
             tokens = usage_tokens(body)
         except ProviderResponseError as exc:
@@ -261,50 +327,85 @@ class APISession:
         batch.record("answered", tokens)
         return body
 
-    def map(
-        self, one: Callable[[Post, T], R], items: Sequence[T], path: str, *, model: str,
-        events: Events | None = None, max_requests: int | None = None,
-        batch: Batch | None = None,
-    ) -> list[R]:
-        """``one(post, item)`` for each item on up to ``max_concurrency`` threads, in order.
+    def _explain(self, exc: ProviderStatusError) -> None:
+        """Add what to do to a 404 (no version in the URL) or a 401 (no key sent)."""
+        if exc.status == 404 and not _VERSIONED.search(self._shown_url):
+            hint = (f"the base URL {self._shown_url} does not end in a version such as "
+                    f"/v1: OpenAI-compatible APIs live under {self._shown_url}/v1")
+            exc.args = (f"{exc.args[0]} ({hint})",)
+        if exc.status == 401 and self._key_source is None:
+            hint = f"no API key was sent: set {' or '.join(API_KEY_ENV)}, or pass api_key="
+            exc.args = (f"{exc.args[0]} ({hint})",)
 
-        ``post`` sends to ``path`` and refuses a reply that names a model other than
-        ``model`` (:func:`~maas_tune.providers._answers.check_model`). An exception
-        leaving this method (a KeyboardInterrupt too) carries ``outcome``
-        (:class:`~maas_tune.providers._batch.BatchOutcome`): the items answered in full
-        and the requests that were, or may have been, billed. ``events`` is called per
-        item answered, retry and 429. ``max_requests`` caps the requests that may be
-        billed (answered or lost), retries included: the budget's reservation. A
-        ``batch`` given instead counts the requests for the caller.
+    async def amap(
+        self, one: Callable[[T], Script[R]], items: Sequence[T], path: str, *, model: str,
+        events: Events | None = None, max_requests: int | None = None,
+        batch: Batch | None = None, results: dict[int, R] | None = None,
+    ) -> list[R]:
+        """``one(item)`` (a script of requests) for each item, up to ``max_concurrency``
+        requests in flight on this event loop (all chunks together), in order.
+
+        Each request goes to ``path``; a reply that names a model other than ``model``
+        is refused (:func:`~maas_tune.providers._answers.check_model`). The first
+        request of every item is booked with the rate limiter in one call. The first
+        failure stops items from starting; items started finish (they were paid for).
+        An exception leaving this method (cancellation too: the requests in flight are
+        then counted as spent) carries ``outcome``
+        (:class:`~maas_tune.providers._batch.BatchOutcome`). ``events``, ``max_requests``
+        and ``batch`` as in :meth:`map`; ``results`` collects the items answered.
         """
         if not items:
             return []
         batch = batch if batch is not None else Batch(events, max_requests)
-
-        last = threading.local()  # the request each thread sent last
-
-        def post(payload: dict[str, Any]) -> dict[str, Any]:
-            body = self.post(path, payload, batch=batch)
-            last.key = _request_key(path, payload)
-            check_model(body, model)  # never cache another model's answer under this one
-            return body
-
-        def run(item: T) -> R:
-            last.key = None
-            try:
-                return one(post, item)
-            except ProviderResponseError:  # the last answer is unusable: never reuse it
-                if last.key is not None:
-                    batch.discard(last.key)
-                raise
-
+        results = results if results is not None else {}
         try:
-            return run_batch(run, items, self.max_concurrency, batch)
+            await _run_scripts(self, one, items, path, model, batch, results)
         except BaseException as exc:
+            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                batch.cancel()  # in flight now: counted as spent, nothing more is sent
+            exc.outcome = batch.outcome(results)  # type: ignore[attr-defined]
             self._keep_answered(batch)  # their samples failed: keep what was paid for
-            if not isinstance(exc, ProviderError):
-                raise
-            exc.request_sent = exc.request_sent or batch.answered > 0  # those were paid for
+            if isinstance(exc, ProviderError):
+                exc.request_sent = exc.request_sent or batch.answered > 0
+            raise
+        return [results[i] for i in range(len(items))]
+
+    async def aclose(self) -> None:
+        """Close the running event loop's connection pools (the next request opens new ones)."""
+        state = self._states.pop(asyncio.get_running_loop(), None)
+        for client in state.clients if state is not None else ():
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    # -- the blocking API: the async core on a private event loop --------------------
+    def post(
+        self, path: str, payload: dict[str, Any], *, limited: bool = True,
+        batch: Batch | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`apost`, blocking (the probe and the tokenizer use it)."""
+        batch = batch if batch is not None else Batch()
+        return self._runner.run(self.apost(path, payload, limited=limited, batch=batch),
+                                batch.cancel)
+
+    def map(
+        self, one: Callable[[T], Script[R]], items: Sequence[T], path: str, *, model: str,
+        events: Events | None = None, max_requests: int | None = None,
+        batch: Batch | None = None,
+    ) -> list[R]:
+        """:meth:`amap`, blocking; a KeyboardInterrupt while waiting cancels the batch (the
+        requests in flight count as spent) and carries ``outcome`` too."""
+        if not items:
+            return []
+        batch = batch if batch is not None else Batch(events, max_requests)
+        results: dict[int, R] = {}
+        try:
+            return self._runner.run(
+                self.amap(one, items, path, model=model, batch=batch, results=results),
+                batch.cancel)
+        except BaseException as exc:
+            if getattr(exc, "outcome", None) is None:  # interrupted here, not in the loop
+                exc.outcome = batch.outcome(results)  # type: ignore[attr-defined]
+                self._keep_answered(batch)
             raise
 
     def attach_facts(self, facts: FactStore, *, offline: bool = False) -> None:
@@ -328,14 +429,28 @@ class APISession:
             self._facts.remember(key, value)
         return value
 
-    def _answered(self, key: str) -> dict[str, Any] | None:
+    def _answered(self, key: str, recall: bool = True) -> dict[str, Any] | None:
         """An answered request body kept from a batch that failed (this process, or the
         fact store: an earlier run's)."""
         with self._memo_lock:
             body = self._memo.get(key)
-        if body is None:
+        if body is None and recall:
             body = self.recall(_ANSWERED_FACT + key)
         return body if isinstance(body, dict) else None
+
+    def _load_answered(self) -> bool:
+        """Load every kept answered body at once (one query per chunk, not per request);
+        False where the fact store cannot list them (then each request asks)."""
+        many = getattr(self._facts, "recall_prefixed", None)
+        if self._facts is None:
+            return True
+        if not callable(many):
+            return False
+        found = {k[len(_ANSWERED_FACT):]: v for k, v in many(_ANSWERED_FACT).items()
+                 if isinstance(v, dict)}
+        with self._memo_lock:
+            self._memo.update(found)
+        return True
 
     def _keep_answered(self, batch: Batch) -> None:
         """Keep the answered bodies of a failed batch, so a rerun sends none of them again."""
@@ -395,8 +510,15 @@ class APISession:
         return bool(self._tokenizer)
 
     def close(self) -> None:
-        """Close the pooled connections."""
-        self._client.close()
+        """Close the pooled connections (those of the private loop; others with their loop)."""
+        self.closed = True
+        loop = self._runner.loop
+        state = self._states.get(loop) if loop is not None else None
+        if state is not None:
+            for client in state.clients:
+                with contextlib.suppress(Exception):
+                    self._runner.run(client.aclose())
+        self._runner.stop()
 
     def _tokenize_raw(self, text: str) -> list[int] | None:
         if self._tokenizer is False:
@@ -416,3 +538,86 @@ class APISession:
         ok = isinstance(tokens, list) and all(isinstance(t, int) for t in tokens)
         self._tokenizer = ok
         return [int(t) for t in tokens] if ok else None  # type: ignore[union-attr]
+
+
+@dataclass
+class _LoopState:
+    """What one event loop's requests share: the connection pool and the in-flight gate."""
+
+    options: dict[str, Any]  # of each client
+    size: int  # connections per client
+    clients: list[httpx.AsyncClient]
+    load: list[int]  # requests in flight on each client
+    gate: asyncio.Semaphore
+
+    def pick(self) -> int:
+        """The least busy pool (a new one when all are full), counted busier by one."""
+        pool = self.load.index(min(self.load)) if self.load else -1
+        if pool < 0 or self.load[pool] >= self.size:
+            self.clients.append(httpx.AsyncClient(**self.options))
+            self.load.append(0)
+            pool = len(self.clients) - 1
+        self.load[pool] += 1
+        return pool
+
+
+async def _run_scripts(
+    session: APISession, one: Callable[[T], Script[R]], items: Sequence[T], path: str,
+    model: str, batch: Batch, results: dict[int, R],
+) -> None:
+    """Drive every item's script; each first request's turn is booked in one call."""
+    scripts = [one(item) for item in items]
+    firsts: dict[int, dict[str, Any]] = {}
+    for index, script in enumerate(scripts):
+        try:
+            firsts[index] = next(script)
+        except StopIteration as stop:  # needs no request
+            results[index] = stop.value
+    limiter = session.rate_limiter
+    waits = book(limiter, [(1, estimate_request_tokens(p)) for p in firsts.values()]) if (
+        limiter is not None and firsts) else None
+    now = time.monotonic()
+    turns = dict(zip(firsts, (now + w for w in waits))) if waits is not None else {}
+    gate, failed = session._state().gate, asyncio.Event()
+    loaded = session._load_answered()
+
+    async def run(index: int) -> None:
+        last: list[str] = []  # the key of the request this item sent last
+
+        async def post(payload: dict[str, Any]) -> dict[str, Any]:
+            body = await session.apost(path, payload, batch=batch, booked=turns.pop(index, None),
+                                       recall=not loaded)
+            last[:] = [_request_key(path, payload)]
+            check_model(body, model)  # never cache another model's answer under this one
+            return body
+
+        await session._turn(None, 0, turns.get(index))  # its booked turn, before the gate
+        async with gate:
+            if failed.is_set() or batch.cancelled:
+                return
+            try:
+                results[index] = await adrive(scripts[index], post, firsts[index])
+            except BaseException as exc:
+                failed.set()
+                if isinstance(exc, ProviderResponseError) and last:
+                    batch.discard(last[0])  # the last answer is unusable: never reuse it
+                raise
+        batch.item_done()
+
+    await _gather([run(i) for i in firsts])
+
+
+async def _gather(coros: list[Coroutine[Any, Any, None]]) -> None:
+    """Await every coroutine; then raise the first real error (a cancellation of the
+    caller cancels them all)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    errors = [r for r in done if isinstance(r, BaseException)]
+    if errors:
+        cancels = (Cancelled, asyncio.CancelledError)
+        raise next((e for e in errors if not isinstance(e, cancels)), errors[0])

@@ -1,7 +1,7 @@
 """Scoring strategies of the OpenAI completions provider: one prompt's label log-probs over HTTP.
 
-Each strategy builds its ``/completions`` payloads, sends them through ``post`` (retries and
-error translation live in the caller) and parses the answers into a
+Each strategy is a :data:`~maas_tune.providers._script.Script`: it yields its ``/completions``
+payloads and receives their answers (retries and error translation live in the driver) and parses the answers into a
 :class:`~maas_tune.providers.base.ProviderAnswer`.
 """
 
@@ -19,15 +19,15 @@ import numpy as np
 from ..errors import ProviderResponseError
 from ._answers import usage_tokens
 from ._forcing import FORCE_BIAS, Label, Resolve, force_resolver, read_labels
-from ._session import Post
+from ._script import Script
 from .base import ProviderAnswer
 
 __all__ = [
     "FORCE_BIAS",
     "STRATEGIES",
     "Label",
-    "Post",
     "Resolver",
+    "Script",
     "echo_one",
     "echoing",
     "first_choice",
@@ -68,10 +68,10 @@ def _logprobs(choice: Mapping[str, Any], what: str) -> dict[str, Any]:
 
 
 # -- extension ------------------------------------------------------------------
-def score_extension(post: Post, model: str, prompt: str, labels: Sequence[Label]) -> ProviderAnswer:
+def score_extension(model: str, prompt: str, labels: Sequence[Label]) -> Script[ProviderAnswer]:
     """Exact label log-probs and hidden state from the maas-tune server extension (1 request)."""
     ids = [label.token_id for label in labels]
-    body = post(
+    body = yield (
         {
             "model": model,
             "prompt": prompt,
@@ -109,14 +109,13 @@ def _decode_hidden(value: object) -> np.ndarray | None:
 
 
 # -- top_logprobs ---------------------------------------------------------------
-#: Builds the reader of missing labels for one prompt: (post, first request's body, top-k).
-Resolver = Callable[[Post, dict[str, Any], Mapping[str, float]], "Resolve | None"]
+#: Builds the reader of missing labels for one prompt: (first request's body, top-k).
+Resolver = Callable[[dict[str, Any], Mapping[str, float]], "Resolve | None"]
 
 
 def score_top_logprobs(
-    post: Post, model: str, prompt: str, labels: Sequence[Label], top_k: int,
-    resolver: Resolver,
-) -> ProviderAnswer:
+    model: str, prompt: str, labels: Sequence[Label], top_k: int, resolver: Resolver,
+) -> Script[ProviderAnswer]:
     """Label log-probs from the first position's top-k, reading each missing word exactly.
 
     Costs ``1 + (labels missing from the top-k)`` requests: each missing word is read
@@ -124,25 +123,25 @@ def score_top_logprobs(
     before the bias, or echoed).
     """
     base = {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": top_k}
-    body = post(base)
+    body = yield base
     top = _first_top(_logprobs(first_choice(body, "top_logprobs"), "top_logprobs"))
-    reading = read_labels(labels, top, resolver(post, base, top))
+    reading = yield from read_labels(labels, top, resolver(base, top))
     tokens = usage_tokens(body) + reading.prompt_tokens
     return ProviderAnswer(reading.values, None, tokens, queries=1 + reading.forced,
                           floored=reading.floored)
 
 
-def forcing(post: Post, base: dict[str, Any], top: Mapping[str, float]) -> Resolve:
+def forcing(base: dict[str, Any], top: Mapping[str, float]) -> Resolve:
     """The resolver that forces each missing word with ``logit_bias`` +100 (needs its id)."""
-    return force_resolver(partial(_forced, post, base), top, _REMEDY)
+    return force_resolver(partial(_forced, base), top, _REMEDY)
 
 
-def echoing(post: Post, base: dict[str, Any], top: Mapping[str, float]) -> Resolve:
+def echoing(base: dict[str, Any], top: Mapping[str, float]) -> Resolve:
     """The resolver that reads each missing word from an echo of the prompt plus the word."""
     model, prompt = str(base["model"]), str(base["prompt"])
 
-    def resolve(label: Label) -> tuple[float, int, int]:
-        value, tokens = echo_one(post, model, prompt, label)
+    def resolve(label: Label) -> Script[tuple[float, int, int]]:
+        value, tokens = yield from echo_one(model, prompt, label)
         return value, tokens, 1
 
     return resolve
@@ -159,9 +158,9 @@ def _first_top(logprobs: Mapping[str, Any]) -> dict[str, float]:
     return {str(k): float(v) for k, v in first.items()}
 
 
-def _forced(post: Post, base: dict[str, Any], label: Label) -> tuple[str | None, float, int]:
+def _forced(base: dict[str, Any], label: Label) -> Script[tuple[str | None, float, int]]:
     """Generate ``label`` with a +100 bias: (generated token, its reported log-prob, tokens)."""
-    body = post({**base, "logit_bias": {str(label.token_id): FORCE_BIAS}})
+    body = yield ({**base, "logit_bias": {str(label.token_id): FORCE_BIAS}})
     logprobs = _logprobs(first_choice(body, "forced-token"), "forced-token")
     tokens, values = logprobs.get("tokens"), logprobs.get("token_logprobs")
     if not isinstance(values, list) or not values or not isinstance(values[0], (int, float)):
@@ -171,21 +170,21 @@ def _forced(post: Post, base: dict[str, Any], label: Label) -> tuple[str | None,
 
 
 # -- echo -----------------------------------------------------------------------
-def score_echo(post: Post, model: str, prompt: str, labels: Sequence[Label]) -> ProviderAnswer:
+def score_echo(model: str, prompt: str, labels: Sequence[Label]) -> Script[ProviderAnswer]:
     """Label log-probs read from the echoed prompt + word (one request per distinct word)."""
     found: dict[str, tuple[float, int]] = {}
     for label in labels:
         if label.text not in found:
-            found[label.text] = echo_one(post, model, prompt, label)
+            found[label.text] = yield from echo_one(model, prompt, label)
     values = np.asarray([found[label.text][0] for label in labels], dtype=np.float32)  # (t,)
     tokens = sum(used for _, used in found.values())
     return ProviderAnswer(values, None, tokens, queries=len(found))
 
 
-def echo_one(post: Post, model: str, prompt: str, label: Label) -> tuple[float, int]:
+def echo_one(model: str, prompt: str, label: Label) -> Script[tuple[float, int]]:
     """One label's log-prob after ``prompt``, echoed: (log-prob, prompt tokens)."""
     full = prompt + label.text
-    body = post({"model": model, "prompt": full, "echo": True, "max_tokens": 1, "logprobs": 0})
+    body = yield ({"model": model, "prompt": full, "echo": True, "max_tokens": 1, "logprobs": 0})
     logprobs = _logprobs(first_choice(body, "echo"), "echo")
     return _echoed_word(logprobs, len(prompt), len(full), label.word), usage_tokens(body)
 def _echoed_word(logprobs: Mapping[str, Any], start: int, end: int, word: str) -> float:

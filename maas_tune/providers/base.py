@@ -161,6 +161,17 @@ class Provider(abc.ABC):
         nothing to report, nothing that could pass the cap, spend as the answers say."""
         yield Spend()
 
+    async def ascore(
+        self, prompts: Sequence[str], token_ids: Sequence[int], *,
+        events: Callable[[str], None] | None = None, max_requests: int | None = None,
+        extend: Callable[[], bool] | None = None,
+    ) -> tuple[list[ProviderAnswer], Spend]:
+        """:meth:`score` for an event loop, observed as by :meth:`observed` (the answers
+        and what was spent). Default: :meth:`score`, blocking the loop (a local model
+        computes; it does not wait). The HTTP providers send without blocking."""
+        with self.observed(events, max_requests, extend) as spend:
+            return self.score(prompts, token_ids), spend
+
     def setup_requests(self) -> int:
         """Most requests :meth:`prepare` may still send (reserved from the budget first)."""
         return 0

@@ -21,12 +21,12 @@ from ._chat_strategies import CHAT_ROUTE, CHAT_STRATEGIES, chat_request, score_c
 from ._forcing import Label, LabelReading
 from ._probe import Plan, cached_probe
 from ._remote import RemoteProvider, Tokenizer
+from ._script import Script
 from ._session import (
-    DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_S,
-    Post,
     check_api_options,
     check_count,
+    concurrency_for,
     resolve_base_url,
 )
 from .base import ProviderAnswer
@@ -113,7 +113,7 @@ class OpenAIChatProvider(RemoteProvider):
         chat_format: ChatFormat | None = None,
         label_prefix: str = CHAT_LABEL_PREFIX,
         tokenizer: Tokenizer | None = None,
-        max_concurrency: int = DEFAULT_CONCURRENCY,
+        max_concurrency: int | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_retries: int = MAX_RETRIES,
         transport: httpx.BaseTransport | None = None,
@@ -123,6 +123,7 @@ class OpenAIChatProvider(RemoteProvider):
         default_query: Mapping[str, str] | None = None,
     ) -> None:
         base_url = resolve_base_url(base_url)
+        max_concurrency = concurrency_for(max_concurrency, rate_limit)
         check_api_options(base_url, model, max_concurrency, timeout)
         check_count("top_logprobs", top_logprobs)
         _check_chat_options(strategy, chat_format, label_prefix, tokenizer)
@@ -202,22 +203,21 @@ class OpenAIChatProvider(RemoteProvider):
     def max_queries_per_prompt(self, n_tokens: int) -> int:
         return 1 + n_tokens if self.strategy == "force" else 1
 
-    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
-        prompts = list(prompts)
-        if not prompts:
-            return []
+    def _scoring(
+        self, prompts: list[str], token_ids: Sequence[int]
+    ) -> tuple[Callable[[str], Script[ProviderAnswer]], Callable[[list[ProviderAnswer]], None]]:
         strategy = self.strategy
         labels = self._labels(token_ids)
 
-        def one(post: Post, prompt: str) -> ProviderAnswer:
-            scorer = partial(self._score_one, post, labels, strategy == "force")
-            answer, got = reading(scorer, strategy, route="/chat/completions")(prompt)
+        def one(prompt: str) -> Script[ProviderAnswer]:
+            scorer = partial(self._score_one, labels, strategy == "force")
+            answer, got = yield from reading(scorer, strategy, route="/chat/completions")(prompt)
             with self._lock:
                 self.forced_words += got.forced
                 self.floored_words += got.floored
             return answer
 
-        return self._map(one, prompts)
+        return one, lambda answers: None
 
     # -- internals ----------------------------------------------------------------
     def _identity(self) -> tuple[str, ...]:
@@ -249,11 +249,11 @@ class OpenAIChatProvider(RemoteProvider):
         return [Label(i, self._words[i], self.label_prefix) for i in ids]
 
     def _score_one(
-        self, post: Post, labels: list[Label], force: bool, prompt: str
-    ) -> tuple[ProviderAnswer, LabelReading]:
+        self, labels: list[Label], force: bool, prompt: str
+    ) -> Script[tuple[ProviderAnswer, LabelReading]]:
         messages = self.chat_format.messages(prompt, [label.word for label in labels])
         request = chat_request(self.model, messages, self.top_logprobs)
-        return score_chat(post, request, labels, force=force)
+        return (yield from score_chat(request, labels, force=force))
 
 
 def _check_chat_options(

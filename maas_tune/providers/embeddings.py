@@ -17,12 +17,13 @@ from .._constants import MAX_RETRIES
 from ..errors import ConfigurationError, ProviderResponseError
 from ..ratelimit import RateLimit, RateLimiter
 from ._http import public_url
+from ._script import Script
 from ._session import (
     CHARS_PER_TOKEN_ESTIMATE,
-    DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_S,
     APISession,
     check_api_options,
+    concurrency_for,
     resolve_base_url,
 )
 
@@ -56,7 +57,9 @@ class OpenAIEmbeddingsProvider:
         Asked of the server; replies in either encoding are accepted whatever was asked.
     batch_size : int, default 16
         Inputs per request.
-    max_concurrency : int, default 4
+    max_concurrency : int or None, default None
+        Requests in flight at most (all chunks together). None: 4, or 256 with a
+        ``rate_limit`` (the limiter paces requests, so ``rate x latency`` are in flight).
         Requests in flight at once.
     timeout : float, default 30.0
         Per-request timeout in seconds.
@@ -94,7 +97,7 @@ class OpenAIEmbeddingsProvider:
         api_key: str | None = None,
         encoding_format: str = "float",
         batch_size: int = DEFAULT_EMBEDDINGS_BATCH_SIZE,
-        max_concurrency: int = DEFAULT_CONCURRENCY,
+        max_concurrency: int | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_retries: int = MAX_RETRIES,
         transport: httpx.BaseTransport | None = None,
@@ -104,6 +107,7 @@ class OpenAIEmbeddingsProvider:
         default_query: Mapping[str, str] | None = None,
     ) -> None:
         base_url = resolve_base_url(base_url)
+        max_concurrency = concurrency_for(max_concurrency, rate_limit)
         check_api_options(base_url, model, max_concurrency, timeout)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -177,12 +181,15 @@ class OpenAIEmbeddingsProvider:
         # The session refuses a reply naming another model and marks a failure as paid
         # for once any request of this call was answered.
         parts = self._session.map(
-            lambda post, batch: self._parse(post(self._payload(batch)), batch),
-            batches, "embeddings", model=self.model,
+            self._script, batches, "embeddings", model=self.model,
         )
         vectors = np.concatenate([v for v, _ in parts])  # (n, d)
         tokens = np.asarray([t for _, ts in parts for t in ts], dtype=np.int64)  # (n,)
         return vectors, tokens
+
+    def _script(self, batch: list[str]) -> Script[tuple[np.ndarray, list[int]]]:
+        """One request of inputs: its vectors and each input's prompt tokens."""
+        return self._parse((yield self._payload(batch)), batch)
 
     def close(self) -> None:
         """Close the HTTP connections."""

@@ -23,17 +23,17 @@ from ._remote import RemoteProvider, Tokenizer
 from ._session import (
     API_KEY_ENV,
     CHARS_PER_TOKEN_ESTIMATE,
-    DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_S,
     check_api_options,
     check_count,
+    concurrency_for,
     resolve_base_url,
 )
 from ._strategies import (
     STRATEGIES,
     Label,
-    Post,
     Resolver,
+    Script,
     echoing,
     forcing,
     score_echo,
@@ -75,7 +75,9 @@ class OpenAICompletionsProvider(RemoteProvider):
         ``text -> token ids`` of the served model (no special tokens), e.g. from
         :func:`maas_tune.providers.load_tokenizer`; gives the label words' ids (for
         ``logit_bias``) and exact token counts where the API has no tokenizer endpoint.
-    max_concurrency : int, default 4
+    max_concurrency : int or None, default None
+        Requests in flight at most (all chunks together). None: 4, or 256 with a
+        ``rate_limit`` (the limiter paces requests, so ``rate x latency`` are in flight).
         Requests in flight at once (threads and pooled connections).
     timeout : float, default 30.0
         Per-request timeout in seconds.
@@ -133,7 +135,7 @@ class OpenAICompletionsProvider(RemoteProvider):
         strategy: str = "auto",
         top_logprobs: int = DEFAULT_TOP_LOGPROBS,
         tokenizer: Tokenizer | None = None,
-        max_concurrency: int = DEFAULT_CONCURRENCY,
+        max_concurrency: int | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_retries: int = MAX_RETRIES,
         transport: httpx.BaseTransport | None = None,
@@ -143,6 +145,7 @@ class OpenAICompletionsProvider(RemoteProvider):
         default_query: Mapping[str, str] | None = None,
     ) -> None:
         base_url = resolve_base_url(base_url)
+        max_concurrency = concurrency_for(max_concurrency, rate_limit)
         _check_options(base_url, model, strategy, top_logprobs, max_concurrency, timeout)
         super().__init__(
             base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
@@ -229,14 +232,13 @@ class OpenAICompletionsProvider(RemoteProvider):
             return max(1, n_tokens)
         return 1
 
-    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
-        prompts = list(prompts)
-        if not prompts:
-            return []
+    def _scoring(
+        self, prompts: list[str], token_ids: Sequence[int]
+    ) -> tuple[Callable[[str], Script[ProviderAnswer]], Callable[[list[ProviderAnswer]], None]]:
         plan = self.plan
         labels = self._labels(token_ids, plan.strategy)
         strategy = self._adapted(plan, labels)
-        scorers: dict[str, Callable[..., ProviderAnswer]] = {
+        scorers: dict[str, Callable[..., Script[ProviderAnswer]]] = {
             "extension": score_extension,
             "top_logprobs": partial(score_top_logprobs, top_k=self.top_logprobs,
                                     resolver=self._resolver(plan)),
@@ -244,13 +246,14 @@ class OpenAICompletionsProvider(RemoteProvider):
         }
         scorer = scorers[strategy]
 
-        def one(post: Post, prompt: str) -> ProviderAnswer:
-            return reading(partial(scorer, post, self.model, labels=labels), strategy)(prompt)
+        def one(prompt: str) -> Script[ProviderAnswer]:
+            return (yield from reading(partial(scorer, self.model, labels=labels), strategy)(prompt))
 
-        answers = self._map(one, prompts)
-        if strategy == "top_logprobs":
-            self._observe(labels, answers)
-        return answers
+        def after(answers: list[ProviderAnswer]) -> None:
+            if strategy == "top_logprobs":
+                self._observe(labels, answers)
+
+        return one, after
 
     # -- internals ----------------------------------------------------------------
     def _resolver(self, plan: Plan) -> Resolver:
@@ -260,18 +263,18 @@ class OpenAICompletionsProvider(RemoteProvider):
             return echoing
         caps = self._probe
 
-        def make(post: Post, base: dict[str, Any], top: Any) -> Resolve:
-            force = forcing(post, base, top)
+        def make(base: dict[str, Any], top: Any) -> Resolve:
+            force = forcing(base, top)
             if caps is None or not caps.echo:
                 return force
-            echo = echoing(post, base, top)
+            echo = echoing(base, top)
 
-            def resolve(label: Label) -> tuple[float, int, int]:
+            def resolve(label: Label) -> Script[tuple[float, int, int]]:
                 try:
-                    return force(label)
+                    return (yield from force(label))
                 except BiasError as exc:
                     self._give_up_forcing(exc)
-                    value, tokens, sent = echo(label)
+                    value, tokens, sent = yield from echo(label)
                     return value, tokens + exc.prompt_tokens, sent + 1
 
             return resolve

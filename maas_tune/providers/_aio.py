@@ -11,16 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ._http import (
-    _LOG,
-    TOTAL_TIMEOUT_FACTOR,
-    _has_request,
-    _json_object,
-    _safe_url,
-    _transport_error,
-    redact,
-    status_error,
-)
+from ._http import TOTAL_TIMEOUT_FACTOR, json_answer, transport_failure
 
 __all__ = ["LoopThread", "ThreadedTransport", "arequest_json"]
 
@@ -35,13 +26,8 @@ async def arequest_json(
     try:
         response = await _send_within_deadline(client, method, url, json=json)
     except httpx.TransportError as exc:
-        shown = _safe_url(exc.request.url) if _has_request(exc) else redact(url)
-        raise _transport_error(exc, method, shown) from exc
-    shown = _safe_url(response.request.url)
-    _LOG.debug("%s %s -> HTTP %d", method, shown, response.status_code)
-    if response.status_code >= 400:
-        raise status_error(response)
-    return _json_object(response, method, shown)
+        raise transport_failure(exc, method, url) from exc
+    return json_answer(response, method)
 
 
 async def _send_within_deadline(

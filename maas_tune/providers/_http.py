@@ -32,10 +32,12 @@ __all__ = [
     "BODY_EXCERPT_CHARS",
     "STATUS_ERRORS",
     "is_secret_name",
+    "json_answer",
     "public_url",
     "redact",
     "request_json",
     "status_error",
+    "transport_failure",
 ]
 
 _LOG = logging.getLogger("maas_tune.providers")
@@ -316,13 +318,24 @@ def request_json(
     try:
         response = _send_within_deadline(client, method, url, json=json, headers=headers)
     except httpx.TransportError as exc:
-        shown = _safe_url(exc.request.url) if _has_request(exc) else redact(url)
-        raise _transport_error(exc, method, shown) from exc
+        raise transport_failure(exc, method, url) from exc
+    return json_answer(response, method), response.headers
+
+
+def transport_failure(exc: httpx.TransportError, method: str, url: str) -> Exception:
+    """The maas-tune error for a transport failure of ``method url`` (sync and async alike)."""
+    shown = _safe_url(exc.request.url) if _has_request(exc) else redact(url)
+    return _transport_error(exc, method, shown)
+
+
+def json_answer(response: httpx.Response, method: str) -> dict[str, Any]:
+    """The JSON object of a read answer, or the error its status or body calls for
+    (sync and async alike)."""
     shown = _safe_url(response.request.url)
     _LOG.debug("%s %s -> HTTP %d", method, shown, response.status_code)
     if response.status_code >= 400:
         raise status_error(response)
-    return _json_object(response, method, shown), response.headers
+    return _json_object(response, method, shown)
 
 
 def _send_within_deadline(

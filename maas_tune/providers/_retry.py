@@ -1,4 +1,4 @@
-"""Retry policy for HTTP providers: Retry-After parsing, jittered backoff and the tenacity loop."""
+"""Retry policy for HTTP providers: Retry-After parsing, jittered backoff and the retry loop."""
 
 from __future__ import annotations
 
@@ -10,15 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
-from typing import Any, TypeVar
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-)
+from typing import TypeVar
 
 from .._constants import (
     INITIAL_RETRY_DELAY_S,
@@ -186,7 +178,10 @@ class RetryPolicy:
             )
 
     def call(
-        self, fn: Callable[[], T], *, sleep: Callable[[float], None] | None = None,
+        self,
+        fn: Callable[[], T],
+        *,
+        sleep: Callable[[float], None] | None = None,
         allowed: Callable[[], bool] | None = None,
     ) -> T:
         """Call ``fn`` until it succeeds, fails for good, or retries run out.
@@ -210,67 +205,54 @@ class RetryPolicy:
         Raises
         ------
         ProviderError
-            The last attempt's own exception (never a tenacity ``RetryError``); when
+            The last attempt's own exception (never a wrapper); when
             retries ran out, its message ends with how many attempts were made.
         """
-        retrying = self._retrying(sleep or self.sleep, allowed)
-        try:
-            return retrying(fn)
-        except BaseException as exc:
-            if is_retryable(exc):
-                attempts = retrying.statistics.get("attempt_number")
-                _LOG.debug("giving up after %d attempts: %s", attempts, exc)
-                if isinstance(attempts, int) and attempts > 1 and exc.args:
-                    exc.args = (f"{exc.args[0]} (gave up after {attempts} attempts)",
-                                *exc.args[1:])
-            raise
+        attempt, wait = 1, sleep or self.sleep
+        while True:
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001  # re-raised when final; Ctrl-C never caught
+                delay = self._after_failure(exc, attempt, allowed)
+            wait(delay)
+            attempt += 1
 
     async def acall(
-        self, fn: Callable[[], Awaitable[T]], *, sleep: Callable[[float], Awaitable[None]],
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        sleep: Callable[[float], Awaitable[None]],
         allowed: Callable[[], bool] | None = None,
     ) -> T:
         """:meth:`call` for an async attempt ``fn``, waiting with the async ``sleep``."""
-        retrying = self._retrying(sleep, allowed, AsyncRetrying)
-        try:
-            return await retrying(fn)  # type: ignore[no-any-return]
-        except BaseException as exc:
-            if is_retryable(exc):
-                attempts = retrying.statistics.get("attempt_number")
-                if isinstance(attempts, int) and attempts > 1 and exc.args:
-                    exc.args = (f"{exc.args[0]} (gave up after {attempts} attempts)",
-                                *exc.args[1:])
-            raise
+        attempt = 1
+        while True:
+            try:
+                return await fn()
+            except Exception as exc:  # noqa: BLE001  # re-raised when final; Ctrl-C never caught
+                delay = self._after_failure(exc, attempt, allowed)
+            await sleep(delay)
+            attempt += 1
 
-    def _retrying(
-        self, sleep: Any, allowed: Callable[[], bool] | None, kind: Any = None,
-    ) -> Any:
-        # The one place the tenacity policy is assembled; a fresh one per call keeps
-        # its statistics private to that call (and thread-safe).
-        def retryable(exc: BaseException) -> bool:
-            return is_retryable(exc) and (allowed is None or allowed())
-
-        return (kind or Retrying)(
-            retry=retry_if_exception(retryable),
-            wait=self._wait,
-            stop=stop_after_attempt(self.max_retries + 1),
-            sleep=sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        retry_after = getattr(exc, "retry_after", None)
-        return retry_delay(state.attempt_number - 1, retry_after, rng=self.rng)
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        delay = state.next_action.sleep if state.next_action is not None else 0.0
+    def _after_failure(
+        self, exc: BaseException, attempt: int, allowed: Callable[[], bool] | None
+    ) -> float:
+        """The delay before the next attempt after ``exc`` ended attempt ``attempt``
+        (1-based); re-raises ``exc`` when it is final. The one place the policy lives
+        (:meth:`call` and :meth:`acall` only loop)."""
+        retryable = is_retryable(exc)
+        if not retryable or attempt > self.max_retries or (allowed is not None and not allowed()):
+            if retryable and attempt > 1 and exc.args:
+                _LOG.debug("giving up after %d attempts: %s", attempt, exc)
+                exc.args = (f"{exc.args[0]} (gave up after {attempt} attempts)", *exc.args[1:])
+            raise exc
+        delay = retry_delay(attempt - 1, getattr(exc, "retry_after", None), rng=self.rng)
         _LOG.info(  # shown with --verbose: retries are normal on hosted APIs, but not free
             "attempt %d of %d failed (%s: %s); retrying in %.2f s",
-            state.attempt_number,
+            attempt,
             self.max_retries + 1,
             type(exc).__name__,
             exc,
             delay,
         )
+        return delay

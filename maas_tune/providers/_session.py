@@ -44,6 +44,7 @@ from ._http import public_url
 from ._retry import RetryPolicy
 from ._script import Post, Script, adrive
 from ._secrets import check_api_key
+from ._wire import WireTransport, wire_applies
 from .base import FactStore
 
 __all__ = [
@@ -225,11 +226,14 @@ class APISession:
             sync = transport is not None and not isinstance(transport, httpx.AsyncBaseTransport)
             if sync or isinstance(transport, httpx.MockTransport):  # a sync handler: off-loop
                 transport = ThreadedTransport(transport)
-            # httpcore's pool costs O(connections x waiting requests) per event: shard it
-            # into pools of POOL_CONNECTIONS, each request to the least busy.
-            size = min(self.max_concurrency, POOL_CONNECTIONS)
             if self._ssl is None:  # made once: it costs tens of milliseconds
                 self._ssl = httpx.create_ssl_context()
+            if transport is None and wire_applies():  # the lean transport: one pool
+                size = self.max_concurrency
+                transport = WireTransport(size, self._ssl)
+            else:  # httpcore's pool costs O(connections x waiting requests) per event:
+                # shard it into pools of POOL_CONNECTIONS, each request to the least busy
+                size = min(self.max_concurrency, POOL_CONNECTIONS)
             options = {"base_url": self._root, "headers": self._headers, "params": self._params,
                        "verify": self._ssl,
                        "timeout": httpx.Timeout(self._timeout), "transport": transport,

@@ -38,7 +38,7 @@ CLIENT_BURST_S = 0.5
 _CLIENT = r"""
 import json, resource, sys, time
 import maas_tune as mt
-from maas_tune._sqlite import Store
+from maas_tune import Store
 from maas_tune.budget import QueryBudget
 from maas_tune.cache import ScoreCache
 from maas_tune.client import Client
@@ -79,6 +79,12 @@ def _server(latency: float, rps: float) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cell(latency: float, rps: float, samples: int, root: Path, old: bool) -> dict[str, Any]:
     """One run: a fresh server and store, one client process; its measurements."""
     server, url = _server(latency, rps)
@@ -91,6 +97,7 @@ def cell(latency: float, rps: float, samples: int, root: Path, old: bool) -> dic
                 env=env, capture_output=True, text=True, check=True, timeout=3600)
         client = json.loads(done.stdout.strip().splitlines()[-1])
         stats = httpx.get(url.removesuffix("/v1") + "/stats").json()
+        server_cpu = _cpu_seconds(server.pid)
     finally:
         server.kill()
         server.wait()
@@ -105,6 +112,7 @@ def cell(latency: float, rps: float, samples: int, root: Path, old: bool) -> dic
         "budget_overshoot": max(0, client["spent"] - client["cap"]),
         "ledger_minus_received": client["spent"] - stats["received"],
         "client_cpu_us_per_request": round(1e6 * client["cpu_s"] / max(1, stats["received"])),
+        "server_cpu_us_per_request": round(1e6 * server_cpu / max(1, stats["received"])),
         "max_concurrency": client["max_concurrency"],
     }
 

@@ -74,11 +74,12 @@ def test_with_embeddings_through_the_client_costs_one_more_query_per_sample(
     scorer = OpenAICompletionsProvider(served, MODEL, strategy="top_logprobs")
     from_scorer: list = []  # the scorer's own answers, to know how many words it forced
 
-    def spy(prompts, token_ids, score=scorer.score):
-        from_scorer.extend(score(prompts, token_ids))
-        return from_scorer[-len(prompts) :]
+    async def spy(prompts, token_ids, ascore=scorer.ascore, **observe):
+        answers, spend = await ascore(prompts, token_ids, **observe)
+        from_scorer.extend(answers)
+        return answers, spend
 
-    monkeypatch.setattr(scorer, "score", spy)
+    monkeypatch.setattr(scorer, "ascore", spy)  # the client's path: async end to end
     provider = WithEmbeddings(scorer, OpenAIEmbeddingsProvider(served, MODEL))
     with provider:
         assert provider.returns_hidden and not scorer.returns_hidden
@@ -330,3 +331,41 @@ def test_embeddings_failure_after_scores_counts_the_spend_and_caches_nothing(fau
     assert scores.hidden is not None and scores.hidden.shape == (2, 3)
     assert budget.status().spent_queries == 2 + answered_embeddings + 2 + 1
     assert cache.stats().entries == 2
+
+
+def test_with_embeddings_scores_without_blocking_the_event_loop():
+    """The client's chunks overlap on one event loop: while this provider waits for its
+    scorer and embedder, other coroutines run (before, its ascore called the blocking
+    score, and nothing else ran until it returned)."""
+    import asyncio
+
+    from ._det_server import DetServer
+
+    with DetServer(latency=0.3) as det:
+        scorer = OpenAICompletionsProvider(det.base_url, "det", strategy="top_logprobs",
+                                           api_key=KEY)
+        provider = WithEmbeddings(scorer, _embedder(FakeEmbeddings()))
+        ticks: list[int] = []
+
+        async def ticker(done: asyncio.Event) -> None:
+            while not done.is_set():
+                ticks.append(1)
+                await asyncio.sleep(0.01)
+
+        async def both() -> tuple[list, object]:
+            done = asyncio.Event()
+            ticking = asyncio.create_task(ticker(done))
+            await asyncio.sleep(0)  # the ticker's first tick
+            first = len(ticks)
+            try:
+                ids = provider.label_token_ids(["positive", "negative"])
+                return await provider.ascore(["a b", "c"], ids), first
+            finally:
+                done.set()
+                await ticking
+
+        with provider:
+            (answers, spend), first = asyncio.run(both())
+        assert len(ticks) > first  # the loop served the ticker while the requests were out
+        assert [a.hidden.tolist() for a in answers] == [_vec(0), _vec(1)]
+        assert [a.queries for a in answers] == [2, 1]  # scorer's request + the embeddings one

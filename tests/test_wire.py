@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from maas_tune.providers._wire import WireTransport, wire_applies
+from maas_tune.providers._wire import DirectSender, WireTransport, wire_applies
 
 Reply = Callable[[bytes], bytes | None]  # request bytes -> raw answer (None: close)
 
@@ -83,9 +83,8 @@ def run(coro):  # type: ignore[no-untyped-def]
 def test_keep_alive_reuses_one_connection_and_sends_the_body():
     async def go() -> None:
         server = RawServer(ok())
-        async with server as url:
-            async with httpx.AsyncClient(transport=WireTransport(4)) as client:
-                answers = [await client.post(url + "/v1/x", json={"i": i}) for i in range(5)]
+        async with server as url, httpx.AsyncClient(transport=WireTransport(4)) as client:
+            answers = [await client.post(url + "/v1/x", json={"i": i}) for i in range(5)]
         assert [a.json() for a in answers] == [{"ok": True}] * 5
         assert server.connections == 1
         assert all(b"POST /v1/x HTTP/1.1" in r for r in server.requests)
@@ -111,12 +110,11 @@ def test_chunked_and_close_delimited_bodies_and_interim_answers():
 def test_an_idle_connection_the_server_closed_is_not_reused():
     async def go() -> None:
         server = RawServer(ok(), close_after=True)
-        async with server as url:
-            async with httpx.AsyncClient(transport=WireTransport(2)) as client:
-                for _ in range(3):
-                    answer = await client.post(url + "/v1/x", json={})
-                    assert answer.json() == {"ok": True}
-                    await asyncio.sleep(0.05)  # the server's FIN arrives while idle
+        async with server as url, httpx.AsyncClient(transport=WireTransport(2)) as client:
+            for _ in range(3):
+                answer = await client.post(url + "/v1/x", json={})
+                assert answer.json() == {"ok": True}
+                await asyncio.sleep(0.05)  # the server's FIN arrives while idle
         assert server.connections == 3 and len(server.requests) == 3
 
     run(go())
@@ -125,10 +123,9 @@ def test_an_idle_connection_the_server_closed_is_not_reused():
 def test_connection_close_header_opens_a_fresh_connection():
     async def go() -> None:
         server = RawServer(ok(extra=b"Connection: close\r\n"))
-        async with server as url:
-            async with httpx.AsyncClient(transport=WireTransport(2)) as client:
-                for _ in range(2):
-                    assert (await client.post(url + "/v1/x", json={})).status_code == 200
+        async with server as url, httpx.AsyncClient(transport=WireTransport(2)) as client:
+            for _ in range(2):
+                assert (await client.post(url + "/v1/x", json={})).status_code == 200
         assert server.connections == 2
 
     run(go())
@@ -137,10 +134,9 @@ def test_connection_close_header_opens_a_fresh_connection():
 def test_the_pool_bounds_connections_per_origin():
     async def go() -> None:
         server = RawServer(ok())
-        async with server as url:
-            async with httpx.AsyncClient(transport=WireTransport(2)) as client:
-                answers = await asyncio.gather(
-                    *(client.post(url + "/v1/x", json={"i": i}) for i in range(8)))
+        async with server as url, httpx.AsyncClient(transport=WireTransport(2)) as client:
+            answers = await asyncio.gather(
+                *(client.post(url + "/v1/x", json={"i": i}) for i in range(8)))
         assert all(a.status_code == 200 for a in answers)
         assert server.most_open <= 2 and len(server.requests) == 8
 
@@ -190,3 +186,47 @@ def test_proxies_in_the_environment_leave_requests_to_httpx():
     assert wire_applies({})
     assert not wire_applies({"HTTPS_PROXY": "http://proxy:3128"})
     assert not wire_applies({"all_proxy": "socks5://proxy:1080"})
+
+
+def test_the_direct_sender_sends_what_the_client_would():
+    async def go() -> None:
+        server = RawServer(ok())
+        async with server as url:
+            wire = WireTransport(2)
+            async with httpx.AsyncClient(base_url=url + "/v1/", transport=wire,
+                                         headers={"Authorization": "Bearer k"},
+                                         params={"api-version": "2"}) as client:
+                direct = DirectSender(client, wire)
+                for i in range(2):
+                    answer = await direct.send("POST", "completions", json={"i": i})
+                    assert answer.json() == {"ok": True}
+                    assert answer.request.url == url + "/v1/completions?api-version=2"
+                await client.post("completions", json={"i": 9})
+        direct_sent, client_sent = server.requests[1], server.requests[2]
+        assert direct_sent.startswith(b"POST /v1/completions?api-version=2 HTTP/1.1")
+        assert direct_sent.endswith(b'{"i":1}') and b"Content-Length: 7" in direct_sent
+        assert sorted(direct_sent.split(b"\r\n")[1:-2]) == sorted(client_sent.split(b"\r\n")[1:-2])
+
+    run(go())
+
+
+def test_a_dribbled_answer_is_cut_off_at_the_deadline_not_when_it_ends():
+    async def go() -> None:
+        async def dribble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1000)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(100):  # each byte well inside the read timeout
+                writer.write(b" ")
+                dribbled.append(1)
+                await asyncio.sleep(0.05)
+
+        dribbled: list[int] = []
+        server = await asyncio.start_server(dribble, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(httpx.ReadTimeout, match="whole answer took longer than 3 x"):
+            await post(f"http://127.0.0.1:{port}", WireTransport(1, deadline_factor=3),
+                       timeout=0.2)
+        assert len(dribbled) < 100  # cut off mid-dribble, not when the body was complete
+        server.close()
+
+    run(go())

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ._http import TOTAL_TIMEOUT_FACTOR, json_answer, transport_failure
+from ._wire import DirectSender
 
 __all__ = ["LoopThread", "ThreadedTransport", "arequest_json"]
 
@@ -19,12 +20,15 @@ T = TypeVar("T")
 
 
 async def arequest_json(
-    client: httpx.AsyncClient, method: str, url: str, *, json: Any = None,
+    client: httpx.AsyncClient | DirectSender, method: str, url: str, *, json: Any = None,
 ) -> dict[str, Any]:
     """The async twin of :func:`~maas_tune.providers._http.request_json` (same errors);
     the whole answer must arrive within ``TOTAL_TIMEOUT_FACTOR`` x the read timeout."""
     try:
-        response = await _send_within_deadline(client, method, url, json=json)
+        if isinstance(client, DirectSender):  # the lean transport enforces the deadline
+            response = await client.send(method, url, json=json)
+        else:
+            response = await _send_within_deadline(client, method, url, json=json)
     except httpx.TransportError as exc:
         raise transport_failure(exc, method, url) from exc
     return json_answer(response, method)

@@ -14,7 +14,7 @@ import time
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
@@ -40,11 +40,11 @@ from ._aio import LoopThread, ThreadedTransport, arequest_json
 from ._answers import check_model, usage_tokens
 from ._batch import Batch, Cancelled, Events, bound_tokens
 from ._extras import BASE_URL_ENV, extra_headers, extra_query, resolve_base_url
-from ._http import public_url
+from ._http import TOTAL_TIMEOUT_FACTOR, public_url
 from ._retry import RetryPolicy
 from ._script import Post, Script, adrive
 from ._secrets import check_api_key
-from ._wire import WireTransport, wire_applies
+from ._wire import DirectSender, WireTransport, wire_applies
 from .base import FactStore
 
 __all__ = [
@@ -230,7 +230,7 @@ class APISession:
                 self._ssl = httpx.create_ssl_context()
             if transport is None and wire_applies():  # the lean transport: one pool
                 size = self.max_concurrency
-                transport = WireTransport(size, self._ssl)
+                transport = WireTransport(size, self._ssl, deadline_factor=TOTAL_TIMEOUT_FACTOR)
             else:  # httpcore's pool costs O(connections x waiting requests) per event:
                 # shard it into pools of POOL_CONNECTIONS, each request to the least busy
                 size = min(self.max_concurrency, POOL_CONNECTIONS)
@@ -304,7 +304,7 @@ class APISession:
         state = self._state()
         pool = state.pick()
         try:
-            body = await arequest_json(state.clients[pool], "POST", path, json=payload)
+            body = await arequest_json(state.senders[pool], "POST", path, json=payload)
         except ProviderStatusError as exc:
             if exc.status == 429:
                 batch.record("rate_limited")
@@ -553,12 +553,17 @@ class _LoopState:
     clients: list[httpx.AsyncClient]
     load: list[int]  # requests in flight on each client
     gate: asyncio.Semaphore
+    senders: list[httpx.AsyncClient | DirectSender] = field(default_factory=list)  # per client
 
     def pick(self) -> int:
         """The least busy pool (a new one when all are full), counted busier by one."""
         pool = self.load.index(min(self.load)) if self.load else -1
         if pool < 0 or self.load[pool] >= self.size:
-            self.clients.append(httpx.AsyncClient(**self.options))
+            client = httpx.AsyncClient(**self.options)
+            wire = self.options["transport"]
+            self.clients.append(client)
+            self.senders.append(DirectSender(client, wire) if isinstance(wire, WireTransport)
+                                else client)
             self.load.append(0)
             pool = len(self.clients) - 1
         self.load[pool] += 1

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["WireTransport", "wire_applies"]
+__all__ = ["DirectSender", "WireTransport", "wire_applies"]
 
 #: Environment variables that route requests through a proxy (httpx honours them).
 PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -55,6 +55,8 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.closed = False
         self.in_body = False  # the current answer's headers have arrived
+        self.deadline: float | None = None  # the whole current answer must be in by then
+        self.deadline_message = ""
         self.error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 
@@ -82,7 +84,13 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def more(self, timeout: float | None, request: httpx.Request) -> None:
-        """Wait until more bytes arrive (or the peer closes); ReadTimeout after ``timeout``."""
+        """Wait until more bytes arrive (or the peer closes): at most ``timeout`` seconds,
+        and never past the answer's deadline (:attr:`deadline`, loop time)."""
+        if self.deadline is not None:
+            left = self.deadline - self.loop.time()
+            if left <= 0:
+                raise httpx.ReadTimeout(self.deadline_message, request=request)
+            timeout = left if timeout is None else min(timeout, left)
         if self.closed:
             raise httpx.RemoteProtocolError(
                 "peer closed connection without sending complete message body"
@@ -94,6 +102,10 @@ class _Connection(asyncio.Protocol):
         timer = None if timeout is None else self.loop.call_later(timeout, _expire, waiter)
         try:
             await waiter
+        except asyncio.TimeoutError:
+            if self.deadline is not None and self.loop.time() >= self.deadline:
+                raise httpx.ReadTimeout(self.deadline_message, request=request) from None
+            raise
         finally:
             self._waiter = None
             if timer is not None:
@@ -119,10 +131,19 @@ class WireTransport(httpx.AsyncBaseTransport):
         Connections per origin (scheme, host, port); more requests wait for a free one.
     ssl_context : ssl.SSLContext or None
         For ``https`` origins (made on first use when None).
+    deadline_factor : float or None
+        The whole answer must arrive within this many read timeouts (None: no limit).
     """
 
-    def __init__(self, max_connections: int, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        deadline_factor: float | None = None,
+    ) -> None:
         self.max_connections = max_connections
+        self.deadline_factor = deadline_factor
         self._ssl = ssl_context
         self._idle: dict[tuple[bytes, bytes, int], deque[_Connection]] = {}
         self._open: dict[tuple[bytes, bytes, int], int] = {}
@@ -135,6 +156,7 @@ class WireTransport(httpx.AsyncBaseTransport):
         body = await request.aread()
         conn = await self._acquire(origin, request, timeouts)
         reusable = False
+        self._set_deadline(conn, timeouts.get("read"))
         try:
             conn.transport.write(head + body if body else head)  # type: ignore[union-attr]
             status, headers, content, keep = await _read_response(
@@ -152,6 +174,19 @@ class WireTransport(httpx.AsyncBaseTransport):
             headers=headers,
             stream=httpx.ByteStream(content),
             extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    def _set_deadline(self, conn: _Connection, read_timeout: float | None) -> None:
+        """A server that dribbles bytes, each within the read timeout, cannot hold a
+        request open for ever: the whole answer must arrive within ``deadline_factor``
+        read timeouts."""
+        if self.deadline_factor is None or read_timeout is None:
+            conn.deadline = None
+            return
+        conn.deadline = conn.loop.time() + self.deadline_factor * read_timeout
+        conn.deadline_message = (
+            f"the whole answer took longer than {self.deadline_factor:g} x the "
+            f"{read_timeout:g} s read timeout"
         )
 
     async def aclose(self) -> None:
@@ -337,3 +372,36 @@ def _int(text: bytes, request: httpx.Request, base: int = 10) -> int:
             f"malformed number in the answer: {text[:40]!r}", request=request
         )
     return value
+
+
+class DirectSender:
+    """Sends ``client``'s requests straight to its :class:`WireTransport`.
+
+    :class:`httpx.AsyncClient` rebuilds the URL, headers, cookies, auth and redirect
+    state of every request; for the hot path's one method and handful of paths, this
+    builds each (method, path) template once with the client itself (so URL joining,
+    default headers and query parameters are httpx's) and then only adds the body.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, wire: WireTransport) -> None:
+        self.client, self.wire = client, wire
+        self._templates: dict[tuple[str, str], httpx.Request] = {}
+
+    async def send(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
+        """Send one request and read its whole answer (httpx's exceptions on failure)."""
+        template = self._templates.get((method, url))
+        if template is None:  # without the empty body's Content-Length
+            template = self.client.build_request(method, url)
+            template.headers.pop("Content-Length", None)
+            self._templates[method, url] = template
+        request = httpx.Request(
+            method,
+            template.url,
+            headers=template.headers,
+            json=json,
+            extensions=template.extensions,
+        )
+        response = await self.wire.handle_async_request(request)
+        response.request = request
+        await response.aread()
+        return response

@@ -176,13 +176,33 @@ class OpenAIEmbeddingsProvider:
         """
         texts = list(texts)
         if not texts:
-            return np.zeros((0, self._dim or 0), np.float32), np.zeros(0, np.int64)
-        batches = [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+            return self._joined([])
         # The session refuses a reply naming another model and marks a failure as paid
         # for once any request of this call was answered.
-        parts = self._session.map(
-            self._script, batches, "embeddings", model=self.model,
+        return self._joined(
+            self._session.map(self._script, self._batches(texts), "embeddings", model=self.model)
         )
+
+    async def aembed_with_usage(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`embed_with_usage` for an event loop (the requests overlap the caller's)."""
+        texts = list(texts)
+        if not texts:
+            return self._joined([])
+        return self._joined(
+            await self._session.amap(
+                self._script, self._batches(texts), "embeddings", model=self.model
+            )
+        )
+
+    def _batches(self, texts: list[str]) -> list[list[str]]:
+        return [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+
+    def _joined(
+        self, parts: Sequence[tuple[np.ndarray, list[int]]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The requests' vectors (n, d) and per-input prompt tokens (n,), in input order."""
+        if not parts:
+            return np.zeros((0, self._dim or 0), np.float32), np.zeros(0, np.int64)
         vectors = np.concatenate([v for v, _ in parts])  # (n, d)
         tokens = np.asarray([t for _, ts in parts for t in ts], dtype=np.int64)  # (n,)
         return vectors, tokens

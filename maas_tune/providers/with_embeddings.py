@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigurationError
 from ._batch import BatchOutcome, bound_tokens
 from .base import FactStore, Provider, ProviderAnswer, SetupCost, Spend
@@ -103,16 +105,33 @@ class WithEmbeddings(Provider):
         try:
             vectors, tokens = self.embedder.embed_with_usage(prompts)  # (n, d), (n,)
         except BaseException as exc:
-            # The scorer's requests were answered, so they were paid for whatever stops us now;
-            # an answer without its hidden state is not this provider's answer: none is kept.
-            with contextlib.suppress(AttributeError):
-                exc.request_sent = True  # type: ignore[attr-defined]
-                lost = getattr(exc, "outcome", None) or BatchOutcome()
-                exc.outcome = BatchOutcome(  # type: ignore[attr-defined]
-                    {}, lost.answered + sum(a.queries for a in answers), lost.unknown,
-                    lost.prompt_tokens + sum(a.prompt_tokens for a in answers),
-                )
+            _charge_scored(exc, answers)
             raise
+        return self._combined(answers, vectors, tokens)
+
+    async def ascore(
+        self, prompts: Sequence[str], token_ids: Sequence[int], *,
+        events: Callable[[str], None] | None = None, max_requests: int | None = None,
+        extend: Callable[[], bool] | None = None,
+    ) -> tuple[list[ProviderAnswer], Spend]:
+        # As score, without blocking the loop: the scorer's and the embedder's requests
+        # overlap other chunks'. The spend is the answers' (see observed).
+        prompts = list(prompts)
+        answers, _ = await self.scorer.ascore(
+            prompts, token_ids, events=events, max_requests=max_requests, extend=extend
+        )
+        if not prompts:
+            return answers, Spend()
+        try:
+            vectors, tokens = await self.embedder.aembed_with_usage(prompts)  # (n, d), (n,)
+        except BaseException as exc:
+            _charge_scored(exc, answers)
+            raise
+        return self._combined(answers, vectors, tokens), Spend()
+
+    def _combined(
+        self, answers: list[ProviderAnswer], vectors: np.ndarray, tokens: np.ndarray
+    ) -> list[ProviderAnswer]:
         # The embedder sends one request per batch of inputs: each is charged to the
         # answer of the batch's first prompt, so the answers' queries sum to what was billed.
         size = self.embedder.batch_size
@@ -127,3 +146,16 @@ class WithEmbeddings(Provider):
             self.scorer.close()
         finally:
             self.embedder.close()
+
+
+def _charge_scored(exc: BaseException, answers: list[ProviderAnswer]) -> None:
+    """Embedding failed after the scorer was answered: those requests were paid for
+    whatever stops us now, so the error carries them; an answer without its hidden
+    state is not this provider's answer, so none is kept."""
+    with contextlib.suppress(AttributeError):
+        exc.request_sent = True  # type: ignore[attr-defined]
+        lost = getattr(exc, "outcome", None) or BatchOutcome()
+        exc.outcome = BatchOutcome(  # type: ignore[attr-defined]
+            {}, lost.answered + sum(a.queries for a in answers), lost.unknown,
+            lost.prompt_tokens + sum(a.prompt_tokens for a in answers),
+        )

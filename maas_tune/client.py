@@ -7,8 +7,9 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -239,14 +240,15 @@ class _Core:
                 pending = [k for k in blocked if k not in landed]
         return out
 
-    def _chunks(
+    async def _chunks(
         self, pending: list[str], todo: dict[str, str], claims: Claims, blocked: list[str]
-    ) -> Iterator[dict[str, str]]:
+    ) -> AsyncIterator[dict[str, str]]:
         """The claimed chunks of ``pending``, claimed one at a time as they are needed
         (keys another worker holds go to ``blocked``)."""
         for start in range(0, len(pending), self.chunk_size):
             batch = pending[start : start + self.chunk_size]
-            mine = self._claim(claims, batch)
+            mine = await _off_loop(partial(self._claim, claims, batch),
+                                   undo=lambda got: claims.release(list(got)))
             blocked.extend(k for k in batch if k not in mine)
             if mine:
                 yield {k: todo[k] for k in batch if k in mine}
@@ -262,7 +264,7 @@ class _Core:
         return -(-slots // max(1, self.chunk_size)) + 1
 
     async def _pipeline(
-        self, chunks: Iterator[dict[str, str]], token_ids: list[int], model: str,
+        self, chunks: AsyncIterator[dict[str, str]], token_ids: list[int], model: str,
         claims: Claims, event: Callable[[str], None], bar: Any, out: dict[str, ProviderAnswer],
     ) -> None:
         """Send ``chunks`` overlapping (up to :meth:`_depth` at once), each reserved, sent
@@ -285,7 +287,7 @@ class _Core:
                 bar.update(max(0, len(chunk) - shown[0]))  # what the events did not show
 
         try:
-            for chunk in chunks:
+            async for chunk in chunks:
                 running.add(asyncio.ensure_future(one(chunk)))
                 while len(running) >= self._depth() or (errors and running):
                     errors += await _settle(running)
@@ -359,7 +361,9 @@ class _Core:
         """Send one chunk; whatever ends it, keep every answer that arrived and charge
         exactly the requests that were (or may have been) billed, then re-raise."""
         keys, prompts = list(chunk), list(chunk.values())
-        hold = self._hold(prompts, len(token_ids))
+        hold = await _off_loop(partial(self._hold, prompts, len(token_ids)),
+                               undo=lambda held: held.settle_failed(request_sent=False)
+                               if self.budget is not None else None)
         error: BaseException | None = None
         try:
             got, seen = await self.provider.ascore(
@@ -383,7 +387,7 @@ class _Core:
                                                             outcome.prompt_tokens), exc
         kept, problem = _checked(answers, len(token_ids))
         result = {keys[i]: a for i, a in kept.items()}
-        self._commit_chunk(result, hold, spent, claims, keys, model)
+        await _off_loop(partial(self._commit_chunk, result, hold, spent, claims, keys, model))
         self.usage.samples_sent += len(result)
         self.usage.queries_lost += max(0, spent[0] - sum(_count(a.queries) for a in result.values()))
         log.debug("sent %d queries (%d prompt tokens); %d answers kept", *spent, len(result))
@@ -512,6 +516,21 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="maas-tune") as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+async def _off_loop(step: Callable[[], T], undo: Callable[[T], Any] | None = None) -> T:
+    """Run a blocking store step (a claim, a reservation, a commit: each one fsync'd
+    transaction, milliseconds) on a worker thread, so the event loop keeps other chunks'
+    requests moving. A cancellation waits for the step to end, undoes what it did with
+    ``undo`` (claims dropped, a reservation released; a commit is kept), then goes on."""
+    future = asyncio.get_running_loop().run_in_executor(None, step)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        if undo is not None and not future.cancelled() and future.exception() is None:
+            undo(future.result())
+        raise
 
 
 async def _settle(running: set[asyncio.Task[None]]) -> list[BaseException]:

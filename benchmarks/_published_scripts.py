@@ -204,9 +204,10 @@ def server_memory(results: Path) -> str:
         f"The costliest accepted requests, measured by `benchmarks/server_memory.py` "
         f"(peak RSS above an idle {e['idle_rss_bytes'] / GB:.2f} GB): echo of "
         f"{e['usage']['prompt_tokens']:,} tokens with top {t['settings']['max_top_logprobs']}, "
-        f"+{e['peak_above_idle_bytes'] / GB:.2f} GB; {g['usage']['completion_tokens']} tokens "
-        f"generated after {g['usage']['prompt_tokens']:,}, +{g['peak_above_idle_bytes'] / GB:.2f} GB "
-        f"(goal ≤ {t['goal_bytes'] / GB:.1f} GB)."
+        f"+{e['peak_above_idle_bytes'] / GB:.2f} GB ({e['seconds']:.0f} s); "
+        f"{g['usage']['completion_tokens']} tokens generated after {g['usage']['prompt_tokens']:,}, "
+        f"+{g['peak_above_idle_bytes'] / GB:.2f} GB ({g['seconds']:.0f} s); "
+        f"goal ≤ {t['goal_bytes'] / GB:.1f} GB."
     )
 
 
@@ -214,7 +215,7 @@ def hosted_run(results: Path) -> str:
     """The hosted-API run through ``maas-tune serve`` (``hosted_run.py``)."""
     h = _load(results, "hosted_run")
     api, local, w = h["through_api"], h["in_process"], h["with_503s"]
-    n = api["samples_sent"]
+    n = api["samples_sent"]  # the examples plus the content-free query (not compared)
     return "\n".join(
         [
             "| | through the strict API | in process |",

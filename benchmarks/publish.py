@@ -91,6 +91,7 @@ def blocks() -> list[Block]:
         Block("server-memory", "docs/http.md", lambda r, gr: s.server_memory(r)),
         Block("hosted-run", "docs/http.md", lambda r, gr: s.hosted_run(r)),
         Block("agreement", "docs/http.md", lambda r, gr: s.agreement(r)),
+        Block("reliability-memory", "docs/reliability.md", lambda r, gr: s.server_memory(r)),
         Block("scale-out", "docs/scale-out.md", lambda r, gr: s.scale_out(r)),
     ]
 

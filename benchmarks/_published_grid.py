@@ -35,7 +35,7 @@ FIT_QUERIES = {
 }
 #: The datasets of the README's table, with their names there.
 README_DATASETS = {"sst2": "SST-2", "agnews": "AG News"}
-#: Methods that adapt the input (a prompt) rather than decode the output.
+#: Methods (and their presets, ``bdpl-paper``) that adapt the input rather than decode the output.
 INPUT_SIDE = ("bdpl", "prompt-tuning")
 
 
@@ -128,7 +128,10 @@ def readme_accuracy(results: Path, grid: GridResults) -> str:
     """README's table: the headline rows at the largest shots on SST-2 and AG News."""
     shots = min(grid.top_shots(d) for d in README_DATASETS)
     seeds = sorted({int(r["seed"]) for r in grid.rows if r["row"] == "dect"})
-    n = {d: (grid.get("dect", d, shots) or grid.summaries[0]).n_test for d in README_DATASETS}
+    n = {
+        d: max(s.n_test for s in grid.summaries if s.dataset == d and s.row in HEADLINE)
+        for d in README_DATASETS
+    }
     lines = [
         (
             f"Measured on Gemma 3 270M, CPU, {shots} shots, mean ± std over seeds {seeds[0]}–"
@@ -230,7 +233,7 @@ def cost_ratios(grid: GridResults) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in sorted(grid.summaries, key=lambda s: (s.dataset, s.row)):
-        if s.method not in INPUT_SIDE or s.shots != grid.top_shots(s.dataset):
+        if not s.method.startswith(INPUT_SIDE) or s.shots != grid.top_shots(s.dataset):
             continue
         dect = grid.get("dect", s.dataset, s.shots)
         if dect is None:
@@ -282,7 +285,7 @@ def accuracy(grid: GridResults) -> str:
             s, name = max(found, key=lambda f: f[0].accuracy_mean)
             lines.append(
                 f"- {d}, {k}-shot: most accurate {name.strip('*')} ({s.accuracy_mean:.3f}, "
-                f"{s.n_test} test inputs, {s.seeds} seeds)"
+                f"{s.n_test:,} test inputs, {s.seeds} seeds)"
             )
     return "\n".join(lines)
 

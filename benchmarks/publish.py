@@ -114,6 +114,11 @@ def render(root: Path) -> dict[str, str]:
     """Each block's text, rendered from ``root``'s result files (keyed by block name)."""
     results = root / RESULTS
     grid = GridResults.load(root, GRID_CONFIG)
+    if not grid.rows:
+        raise ValueError(
+            f"{grid.config.results_path} holds no runs: run `maas-tune bench run "
+            f"{GRID_CONFIG}` before `make report`"
+        )
     return {b.name: b.render(results, grid).strip("\n") for b in blocks()}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -186,41 +187,76 @@ def _sst2_margin(grid: GridResults) -> str:
 
 def findings(grid: GridResults) -> str:
     """DecT against the best other black-box row per dataset, with the noise of each gap."""
-    rows = grid.block_rows("dect")
     lines = [
         (
             "| dataset | test n | seeds | DecT | best other black-box row | its accuracy "
-            "| DecT − it | standard error of the difference |"
+            "| DecT − it | standard error of the difference (paired over seeds) |"
         ),
         "|---|---|---|---|---|---|---|---|",
     ]
+    verdicts: dict[str, list[str]] = {
+        "ahead": [],
+        "behind": [],
+        "within two standard errors": [],
+        "one seed, no standard error": [],
+    }
     for d in grid.blocks_of("dect"):
-        top = grid.top_shots(d)
-        dect = grid.get("dect", d, top)
-        others = [
-            s
-            for r in rows
-            if r != "dect" and (s := grid.get(r, d, top)) is not None and not is_white_box(s.method)
-        ]
-        if dect is None or not others:
+        pair = _dect_and_best_rival(grid, d)
+        if pair is None:
             continue
-        best = max(others, key=lambda s: s.accuracy_mean)
-        se = math.sqrt(dect.accuracy_std**2 / dect.seeds + best.accuracy_std**2 / best.seeds)
-        lines.append(
-            f"| {d} | {dect.n_test} | {dect.seeds} | {_pm(dect)} | {best.row} | {_pm(best)} "
-            f"| {dect.accuracy_mean - best.accuracy_mean:+.3f} | {se:.3f} |"
+        dect, best = pair
+        se = _paired_se(grid, dect, best)
+        gap = dect.accuracy_mean - best.accuracy_mean
+        verdict = (
+            "one seed, no standard error"
+            if math.isnan(se)
+            else "within two standard errors"
+            if abs(gap) <= 2 * se
+            else ("ahead" if gap > 0 else "behind")
         )
+        verdicts[verdict].append(d)
+        lines.append(
+            f"| {d} | {dect.n_test:,} | {dect.seeds} | {_pm(dect)} | {best.row} | {_pm(best)} "
+            f"| {gap:+.3f} | {se:.3f} |"
+        )
+    said = "; ".join(f"{k} on {', '.join(v)}" for k, v in verdicts.items() if v)
+    lines += ["", f"DecT against the best other row: {said}."]
     small = min((b.test_cap for b in grid.config.blocks if b.test_cap), default=None)
     if small:
-        lines += [
-            "",
-            (
-                f"One accuracy on {small} test inputs has a standard error of up to "
-                f"{math.sqrt(0.25 / small):.2f} (at 0.5), so on the {small}-input slice "
-                "only differences well beyond that mean anything."
-            ),
-        ]
+        lines.append(
+            f"One accuracy on {small} test inputs has a standard error of up to "
+            f"{math.sqrt(0.25 / small):.2f} (at 0.5), so on the {small}-input slice "
+            "only differences well beyond that mean anything."
+        )
     return "\n".join(lines)
+
+
+def _paired_se(grid: GridResults, a: Summary, b: Summary) -> float:
+    """Standard error of the mean per-seed difference of two rows (same shots, same inputs)."""
+    acc: dict[tuple[str, int], float] = {
+        (r["row"], int(r["seed"])): float(r["accuracy"])
+        for r in grid.rows
+        if r["dataset"] == a.dataset and int(r["shots"]) == a.shots and r["row"] in (a.row, b.row)
+    }
+    seeds = sorted({seed for row, seed in acc if (a.row, seed) in acc and (b.row, seed) in acc})
+    diffs = [acc[(a.row, seed)] - acc[(b.row, seed)] for seed in seeds]
+    return statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+
+
+def _dect_and_best_rival(grid: GridResults, dataset: str) -> tuple[Summary, Summary] | None:
+    """DecT and the most accurate other black-box row of its block, at the largest shots."""
+    top = grid.top_shots(dataset)
+    dect = grid.get("dect", dataset, top)
+    others = [
+        s
+        for r in grid.block_rows("dect")
+        if r != "dect"
+        and (s := grid.get(r, dataset, top)) is not None
+        and not is_white_box(s.method)
+    ]
+    if dect is None or not others:
+        return None
+    return dect, max(others, key=lambda s: s.accuracy_mean)
 
 
 def cost_ratios(grid: GridResults) -> str:

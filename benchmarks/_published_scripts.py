@@ -118,11 +118,12 @@ def chat_summary(results: Path) -> str:
 
     share = max(s["forced_label_words_share"], a["forced_label_words_share"])
     return (
-        f"scores {acc(s, 'chat')} on SST-2 and {acc(a, 'chat')} on AG News (completions path: "
+        f"16-shot DecT through chat scores {acc(s, 'chat')} on SST-2 and {acc(a, 'chat')} on AG News (completions path: "
         f"{acc(s, 'completions')} / {acc(a, 'completions')} with the hidden state, "
         f"{acc(s, 'completions, scores only')} / {acc(a, 'completions, scores only')} without) at "
         f"{s['chat_requests_per_sample']:.2f} and {a['chat_requests_per_sample']:.2f} requests per "
-        f"sample, because the base model left up to {share:.0%} of the label words out of its top 5."
+        f"sample, because the base model left up to {share:.0%} of the label words out of its top 5 "
+        "(AG News on the chat benchmark's own test subset, not the grid's)."
     )
 
 

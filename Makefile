@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench report clean
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,14 @@ test: install
 
 bench: install
 	$(BIN)/maas-tune bench run benchmarks/grid.toml
-	cd benchmarks && ../$(PY) throughput.py && ../$(PY) accuracy.py && ../$(PY) report.py \
+	cd benchmarks && ../$(PY) throughput.py && ../$(PY) accuracy.py \
 	  && ../$(PY) server_throughput.py
+	$(MAKE) report
+
+# Every number in README.md and docs/*.md, rewritten from benchmarks/results/ (no model,
+# no network); tests/test_published_numbers.py fails when a page and its results differ.
+report: install
+	$(PY) benchmarks/publish.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -238,6 +238,17 @@ def test_the_shipped_results_render_without_the_new_metrics():
     assert "## trec" in text
 
 
+def test_the_report_is_dated_by_its_newest_run_so_the_same_results_render_the_same_text():
+    from maas_tune.bench.report import render_markdown
+
+    config = load_config(ROOT / "benchmarks" / "grid.toml")
+    rows = read_results(config.results_path)
+    newest = max(str(r["finished"])[:10] for r in rows)
+    text = render_markdown(config, rows)
+    assert f"Generated {newest} from {len(rows)} runs" in text
+    assert render_markdown(config, rows) == text
+
+
 def test_the_report_can_fill_a_docs_page_between_its_markers(tmp_path):
     from maas_tune.bench.report import BEGIN_MARKER, END_MARKER
 

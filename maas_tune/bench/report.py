@@ -199,6 +199,12 @@ def _dataset_table(config: BenchConfig, summaries: Sequence[Summary], dataset: s
     return lines
 
 
+def _generated_on(rows: Sequence[dict[str, Any]]) -> str:
+    """The day the newest run finished: the same results always render the same page."""
+    days = [str(r["finished"])[:10] for r in rows if r.get("finished")]
+    return max(days) if days else _dt.date.today().isoformat()
+
+
 def render_markdown(
     config: BenchConfig,
     rows: Sequence[dict[str, Any]],
@@ -221,7 +227,7 @@ def render_markdown(
         f"{h} Benchmark grid",
         "",
         (
-            f"Generated {_dt.date.today().isoformat()} from {len(rows)} runs in "
+            f"Generated {_generated_on(rows)} from {len(rows)} runs in "
             f"`{config.results_path.name}` (config: `{config.source or 'in memory'}`). "
             f"Model: {'; '.join(models)}. Machine: {', '.join(machines)}. Seeds: {seeds}."
         ),

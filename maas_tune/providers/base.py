@@ -46,6 +46,10 @@ class ProviderAnswer:
     floored : int, default 0
         Label words the API did not rank in its top-k and that could not be read
         exactly: their ``logprobs`` entry is the top-k bound, not the model's value.
+    token_features : np.ndarray of shape (m, d), float16, or None
+        Last-layer hidden states of the prompt's last ``m <= N`` tokens, oldest first
+        (the last row is the prediction position), where they were asked for
+        (``token_features=N``) and the provider can give them; None otherwise.
     """
 
     logprobs: np.ndarray
@@ -53,6 +57,7 @@ class ProviderAnswer:
     prompt_tokens: int
     queries: int = 1
     floored: int = 0
+    token_features: np.ndarray | None = None
 
 
 @dataclass
@@ -94,6 +99,8 @@ class Provider(abc.ABC):
 
     #: Whether :meth:`score` returns hidden states.
     returns_hidden: bool = False
+    #: How many of the prompt's last tokens' states :meth:`score` returns (None: none).
+    token_features: int | None = None
 
     @abc.abstractmethod
     def fingerprint(self) -> dict[str, Any]:

@@ -10,7 +10,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["FactStore", "Provider", "ProviderAnswer", "SetupCost", "Spend"]
+from .._constants import MAX_TOKEN_FEATURES
+from ..errors import ConfigurationError
+
+__all__ = [
+    "FactStore", "Provider", "ProviderAnswer", "SetupCost", "Spend", "check_token_features",
+]
 
 
 class FactStore(Protocol):
@@ -207,3 +212,19 @@ class Provider(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_token_features(n: int | None) -> None:
+    """Refuse a ``token_features`` option that is not None or 1..``MAX_TOKEN_FEATURES``.
+
+    Raises
+    ------
+    ConfigurationError
+        Naming the value and the range.
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)
+                          or not 1 <= n <= MAX_TOKEN_FEATURES):
+        raise ConfigurationError(
+            f"token_features must be None or a number of tokens in 1..{MAX_TOKEN_FEATURES}, "
+            f"got {n!r}"
+        )

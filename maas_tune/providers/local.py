@@ -14,13 +14,12 @@ from .._constants import (
     LABEL_WORD_PREFIX,
     LOCAL_BATCH_SIZE,
     LOCAL_PACK_TOKENS,
-    MAX_TOKEN_FEATURES,
 )
 from ..errors import ConfigurationError, MissingDependencyError, ProviderError
 from ._device import DEFAULT_DEVICE, Placement, resolve_placement
 from ._model_files import CONVERSION_MARKER, ResolvedModel, resolve_model
 from ._packing import pack_runs
-from .base import Provider, ProviderAnswer
+from .base import Provider, ProviderAnswer, check_token_features
 
 __all__ = ["ContextLengthExceeded", "TransformersProvider"]
 
@@ -292,15 +291,6 @@ class TransformersProvider(Provider):
 def _half(states: Any) -> np.ndarray:
     """(m, d) float16 numpy copy of a slice of last-layer states (the rest is freed)."""
     return states.float().cpu().numpy().astype(np.float16)
-
-
-def check_token_features(n: int | None) -> None:
-    """Refuse a ``token_features`` option that is not None or 1..``MAX_TOKEN_FEATURES``."""
-    if n is not None and (isinstance(n, bool) or not 1 <= n <= MAX_TOKEN_FEATURES):
-        raise ConfigurationError(
-            f"token_features must be None or a number of tokens in 1..{MAX_TOKEN_FEATURES}, "
-            f"got {n!r}"
-        )
 
 
 def _load(

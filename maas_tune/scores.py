@@ -153,8 +153,15 @@ class Scores:
             feats = np.asarray(token_features, dtype=np.float16)
             shape = feats.shape[:2] if feats.ndim == 3 else (n, 0)
             mask = np.ones(shape, bool) if token_mask is None else np.asarray(token_mask, bool)
-        return cls(lp, h, np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64), names,
-                   token_features=feats, token_mask=mask)
+        return cls(
+            lp,
+            h,
+            np.zeros(n, dtype=bool),
+            np.zeros(n, dtype=np.int64),
+            names,
+            token_features=feats,
+            token_mask=mask,
+        )
 
 
 def pad_token_features(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -77,8 +77,10 @@ def test_one_shot_standardisation_keeps_the_coordinates_magnitudes():
     assert float(z.max()) < 10 and float(z[..., 0].max()) < 0.5  # bounded, small stays small
     many = torch.as_tensor(rng.normal(size=(4000, 3)) * np.array([1.0, 2.0, 3.0]))
     torch.testing.assert_close(  # many inputs: the coordinates' own scales
-        feature_scale(many, 4000), torch.tensor([1.0, 2.0, 3.0], dtype=many.dtype),
-        atol=0.1, rtol=0.05,
+        feature_scale(many, 4000),
+        torch.tensor([1.0, 2.0, 3.0], dtype=many.dtype),
+        atol=0.1,
+        rtol=0.05,
     )
 
 
@@ -129,11 +131,17 @@ def test_the_serve_extension_returns_token_features(gemma, real_server):
     for got, want in zip(answers, local):
         assert got.token_features.shape == (4, 640) and got.token_features.dtype == np.float16
         np.testing.assert_allclose(
-            got.token_features.astype(np.float32), want.token_features.astype(np.float32),
-            atol=0.05, rtol=0.01,
+            got.token_features.astype(np.float32),
+            want.token_features.astype(np.float32),
+            atol=0.05,
+            rtol=0.01,
         )
-    body = {"model": REAL_MODEL, "prompt": "Hi", "max_tokens": 0,
-            "maas_tune": {"label_token_ids": ids, "return_token_features": 4}}
+    body = {
+        "model": REAL_MODEL,
+        "prompt": "Hi",
+        "max_tokens": 0,
+        "maas_tune": {"label_token_ids": ids, "return_token_features": 4},
+    }
     ext = httpx.post(f"{real_server}/v1/completions", json=body).json()["choices"][0]["maas_tune"]
     assert ext["token_features_shape"] == [2, 640]  # "Hi" is BOS + 1 token: fewer than asked
     plain = {**body, "maas_tune": {"label_token_ids": ids}}
@@ -149,8 +157,10 @@ def _write_v4(url: str) -> None:
     statements.append(
         "INSERT INTO meta VALUES ('application', 'maas-tune'), ('schema_version', '4')"
     )
-    answer = ("INSERT INTO answers (key, model, prompt_tokens, created, n_logprobs, logprobs) "
-              "VALUES ('old', 'm', 3, 0, 2, ?)")
+    answer = (
+        "INSERT INTO answers (key, model, prompt_tokens, created, n_logprobs, logprobs) "
+        "VALUES ('old', 'm', 3, 0, 2, ?)"
+    )
     blob = np.array([-1.0, -2.0], "<f4").tobytes()
     if dialect == "sqlite":
         with sqlite3.connect(sqlite_path(url)) as conn:

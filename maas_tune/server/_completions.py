@@ -115,7 +115,7 @@ async def _extension(
     n_last = req.maas_tune.return_token_features
     answers = await batcher.submit(prompts, req.maas_tune.label_token_ids, lengths, n_last)
     want_hidden = req.maas_tune.return_hidden
-    results = []
+    results: list[ExtensionResult | None] = []
     for a in answers:
         tokens, shape = (None, None)
         if n_last and a.token_features is not None:

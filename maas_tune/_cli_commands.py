@@ -20,6 +20,7 @@ from ._cli_provider import (
     provider_record,
     resolve_cli_base_url,
 )
+from ._constants import DEFAULT_TOKEN_FEATURES
 from .budget import QueryBudget
 from .cache import ScoreCache
 from .client import Client
@@ -73,7 +74,8 @@ def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
 
     where = _placement(args)
     return TransformersProvider(model or args.model, batch_size=args.batch_size,
-                                device=where.device, dtype=where.dtype)
+                                device=where.device, dtype=where.dtype,
+                                token_features=getattr(args, "token_features", None))
 
 
 def _placement(args: argparse.Namespace) -> Placement:
@@ -100,7 +102,8 @@ def _http_scorer(args: argparse.Namespace, name: str, extras: dict[str, Any]) ->
         return OpenAIChatProvider(args.base_url, name, **options)
     from .providers.openai import OpenAICompletionsProvider
 
-    return OpenAICompletionsProvider(args.base_url, name, **options)
+    tokens = getattr(args, "token_features", None)
+    return OpenAICompletionsProvider(args.base_url, name, token_features=tokens, **options)
 
 
 def _pacing(args: argparse.Namespace) -> dict[str, Any]:
@@ -212,6 +215,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not test:
         raise ConfigurationError("eval needs a test set: --dataset NAME or --test FILE")
     test = subsample_test(test, args.test_limit)
+    # Y-Tuning attends over the input's token states: ask the provider for them (the
+    # in-process model and `maas-tune serve`'s extension give them; other APIs cannot).
+    args.token_features = DEFAULT_TOKEN_FEATURES if "ytuning" in methods else None
     store = Store(args.cache)
     pricing = _pricing(args)
     budget = _budget(

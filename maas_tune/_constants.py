@@ -6,7 +6,7 @@ from __future__ import annotations
 CACHE_SCHEMA_VERSION = 1
 #: Version of the store schema (cache, budget and claim tables), on SQLite and PostgreSQL
 #: alike; ``storage/migrations.py`` holds one step per version and upgrades older stores.
-DB_SCHEMA_VERSION = 4
+DB_SCHEMA_VERSION = 5
 #: Version of the saved-decoder format (safetensors + JSON).
 DECODER_FORMAT_VERSION = 1
 
@@ -54,6 +54,13 @@ LOCAL_BATCH_SIZE = 16
 #: Most prompt tokens the in-process provider packs into one forward pass (past ~512 the
 #: attention over the packed row costs more than padding saves on 2 CPU cores).
 LOCAL_PACK_TOKENS = 512
+#: Prompt tokens whose last-layer states a caller asks for with ``token_features=N`` when
+#: it names no number (Y-Tuning's keys): the prompts' tails, where the input and the
+#: template's question sit (an SST-2 prompt of the bundled template is ~30 tokens).
+DEFAULT_TOKEN_FEATURES = 32
+#: Most tokens' states one answer may carry (a bound on ``token_features=N``: 512 tokens
+#: of a 640-wide model are 640 kB of float16 per cached answer).
+MAX_TOKEN_FEATURES = 512
 #: Name under which the embedded default model is known.
 DEFAULT_MODEL_NAME = "gemma-3-270m"
 

@@ -23,19 +23,27 @@ __all__ = ["CacheStats", "CachedAnswer", "ScoreCache", "cache_key"]
 BLOB_DTYPE = np.dtype("<f4")
 #: Bytes per stored value.
 _ITEM_BYTES = BLOB_DTYPE.itemsize
+#: On-disk layout of token features: little-endian float16 (they are inputs to a decoder
+#: that standardises them; half the bytes of float32 for ~3 significant digits).
+TOKENS_DTYPE = np.dtype("<f2")
+_HALF_BYTES = TOKENS_DTYPE.itemsize
 #: How many characters of a key an error message shows.
 _KEY_EXCERPT = 12
 
 # The columns :func:`_decode` reads, in its order.
-_COLUMNS = "key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored"
+_COLUMNS = (
+    "key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored, "
+    "n_tokens, tokens"
+)
 _SELECT = f"SELECT {_COLUMNS} FROM answers WHERE key IN "
 _INSERT = (
     "INSERT INTO answers "
-    "(key, model, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+    "(key, model, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored, "
+    "n_tokens, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
     "model = excluded.model, prompt_tokens = excluded.prompt_tokens, created = excluded.created, "
     "n_logprobs = excluded.n_logprobs, n_hidden = excluded.n_hidden, "
-    "logprobs = excluded.logprobs, hidden = excluded.hidden, floored = excluded.floored"
+    "logprobs = excluded.logprobs, hidden = excluded.hidden, floored = excluded.floored, "
+    "n_tokens = excluded.n_tokens, tokens = excluded.tokens"
 )
 
 
@@ -106,6 +114,8 @@ class CachedAnswer:
     floored : int, default 0
         Label words given the top-k bound rather than read exactly (see
         :class:`~maas_tune.providers.base.ProviderAnswer`).
+    token_features : np.ndarray of shape (m, d), float16, or None
+        States of the prompt's last m tokens, where they were asked for.
     """
 
     logprobs: np.ndarray
@@ -113,6 +123,7 @@ class CachedAnswer:
     prompt_tokens: int
     created: float
     floored: int = 0
+    token_features: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -186,8 +197,21 @@ def _row(
     floored = int(getattr(answer, "floored", 0) or 0)
     if not 0 <= floored <= n_logprobs:
         raise _malformed(key, f"floored is {floored!r}, not a count of its {n_logprobs} words")
+    n_tokens, token_blob = _token_blob(getattr(answer, "token_features", None), key)
     return (key, model, int(tokens), float(created), n_logprobs, n_hidden, logprobs, hidden,
-            floored)
+            floored, n_tokens, token_blob)
+
+
+def _token_blob(feats: Any, key: str) -> tuple[int | None, bytes | None]:
+    """(tokens, little-endian float16 bytes) of an (m, d) array of token states."""
+    if feats is None:
+        return None, None
+    array = np.asarray(feats)
+    if array.ndim != 2 or not array.shape[0] or not array.shape[1]:
+        raise _malformed(key, f"its token features have shape {array.shape}, not (tokens, width)")
+    if not np.isfinite(array).all():
+        raise _malformed(key, "its token features hold NaN or infinite values")
+    return array.shape[0], np.ascontiguousarray(array, dtype=TOKENS_DTYPE).tobytes()
 
 
 def _floats(blob: bytes) -> np.ndarray:
@@ -196,9 +220,12 @@ def _floats(blob: bytes) -> np.ndarray:
 
 
 def _decode(location: str, row: tuple[Any, ...]) -> CachedAnswer:
-    key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored = row
-    if len(logprobs) != n_logprobs * _ITEM_BYTES or (
-        hidden is not None and (n_hidden is None or len(hidden) != n_hidden * _ITEM_BYTES)
+    key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored = row[:8]
+    n_tokens, tokens = row[8:10]
+    if (
+        len(logprobs) != n_logprobs * _ITEM_BYTES
+        or (hidden is not None and (n_hidden is None or len(hidden) != n_hidden * _ITEM_BYTES))
+        or (tokens is not None and (not n_tokens or len(tokens) % (n_tokens * _HALF_BYTES)))
     ):
         raise CacheCorruptionError(
             f"{location} is damaged: the entry {key[:_KEY_EXCERPT]}… has blobs of the wrong length; "
@@ -210,7 +237,13 @@ def _decode(location: str, row: tuple[Any, ...]) -> CachedAnswer:
         prompt_tokens=prompt_tokens,
         created=created,
         floored=int(floored or 0),
+        token_features=None if tokens is None else _halves(bytes(tokens), n_tokens),
     )
+
+
+def _halves(blob: bytes, n_tokens: int) -> np.ndarray:
+    """The (m, d) float16 token states of a blob (a read-only view on little-endian hosts)."""
+    return np.frombuffer(blob, TOKENS_DTYPE).astype(np.float16, copy=False).reshape(n_tokens, -1)
 
 
 #: Prefix of provider facts in the store's ``meta`` table.
@@ -366,19 +399,22 @@ class ScoreCache:
                 answer = _decode(self._store.location, row[:-1])
                 yield {
                     "key": row[0],
-                    "model": row[8],
+                    "model": row[-1],
                     "logprobs": answer.logprobs.tolist(),
                     "hidden": None if answer.hidden is None else answer.hidden.tolist(),
                     "prompt_tokens": answer.prompt_tokens,
                     "created": answer.created,
                     "floored": answer.floored,
+                    "token_features": None if answer.token_features is None
+                    else answer.token_features.astype(np.float32).tolist(),
                 }
 
     def export(self, dest: str | Path | TextIO) -> int:
         """Write every entry as JSON Lines, oldest first.
 
-        Each line is ``{key, model, logprobs, hidden, prompt_tokens, created, floored}``;
-        ``hidden`` is a list or null. A log-probability of -inf is written as
+        Each line is ``{key, model, logprobs, hidden, prompt_tokens, created, floored,
+        token_features}``; ``hidden`` is a list or null, ``token_features`` a list of
+        lists (tokens × width) or null. A log-probability of -inf is written as
         ``-Infinity``, as Python's :mod:`json` does.
 
         Parameters

@@ -25,7 +25,7 @@ from .errors import BudgetExceeded, OfflineCacheMiss, ProviderError, ProviderRes
 from .frames import as_examples
 from .providers._remote import charge_of
 from .providers.base import Provider, ProviderAnswer
-from .scores import Scores
+from .scores import Scores, pad_token_features
 from .task import Task
 
 __all__ = ["AsyncClient", "Client", "Usage"]
@@ -616,4 +616,8 @@ def _to_scores(task: Task, answers: Sequence[Any], hits: np.ndarray) -> Scores:
         hidden = np.stack([np.asarray(a.hidden, dtype=np.float32) for a in answers])  # (n, d)
     tokens = np.array([a.prompt_tokens for a in answers], dtype=np.int64)
     floored = np.array([getattr(a, "floored", 0) for a in answers], dtype=np.int64)
-    return Scores(label_lp, hidden, hits, tokens, tuple(task.labels), floored)
+    feats, mask = None, None
+    rows = [getattr(a, "token_features", None) for a in answers]
+    if answers and all(r is not None for r in rows):
+        feats, mask = pad_token_features([r for r in rows if r is not None])  # (n, N, d)
+    return Scores(label_lp, hidden, hits, tokens, tuple(task.labels), floored, feats, mask)

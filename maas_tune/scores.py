@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Scores"]
+__all__ = ["Scores", "pad_token_features"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,12 @@ class Scores:
         Label words per example that the API did not rank in its top-k and that got
         the top-k bound instead of the model's value (chat ``top_logprobs``); None
         when unknown (scores built from arrays).
+    token_features : np.ndarray of shape (n, N, d), float16, or None
+        Last-layer hidden states of each prompt's last ``N`` tokens (oldest first),
+        padded with zeros after a prompt's real tokens when it has fewer; None unless
+        asked for (``token_features=N`` on the provider) and given by every answer.
+    token_mask : np.ndarray of shape (n, N), bool, or None
+        True on the real rows of ``token_features`` (None exactly when it is None).
     """
 
     label_logprobs: np.ndarray
@@ -41,6 +47,8 @@ class Scores:
     prompt_tokens: np.ndarray
     labels: tuple[str, ...]
     floored: np.ndarray | None = None
+    token_features: np.ndarray | None = None
+    token_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, k = self.label_logprobs.shape
@@ -53,6 +61,7 @@ class Scores:
                 raise ValueError(f"{name} has shape {arr.shape}, expected ({n},)")
         if self.hidden is not None and self.hidden.shape[0] != n:
             raise ValueError(f"hidden has {self.hidden.shape[0]} rows, expected {n}")
+        _check_tokens(self.token_features, self.token_mask, n)
 
     def __len__(self) -> int:
         return int(self.label_logprobs.shape[0])
@@ -116,6 +125,8 @@ class Scores:
             prompt_tokens=self.prompt_tokens[idx],
             labels=self.labels,
             floored=None if self.floored is None else self.floored[idx],
+            token_features=None if self.token_features is None else self.token_features[idx],
+            token_mask=None if self.token_mask is None else self.token_mask[idx],
         )
 
     @classmethod
@@ -124,12 +135,64 @@ class Scores:
         label_logprobs: np.ndarray,
         hidden: np.ndarray | None = None,
         labels: Sequence[str] | None = None,
+        token_features: np.ndarray | None = None,
+        token_mask: np.ndarray | None = None,
     ) -> Scores:
-        """Build scores from plain arrays (e.g. features computed elsewhere); no usage info."""
+        """Build scores from plain arrays (e.g. features computed elsewhere); no usage info.
+
+        ``token_features`` is (n, N, d); ``token_mask`` (n, N) defaults to all True.
+        """
         lp = np.asarray(label_logprobs, dtype=np.float32)
         if lp.ndim != 2:
             raise ValueError(f"label_logprobs must be 2-D (n, K), got shape {lp.shape}")
         n, k = lp.shape
         names = tuple(labels) if labels is not None else tuple(str(i) for i in range(k))
         h = None if hidden is None else np.asarray(hidden, dtype=np.float32)
-        return cls(lp, h, np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64), names)
+        feats, mask = None, None
+        if token_features is not None:
+            feats = np.asarray(token_features, dtype=np.float16)
+            shape = feats.shape[:2] if feats.ndim == 3 else (n, 0)
+            mask = np.ones(shape, bool) if token_mask is None else np.asarray(token_mask, bool)
+        return cls(
+            lp,
+            h,
+            np.zeros(n, dtype=bool),
+            np.zeros(n, dtype=np.int64),
+            names,
+            token_features=feats,
+            token_mask=mask,
+        )
+
+
+def pad_token_features(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack per-answer token states of different lengths into one padded array.
+
+    Parameters
+    ----------
+    rows : sequence of np.ndarray, each of shape (m_i, d)
+
+    Returns
+    -------
+    token_features : np.ndarray, shape (n, N, d), float16
+        ``N = max m_i``; row i holds its ``m_i`` states first, zeros after.
+    token_mask : np.ndarray, shape (n, N), bool
+    """
+    width = max((len(r) for r in rows), default=0)
+    d = rows[0].shape[1] if rows else 0
+    feats = np.zeros((len(rows), width, d), np.float16)  # (n, N, d)
+    mask = np.zeros((len(rows), width), bool)  # (n, N)
+    for i, r in enumerate(rows):
+        feats[i, : len(r)] = r
+        mask[i, : len(r)] = True
+    return feats, mask
+
+
+def _check_tokens(feats: np.ndarray | None, mask: np.ndarray | None, n: int) -> None:
+    if (feats is None) != (mask is None):
+        raise ValueError("token_features and token_mask go together: give both or neither")
+    if feats is None or mask is None:
+        return
+    if feats.ndim != 3 or feats.shape[0] != n:
+        raise ValueError(f"token_features has shape {feats.shape}, expected ({n}, N, d)")
+    if mask.shape != feats.shape[:2]:
+        raise ValueError(f"token_mask has shape {mask.shape}, expected {feats.shape[:2]}")

@@ -18,14 +18,20 @@ class FakeProvider(Provider):
 
     returns_hidden = True
 
-    def __init__(self, dim: int = 8, fail_after: int | None = None) -> None:
+    def __init__(
+        self, dim: int = 8, fail_after: int | None = None, token_features: int | None = None
+    ) -> None:
         self.dim = dim
         self.fail_after = fail_after
+        self.token_features = token_features
         self.sent: list[str] = []
         self._lock = threading.Lock()
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"provider": "fake", "model": "fake-model", "dim": self.dim}
+        found: dict[str, Any] = {"provider": "fake", "model": "fake-model", "dim": self.dim}
+        if self.token_features:
+            found["token_features"] = self.token_features
+        return found
 
     def label_token_ids(self, words: Sequence[str]) -> list[int]:
         return [int(hashlib.sha256(w.encode()).hexdigest()[:6], 16) for w in words]
@@ -44,5 +50,11 @@ class FakeProvider(Provider):
             rng = np.random.default_rng(seed)
             lp = -rng.uniform(0.1, 8.0, size=len(token_ids)).astype(np.float32)
             h = rng.normal(size=self.dim).astype(np.float32)
-            out.append(ProviderAnswer(logprobs=lp, hidden=h, prompt_tokens=n))
+            tokens = None
+            if self.token_features:  # the last row is the prediction position's state
+                rows = rng.normal(size=(min(n, self.token_features) - 1, self.dim))
+                tokens = np.vstack([rows, h[None]]).astype(np.float16)
+            out.append(
+                ProviderAnswer(logprobs=lp, hidden=h, prompt_tokens=n, token_features=tokens)
+            )
         return out

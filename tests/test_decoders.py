@@ -33,7 +33,8 @@ def make_scores(
     lp = (
         logits - np.log(np.exp(logits).sum(1, keepdims=True)) - 3.0
     )  # log-probs over a larger vocabulary
-    return Scores.from_arrays(lp, h if hidden else None, LABELS), y
+    tokens = h[:, None, :] if hidden else None  # one token's state (Y-Tuning's keys)
+    return Scores.from_arrays(lp, h if hidden else None, LABELS, token_features=tokens), y
 
 
 def fit(decoder: BaseDecoder, X: Scores, y: np.ndarray) -> BaseDecoder:

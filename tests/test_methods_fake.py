@@ -167,7 +167,7 @@ def test_load_method_refuses_tampered_or_foreign_files(client, tmp_path):
 
 def test_evaluate_runs_prompt_methods_and_reports_their_own_cost(db_path):
     store = Store(db_path)
-    fake = FakeProvider()
+    fake = FakeProvider(token_features=4)  # Y-Tuning's keys
     ds, task = datasets.load("trec"), datasets.load_task("trec")
     kwargs = {
         "provider": fake,

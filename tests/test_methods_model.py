@@ -11,6 +11,7 @@ import pytest
 
 import maas_tune
 from maas_tune import _cli_commands, datasets, experiment
+from maas_tune._constants import DEFAULT_TOKEN_FEATURES
 from maas_tune._sqlite import Store
 from maas_tune.budget import QueryBudget
 from maas_tune.cache import ScoreCache
@@ -102,7 +103,14 @@ def test_prompt_tuning_runs_on_every_dataset(gemma, db_path, name):
 
 
 def test_cli_eval_runs_every_comparison_method(gemma, monkeypatch, capsys, db_path):
-    monkeypatch.setattr(_cli_commands, "_provider", lambda args, model=None: gemma)
+    monkeypatch.setattr(gemma, "token_features", None)  # restored after the test
+
+    def provider(args, model=None):  # what _provider builds: the model asked for Y-Tuning's keys
+        assert args.token_features == DEFAULT_TOKEN_FEATURES
+        gemma.token_features = args.token_features
+        return gemma
+
+    monkeypatch.setattr(_cli_commands, "_provider", provider)
     small = {  # the wiring is under test, not the defaults: keep the model work small
         "bdpl": lambda shots, seed: BDPL(
             random_state=seed, epochs=1, sample_size=2, prompt_length=2

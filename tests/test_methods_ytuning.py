@@ -15,18 +15,18 @@ LABELS = ("a", "b", "c")
 
 
 def _problem(n_per_class: int = 10, p: int | None = None, seed: int = 0, d: int = 12):
-    """Three classes whose class signal sits in one position of p (or in the single state)."""
+    """Three classes whose class signal sits in one token of p (or in the single token)."""
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(3), n_per_class)
     centres = np.random.default_rng(99).normal(size=(3, d)) * 2.5
     signal = centres[y] + rng.normal(size=(len(y), d))  # (n, d)
     if p is None:
-        hidden = signal
+        hidden = signal[:, None, :]  # (n, 1, d): one token
     else:
         hidden = rng.normal(size=(len(y), p, d))  # noise positions
         hidden[np.arange(len(y)), rng.integers(0, p, len(y))] = signal  # signal somewhere
     lp = np.log(np.full((len(y), 3), 1 / 3))
-    return Scores.from_arrays(lp, hidden, LABELS), y
+    return Scores.from_arrays(lp, None, LABELS, token_features=hidden), y
 
 
 def test_label_network_shapes_and_padding_is_ignored():
@@ -68,13 +68,13 @@ def test_ytuning_is_deterministic_and_round_trips_through_safetensors(tmp_path):
     ]
 
 
-def test_ytuning_refuses_bad_settings_and_missing_hidden_states():
+def test_ytuning_refuses_bad_settings_and_missing_token_features():
     X, y = _problem()
     with pytest.raises(ConfigurationError, match="must divide"):
         YTuning(d_model=10, n_heads=4).fit(X, y)
-    no_hidden = Scores.from_arrays(X.label_logprobs, None, LABELS)
-    with pytest.raises(ConfigurationError, match="hidden states"):
-        YTuning().fit(no_hidden, y)
+    hidden_only = Scores.from_arrays(X.label_logprobs, X.token_features[:, 0], LABELS)
+    with pytest.raises(ConfigurationError, match="token features"):
+        YTuning().fit(hidden_only, y)
     fitted = YTuning(epochs=2).fit(X, y)
     other, _ = _problem(d=7)
     with pytest.raises(ConfigurationError, match="width 7"):

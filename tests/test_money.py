@@ -257,11 +257,11 @@ def _write_v3(url: str) -> None:
 
 def test_a_schema_3_store_gets_the_cost_columns(store_url: str) -> None:
     _write_v3(store_url)
-    assert [step.version for step in STEPS][-1] == DB_SCHEMA_VERSION == 4
+    assert STEPS[3].version == 4 and [step.version for step in STEPS][-1] == DB_SCHEMA_VERSION
     with Store(store_url) as store:
         with store.read() as conn:
             version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-            assert version.fetchone()[0] == "4"
+            assert version.fetchone()[0] == str(DB_SCHEMA_VERSION)
         old = QueryBudget("old", store=store)
         status = old.status()
         counters = (status.max_queries, status.spent_queries, status.spent_prompt_tokens)

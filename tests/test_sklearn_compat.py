@@ -53,7 +53,11 @@ def _problem(n: int = 48, d: int = 6, seed: int = 0) -> tuple[Scores, np.ndarray
     logprobs = logits - np.log(np.exp(logits).sum(1, keepdims=True)) - 1.0
     hidden = np.concatenate([np.eye(len(LABELS))[y], np.zeros((n, d - 3))], 1)
     hidden += rng.normal(0.0, 0.3, (n, d))
-    return Scores.from_arrays(logprobs, hidden, labels=LABELS), np.array(LABELS)[y]
+    tokens = np.stack([hidden, rng.normal(0.0, 0.3, (n, d))], 1)  # (n, 2, d): Y-Tuning's keys
+    return (
+        Scores.from_arrays(logprobs, hidden, labels=LABELS, token_features=tokens),
+        np.array(LABELS)[y],
+    )
 
 
 # ---------------------------------------------------------------- Scores as a sample set

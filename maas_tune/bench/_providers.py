@@ -54,7 +54,8 @@ class ProviderPool(contextlib.AbstractContextManager["ProviderPool"]):
         from ..providers.openai import OpenAICompletionsProvider
 
         scorer: Provider = OpenAICompletionsProvider(
-            base_url, model, strategy=spec.strategy, top_logprobs=spec.top_logprobs
+            base_url, model, strategy=spec.strategy, top_logprobs=spec.top_logprobs,
+            token_features=spec.token_features,
         )
         if not spec.embeddings:
             return scorer

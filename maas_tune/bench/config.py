@@ -26,7 +26,9 @@ _TOP_KEYS = frozenset(
     {"output", "report", "cache", "budget", "max_queries", "model", "block", *_GRID_KEYS}
 )
 _BLOCK_KEYS = frozenset({"name", "methods", "suffix", "params", "provider", "plot", *_GRID_KEYS})
-_PROVIDER_KEYS = frozenset({"kind", "base_url", "model", "strategy", "top_logprobs", "embeddings"})
+_PROVIDER_KEYS = frozenset(
+    {"kind", "base_url", "model", "strategy", "top_logprobs", "embeddings", "token_features"}
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class ProviderSpec:
         Top log-probs asked per request over HTTP.
     embeddings : bool
         Take hidden states from the API's ``/v1/embeddings`` (one more query per sample).
+    token_features : int or None
+        Ask for the states of each prompt's last this-many tokens (Y-Tuning's keys;
+        ``serve`` or ``http`` with the ``extension`` strategy).
     """
 
     kind: str = "local"
@@ -57,6 +62,7 @@ class ProviderSpec:
     strategy: str = "auto"
     top_logprobs: int = 5
     embeddings: bool = False
+    token_features: int | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,9 @@ def _provider(where: str, raw: Any) -> ProviderSpec:
         raise _fail(where, 'a provider of kind "http" needs base_url')
     if spec.embeddings and spec.kind == "local":
         raise _fail(where, 'embeddings = true needs a provider of kind "serve" or "http"')
+    if spec.token_features is not None and spec.kind == "local":
+        raise _fail(where, 'token_features needs a provider of kind "serve" or "http" (the '
+                    "local model is shared by every block; serve it to ask for token features)")
     return spec
 
 

@@ -119,8 +119,7 @@ def label_network_logits(
     params : dict
         From :func:`init_label_network`.
     feats : Tensor, shape (n, p, d)
-        Standardised frozen features: p positions per example (p = 1 for the
-        hidden state at the prediction position).
+        Standardised frozen features: the states of p tokens per example.
     mask : Tensor, shape (n, p), bool
         True on real positions (at least one per row).
     n_layers, heads : int

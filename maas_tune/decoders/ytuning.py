@@ -1,4 +1,4 @@
-"""Y-Tuning: learned label embeddings that attend over the cached hidden states."""
+"""Y-Tuning: learned label embeddings that attend over the input's cached token states."""
 
 from __future__ import annotations
 
@@ -15,62 +15,95 @@ from ._inputs import torch_seed
 from ._label_attention import init_label_network, label_network_logits, layer_names
 from .base import BaseDecoder, check_shapes, torch_threads
 
-__all__ = ["YTuning", "position_features"]
+__all__ = ["YTuning", "feature_scale", "position_features"]
 
 #: Prefix of the label network's tensors in a saved decoder.
 PARAM_PREFIX = "net."
+#: Weight, in inputs, of the pooled scale in each coordinate's scale (see :func:`feature_scale`).
+SCALE_PRIOR_INPUTS = 8
+
+#: Why Y-Tuning cannot run on scores without token states, and how to get them.
+NO_TOKEN_FEATURES = (
+    "Y-Tuning attends over the input's token features and these scores carry none; score "
+    "with token_features=N: TransformersProvider(token_features=32) in process, or "
+    "OpenAICompletionsProvider(url, model, strategy='extension', token_features=32) against "
+    "`maas-tune serve` (hosted top_logprobs, chat and embeddings APIs cannot return them)"
+)
 
 
 def position_features(X: Scores) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen features per position and their mask.
-
-    ``X.hidden`` of shape (n, d) is one position (the prediction position); a provider
-    that returns several positions' states gives (n, p, d), where an all-zero vector
-    marks padding.
+    """The input's token states (Y-Tuning's keys and values) and their mask.
 
     Returns
     -------
-    feats : Tensor, shape (n, p, d), float32
-    mask : Tensor, shape (n, p), bool
-        True on real positions; a row with none is treated as all real.
+    feats : Tensor, shape (n, N, d), float32
+        ``X.token_features``: the last-layer states of each prompt's last ``N`` tokens.
+    mask : Tensor, shape (n, N), bool
+        True on real tokens; a row with none is treated as all real.
 
     Raises
     ------
     ConfigurationError
-        If ``X`` has no hidden states.
+        If ``X`` carries no token features (:data:`NO_TOKEN_FEATURES` says how to get them).
     """
-    if X.hidden is None:
-        raise ConfigurationError(
-            "Y-Tuning attends over hidden states, and these scores carry none (the provider "
-            "returns none); use a scores-only decoder such as DecT or ScoreLogisticRegression"
-        )
-    feats = torch.as_tensor(X.hidden, dtype=torch.float32)
-    if feats.ndim == 2:
-        feats = feats[:, None, :]  # (n, 1, d)
-    if feats.ndim != 3:
-        raise ConfigurationError(f"hidden states must be (n, d) or (n, p, d), got {feats.shape}")
-    mask = feats.abs().sum(-1) > 0  # (n, p)
+    if X.token_features is None or X.token_mask is None:
+        raise ConfigurationError(NO_TOKEN_FEATURES)
+    feats = torch.as_tensor(np.asarray(X.token_features, dtype=np.float32))  # (n, N, d)
+    mask = torch.as_tensor(np.array(X.token_mask, dtype=bool))  # (n, N)
     mask[~mask.any(-1)] = True
     return feats, mask
+
+
+def feature_scale(real: torch.Tensor, n_inputs: int) -> torch.Tensor:
+    """Per-coordinate scale of the features, shrunk towards their pooled scale.
+
+    Parameters
+    ----------
+    real : Tensor, shape (r, d)
+        The training inputs' real token states.
+    n_inputs : int
+        How many inputs they come from.
+
+    Returns
+    -------
+    Tensor, shape (d,)
+        ``sqrt(w * var_j + (1 - w) * median(var))`` with ``w = n / (n + SCALE_PRIOR_INPUTS)``.
+    """
+    # A coordinate's standard deviation from a handful of inputs is noise: from K = 2 rows
+    # (1 shot, one state each) every standardised coordinate is exactly +-1, which erases
+    # the differences in magnitude the label network should see. Shrinking each variance
+    # towards the median variance (robust to the few huge coordinates a transformer's
+    # states have) keeps them; the weight counts inputs, not tokens, because the tokens of
+    # one input share its context and are far from independent draws. With 16 shots of 2
+    # classes (32 inputs) the per-coordinate variance has 80% of the weight.
+    var = real.var(0, unbiased=False)  # (d,)
+    w = n_inputs / (n_inputs + SCALE_PRIOR_INPUTS)
+    return (w * var + (1 - w) * var.median()).sqrt().clamp(min=1e-6)  # (d,)
 
 
 class YTuning(BaseDecoder):
     """Y-Tuning (Liu, An & Qiu, arXiv 2202.09817): label representations over frozen features.
 
-    Each class has a learned embedding; a small transformer decoder lets the K label
-    embeddings attend to each other and, through cross-attention, to the example's
-    frozen features (the hidden states the provider returned, standardised with the
-    training rows' statistics and projected to ``d_model``); each resulting label
-    vector is scored by a shared linear head, and a softmax over the K scores gives
-    the prediction. Only the label network is trained (AdamW, full batch, cross-entropy);
-    the language model is never touched.
+    The paper's abstract: "Y-tuning learns dense representations for labels Y defined
+    in a given task and aligns them to fixed feature representation. Without tuning the
+    features of input text and model parameters, Y-tuning is both parameter-efficient
+    and training-efficient." Here each class has
+    a learned embedding; a small transformer decoder lets the K label embeddings attend
+    to each other and, through cross-attention, to the frozen states of the input's
+    tokens (``X.token_features``: the last layer's states of the prompt's last ``N``
+    tokens, standardised with the training inputs' statistics and projected to
+    ``d_model``); each resulting label vector is scored by a shared linear head, and a
+    softmax over the K scores gives the prediction. Only the label network is trained
+    (AdamW, full batch, cross-entropy); the language model is never touched.
 
-    With the hidden state of one position (what the bundled providers return) the
-    cross-attention has a single key, so the label network is a label-conditioned
-    network of that state; with several positions' states (``hidden`` of shape
-    (n, p, d)) the labels attend over them, as in the paper.
+    **Needs token features**: scores from a provider asked for ``token_features=N``,
+    which the in-process provider and ``maas-tune serve``'s extension can give and
+    hosted top_logprobs / chat / embeddings APIs cannot (a :class:`ConfigurationError`
+    says so). With one state per input the attention softmax would be 1 and the query
+    weights would do nothing.
 
-    **Cost.** No query beyond the one per example that scores it; trains locally.
+    **Cost.** No query beyond the one per example that scores it (the token states come
+    with its answer and are cached with it); trains locally.
 
     Parameters
     ----------
@@ -90,7 +123,9 @@ class YTuning(BaseDecoder):
     ----------
     classes_ : np.ndarray of str, shape (K,)
     mean_, scale_ : torch.Tensor, shape (d,)
-        Standardisation of the features (over training rows and real positions).
+        Standardisation of the features (over training inputs and real tokens; the scale
+        is shrunk towards the pooled scale when there are few inputs, see
+        :func:`feature_scale`).
     params_ : dict of str to torch.Tensor
         The label network (see :func:`~maas_tune.decoders._label_attention.init_label_network`).
     """
@@ -119,13 +154,13 @@ class YTuning(BaseDecoder):
         self.n_threads = n_threads
 
     def fit(self, X: Scores, y: Sequence[Any] | np.ndarray | None = None) -> YTuning:
-        """Train the label network on scored examples with hidden states; returns ``self``."""
+        """Train the label network on scored examples with token features; returns ``self``."""
         self._check_params()
         target = self._encode_y(X, y)
         feats, mask = position_features(X)  # (n, p, d), (n, p)
         real = feats[mask]  # (r, d)
         mean = real.mean(0)
-        scale = real.std(0, unbiased=False).clamp(min=1e-6)
+        scale = feature_scale(real, len(X))  # (d,)
         generator = torch.Generator().manual_seed(torch_seed(self.random_state))
         with torch_threads(self.n_threads):
             params = init_label_network(
@@ -178,7 +213,7 @@ class YTuning(BaseDecoder):
         if feats.shape[-1] != self.mean_.shape[0]:
             raise ConfigurationError(
                 f"X has features of width {feats.shape[-1]} but this YTuning was fitted on "
-                f"width {self.mean_.shape[0]} (hidden states of another model?); score X with "
+                f"width {self.mean_.shape[0]} (token states of another model?); score X with "
                 "the provider and task it was fitted with"
             )
         return self._logits(self.params_, (feats - self.mean_) / self.scale_, mask)  # (n, K)

@@ -68,17 +68,16 @@ def _logprobs(choice: Mapping[str, Any], what: str) -> dict[str, Any]:
 
 
 # -- extension ------------------------------------------------------------------
-def score_extension(model: str, prompt: str, labels: Sequence[Label]) -> Script[ProviderAnswer]:
-    """Exact label log-probs and hidden state from the maas-tune server extension (1 request)."""
+def score_extension(
+    model: str, prompt: str, labels: Sequence[Label], token_features: int = 0
+) -> Script[ProviderAnswer]:
+    """Exact label log-probs and hidden state from the maas-tune server extension (1 request),
+    with the states of the prompt's last ``token_features`` tokens where that is > 0."""
     ids = [label.token_id for label in labels]
-    body = yield (
-        {
-            "model": model,
-            "prompt": prompt,
-            "max_tokens": 0,
-            "maas_tune": {"label_token_ids": ids, "return_hidden": True},
-        }
-    )
+    ext_request: dict[str, Any] = {"label_token_ids": ids, "return_hidden": True}
+    if token_features:
+        ext_request["return_token_features"] = token_features
+    body = yield {"model": model, "prompt": prompt, "max_tokens": 0, "maas_tune": ext_request}
     ext = first_choice(body, "extension").get("maas_tune")
     if not isinstance(ext, dict) or not isinstance(ext.get("label_logprobs"), list):
         raise ProviderResponseError(
@@ -91,7 +90,31 @@ def score_extension(model: str, prompt: str, labels: Sequence[Label]) -> Script[
             f"the extension returned {values.size} label logprobs for {len(ids)} label tokens"
         )
     tokens = ext.get("prompt_tokens", usage_tokens(body))
-    return ProviderAnswer(values, _decode_hidden(ext.get("hidden")), int(tokens), queries=1)
+    states = _decode_token_features(ext, token_features) if token_features else None
+    return ProviderAnswer(
+        values, _decode_hidden(ext.get("hidden")), int(tokens), queries=1, token_features=states
+    )
+
+
+def _decode_token_features(ext: Mapping[str, Any], asked: int) -> np.ndarray:
+    """The (m, d) float16 token states of an extension answer that was asked for ``asked``."""
+    value, shape = ext.get("token_features"), ext.get("token_features_shape")
+    if value is None or not isinstance(shape, list) or len(shape) != 2:
+        raise ProviderResponseError(
+            "the server answered the 'maas_tune' extension without 'token_features' (a "
+            "maas-tune serve older than token features?); upgrade the server's maas-tune"
+        )
+    try:
+        raw = base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProviderResponseError(f"the extension's 'token_features' is not valid base64: {exc}") from exc
+    m, d = (int(x) for x in shape)
+    if not 1 <= m <= asked or d < 1 or len(raw) != m * d * 2:
+        raise ProviderResponseError(
+            f"the extension's 'token_features' has {len(raw)} bytes and shape {shape}; expected "
+            f"float16 (m, d) with 1 <= m <= {asked}"
+        )
+    return np.frombuffer(raw, dtype="<f2").astype(np.float16).reshape(m, d)  # (m, d)
 
 
 def _decode_hidden(value: object) -> np.ndarray | None:

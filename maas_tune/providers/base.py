@@ -10,7 +10,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["FactStore", "Provider", "ProviderAnswer", "SetupCost", "Spend"]
+from .._constants import MAX_TOKEN_FEATURES
+from ..errors import ConfigurationError
+
+__all__ = [
+    "FactStore", "Provider", "ProviderAnswer", "SetupCost", "Spend", "check_token_features",
+]
 
 
 class FactStore(Protocol):
@@ -46,6 +51,10 @@ class ProviderAnswer:
     floored : int, default 0
         Label words the API did not rank in its top-k and that could not be read
         exactly: their ``logprobs`` entry is the top-k bound, not the model's value.
+    token_features : np.ndarray of shape (m, d), float16, or None
+        Last-layer hidden states of the prompt's last ``m <= N`` tokens, oldest first
+        (the last row is the prediction position), where they were asked for
+        (``token_features=N``) and the provider can give them; None otherwise.
     """
 
     logprobs: np.ndarray
@@ -53,6 +62,7 @@ class ProviderAnswer:
     prompt_tokens: int
     queries: int = 1
     floored: int = 0
+    token_features: np.ndarray | None = None
 
 
 @dataclass
@@ -94,6 +104,8 @@ class Provider(abc.ABC):
 
     #: Whether :meth:`score` returns hidden states.
     returns_hidden: bool = False
+    #: How many of the prompt's last tokens' states :meth:`score` returns (None: none).
+    token_features: int | None = None
 
     @abc.abstractmethod
     def fingerprint(self) -> dict[str, Any]:
@@ -200,3 +212,19 @@ class Provider(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_token_features(n: int | None) -> None:
+    """Refuse a ``token_features`` option that is not None or 1..``MAX_TOKEN_FEATURES``.
+
+    Raises
+    ------
+    ConfigurationError
+        Naming the value and the range.
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)
+                          or not 1 <= n <= MAX_TOKEN_FEATURES):
+        raise ConfigurationError(
+            f"token_features must be None or a number of tokens in 1..{MAX_TOKEN_FEATURES}, "
+            f"got {n!r}"
+        )

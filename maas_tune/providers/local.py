@@ -19,7 +19,7 @@ from ..errors import ConfigurationError, MissingDependencyError, ProviderError
 from ._device import DEFAULT_DEVICE, Placement, resolve_placement
 from ._model_files import CONVERSION_MARKER, ResolvedModel, resolve_model
 from ._packing import pack_runs
-from .base import Provider, ProviderAnswer
+from .base import Provider, ProviderAnswer, check_token_features
 
 __all__ = ["ContextLengthExceeded", "TransformersProvider"]
 
@@ -58,6 +58,10 @@ class TransformersProvider(Provider):
         Compute dtype of the weights: ``auto`` is float32 on CPU and bfloat16 on a GPU
         that computes it natively, else float32; float16 only when asked for (it is
         refused on CPU).
+    token_features : int or None, default None
+        Also return the last-layer states of each prompt's last ``token_features``
+        tokens (float16, :attr:`ProviderAnswer.token_features`; what Y-Tuning attends
+        over). Part of the fingerprint, so answers cached without them never stand in.
 
     Notes
     -----
@@ -85,7 +89,9 @@ class TransformersProvider(Provider):
         pack_tokens: int | None = LOCAL_PACK_TOKENS,
         device: str = DEFAULT_DEVICE,
         dtype: str = "auto",
+        token_features: int | None = None,
     ) -> None:
+        check_token_features(token_features)
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
         if pack_tokens is not None and pack_tokens < 1:
@@ -93,6 +99,7 @@ class TransformersProvider(Provider):
         self.batch_size = batch_size
         self.pack_tokens = pack_tokens
         self.returns_hidden = return_hidden
+        self.token_features = token_features
         placement = resolve_placement(device, dtype)  # before any loading: errors come fast
         self.device, self.dtype = placement.device, placement.dtype
         self._resolved: ResolvedModel = resolve_model(model)
@@ -101,7 +108,7 @@ class TransformersProvider(Provider):
 
     # -- contract ---------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
-        return {
+        found = {
             "provider": "transformers",
             "model": self._resolved.model_id,
             "weights": self._resolved.weights_id,
@@ -109,6 +116,9 @@ class TransformersProvider(Provider):
             "strategy": STRATEGY,
             "hidden": "last-layer@prediction" if self.returns_hidden else None,
         }
+        if self.token_features:  # only when asked: the keys of every other answer stay put
+            found["token_features"] = f"last-layer@last-{self.token_features}"
+        return found
 
     @property
     def model_id(self) -> str:
@@ -144,7 +154,20 @@ class TransformersProvider(Provider):
         return int(self._model.config.get_text_config().max_position_embeddings)
 
     def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
-        """Label log-probs after each prompt.
+        """Label log-probs after each prompt (and the states this provider was asked for).
+
+        Raises
+        ------
+        ContextLengthExceeded
+            As :meth:`score_with_tokens`.
+        """
+        return self.score_with_tokens(prompts, token_ids, self.token_features or 0)
+
+    def score_with_tokens(
+        self, prompts: Sequence[str], token_ids: Sequence[int], token_features: int
+    ) -> list[ProviderAnswer]:
+        """:meth:`score` with the states of each prompt's last ``token_features`` tokens
+        (0: none), whatever this provider was built with (the server's per-request field).
 
         Raises
         ------
@@ -159,13 +182,15 @@ class TransformersProvider(Provider):
         self._check_context(encoded)
         if self.pack_tokens is not None:
             for chunk in pack_runs([len(x) for x in encoded], self.batch_size, self.pack_tokens):
-                for i, answer in zip(chunk, self._score_packed([encoded[i] for i in chunk], ids)):
+                packed = self._score_packed([encoded[i] for i in chunk], ids, token_features)
+                for i, answer in zip(chunk, packed):
                     answers[i] = answer
             return [a for a in answers if a is not None]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            for i, answer in zip(chunk, self._score_batch([prompts[i] for i in chunk], ids)):
+            batch = self._score_batch([prompts[i] for i in chunk], ids, token_features)
+            for i, answer in zip(chunk, batch):
                 answers[i] = answer
         return [a for a in answers if a is not None]
 
@@ -184,7 +209,9 @@ class TransformersProvider(Provider):
                     f"{limit} tokens ({self.model_id}); shorten or truncate it"
                 )
 
-    def _score_packed(self, encoded: list[list[int]], token_ids: Any) -> list[ProviderAnswer]:
+    def _score_packed(
+        self, encoded: list[list[int]], token_ids: Any, n_last: int
+    ) -> list[ProviderAnswer]:
         """One forward pass over prompts packed into one row.
 
         Positions restart at 0 for each prompt; transformers then detects the packed
@@ -194,12 +221,14 @@ class TransformersProvider(Provider):
         lengths = [len(x) for x in encoded]
         flat = torch.tensor([[t for x in encoded for t in x]], **on)
         positions = torch.tensor([[i for n in lengths for i in range(n)]], **on)
-        ends = torch.tensor(np.cumsum(lengths) - 1, **on)
-        out, hidden = self._forward(
+        stops = np.cumsum(lengths)
+        ends = torch.tensor(stops - 1, **on)
+        spans = [(max(stop - n, stop - n_last), stop) for stop, n in zip(stops, lengths)]
+        out, (hidden, tails) = self._forward(
             {"input_ids": flat, "position_ids": positions, "logits_to_keep": ends},
-            lambda h: h[0, ends, :],
+            lambda h: (h[0, ends, :], [_half(h[0, a:b]) for a, b in spans] if n_last else None),
         )
-        return self._answers(out.logits[0], hidden, token_ids, lengths)
+        return self._answers(out.logits[0], hidden, token_ids, lengths, tails)
 
     def _forward(self, inputs: dict[str, Any], pick: Any) -> tuple[Any, Any]:
         """Run the model on ``inputs``; ``pick(last_hidden_state)`` selects the hidden states."""
@@ -220,10 +249,12 @@ class TransformersProvider(Provider):
         return out, captured["h"]
 
     def _answers(
-        self, logits: Any, hidden: Any, token_ids: Any, n_tokens: Sequence[int]
+        self, logits: Any, hidden: Any, token_ids: Any, n_tokens: Sequence[int],
+        tails: list[np.ndarray] | None = None,
     ) -> list[ProviderAnswer]:
         """Answers from the (b, V) logits and (b, d) hidden states of the prediction positions
-        (float32 numpy on the CPU, whatever the compute dtype and device)."""
+        (float32 numpy on the CPU, whatever the compute dtype and device), with each
+        prompt's (m, d) float16 token states where ``tails`` holds them."""
         logprobs = self._torch.log_softmax(logits.float(), dim=-1)  # (b, V)
         picked = logprobs[:, token_ids].cpu().numpy().astype(np.float32)  # (b, t)
         states = hidden.float().cpu().numpy().astype(np.float32) if self.returns_hidden else None
@@ -232,22 +263,34 @@ class TransformersProvider(Provider):
                 logprobs=picked[j].copy(),
                 hidden=None if states is None else states[j].copy(),
                 prompt_tokens=int(n_tokens[j]),
+                token_features=None if tails is None else tails[j],
             )
             for j in range(len(n_tokens))
         ]
 
-    def _score_batch(self, prompts: list[str], token_ids: Any) -> list[ProviderAnswer]:
+    def _score_batch(
+        self, prompts: list[str], token_ids: Any, n_last: int
+    ) -> list[ProviderAnswer]:
         """One forward pass over left-padded prompts."""
         enc = self._tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         mask = enc["attention_mask"]
         # Explicit positions keep left-padded rows identical to unpadded ones.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out, hidden = self._forward(
+        lengths = mask.sum(-1).tolist()
+        width = mask.shape[1]
+        spans = [max(width - n, width - n_last) for n in lengths]  # left padding comes first
+        out, (hidden, tails) = self._forward(
             {"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": positions,
                  "logits_to_keep": 1},
-            lambda h: h[:, -1, :],
+            lambda h: (h[:, -1, :], [_half(h[j, a:]) for j, a in enumerate(spans)] if n_last
+                       else None),
         )
-        return self._answers(out.logits[:, -1, :], hidden, token_ids, mask.sum(-1).tolist())
+        return self._answers(out.logits[:, -1, :], hidden, token_ids, lengths, tails)
+
+
+def _half(states: Any) -> np.ndarray:
+    """(m, d) float16 numpy copy of a slice of last-layer states (the rest is freed)."""
+    return states.float().cpu().numpy().astype(np.float16)
 
 
 def _load(

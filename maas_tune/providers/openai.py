@@ -40,7 +40,7 @@ from ._strategies import (
     score_extension,
     score_top_logprobs,
 )
-from .base import ProviderAnswer
+from .base import ProviderAnswer, check_token_features
 
 __all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "OpenAICompletionsProvider"]
 
@@ -99,6 +99,10 @@ class OpenAICompletionsProvider(RemoteProvider):
     default_query : Mapping[str, str], optional
         Query parameters added to every request (openai-python's ``default_query``),
         e.g. Azure's ``{"api-version": "2024-10-21"}``; not part of the cache identity.
+    token_features : int or None, default None
+        Under the ``extension`` strategy, also return the last-layer states of each
+        prompt's last ``token_features`` tokens (what Y-Tuning attends over; still 1
+        request per sample). Other strategies cannot: their answers carry none.
 
     Notes
     -----
@@ -121,7 +125,7 @@ class OpenAICompletionsProvider(RemoteProvider):
 
     The cache identity (:meth:`fingerprint`) is the full origin (scheme, host, port,
     path), the model asked for and the one the API reports serving, and whether the
-    answers carry hidden states — not the strategy: every strategy is exact, so answers
+    answers carry hidden states (and token states) — not the strategy: every strategy is exact, so answers
     cached by one serve another. An answer's ``prompt_tokens`` sums ``usage.prompt_tokens``
     over its requests (billed).
     """
@@ -143,7 +147,9 @@ class OpenAICompletionsProvider(RemoteProvider):
         rate_limit: RateLimit | RateLimiter | None = None,
         default_headers: Mapping[str, str] | None = None,
         default_query: Mapping[str, str] | None = None,
+        token_features: int | None = None,
     ) -> None:
+        check_token_features(token_features)
         base_url = resolve_base_url(base_url)
         max_concurrency = concurrency_for(max_concurrency, rate_limit)
         _check_options(base_url, model, strategy, top_logprobs, max_concurrency, timeout)
@@ -154,6 +160,7 @@ class OpenAICompletionsProvider(RemoteProvider):
             default_query=default_query,
         )
         self.top_logprobs = top_logprobs
+        self.token_features = token_features
         self._probe: ProbeResult | None = None
         self._misses: dict[tuple[str, ...], list[int]] = {}  # words -> [samples, missing]
         self._stats_lock = threading.Lock()
@@ -208,9 +215,11 @@ class OpenAICompletionsProvider(RemoteProvider):
 
     # -- contract -----------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
-        return self._identity_fingerprint(
-            "openai-completions", "exact+hidden" if self.strategy == "extension" else "exact"
-        )
+        reading = "exact"
+        if self.strategy == "extension":
+            tokens = f"+tokens@last-{self.token_features}" if self.token_features else ""
+            reading = "exact+hidden" + tokens
+        return self._identity_fingerprint("openai-completions", reading)
 
     def label_token_ids(self, words: Sequence[str]) -> list[int]:
         return self._label_token_ids(words, LABEL_WORD_PREFIX)
@@ -239,7 +248,7 @@ class OpenAICompletionsProvider(RemoteProvider):
         labels = self._labels(token_ids, plan.strategy)
         strategy = self._adapted(plan, labels)
         scorers: dict[str, Callable[..., Script[ProviderAnswer]]] = {
-            "extension": score_extension,
+            "extension": partial(score_extension, token_features=self.token_features or 0),
             "top_logprobs": partial(score_top_logprobs, top_k=self.top_logprobs,
                                     resolver=self._resolver(plan)),
             "echo": score_echo,

@@ -14,7 +14,10 @@ A completions request may carry ``"maas_tune": {"label_token_ids": [...],
 [...], "hidden": base64 float32 little-endian | null, "prompt_tokens": int}``, scored at
 the position right after the prompt (log-softmax over the full vocabulary), so one
 request per sample gives maas-tune everything it needs; ``max_tokens`` may then be 0.
-Such requests are batched dynamically across clients.
+Such requests are batched dynamically across clients. With ``"return_token_features": N``
+(1-512) the choice's ``maas_tune`` also carries ``"token_features"`` (base64 float16
+little-endian) and ``"token_features_shape": [m, d]``: the last-layer states of the
+prompt's last ``m <= N`` tokens, oldest first (what Y-Tuning attends over).
 
 Embeddings are the last-layer hidden state at the last prompt token (BOS prepended).
 

@@ -57,6 +57,12 @@ def encode_hidden(hidden: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(hidden, dtype="<f4").tobytes()).decode("ascii")
 
 
+def encode_token_features(states: np.ndarray) -> tuple[str, list[int]]:
+    """Base64 of the little-endian float16 bytes of (m, d) token states, and ``[m, d]``."""
+    raw = np.ascontiguousarray(states, dtype="<f2").tobytes()
+    return base64.b64encode(raw).decode("ascii"), [int(states.shape[0]), int(states.shape[1])]
+
+
 def check_top_logprobs(value: int | None, cap: int, param: str) -> None:
     """Raise a 400 :class:`APIError` when more top log-probs are asked than the server allows."""
     if value is not None and value > cap:
@@ -106,16 +112,20 @@ async def _extension(
 ) -> list[ExtensionResult | None]:
     if req.maas_tune is None:
         return [None] * len(prompts)
-    answers = await batcher.submit(prompts, req.maas_tune.label_token_ids, lengths)
+    n_last = req.maas_tune.return_token_features
+    answers = await batcher.submit(prompts, req.maas_tune.label_token_ids, lengths, n_last)
     want_hidden = req.maas_tune.return_hidden
-    return [
-        ExtensionResult(
+    results: list[ExtensionResult | None] = []
+    for a in answers:
+        tokens, shape = (None, None)
+        if n_last and a.token_features is not None:
+            tokens, shape = encode_token_features(a.token_features)
+        results.append(ExtensionResult(
             label_logprobs=[float(x) for x in a.logprobs],
             hidden=encode_hidden(a.hidden) if want_hidden and a.hidden is not None else None,
-            prompt_tokens=a.prompt_tokens,
-        )
-        for a in answers
-    ]
+            prompt_tokens=a.prompt_tokens, token_features=tokens, token_features_shape=shape,
+        ))
+    return results
 
 
 def _choice(

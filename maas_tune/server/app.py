@@ -205,7 +205,7 @@ def create_app(
         ``app.state.slot`` the model slot (``app.state.slot.engine``).
     """
     slot = ModelSlot(engine, on_failure=on_load_failure)
-    batcher = ScoreBatcher(lambda prompts, ids: slot.engine.score(prompts, ids),
+    batcher = ScoreBatcher(lambda prompts, ids, *n: slot.engine.score(prompts, ids, *n),
                            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                            max_queue=max_queue)
 

@@ -21,7 +21,9 @@ BATCH_SIZE_HISTORY = 1024
 #: Default longest wait of a prompt for company of its length.
 DEFAULT_MAX_DELAY_MS = 1000.0
 
-ScoreFn = Callable[[Sequence[str], Sequence[int]], list[ProviderAnswer]]
+#: ``score(prompts, token_ids)``, or ``score(prompts, token_ids, n)`` when a prompt of the
+#: pass asks for the states of its last ``n`` tokens.
+ScoreFn = Callable[..., list[ProviderAnswer]]
 
 
 class QueueFull(MaasTuneError):
@@ -45,6 +47,7 @@ class _Item:
     length: int
     future: asyncio.Future[ProviderAnswer]
     arrived: float = 0.0
+    token_features: int = 0
 
 
 class ScoreBatcher:
@@ -160,12 +163,13 @@ class ScoreBatcher:
 
     async def submit(
         self, prompts: Sequence[str], token_ids: Sequence[int],
-        lengths: Sequence[int] | None = None,
+        lengths: Sequence[int] | None = None, token_features: int = 0,
     ) -> list[ProviderAnswer]:
         """Score ``token_ids`` after each prompt; answers come back in prompt order.
 
         ``lengths`` (tokens per prompt) lets the batcher group prompts of similar
-        length; without it, characters stand in for tokens.
+        length; without it, characters stand in for tokens. ``token_features`` > 0 asks
+        for the states of each prompt's last that many tokens (else the answers carry none).
 
         Raises
         ------
@@ -185,7 +189,10 @@ class ScoreBatcher:
         ids = tuple(int(t) for t in token_ids)
         sizes = [len(p) for p in prompts] if lengths is None else [int(n) for n in lengths]
         now = loop.time()
-        items = [_Item(p, ids, n, loop.create_future(), now) for p, n in zip(prompts, sizes)]
+        items = [
+            _Item(p, ids, n, loop.create_future(), now, token_features)
+            for p, n in zip(prompts, sizes)
+        ]
         for item in items:
             queue.put_nowait(item)
         self._pending += len(items)
@@ -285,10 +292,12 @@ class ScoreBatcher:
         if not items:
             return
         union = sorted({t for item in items for t in item.token_ids})
+        n_last = max(item.token_features for item in items)  # the pass gives the most asked
         self.batch_sizes.append(len(items))
         try:
             answers = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._score, [i.prompt for i in items], union
+                self._executor, self._score, [i.prompt for i in items], union,
+                *((n_last,) if n_last else ()),
             )
         except Exception as exc:  # noqa: BLE001 - handed to each waiting request
             for item in items:
@@ -299,4 +308,8 @@ class ScoreBatcher:
         for item, answer in zip(items, answers):
             if not item.future.done():
                 cols = [column[t] for t in item.token_ids]
-                item.future.set_result(replace(answer, logprobs=answer.logprobs[cols]))
+                states, n = answer.token_features, item.token_features
+                tail = states[-n:] if states is not None and n else None
+                item.future.set_result(
+                    replace(answer, logprobs=answer.logprobs[cols], token_features=tail)
+                )

@@ -153,10 +153,13 @@ class Engine:
         return self.provider.pack_tokens
 
     # -- scoring ----------------------------------------------------------------
-    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
-        """``provider.score`` under the engine lock (log-softmax over the full vocabulary)."""
+    def score(
+        self, prompts: Sequence[str], token_ids: Sequence[int], token_features: int = 0
+    ) -> list[ProviderAnswer]:
+        """``provider.score`` under the engine lock (log-softmax over the full vocabulary),
+        with the states of each prompt's last ``token_features`` tokens (0: none)."""
         with self._lock:
-            return self.provider.score(prompts, token_ids)
+            return self.provider.score_with_tokens(prompts, token_ids, token_features)
 
     # -- completion -------------------------------------------------------------
     def complete(self, prompt: str, params: GenerationParams) -> Completion:

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .._constants import MAX_TOKEN_FEATURES
 from ..errors import MaasTuneError
 
 __all__ = [
@@ -102,6 +103,8 @@ class ExtensionRequest(BaseModel):
 
     label_token_ids: list[int] = Field(min_length=1)
     return_hidden: bool = False
+    #: States of the prompt's last this-many tokens (0: none); Y-Tuning's keys.
+    return_token_features: int = Field(0, ge=0, le=MAX_TOKEN_FEATURES)
 
     @field_validator("label_token_ids")
     @classmethod
@@ -207,6 +210,12 @@ class ExtensionResult(BaseModel):
     label_logprobs: list[float]
     hidden: str | None = Field(description="base64 of little-endian float32 bytes, shape (d,)")
     prompt_tokens: int
+    token_features: str | None = Field(
+        None, description="base64 of little-endian float16 bytes, shape token_features_shape"
+    )
+    token_features_shape: list[int] | None = Field(
+        None, description="(m, d): the states of the prompt's last m <= N tokens, oldest first"
+    )
 
 
 class CompletionChoice(BaseModel):
@@ -243,5 +252,8 @@ class CompletionResponse(BaseModel):
         for choice in body["choices"]:
             if choice["maas_tune"] is None:
                 del choice["maas_tune"]
+            elif choice["maas_tune"]["token_features"] is None:  # not asked for
+                ext = choice["maas_tune"]
+                del ext["token_features"], ext["token_features_shape"]
         return body
 

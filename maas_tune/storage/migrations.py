@@ -85,6 +85,11 @@ STEPS: tuple[Migration, ...] = (
         "ALTER TABLE budgets ADD COLUMN price_input {real}",
         "ALTER TABLE budgets ADD COLUMN price_output {real}",
     )),
+    Migration(5, "the states of a prompt's last tokens, kept with the answer", (
+        # NULL: not asked for (or not given). Else n_tokens rows of little-endian float16.
+        "ALTER TABLE answers ADD COLUMN n_tokens INTEGER",
+        "ALTER TABLE answers ADD COLUMN tokens {blob}",
+    )),
 )  # fmt: skip
 
 #: Tables some step creates: a database holding one of them but no marker is not ours.

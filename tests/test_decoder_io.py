@@ -161,6 +161,7 @@ def test_tensor_shape_mismatch(saved: Path) -> None:
         "radii_": torch.zeros(4, 3),
         "member_lams_": torch.ones(4),
         "member_weights_": torch.full((4,), 0.25),
+        "member_temps_": torch.ones(4),
     }
     save_file(tensors, str(saved / TENSORS_NAME))
     with pytest.raises(SerializationError, match="'projection_' has shape"):

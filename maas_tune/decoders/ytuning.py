@@ -13,12 +13,15 @@ from ..errors import ConfigurationError
 from ..scores import Scores
 from ._inputs import torch_seed
 from ._label_attention import init_label_network, label_network_logits, layer_names
+from ._select import choose_value
 from .base import BaseDecoder, check_shapes, torch_threads
 
 __all__ = ["YTuning", "position_features"]
 
 #: Prefix of the label network's tensors in a saved decoder.
 PARAM_PREFIX = "net."
+#: Candidates for ``weight_decay`` when it is None (cross-validated on the shots).
+WEIGHT_DECAY_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 
 
 def position_features(X: Scores) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +84,13 @@ class YTuning(BaseDecoder):
     dropout : float, default 0.1
     epochs : int, default 300
     learning_rate : float, default 1e-3
-    weight_decay : float, default 0.01
+    weight_decay : float or None, default 0.01
+        AdamW's decoupled weight decay; None chooses it from ``weight_decay_grid``
+        by cross-validation on the training rows, the procedure DecT chooses ``lam``
+        by (:mod:`~maas_tune.decoders._select`; 0.01 where a class has one row).
+    weight_decay_grid : sequence of float
+    n_folds : int, default 4
+        Cross-validation folds, capped by the smallest class count.
     random_state : int or None
     n_threads : int or None, default 1
         Torch intra-op threads while fitting and predicting.
@@ -104,7 +113,9 @@ class YTuning(BaseDecoder):
         dropout: float = 0.1,
         epochs: int = 300,
         learning_rate: float = 1e-3,
-        weight_decay: float = 0.01,
+        weight_decay: float | None = 0.01,
+        weight_decay_grid: Sequence[float] = WEIGHT_DECAY_GRID,
+        n_folds: int = 4,
         random_state: int | None = None,
         n_threads: int | None = 1,
     ) -> None:
@@ -115,6 +126,8 @@ class YTuning(BaseDecoder):
         self.epochs = epochs
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.weight_decay_grid = weight_decay_grid
+        self.n_folds = n_folds
         self.random_state = random_state
         self.n_threads = n_threads
 
@@ -128,6 +141,9 @@ class YTuning(BaseDecoder):
         scale = real.std(0, unbiased=False).clamp(min=1e-6)
         generator = torch.Generator().manual_seed(torch_seed(self.random_state))
         with torch_threads(self.n_threads):
+            self.weight_decay_, self.cv_loss_ = choose_value(
+                self, "weight_decay", self.weight_decay_grid, 0.01, X, target
+            )
             params = init_label_network(
                 feats.shape[-1], self.d_model, len(X.labels), self.n_layers, generator
             )
@@ -147,7 +163,7 @@ class YTuning(BaseDecoder):
         for p in params.values():
             p.requires_grad_(True)
         optimizer = torch.optim.AdamW(
-            list(params.values()), lr=self.learning_rate, weight_decay=self.weight_decay
+            list(params.values()), lr=self.learning_rate, weight_decay=self.weight_decay_
         )
         for _ in range(self.epochs):
             optimizer.zero_grad(set_to_none=True)

@@ -82,9 +82,7 @@ def draw_pool(
     y = labels_to_indices(usable, labels)
     rng = np.random.default_rng(seed)
     take = min(per_class, limit // len(labels))
-    picked = [
-        rng.permutation(np.flatnonzero(y == c))[:take] for c in range(len(labels))
-    ]
+    picked = [rng.permutation(np.flatnonzero(y == c))[:take] for c in range(len(labels))]
     pool = [usable[i] for i in np.sort(np.concatenate(picked))]
     check_disjoint(pool, test, "pool")
     return pool

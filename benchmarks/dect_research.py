@@ -111,7 +111,9 @@ def run_one(make: Factory, data: DevData, shots: int, seed: int) -> tuple[float,
 def accuracy_table(args: argparse.Namespace, data: dict[str, DevData]) -> None:
     """Print a markdown table: method x dataset, mean ± std dev accuracy over the seeds."""
     names = list(data)
-    print(f"dev protocol: seeds 0..{args.seeds - 1}; pool sizes {[len(d.y) for d in data.values()]}")
+    print(
+        f"dev protocol: seeds 0..{args.seeds - 1}; pool sizes {[len(d.y) for d in data.values()]}"
+    )
     print("| method | shots | " + " | ".join(names) + " | mean | fit s (mean) |")
     print("|---" * (len(names) + 4) + "|")
     for name in args.methods.split(","):

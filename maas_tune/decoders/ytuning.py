@@ -89,6 +89,7 @@ class YTuning(BaseDecoder):
         by cross-validation on the training rows, the procedure DecT chooses ``lam``
         by (:mod:`~maas_tune.decoders._select`; 0.01 where a class has one row).
     weight_decay_grid : sequence of float
+        Candidates for ``weight_decay`` when it is None.
     n_folds : int, default 4
         Cross-validation folds, capped by the smallest class count.
     random_state : int or None

@@ -1,17 +1,16 @@
-"""How the defaults of ``DecT`` were chosen: few-shot accuracy of decoders on dumped features.
+"""The dev protocol: how the decoders' defaults are chosen, without the test split.
 
-Reads ``<feats>/<config>.npz`` files holding, for one dataset and prompt template,
-``train_lp`` (n_pool, K) label log-probabilities, ``train_h`` (n_pool, d) hidden
-states, ``train_y``, the same for ``test_*``, ``content_free_lp`` (K,) and ``labels``.
-For each seed a class-balanced k-shot set is drawn from the training pool with
-``np.random.default_rng(seed)``; methods are evaluated either on the rest of the
-pool (``--split dev``, what choices were made on) or on the test set
-(``--split test``, reported only once the choices were fixed).
+Features come from the real model: for each bundled dataset a class-balanced pool
+(at most 100 per class and 400 in all) is drawn from ``train.jsonl`` only, checked
+to share no input with ``test.jsonl``, and scored by the in-process Gemma 3 270M
+through :class:`maas_tune.Client` (answers cached in ``benchmarks/.cache/dev.sqlite``;
+see ``_dev_data.py``). For seed s a class-balanced k-shot set is drawn from the pool
+with ``np.random.default_rng(s)`` and every method is scored on the rest of the pool.
 
 Examples::
 
-    python benchmarks/dect_research.py --split dev --seeds 10 --methods dect,refit,lam=4
-    python benchmarks/dect_research.py --split test --seeds 5 --shots 16
+    python benchmarks/dect_research.py --seeds 10 --shots 16 --methods dect,dect:vote=one
+    python benchmarks/dect_research.py --seeds 10 --shots 1,4 --methods lr,linear-probe,dect
     python benchmarks/dect_research.py --timing
 """
 
@@ -23,10 +22,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
+from _dev_data import DevData, build
 
 from maas_tune.decoders import (
     BaseDecoder,
@@ -34,51 +33,57 @@ from maas_tune.decoders import (
     DecT,
     LinearProbe,
     ScoreLogisticRegression,
+    YTuning,
     ZeroShot,
 )
-from maas_tune.scores import Scores
 
 Factory = Callable[[int, int], BaseDecoder]
+DATASETS = "sst2,agnews,trec,subj,rte"
 
-#: The methods of the comparison: name -> factory(shots, seed).
+#: The methods at their defaults: name -> factory(shots, seed).
 METHODS: dict[str, Factory] = {
     "zero-shot": lambda shots, seed: ZeroShot(),
     "calibrated": lambda shots, seed: ContextualCalibration(),
     "lr": lambda shots, seed: ScoreLogisticRegression(random_state=seed),
     "linear-probe": lambda shots, seed: LinearProbe(random_state=seed),
+    "ytuning": lambda shots, seed: YTuning(random_state=seed),
     "dect-paper": lambda shots, seed: DecT.paper(shots, random_state=seed),
     "dect": lambda shots, seed: DecT(random_state=seed),
 }
 
-#: Variants explored on the dev split while choosing the defaults (name -> DecT kwargs).
+#: Candidate variants, the same number per trainable method: ``method:name`` -> parameters
+#: set on the method's default (``set_params``).
 VARIANTS: dict[str, dict[str, object]] = {
-    # the published recipe, one change at a time (applied to DecT.paper)
-    "paper+std": {"standardize": True},
-    "paper+mean-cal": {"calibration": "mean"},
-    **{f"paper+lam={v:g}": {"lam": v} for v in (0.25, 1.0, 4.0)},
-    # the default with one thing changed (applied to DecT())
-    **{f"lam={v:g}": {"lam": v} for v in (0.0625, 0.25, 1.0, 4.0)},
-    "cv=log_loss": {"cv_metric": "log_loss"},
-    "refit": {"refit": True},
-    "cal=content_free": {"calibration": "content_free"},
-    "cal=none": {"calibration": "none"},
-    "no-std": {"standardize": False},
-    "radius=normalized": {"radius_init": "normalized"},
-    "proto_dim=128": {"proto_dim": 128},
-    "epochs=20": {"epochs": 20},
-    "epochs=50": {"epochs": 50},
-    "lr=0.03": {"lr": 0.03},
-    "wd=1e-3": {"weight_decay": 1e-3},
-    "folds=2": {"n_folds": 2},
-    "grid+16": {"lam_grid": (0.0625, 0.25, 1.0, 4.0, 16.0)},
-    "select=best": {"lam_selection": "best"},
+    "dect:vote=one": {"vote_temperature": "one"},
+    "dect:vote=cv": {"vote_temperature": "cv"},
+    "dect:select=best": {"lam_selection": "best"},
+    "dect:refit": {"refit": True},
+    "lr:alpha=cv": {"alpha": None},
+    "lr:alpha=0.001": {"alpha": 0.001},
+    "lr:alpha=0.01": {"alpha": 0.01},
+    "lr:alpha=0.1": {"alpha": 0.1},
+    "linear-probe:alpha=cv": {"alpha": None},
+    "linear-probe:alpha=0.01": {"alpha": 0.01},
+    "linear-probe:alpha=0.1": {"alpha": 0.1},
+    "linear-probe:alpha=1": {"alpha": 1.0},
+    "ytuning:wd=cv": {"weight_decay": None},
+    "ytuning:wd=0.01": {"weight_decay": 0.01},
+    "ytuning:wd=1": {"weight_decay": 1.0},
+    "ytuning:wd=10": {"weight_decay": 10.0},
+    # the conditioning of standardisation (decisive at 1 shot)
+    **{f"dect:prior={v:g}": {"scale_prior": v} for v in (0.0, 4.0, 16.0, 64.0)},
+    **{f"linear-probe:prior={v:g}": {"scale_prior": v} for v in (0.0, 4.0, 16.0, 64.0)},
 }
 
 
-def load_config(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of one feature file."""
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+def factory(name: str) -> Factory:
+    """The factory of a method or variant name (see :data:`METHODS`, :data:`VARIANTS`)."""
+    if name in METHODS:
+        return METHODS[name]
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown method {name!r}; use one of {[*METHODS, *VARIANTS]}")
+    base, params = METHODS[name.split(":")[0]], VARIANTS[name]
+    return lambda shots, seed: base(shots, seed).set_params(**params)
 
 
 def sample_shots(y: np.ndarray, shots: int, seed: int) -> np.ndarray:
@@ -88,78 +93,57 @@ def sample_shots(y: np.ndarray, shots: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-def to_scores(lp: np.ndarray, h: np.ndarray | None, labels: Sequence[str]) -> Scores:
-    return Scores.from_arrays(lp, h, labels)
-
-
-def run_one(
-    factory: Factory, data: dict[str, np.ndarray], shots: int, seed: int, split: str, hidden: bool
-) -> tuple[float, float]:
-    """Accuracy and fit seconds of one method on one k-shot draw."""
-    labels = [str(v) for v in data["labels"].tolist()]
-    idx = sample_shots(data["train_y"], shots, seed)
-    h_tr = data["train_h"] if hidden else None
-    train = to_scores(data["train_lp"][idx], None if h_tr is None else h_tr[idx], labels)
-    if split == "test":
-        test = to_scores(data["test_lp"], data["test_h"] if hidden else None, labels)
-        y_test = data["test_y"]
-    else:
-        rest = np.setdiff1d(np.arange(len(data["train_y"])), idx)
-        test = to_scores(data["train_lp"][rest], None if h_tr is None else h_tr[rest], labels)
-        y_test = data["train_y"][rest]
-    decoder = factory(shots, seed)
+def run_one(make: Factory, data: DevData, shots: int, seed: int) -> tuple[float, float]:
+    """Dev accuracy (the pool minus the shots) and fit seconds of one method on one draw."""
+    idx = sample_shots(data.y, shots, seed)
+    rest = np.setdiff1d(np.arange(len(data.y)), idx)
+    decoder = make(shots, seed)
     kwargs = {}
     if "content_free" in inspect.signature(decoder.fit).parameters:
-        kwargs["content_free"] = data["content_free_lp"]
+        kwargs["content_free"] = data.content_free
     start = time.perf_counter()
-    decoder.fit(train, data["train_y"][idx], **kwargs)
+    decoder.fit(data.scores.subset(idx), data.y[idx], **kwargs)
     seconds = time.perf_counter() - start
-    return float(np.mean(decoder.predict(test) == np.asarray(labels)[y_test])), seconds
+    predicted = decoder.predict(data.scores.subset(rest))
+    return float(np.mean(predicted == np.asarray(data.labels)[data.y[rest]])), seconds
 
 
-def accuracy_table(args: argparse.Namespace) -> None:
-    """Print a markdown table: method x config, mean ± std accuracy over the seeds."""
-    configs = [c for c in args.configs.split(",") if (args.feats / f"{c}.npz").exists()]
-    datasets = {c: load_config(args.feats / f"{c}.npz") for c in configs}
-    print(f"split={args.split} seeds=0..{args.seeds - 1} scores_only={args.scores_only}")
-    print("| method | shots | " + " | ".join(configs) + " | fit s (mean) |")
-    print("|---" * (len(configs) + 3) + "|")
+def accuracy_table(args: argparse.Namespace, data: dict[str, DevData]) -> None:
+    """Print a markdown table: method x dataset, mean ± std dev accuracy over the seeds."""
+    names = list(data)
+    print(
+        f"dev protocol: seeds 0..{args.seeds - 1}; pool sizes {[len(d.y) for d in data.values()]}"
+    )
+    print("| method | shots | " + " | ".join(names) + " | mean | fit s (mean) |")
+    print("|---" * (len(names) + 4) + "|")
     for name in args.methods.split(","):
-        factory = METHODS.get(name) or _variant(name)
+        make = factory(name)
         for shots in [int(s) for s in args.shots.split(",")]:
-            cells, times = [], []
-            for config in configs:
-                runs = [
-                    run_one(
-                        factory, datasets[config], shots, seed, args.split, not args.scores_only
-                    )
-                    for seed in range(args.seeds)
-                ]
+            cells, means, times = [], [], []
+            for d in data.values():
+                runs = [run_one(make, d, shots, seed) for seed in range(args.seeds)]
                 times += [sec for _, sec in runs]
                 accs = [acc for acc, _ in runs]
+                means.append(np.mean(accs))
                 cells.append(f"{np.mean(accs):.3f} ± {np.std(accs):.3f}")
-            row = f"| {name} | {shots} | " + " | ".join(cells) + f" | {np.mean(times):.3f} |"
-            print(row, flush=True)
+            row = " | ".join(cells) + f" | {np.mean(means):.3f} | {np.mean(times):.3f} |"
+            print(f"| {name} | {shots} | {row}", flush=True)
 
 
-def timing_table(args: argparse.Namespace, repeats: int = 20) -> None:
-    """Fit seconds of DecT on AG News, 16 shots x 4 classes: median / max over repeats."""
-    data = load_config(args.feats / "agnews.npz")
-    labels = [str(v) for v in data["labels"].tolist()]
+def timing_table(data: DevData, repeats: int = 20) -> None:
+    """Fit seconds of DecT on one dataset, 16 shots per class: median / max over repeats."""
     print(f"load average before: {os.getloadavg()}; torch threads: {torch.get_num_threads()}")
-    warm = to_scores(data["train_lp"][:64], data["train_h"][:64], labels)
-    DecT(random_state=0).fit(warm, data["train_y"][:64])  # first-call set-up is not fit time
+    DecT(random_state=0).fit(data.scores.subset(np.arange(64)), data.y[:64])  # warm-up
     print("| method | n_threads | wall median s | wall max s | cpu median s |")
     print("|---|---|---|---|---|")
     for n_threads in (1, None):
         for name in ("dect", "dect-paper"):
             walls, cpus = [], []
             for seed in range(repeats):
-                idx = sample_shots(data["train_y"], 16, seed)
-                train = to_scores(data["train_lp"][idx], data["train_h"][idx], labels)
+                idx = sample_shots(data.y, 16, seed)
                 decoder = METHODS[name](16, seed).set_params(n_threads=n_threads)
                 wall, cpu = time.perf_counter(), time.process_time()
-                decoder.fit(train, data["train_y"][idx], content_free=data["content_free_lp"])
+                decoder.fit(data.scores.subset(idx), data.y[idx], content_free=data.content_free)
                 walls.append(time.perf_counter() - wall)
                 cpus.append(time.process_time() - cpu)
             print(
@@ -172,28 +156,18 @@ def timing_table(args: argparse.Namespace, repeats: int = 20) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--feats", type=Path, default=Path("/tmp/feats"))
-    parser.add_argument("--configs", default="sst2_review,agnews,sst2_summary,trec,subj,rte")
+    parser.add_argument("--datasets", default=DATASETS, help="comma-separated bundled datasets")
     parser.add_argument("--shots", default="16", help="comma-separated shots per class")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
-    parser.add_argument("--split", choices=("dev", "test"), default="dev")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
     parser.add_argument("--methods", default=",".join(METHODS), help="METHODS or VARIANTS names")
-    parser.add_argument("--scores-only", action="store_true", help="drop the hidden states")
     parser.add_argument("--timing", action="store_true", help="time DecT fits on agnews instead")
     args = parser.parse_args(argv)
+    data = build(["agnews"] if args.timing else args.datasets.split(","))
     if args.timing:
-        timing_table(args)
+        timing_table(data["agnews"])
     else:
-        accuracy_table(args)
+        accuracy_table(args, data)
     return 0
-
-
-def _variant(name: str) -> Factory:
-    if name.startswith("paper"):
-        base = VARIANTS[name]
-        return lambda shots, seed: DecT.paper(shots, random_state=seed).set_params(**base)
-    kwargs = VARIANTS[name]
-    return lambda shots, seed: DecT(random_state=seed, **kwargs)
 
 
 if __name__ == "__main__":

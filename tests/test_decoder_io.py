@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save, save_file
 
 from maas_tune._constants import DECODER_FORMAT_VERSION
 from maas_tune.decoders import (
@@ -161,6 +162,7 @@ def test_tensor_shape_mismatch(saved: Path) -> None:
         "radii_": torch.zeros(4, 3),
         "member_lams_": torch.ones(4),
         "member_weights_": torch.full((4,), 0.25),
+        "member_temps_": torch.ones(4),
     }
     save_file(tensors, str(saved / TENSORS_NAME))
     with pytest.raises(SerializationError, match="'projection_' has shape"):
@@ -190,3 +192,20 @@ def test_content_free_survives(tmp_path: Path) -> None:
     loaded, _ = load_decoder(save_decoder(model, tmp_path / "cc"))
     assert torch.allclose(loaded.content_free_, model.content_free_)
     assert np.allclose(np.exp(loaded.content_free_.numpy()).sum(), 1.0)
+
+
+def test_dect_saved_before_member_temperatures_loads_with_members_at_one(saved: Path) -> None:
+    """A save without ``member_temps_`` (older maas-tune) loads; its members vote at T = 1."""
+    tensors = load_file(str(saved / TENSORS_NAME))
+    old = {k: v for k, v in tensors.items() if k != "member_temps_"}
+    blob = save(old)
+    (saved / TENSORS_NAME).write_bytes(blob)
+    doc = json.loads((saved / JSON_NAME).read_text())
+    del doc["tensors"]["member_temps_"]
+    del doc["params"]["vote_temperature"], doc["params"]["scale_prior"]
+    _edit_json(saved, tensors=doc["tensors"], params=doc["params"])
+    _edit_json(saved, tensors_sha256=hashlib.sha256(blob).hexdigest())
+    model, _ = load_decoder(saved)
+    assert torch.equal(model.member_temps_, torch.ones_like(model.member_lams_))
+    X, _ = make_scores()
+    assert model.predict_proba(X).shape == (len(X), 3)

@@ -27,9 +27,12 @@ def features(
     return torch.as_tensor(X.hidden, dtype=torch.float32), True
 
 
-def standardizer(feats: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def standardizer(
+    feats: torch.Tensor, standardize: bool, prior_rows: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and scale of ``feats`` (n, p) (see :func:`_math.fit_standardizer`), or 0 and 1."""
     if standardize:
-        return _math.fit_standardizer(feats)
+        return _math.fit_standardizer(feats, prior_rows=prior_rows)
     return torch.zeros(feats.shape[1]), torch.ones(feats.shape[1])
 
 

@@ -47,22 +47,45 @@ def normalize_scores(log_probs: torch.Tensor) -> torch.Tensor:
     return log_probs - torch.logsumexp(log_probs, dim=-1, keepdim=True)
 
 
-def fit_standardizer(x: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column means and standard deviations of ``x`` (floored at ``eps``).
+def fit_standardizer(
+    x: torch.Tensor, eps: float = 1e-6, prior_rows: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column means and standard deviations of ``x``, shrunk towards the pooled deviation.
+
+    With few rows a column's own deviation is noise: with two rows every standardised
+    coordinate is +-1, whatever the column holds. ``prior_rows`` adds that many
+    pseudo-rows of the pooled variance (the median over columns: a hidden state's few
+    huge coordinates would dominate a mean) to each column's, so
+    ``scale_j^2 = (n * var_j + prior_rows * median(var)) / (n + prior_rows)``; the
+    effect fades as n grows.
 
     Parameters
     ----------
     x : Tensor, shape (n, d)
+    eps : float
+        Scales at or below it become 1 (constant columns).
+    prior_rows : float
+        Strength of the pooled variance, in rows; 0 gives each column's own deviation.
 
     Returns
     -------
     mean, scale : Tensor, shape (d,) each
-        Use as ``(x - mean) / scale``. Constant columns get scale 1.
+        Use as ``(x - mean) / scale``.
     """
+    n = x.shape[0]
     mean = x.mean(dim=0)  # (d,)
-    scale = x.std(dim=0, unbiased=False) if x.shape[0] > 1 else torch.ones_like(mean)  # (d,)
+    if n < 2:
+        return mean, torch.ones_like(mean)
+    scale = shrunk_variance(x.var(dim=0, unbiased=False), n, prior_rows).sqrt()  # (d,)
     scale = torch.where(scale > eps, scale, torch.ones_like(scale))
     return mean, scale
+
+
+def shrunk_variance(var: torch.Tensor, n: float, prior_rows: float) -> torch.Tensor:
+    """Each column's variance ``var`` (d,) from ``n`` rows, shrunk towards the median
+    variance by ``prior_rows`` pseudo-rows: ``(n * var_j + prior_rows * median(var)) /
+    (n + prior_rows)``, shape (d,)."""
+    return (n * var + prior_rows * var.median()) / (n + prior_rows)
 
 
 def init_projection(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from ..errors import ConfigurationError
 from ..scores import Scores
 from . import _math
 from ._inputs import features, standardizer, torch_seed
+from ._select import CV_TEMPERATURES, n_cv_folds, scaled_cv_loss
 from .base import (
     BaseDecoder,
     check_shapes,
@@ -28,19 +29,37 @@ __all__ = ["DecT"]
 DEFAULT_LAM_GRID: tuple[float, ...] = (0.0625, 0.25, 1.0, 4.0)
 _CALIBRATIONS = ("none", "mean", "content_free")
 _CV_METRICS = ("scaled_log_loss", "log_loss")
-#: Temperatures tried on held-out logits by the "scaled_log_loss" criterion.
-_CV_TEMPERATURES: tuple[float, ...] = tuple(2.0 ** (i / 2) for i in range(-4, 9))  # 0.25 .. 16
 _RADIUS_INITS = ("projected", "normalized")
 _LAM_SELECTIONS = ("weighted", "best")
+_VOTE_TEMPERATURES = ("cv", "one")
 #: Hyper-parameters that take one of a few names, and those names.
 _CHOICES = {
     "calibration": _CALIBRATIONS,
     "lam_selection": _LAM_SELECTIONS,
     "cv_metric": _CV_METRICS,
     "radius_init": _RADIUS_INITS,
+    "vote_temperature": _VOTE_TEMPERATURES,
 }
 #: Ensemble members lighter than this are dropped (and the rest renormalised).
 _MIN_MEMBER_WEIGHT = 1e-4
+
+
+class _Members(NamedTuple):
+    """What cross-validation leaves: the chosen ``lam``, the CV losses, the ensemble."""
+
+    lam: float
+    cv_loss: list[float]
+    weight: torch.Tensor  # (p, E, m)
+    radii: torch.Tensor  # (E, K)
+    lams: torch.Tensor  # (E,)
+    weights: torch.Tensor  # (E,), summing to 1
+    temps: torch.Tensor  # (E,), each member's logits are multiplied by its temperature
+
+    @classmethod
+    def empty(cls, lam: float) -> _Members:
+        """No cross-validation: ``lam`` given or the fallback; one model is trained on all rows."""
+        none = torch.empty(0)
+        return cls(lam, [], none, none, none, none, none)
 
 
 class DecT(BaseDecoder):
@@ -49,24 +68,14 @@ class DecT(BaseDecoder):
     ``h`` is the (standardised) hidden state, ``W`` a trained (d, proto_dim)
     projection, ``P_k`` fixed random (Xavier) prototypes, ``r_k`` trained radii and
     ``s_k`` the model's calibrated label log-probabilities; cross-entropy, full-batch
-    Adam. :meth:`paper` gives the published recipe; the defaults differ from it where
-    measurements on Gemma 3 270M said so (``docs/dect-research.md``; dev accuracy,
-    16 shots, 20 seeds, SST-2 / AG News):
-
-    * ``lam`` is chosen by 4-fold cross-validation on the shots: no fixed value
-      suits every task (lam = 4: 0.838 / 0.777; lam = 1/4: 0.801 / 0.828; the
-      paper's 1/16: 0.801 / 0.818; chosen: 0.840 / 0.830). The criterion is
-      held-out log-loss at the best temperature per grid point, as plain log-loss
-      favours large ``lam`` (the distance term is never confident): 0.843 / 0.816.
-    * The fold models are kept as an ensemble instead of refitting one model on
-      all shots (refit: 0.834 / 0.824) - no extra training - and the fold models of
-      every grid point vote, weighted by their held-out likelihood (pseudo-BMA), so
-      near-ties between ``lam`` values are shared, not decided by noise (neutral on
-      dev; SST-2 benchmark 0.825 -> 0.842).
-    * Hidden states are standardised (raw: 0.841 / 0.815; Subj 0.820 vs 0.904),
-      scores calibrated by their mean over the shots (no extra query; as good as
-      content-free calibration), prototypes are 64-d (128: same or worse, twice
-      the time).
+    Adam. :meth:`paper` gives the published recipe. The defaults differ from it
+    where the dev protocol (``python benchmarks/dect_research.py``: pools from the
+    bundled training splits, never the test splits) said so; what was chosen on what
+    is in ``docs/dect-research.md``. In short: ``lam`` is chosen by 4-fold
+    cross-validation on the shots (held-out log-loss at each grid point's best
+    temperature), the fold models of every grid point are kept and vote with
+    pseudo-BMA weights at that same temperature, hidden states are standardised
+    and scores calibrated by their mean over the shots.
 
     Parameters
     ----------
@@ -91,12 +100,22 @@ class DecT(BaseDecoder):
         weights, ``w_g ∝ exp(-n · cv_loss_g)`` (the held-out likelihood of each
         ``lam``; Yao et al. 2018), so near-ties are shared instead of decided by
         noise. "best" keeps only the fold models of the best grid point.
+    vote_temperature : {"cv", "one"}
+        The temperature a member's weight is measured at and it votes at, the same
+        one either way (pseudo-BMA needs it): "cv" the temperature its grid point
+        was scored at by ``cv_metric``, "one" temperature 1 (its weight then comes
+        from its held-out loss at temperature 1).
     calibration : {"mean", "content_free", "none"}
         Subtracted from the renormalised label log-probabilities: their mean over
         the training rows (no extra query), the content-free input's (needs
         ``fit(..., content_free=...)``), or nothing.
     standardize : bool
         Standardise features with the training mean and deviation before ``W``.
+    scale_prior : float
+        Pseudo-rows of the pooled variance mixed into each feature's variance
+        when standardising (see :func:`~maas_tune.decoders._math.fit_standardizer`);
+        keeps the 1-shot case, where every standardised coordinate would be +-1,
+        well-conditioned.
     proto_dim : int
         Dimension of the prototype space.
     epochs, lr, weight_decay : int, float, float
@@ -131,8 +150,9 @@ class DecT(BaseDecoder):
         ``W`` of each of the E ensemble members (E = n_folds, or 1).
     prototypes_ : torch.Tensor, shape (K, proto_dim)
     radii_ : torch.Tensor, shape (E, K)
-    member_lams_, member_weights_ : torch.Tensor, shape (E,)
-        Each ensemble member's ``lam`` and its weight in the vote (summing to 1).
+    member_lams_, member_weights_, member_temps_ : torch.Tensor, shape (E,)
+        Each ensemble member's ``lam``, its weight in the vote (summing to 1) and the
+        temperature its logits are multiplied by before it votes.
 
     Notes
     -----
@@ -151,6 +171,7 @@ class DecT(BaseDecoder):
         "radii_",
         "member_lams_",
         "member_weights_",
+        "member_temps_",
     )
     _meta_attrs: ClassVar[tuple[str, ...]] = ("lam_", "cv_loss_", "uses_hidden_")
 
@@ -164,8 +185,10 @@ class DecT(BaseDecoder):
         cv_metric: str = "scaled_log_loss",
         refit: bool = False,
         lam_selection: str = "weighted",
+        vote_temperature: str = "cv",
         calibration: str = "mean",
         standardize: bool = True,
+        scale_prior: float = 4.0,
         proto_dim: int = 64,
         epochs: int = 30,
         lr: float = 0.01,
@@ -182,8 +205,10 @@ class DecT(BaseDecoder):
         self.cv_metric = cv_metric
         self.refit = refit
         self.lam_selection = lam_selection
+        self.vote_temperature = vote_temperature
         self.calibration = calibration
         self.standardize = standardize
+        self.scale_prior = scale_prior
         self.proto_dim = proto_dim
         self.epochs = epochs
         self.lr = lr
@@ -243,27 +268,26 @@ class DecT(BaseDecoder):
         with torch_threads(self.n_threads):
             return self._fit(X, y, content_free)
 
-    def _fit(
-        self, X: Scores, y: Sequence[Any] | np.ndarray | None, content_free: Any
-    ) -> DecT:
+    def _fit(self, X: Scores, y: Sequence[Any] | np.ndarray | None, content_free: Any) -> DecT:
         target = self._encode_y(X, y)  # (n,)
         k = len(X.labels)
         generator = torch.Generator().manual_seed(torch_seed(self.random_state))
         offset = self._score_offset(X, content_free)  # (K,)
         scores = label_scores(X) - offset  # (n, K)
         feats, uses_hidden = features(X, scores, need_hidden=None if self.use_hidden else False)
-        mean, scale = standardizer(feats, self.standardize)
+        mean, scale = standardizer(feats, self.standardize, self.scale_prior)
         h = (feats - mean) / scale  # (n, p)
         prototypes = _math.init_prototypes(k, self.proto_dim, generator)  # (K, m)
         weight0 = _math.init_projection(h.shape[1], self.proto_dim, generator)  # (p, m)
-        lam, cv_loss, weight, radii, member_lams, member_weights = self._fit_members(
-            h, scores, target, weight0, prototypes, generator
-        )
-        if self.refit or not cv_loss:
+        members = self._fit_members(h, scores, target, weight0, prototypes, generator)
+        lam, weight, radii = members.lam, members.weight, members.radii
+        member_lams, member_weights, member_temps = members.lams, members.weights, members.temps
+        if self.refit or not members.cv_loss:
             weight, radii = self._train(h, scores, target, weight0.unsqueeze(1), prototypes, [lam])
-            member_lams, member_weights = torch.tensor([lam]), torch.ones(1)
-        self.lam_, self.cv_loss_, self.uses_hidden_ = lam, cv_loss, uses_hidden
+            member_lams, member_weights, member_temps = torch.tensor([lam]), *torch.ones(2, 1)
+        self.lam_, self.cv_loss_, self.uses_hidden_ = lam, members.cv_loss, uses_hidden
         self.member_lams_, self.member_weights_ = member_lams, member_weights  # (E,), (E,)
+        self.member_temps_ = member_temps  # (E,)
         self.feature_mean_, self.feature_scale_, self.score_offset_ = mean, scale, offset
         self.projection_ = weight.permute(1, 0, 2).contiguous()  # (E, p, m)
         self.prototypes_, self.radii_ = prototypes, radii  # (K, m), (E, K)
@@ -277,8 +301,9 @@ class DecT(BaseDecoder):
         h = (feats - self.feature_mean_) / self.feature_scale_  # (n, p)
         z = _math.project(h, self.projection_.permute(1, 0, 2))  # (n, E, m)
         logits = _math.dect_logits(z, self.prototypes_, self.radii_, scores, self.member_lams_)
-        # members vote by their weighted mean log-probability (a weighted geometric mean)
-        logp = torch.log_softmax(logits, dim=-1)  # (n, E, K)
+        # members vote at the temperature their weight was measured at, by their weighted
+        # mean log-probability (a weighted geometric mean)
+        logp = torch.log_softmax(logits * self.member_temps_.view(1, -1, 1), dim=-1)  # (n, E, K)
         return torch.einsum("nek,e->nk", logp, self.member_weights_)  # (n, K)
 
     # ------------------------------------------------------------------ training
@@ -322,58 +347,51 @@ class DecT(BaseDecoder):
         weight0: torch.Tensor,
         prototypes: torch.Tensor,
         generator: torch.Generator,
-    ) -> tuple[float, list[float], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> _Members:
         """Cross-validate ``lam``; return the best, the CV losses and the ensemble members.
 
         Every (grid point, fold) model trains at once. The members kept (E of them)
-        come back as projections (p, E, m), radii (E, K), their ``lam`` (E,) and
-        weights (E,) summing to 1; all empty, like the losses, when ``lam`` is fixed
-        or CV is impossible.
+        come back as projections (p, E, m), radii (E, K), their ``lam``, weight and
+        voting temperature (E,) each; all empty, like the losses, when ``lam`` is
+        fixed or CV is impossible.
         """
-        empty = torch.empty(0), torch.empty(0), torch.empty(0), torch.empty(0)
         if self.lam is not None:
-            return float(self.lam), [], *empty
+            return _Members.empty(float(self.lam))
         grid = [float(v) for v in self.lam_grid]
-        n_folds = min(
-            self.n_folds, int(torch.bincount(target, minlength=prototypes.shape[0]).min())
-        )
+        n, n_folds = h.shape[0], n_cv_folds(target, prototypes.shape[0], self.n_folds)
         if n_folds < 2:
-            return float(self.lam_fallback), [], *empty
+            return _Members.empty(float(self.lam_fallback))
         fold = _math.stratified_folds(target, n_folds, generator)  # (n,)
         heldout = F.one_hot(fold, n_folds).float().repeat(1, len(grid))  # (n, G*F), grid-major
         lams = torch.tensor([lam for lam in grid for _ in range(n_folds)])  # (G*F,)
-        weight0 = weight0.unsqueeze(1)  # (p, 1, m)
         weight, radii = self._train(
-            h, scores, target, weight0, prototypes, lams.tolist(), 1.0 - heldout
+            h, scores, target, weight0.unsqueeze(1), prototypes, lams.tolist(), 1.0 - heldout
         )
+        temps = CV_TEMPERATURES if self.cv_metric == "scaled_log_loss" else (1.0,)
         with torch.no_grad():
-            z = _math.project(h, weight)  # (n, G*F, m)
-            logits = _math.dect_logits(z, prototypes, radii, scores, lams)
-            scaled = self.cv_metric == "scaled_log_loss"
-            temps = torch.tensor(_CV_TEMPERATURES if scaled else (1.0,))  # (T,)
-            nll = _math.heldout_nll(logits, target, heldout, temps)  # (n, G*F, T)
-        best, cv_loss = self._choose(nll.view(h.shape[0], len(grid), n_folds, -1).sum(2))
-        grid_w = _math.pseudo_bma_weights(torch.tensor(cv_loss), h.shape[0])  # (G,)
+            logits = _math.dect_logits(_math.project(h, weight), prototypes, radii, scores, lams)
+            nll = _math.heldout_nll(logits, target, heldout, torch.tensor(temps))  # (n, G*F, T)
+        nll = nll.view(n, len(grid), n_folds, -1).sum(2)  # (n, G, T)
+        cv_loss, best_t = scaled_cv_loss(nll)  # (G,), (G,)
+        best = int(torch.argmin(cv_loss))
+        if self.vote_temperature == "cv":  # members vote at the temperature they were scored at
+            vote_t, vote_loss = torch.tensor(temps)[best_t], cv_loss
+        else:  # members vote at T = 1, so they are weighted by their loss at T = 1
+            vote_t, vote_loss = torch.ones(len(grid)), nll[:, :, temps.index(1.0)].mean(0)
+        grid_w = _math.pseudo_bma_weights(vote_loss, n)  # (G,)
         if self.lam_selection == "best":
             grid_w = F.one_hot(torch.tensor(best), len(grid)).float()
         member_w = grid_w.repeat_interleave(n_folds) / n_folds  # (G*F,)
         keep = member_w > _MIN_MEMBER_WEIGHT  # members that cannot move a vote are dropped
-        member_w = member_w[keep] / member_w[keep].sum()
-        return grid[best], cv_loss, weight[:, keep], radii[keep], lams[keep], member_w
-
-    def _choose(self, nll: torch.Tensor) -> tuple[int, list[float]]:
-        """Index of the chosen grid point and the mean held-out loss of each.
-
-        ``nll`` has shape (n, G, T): each row's loss when held out, per grid point
-        and temperature. Each grid point is scored at its best temperature, which
-        ranks without penalising a scale the distance term cannot reach.
-        """
-        n, g, _ = nll.shape
-        best_t = nll.sum(0).argmin(dim=1)  # (G,)
-        rows = nll.gather(2, best_t.view(1, g, 1).expand(n, g, 1)).squeeze(2)  # (n, G)
-        cv_loss = rows.mean(0)  # (G,)
-        best = int(torch.argmin(cv_loss))
-        return best, cv_loss.tolist()
+        return _Members(
+            grid[best],
+            cv_loss.tolist(),
+            weight[:, keep],
+            radii[keep],
+            lams[keep],
+            member_w[keep] / member_w[keep].sum(),
+            vote_t.repeat_interleave(n_folds)[keep],
+        )
 
     def _score_offset(self, X: Scores, content_free: Any) -> torch.Tensor:
         """What calibration subtracts from the renormalised label log-probabilities, shape (K,)."""
@@ -395,8 +413,14 @@ class DecT(BaseDecoder):
         for name in ("proto_dim", "epochs", "n_folds"):
             if int(getattr(self, name)) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ConfigurationError("lr must be > 0 and weight_decay >= 0")
+        if not self.lr > 0 or self.weight_decay < 0 or self.scale_prior < 0:
+            raise ConfigurationError("lr must be > 0, weight_decay and scale_prior >= 0")
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        if "member_temps_" not in tensors and "member_lams_" in tensors:
+            # saved before members had a temperature: they voted at temperature 1
+            tensors = {**tensors, "member_temps_": torch.ones_like(tensors["member_lams_"])}
+        super()._restore(tensors, meta)
 
     def _check_state(self, k: int) -> None:
         e, p, m = self.projection_.shape
@@ -409,5 +433,6 @@ class DecT(BaseDecoder):
             "radii_": (e, k),
             "member_lams_": (e,),
             "member_weights_": (e,),
+            "member_temps_": (e,),
         }
         check_shapes(expected, self)

@@ -11,6 +11,7 @@ import torch
 from ..errors import ConfigurationError
 from ..scores import Scores
 from ._math import fit_logistic_regression, fit_standardizer
+from ._select import choose_value
 from .base import (
     BaseDecoder,
     check_shapes,
@@ -24,9 +25,24 @@ from .base import (
 __all__ = ["LinearProbe", "ScoreLogisticRegression"]
 
 
+#: Candidates for ``alpha`` when it is None (cross-validated on the shots, as DecT's ``lam``).
+SCORE_LR_ALPHA_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
+PROBE_ALPHA_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+
+
 def _check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ConfigurationError(f"{name} must be > 0, got {value!r}")
+
+
+def _choose_alpha(
+    est: ScoreLogisticRegression | LinearProbe, X: Scores, target: torch.Tensor, **fit_kwargs: Any
+) -> tuple[float, list[float]]:
+    """``est.alpha``, or the candidate of ``est.alpha_grid`` that cross-validates best."""
+    for value in (est.alpha, *est.alpha_grid, est.alpha_fallback):
+        if value is not None:
+            _check_positive("alpha (and each alpha_grid value, alpha_fallback)", value)
+    return choose_value(est, "alpha", est.alpha_grid, est.alpha_fallback, X, target, **fit_kwargs)
 
 
 class ScoreLogisticRegression(BaseDecoder):
@@ -39,12 +55,20 @@ class ScoreLogisticRegression(BaseDecoder):
 
     Parameters
     ----------
-    alpha : float
-        L2 strength on the weight (the loss is mean cross-entropy + alpha/2 ||W||^2).
+    alpha : float or None
+        L2 strength on the weight (the loss is mean cross-entropy + alpha/2 ||W||^2);
+        None chooses it from ``alpha_grid`` by cross-validation on the training rows,
+        the procedure DecT chooses ``lam`` by (:mod:`~maas_tune.decoders._select`).
+    alpha_grid : sequence of float
+        Candidates for ``alpha`` when it is None.
+    alpha_fallback : float
+        ``alpha`` when cross-validation is impossible (a class has a single row).
+    n_folds : int
+        Cross-validation folds, capped by the smallest class count.
     max_iter : int
         L-BFGS iterations.
     random_state : int or None
-        Unused (the fit is deterministic); kept so every decoder takes it.
+        Seed of the cross-validation folds (the fit itself is deterministic).
     n_threads : int or None
         Torch intra-op threads while fitting and predicting (see
         :func:`~maas_tune.decoders.base.torch_threads`); None keeps torch's setting.
@@ -52,6 +76,10 @@ class ScoreLogisticRegression(BaseDecoder):
     Attributes
     ----------
     classes_ : np.ndarray of str, shape (K,)
+    alpha_ : float
+        The L2 strength used (given, chosen or the fallback); not saved with the decoder.
+    cv_loss_ : list of float
+        Cross-validation loss per ``alpha_grid`` entry ([] without CV); not saved.
     offset_ : torch.Tensor, shape (K,)
         Subtracted from the renormalised log-probabilities (the calibration; zeros without one).
     coef_ : torch.Tensor, shape (K, K)
@@ -63,12 +91,18 @@ class ScoreLogisticRegression(BaseDecoder):
     def __init__(
         self,
         *,
-        alpha: float = 0.01,
+        alpha: float | None = 0.1,
+        alpha_grid: Sequence[float] = SCORE_LR_ALPHA_GRID,
+        alpha_fallback: float = 0.1,
+        n_folds: int = 4,
         max_iter: int = 100,
         random_state: int | None = None,
         n_threads: int | None = 1,
     ) -> None:
         self.alpha = alpha
+        self.alpha_grid = alpha_grid
+        self.alpha_fallback = alpha_fallback
+        self.n_folds = n_folds
         self.max_iter = max_iter
         self.random_state = random_state
         self.n_threads = n_threads
@@ -94,14 +128,14 @@ class ScoreLogisticRegression(BaseDecoder):
         content_free : array-like, shape (K,), optional
             Label log-probabilities of the content-free input; calibrates the features.
         """
-        _check_positive("alpha", self.alpha)
         target = self._encode_y(X, y)
         k = len(X.labels)
         offset = torch.zeros(k) if content_free is None else content_free_tensor(content_free, k)
         feats = (label_scores(X) - offset).double()  # (n, K)
         with torch_threads(self.n_threads):
+            self.alpha_, self.cv_loss_ = _choose_alpha(self, X, target, content_free=content_free)
             coef, intercept = fit_logistic_regression(
-                feats, target, k, alpha=self.alpha, max_iter=self.max_iter
+                feats, target, k, alpha=self.alpha_, max_iter=self.max_iter
             )
         self.offset_ = offset
         self.coef_, self.intercept_ = coef.float(), intercept.float()
@@ -120,12 +154,23 @@ class LinearProbe(BaseDecoder):
 
     Parameters
     ----------
-    alpha : float
-        L2 strength on the weight (the loss is mean cross-entropy + alpha/2 ||W||^2).
+    alpha : float or None
+        L2 strength on the weight (the loss is mean cross-entropy + alpha/2 ||W||^2);
+        None chooses it from ``alpha_grid`` by cross-validation on the training rows,
+        the procedure DecT chooses ``lam`` by (:mod:`~maas_tune.decoders._select`).
+    alpha_grid : sequence of float
+        Candidates for ``alpha`` when it is None.
+    alpha_fallback : float
+        ``alpha`` when cross-validation is impossible (a class has a single row).
+    n_folds : int
+        Cross-validation folds, capped by the smallest class count.
+    scale_prior : float
+        Pseudo-rows of the pooled variance mixed into each feature's variance when
+        standardising (:func:`~maas_tune.decoders._math.fit_standardizer`).
     max_iter : int
         L-BFGS iterations.
     random_state : int or None
-        Unused (the fit is deterministic); kept so every decoder takes it.
+        Seed of the cross-validation folds (the fit itself is deterministic).
     n_threads : int or None
         Torch intra-op threads while fitting and predicting (see
         :func:`~maas_tune.decoders.base.torch_threads`); None keeps torch's setting.
@@ -133,8 +178,11 @@ class LinearProbe(BaseDecoder):
     Attributes
     ----------
     classes_ : np.ndarray of str, shape (K,)
+    alpha_, cv_loss_ : float, list of float
+        As for :class:`ScoreLogisticRegression`; not saved with the decoder.
     mean_, scale_ : torch.Tensor, shape (d,)
-        Standardisation of the hidden states, from the training rows.
+        Standardisation of the hidden states, from the training rows (each feature's
+        deviation shrunk towards the pooled one by ``scale_prior`` pseudo-rows).
     coef_ : torch.Tensor, shape (d, K)
     intercept_ : torch.Tensor, shape (K,)
     """
@@ -144,12 +192,20 @@ class LinearProbe(BaseDecoder):
     def __init__(
         self,
         *,
-        alpha: float = 0.1,
+        alpha: float | None = 1.0,
+        alpha_grid: Sequence[float] = PROBE_ALPHA_GRID,
+        alpha_fallback: float = 1.0,
+        n_folds: int = 4,
+        scale_prior: float = 4.0,
         max_iter: int = 100,
         random_state: int | None = None,
         n_threads: int | None = 1,
     ) -> None:
         self.alpha = alpha
+        self.alpha_grid = alpha_grid
+        self.alpha_fallback = alpha_fallback
+        self.n_folds = n_folds
+        self.scale_prior = scale_prior
         self.max_iter = max_iter
         self.random_state = random_state
         self.n_threads = n_threads
@@ -162,14 +218,16 @@ class LinearProbe(BaseDecoder):
         ConfigurationError
             If ``X.hidden`` is None (the provider returned no hidden states).
         """
-        _check_positive("alpha", self.alpha)
+        if self.scale_prior < 0:
+            raise ConfigurationError(f"scale_prior must be >= 0, got {self.scale_prior!r}")
         target = self._encode_y(X, y)
         h = hidden_states(X)  # (n, d)
-        mean, scale = fit_standardizer(h)
+        mean, scale = fit_standardizer(h, prior_rows=self.scale_prior)
         feats = ((h - mean) / scale).double()  # (n, d)
         with torch_threads(self.n_threads):
+            self.alpha_, self.cv_loss_ = _choose_alpha(self, X, target)
             coef, intercept = fit_logistic_regression(
-                feats, target, len(X.labels), alpha=self.alpha, max_iter=self.max_iter
+                feats, target, len(X.labels), alpha=self.alpha_, max_iter=self.max_iter
             )
         self.mean_, self.scale_ = mean, scale
         self.coef_, self.intercept_ = coef.float(), intercept.float()

@@ -13,6 +13,8 @@ from ..errors import ConfigurationError
 from ..scores import Scores
 from ._inputs import torch_seed
 from ._label_attention import init_label_network, label_network_logits, layer_names
+from ._math import shrunk_variance
+from ._select import choose_value
 from .base import BaseDecoder, check_shapes, torch_threads
 
 __all__ = ["YTuning", "feature_scale", "position_features"]
@@ -29,6 +31,9 @@ NO_TOKEN_FEATURES = (
     "OpenAICompletionsProvider(url, model, strategy='extension', token_features=32) against "
     "`maas-tune serve` (hosted top_logprobs, chat and embeddings APIs cannot return them)"
 )
+
+#: Candidates for ``weight_decay`` when it is None (cross-validated on the shots).
+WEIGHT_DECAY_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 
 
 def position_features(X: Scores) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +72,9 @@ def feature_scale(real: torch.Tensor, n_inputs: int) -> torch.Tensor:
     Returns
     -------
     Tensor, shape (d,)
-        ``sqrt(w * var_j + (1 - w) * median(var))`` with ``w = n / (n + SCALE_PRIOR_INPUTS)``.
+        ``sqrt(w * var_j + (1 - w) * median(var))`` with ``w = n / (n + SCALE_PRIOR_INPUTS)``
+        (:func:`~maas_tune.decoders._math.shrunk_variance`, as DecT's and the probe's
+        ``scale_prior``).
     """
     # A coordinate's standard deviation from a handful of inputs is noise: from K = 2 rows
     # (1 shot, one state each) every standardised coordinate is exactly +-1, which erases
@@ -76,9 +83,8 @@ def feature_scale(real: torch.Tensor, n_inputs: int) -> torch.Tensor:
     # states have) keeps them; the weight counts inputs, not tokens, because the tokens of
     # one input share its context and are far from independent draws. With 16 shots of 2
     # classes (32 inputs) the per-coordinate variance has 80% of the weight.
-    var = real.var(0, unbiased=False)  # (d,)
-    w = n_inputs / (n_inputs + SCALE_PRIOR_INPUTS)
-    return (w * var + (1 - w) * var.median()).sqrt().clamp(min=1e-6)  # (d,)
+    var = shrunk_variance(real.var(0, unbiased=False), n_inputs, SCALE_PRIOR_INPUTS)  # (d,)
+    return var.sqrt().clamp(min=1e-6)  # (d,)
 
 
 class YTuning(BaseDecoder):
@@ -114,7 +120,14 @@ class YTuning(BaseDecoder):
     dropout : float, default 0.1
     epochs : int, default 300
     learning_rate : float, default 1e-3
-    weight_decay : float, default 0.01
+    weight_decay : float or None, default 0.01
+        AdamW's decoupled weight decay; None chooses it from ``weight_decay_grid``
+        by cross-validation on the training rows, the procedure DecT chooses ``lam``
+        by (:mod:`~maas_tune.decoders._select`; 0.01 where a class has one row).
+    weight_decay_grid : sequence of float
+        Candidates for ``weight_decay`` when it is None.
+    n_folds : int, default 4
+        Cross-validation folds, capped by the smallest class count.
     random_state : int or None
     n_threads : int or None, default 1
         Torch intra-op threads while fitting and predicting.
@@ -139,7 +152,9 @@ class YTuning(BaseDecoder):
         dropout: float = 0.1,
         epochs: int = 300,
         learning_rate: float = 1e-3,
-        weight_decay: float = 0.01,
+        weight_decay: float | None = 0.01,
+        weight_decay_grid: Sequence[float] = WEIGHT_DECAY_GRID,
+        n_folds: int = 4,
         random_state: int | None = None,
         n_threads: int | None = 1,
     ) -> None:
@@ -150,6 +165,8 @@ class YTuning(BaseDecoder):
         self.epochs = epochs
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.weight_decay_grid = weight_decay_grid
+        self.n_folds = n_folds
         self.random_state = random_state
         self.n_threads = n_threads
 
@@ -163,6 +180,9 @@ class YTuning(BaseDecoder):
         scale = feature_scale(real, len(X))  # (d,)
         generator = torch.Generator().manual_seed(torch_seed(self.random_state))
         with torch_threads(self.n_threads):
+            self.weight_decay_, self.cv_loss_ = choose_value(
+                self, "weight_decay", self.weight_decay_grid, 0.01, X, target
+            )
             params = init_label_network(
                 feats.shape[-1], self.d_model, len(X.labels), self.n_layers, generator
             )
@@ -182,7 +202,7 @@ class YTuning(BaseDecoder):
         for p in params.values():
             p.requires_grad_(True)
         optimizer = torch.optim.AdamW(
-            list(params.values()), lr=self.learning_rate, weight_decay=self.weight_decay
+            list(params.values()), lr=self.learning_rate, weight_decay=self.weight_decay_
         )
         for _ in range(self.epochs):
             optimizer.zero_grad(set_to_none=True)

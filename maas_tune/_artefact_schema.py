@@ -60,6 +60,9 @@ PARAM_BOUNDS: dict[str, Any] = {
     "n_heads": Field(ge=1, le=1024),
     "n_layers": Field(ge=1, le=64),  # names n_layers x 9 tensors: bounded before they are listed
     "prompt_length": Field(ge=1, le=4096),
+    "max_n": Field(ge=1, le=64),
+    "min_count": _COUNT,
+    "dev_fraction": Field(ge=0, lt=1),
     "n_tokens": Field(ge=1, le=4096),
     "alpha": _RATE,
     "lr": _RATE,

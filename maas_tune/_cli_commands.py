@@ -38,6 +38,7 @@ from .experiment import (
 )
 from .frames import resolve_columns
 from .methods import PromptMethod, is_saved_method, load_method, save_method
+from .methods.base import fit_kwargs
 from .pricing import Price, format_usd, price_for
 from .providers.base import Provider
 from .storage import Store
@@ -341,7 +342,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if "progress" in decoder.get_params():
             decoder.set_params(progress=_progress(args))
         start = time.perf_counter()
-        decoder.fit(client, task, shots)
+        decoder.fit(client, task, shots, **fit_kwargs(decoder, train))
         seconds = time.perf_counter() - start
         path = save_method(decoder, args.out, metadata=meta)
     else:

@@ -26,7 +26,7 @@ from .decoders import (
 )
 from .errors import ConfigurationError
 from .methods import BDPL, InContextLearning, PromptMethod, PromptTuning, require_white_box
-from .methods.base import usage_since
+from .methods.base import fit_kwargs, usage_since
 from .metrics import classification_metrics
 from .providers.base import Provider
 from .scores import Scores
@@ -64,7 +64,9 @@ METHODS: dict[str, Callable[[int, int], BaseDecoder | PromptMethod]] = {
     "ytuning": lambda shots, seed: YTuning(random_state=seed),
     "icl": lambda shots, seed: InContextLearning(random_state=seed),
     "bdpl": lambda shots, seed: BDPL(random_state=seed),
+    "bdpl-paper": lambda shots, seed: BDPL.paper(random_state=seed),
     "prompt-tuning": lambda shots, seed: PromptTuning(random_state=seed),
+    "prompt-tuning-paper": lambda shots, seed: PromptTuning.paper(random_state=seed),
 }
 
 
@@ -220,8 +222,13 @@ def fit_prompt_method(
     task: Task,
     train: Sequence[Example],
     test: Sequence[Example],
+    pool: Sequence[Example] = (),
 ) -> tuple[np.ndarray, float, Usage]:
     """Fit a prompt method through ``train_client`` and predict ``test`` through ``test_client``.
+
+    ``pool`` is the training pool the shots ``train`` were drawn from; a method that mines
+    unlabelled training texts (:meth:`BDPL.paper <maas_tune.methods.BDPL.paper>`) reads
+    its texts.
 
     Returns
     -------
@@ -233,7 +240,7 @@ def fit_prompt_method(
     """
     predictions, _, seconds, usage = _fit_prompt_proba(
         method, train_client=train_client, test_client=test_client, task=task, train=train,
-        test=test,
+        test=test, pool=pool,
     )  # fmt: skip
     return predictions, seconds, usage
 
@@ -246,15 +253,18 @@ def _fit_prompt_proba(
     task: Task,
     train: Sequence[Example],
     test: Sequence[Example],
+    pool: Sequence[Example] = (),
 ) -> tuple[np.ndarray, np.ndarray | None, float, Usage]:
     """:func:`fit_prompt_method`, also returning the class probabilities, shape (n_test, K).
 
     The predictions are their argmax (what ``predict`` returns, at the same queries);
-    the probabilities are None for a method without ``predict_proba``.
+    the probabilities are None for a method without ``predict_proba``. A method that
+    mines unlabelled training texts gets those of ``pool`` (see
+    :func:`~maas_tune.methods.base.fit_kwargs`).
     """
     before_train, before_test = copy.copy(train_client.usage), copy.copy(test_client.usage)
     start = time.perf_counter()
-    method.fit(train_client, task, train)
+    method.fit(train_client, task, train, **fit_kwargs(method, pool))
     seconds = time.perf_counter() - start
     proba: np.ndarray | None = None
     if hasattr(method, "predict_proba"):
@@ -363,6 +373,7 @@ def evaluate(
                 task=task,
                 train=shots_set,
                 test=test,
+                pool=train_pool,
             )
         else:
             seconds = fit_method(est, train_scores, y_train, content_free)

@@ -56,7 +56,7 @@ def test_the_shipped_grid_covers_every_bundled_dataset_method_and_shots_setting(
     config = load_config(ROOT / "benchmarks" / "grid.toml")
     rows = config.row_names()
     for method in ("icl", "linear-probe", "ytuning", "bdpl", "prompt-tuning", "dect",
-                   "dect-logprobs", "dect+embeddings"):  # fmt: skip
+                   "dect-logprobs", "dect+embeddings", "bdpl-paper", "prompt-tuning-paper"):  # fmt: skip
         assert method in rows
     decoders = config.blocks[0]
     assert decoders.datasets == tuple(datasets.available())
@@ -64,7 +64,7 @@ def test_the_shipped_grid_covers_every_bundled_dataset_method_and_shots_setting(
     assert config.output == ROOT / "benchmarks" / "results" / "grid"
     assert config.report_dir == ROOT / "docs" / "benchmarks.md"
     # Rows re-scored on a smaller test set for a like-for-like table are not plotted twice.
-    assert "dect@50" in rows and "dect@50" not in config.plotted_rows()
+    assert "dect@200" in rows and "dect@200" not in config.plotted_rows()
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
 
-__all__ = ["candidate_vocabulary", "words"]
+from ..errors import ConfigurationError
+
+__all__ = ["candidate_vocabulary", "prompt_vocabulary", "words"]
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
@@ -67,3 +69,24 @@ def candidate_vocabulary(
     grams = Counter(g for s in sentences for g in _segments(s, strong, max_n))
     ranked = sorted(grams.items(), key=lambda kv: (-kv[1], kv[0]))
     return [gram for gram, _ in ranked[:size]]
+
+
+def prompt_vocabulary(
+    texts: Sequence[str] | None, size: int, *, max_n: int, min_count: int
+) -> list[str]:
+    """:func:`candidate_vocabulary` of ``texts`` for BDPL, or a ConfigurationError saying why not.
+
+    ``texts`` is None when BDPL mines the unlabelled training texts and ``fit`` got none.
+    """
+    if texts is None:
+        raise ConfigurationError(
+            "BDPL(vocabulary='corpus') mines its prompt vocabulary from the task's unlabelled "
+            "training texts: pass them as fit(..., corpus=texts), or use vocabulary='shots'"
+        )
+    found = candidate_vocabulary(list(texts), size, max_n=max_n, min_count=min_count)
+    if len(found) < 2:
+        raise ConfigurationError(
+            f"the texts give {len(found)} candidate n-gram(s); BDPL needs at least 2: "
+            "pass more examples or a corpus"
+        )
+    return found

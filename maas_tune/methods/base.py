@@ -16,7 +16,7 @@ from ..data import Example
 from ..errors import ConfigurationError, NotFittedError
 from ..task import Task
 
-__all__ = ["PromptMethod", "class_log_probs", "quiet", "usage_since"]
+__all__ = ["PromptMethod", "class_log_probs", "fit_kwargs", "quiet", "usage_since"]
 
 
 def usage_since(client: Client, before: Usage) -> Usage:
@@ -64,6 +64,11 @@ class PromptMethod(HyperParameters):
     @property
     def needs_content_free(self) -> bool:
         """False: no prompt method uses the content-free query."""
+        return False
+
+    @property
+    def uses_corpus(self) -> bool:
+        """Whether ``fit`` takes the task's unlabelled training texts as ``corpus``."""
         return False
 
     # ------------------------------------------------------------------ fit helpers
@@ -167,6 +172,18 @@ class PromptMethod(HyperParameters):
 
     def _check_state(self) -> None:
         """Raise ``ValueError`` if the restored state is inconsistent."""
+
+
+def fit_kwargs(method: PromptMethod, pool: Sequence[Example]) -> dict[str, Any]:
+    """Keyword arguments of ``method.fit`` beyond the shots, taken from the training ``pool``.
+
+    A method that mines the unlabelled training texts (``uses_corpus``, e.g.
+    :meth:`BDPL.paper <maas_tune.methods.BDPL.paper>`) gets the pool's texts, labels
+    dropped, as ``corpus``; other methods get nothing.
+    """
+    if not method.uses_corpus:
+        return {}
+    return {"corpus": [e.text if e.text_b is None else f"{e.text} {e.text_b}" for e in pool]}
 
 
 @contextlib.contextmanager

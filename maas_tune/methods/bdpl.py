@@ -17,7 +17,8 @@ from ..errors import BudgetExceeded, ConfigurationError
 from ..task import Task
 from ._policy import mode, policy_gradient, project_simplex, sample_prompts
 from ._prompts import prefixed_task
-from ._vocab import candidate_vocabulary
+from ._split import Split, Tried, split_examples
+from ._vocab import prompt_vocabulary
 from .base import PromptMethod, class_log_probs, quiet, usage_since
 
 __all__ = ["BDPL"]
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Gradient-norm clip of the reference implementation.
 BDPL_GRAD_CLIP = 3.0
+#: Where the candidate vocabulary comes from: the shots, or the unlabelled training texts.
+VOCABULARIES = ("shots", "corpus")
 
 
 class BDPL(PromptMethod):
@@ -41,18 +44,28 @@ class BDPL(PromptMethod):
     ``p_i`` back onto the simplex. After every epoch the most likely prompt (each
     position's argmax) is scored on all training examples.
 
-    **Best prompt and budget.** The prompt kept is the one with the lowest loss over
-    all training examples among those scored on all of them (the epoch-end prompts, and
-    the drawn prompts when a batch is the whole training set); before any such score,
-    the drawn prompt with the lowest batch loss. When the client's budget refuses a
-    query (:class:`~maas_tune.errors.BudgetExceeded`), training stops there and that best
-    prompt so far is kept (``stopped_by_budget_`` is True).
+    **Best prompt and budget.** With ``dev_fraction > 0`` (the paper's protocol), that
+    share of each class's examples is held out as a dev split, training uses the rest,
+    and the prompt kept is the epoch-end prompt with the highest dev accuracy (ties: the
+    lower dev loss, then the earlier epoch). With ``dev_fraction = 0`` (the default),
+    it is the one with the lowest loss over all training examples among those scored on
+    all of them (the epoch-end prompts, and the drawn prompts when a batch is the whole
+    training set); before any such score, the drawn prompt with the lowest batch loss.
+    When the client's budget refuses a query (:class:`~maas_tune.errors.BudgetExceeded`),
+    training stops there and that best prompt so far is kept (``stopped_by_budget_``).
+
+    **Vocabulary.** ``vocabulary="shots"`` (the default) mines the n-grams from the
+    labelled examples' texts; ``"corpus"`` from the texts passed as ``fit(...,
+    corpus=...)``: the task's unlabelled training text, as the paper does
+    (:func:`~maas_tune.methods.base.fit_kwargs` passes a training pool's texts).
 
     **Cost.** Every query goes through the client (cached, budgeted). With ``n``
-    training examples, a fit sends at most ``epochs * (sample_size * n + n)`` queries
-    (SST-2, 16 shots, defaults: 8 * (4 * 32 + 32) = 1280); a prompt drawn again for the
-    same examples is a cache hit. Each prompt is ``prompt_length`` n-grams longer than
-    the template's. ``predict`` sends one query per input.
+    training examples (after the dev split) and ``d`` dev examples, a fit sends at most
+    ``epochs * (sample_size * n + d)`` queries, ``d = n`` without a dev split (SST-2,
+    16 shots, defaults: 8 * (4 * 32 + 32) = 1280; :meth:`paper`: 10 * (20 * 16 + 16) =
+    3360); a prompt drawn again for the same examples is a cache hit. Each prompt is
+    ``prompt_length`` n-grams longer than the template's. ``predict`` sends one query
+    per input.
 
     Parameters
     ----------
@@ -68,6 +81,13 @@ class BDPL(PromptMethod):
         Adam step on the probabilities (they start uniform at ``1 / n_candidates``).
     separator : str, default "\\n"
         Between the prompt and the rendered template.
+    vocabulary : {"shots", "corpus"}, default "shots"
+        Where the candidate n-grams come from (see above).
+    max_n, min_count : int, default 3, 2
+        Longest n-gram, and fewest co-occurrences of a merged word pair (see
+        :func:`~maas_tune.methods._vocab.candidate_vocabulary`).
+    dev_fraction : float, default 0.0
+        Share of each class's examples held out to choose the prompt (0: none).
     random_state : int or None
         Seed of the draws and of the batch order: a rerun asks the same queries (free
         from the cache).
@@ -84,10 +104,12 @@ class BDPL(PromptMethod):
     prompt_indices_ : torch.Tensor, shape (L,), int64
         The kept prompt; ``prompt_`` is its text.
     best_loss_ : float or None
-        Its training loss (None when the budget allowed no query: the prompt is then
-        the mode of the initial, uniform distributions).
+        Its loss on the split it was chosen on (dev with ``dev_fraction > 0``, else
+        training); None when the budget allowed no query: the prompt is then the mode
+        of the initial, uniform distributions.
     history_ : list of dict
-        Per step: epoch, mean and min loss of the drawn prompts; per epoch, the mode's loss.
+        Per step: epoch, mean and min loss of the drawn prompts; per epoch, the mode's
+        loss (``mode_loss``, or ``dev_loss`` and ``dev_accuracy``).
     stopped_by_budget_ : bool
     fit_usage_ : Usage
         What ``fit`` sent (``queries_sent``, ``prompt_tokens_sent``, ``cache_hits``).
@@ -111,6 +133,10 @@ class BDPL(PromptMethod):
         epochs: int = 8,
         learning_rate: float = 0.02,
         separator: str = "\n",
+        vocabulary: str = "shots",
+        max_n: int = 3,
+        min_count: int = 2,
+        dev_fraction: float = 0.0,
         random_state: int | None = None,
         progress: bool | None = None,
     ) -> None:
@@ -121,8 +147,51 @@ class BDPL(PromptMethod):
         self.epochs = epochs
         self.learning_rate = learning_rate
         self.separator = separator
+        self.vocabulary = vocabulary
+        self.max_n = max_n
+        self.min_count = min_count
+        self.dev_fraction = dev_fraction
         self.random_state = random_state
         self.progress = progress
+
+    @classmethod
+    def paper(cls, *, random_state: int | None = None, progress: bool | None = None) -> BDPL:
+        """BDPL with the published settings (Diao et al., TMLR 2023, arXiv 2201.08531).
+
+        The reference code's GPT-3 run (``run.sh`` of shizhediao/Black-Box-Prompt-Learning:
+        ``--k_shot 16 --prompt_learning_rate 2e-4 --sample_size 20 --prompt_length 20
+        --prompt_search_space 50 --num_train_epochs 10``, batch size 4), since a causal
+        model read through its label log-probabilities is the GPT-3 case; its RoBERTa run
+        uses ``--prompt_learning_rate 1e-4 --sample_size 20 --prompt_length 10
+        --prompt_search_space 200``, batch 128, and the script's default 30 epochs. So:
+        I = 20 prompts per step, 20 positions over 50 candidates, Adam at lr 2e-4, 10
+        epochs of batches of 4. The vocabulary is mined from the task's unlabelled
+        training text (``vocabulary="corpus"``) with ``pmi_ngram.py``'s settings
+        (``--ngram 5 --min_count 5 --min_pmi 1``; its counts must exceed 5, hence
+        ``min_count=6`` here). The reference holds out a k-shot dev set of the same size
+        as the training shots and keeps the prompt of the best dev epoch; here half of
+        each class's shots is the dev split (``dev_fraction=0.5``), so the prompt is
+        learned from the other half.
+        """
+        return cls(
+            prompt_length=20,
+            n_candidates=50,
+            sample_size=20,
+            batch_size=4,
+            epochs=10,
+            learning_rate=2e-4,
+            vocabulary="corpus",
+            max_n=5,
+            min_count=6,
+            dev_fraction=0.5,
+            random_state=random_state,
+            progress=progress,
+        )
+
+    @property
+    def uses_corpus(self) -> bool:
+        """Whether ``fit`` needs the unlabelled training texts (``corpus``)."""
+        return bool(self.vocabulary == "corpus")
 
     @property
     def prompt_(self) -> str:
@@ -144,48 +213,54 @@ class BDPL(PromptMethod):
         Parameters
         ----------
         corpus : sequence of str, optional
-            Texts to build the candidate vocabulary from; default the examples' texts.
+            Unlabelled texts to build the candidate vocabulary from (required with
+            ``vocabulary="corpus"``); default, with ``vocabulary="shots"``, the examples'
+            texts.
         """
         self._check_params()
-        target = torch.as_tensor(self._start_fit(task, examples, y))
-        texts = corpus if corpus is not None else [_joined(e) for e in examples]
-        self.candidates_ = candidate_vocabulary(texts, self.n_candidates)
-        if len(self.candidates_) < 2:
-            raise ConfigurationError(
-                f"the texts give {len(self.candidates_)} candidate n-gram(s); BDPL needs at "
-                "least 2: pass more examples or a corpus"
-            )
+        target = self._start_fit(task, examples, y)
+        self.candidates_ = self._vocabulary(examples, corpus)
+        train, dev = split_examples(examples, target, self.dev_fraction, self.random_state)
         before = copy.copy(client.usage)
         self.stopped_by_budget_ = False
         self.history_: list[dict[str, Any]] = []
         shape = (self.prompt_length, len(self.candidates_))
         probs = torch.full(shape, 1 / len(self.candidates_)).requires_grad_(True)  # (L, N)
-        tried: list[tuple[bool, Any, tuple[int, ...]]] = []  # (partial, loss, prompt)
+        tried = Tried()
         with quiet(client):
             try:
-                self._train(client, examples, target, probs, tried)
+                self._train(client, train, dev, probs, tried)
             except BudgetExceeded as exc:
                 self.stopped_by_budget_ = True
                 log.warning("BDPL stopped: %s; keeping the best prompt so far", exc)
         self.probs_ = probs.detach().clone()
-        best = min(tried) if tried else (True, None, tuple(mode(self.probs_).tolist()))
+        best = tried.best() or (True, None, tuple(mode(self.probs_).tolist()))
         self.best_loss_ = best[1]
         self.prompt_indices_ = torch.tensor(best[2], dtype=torch.int64)
         self.fit_usage_ = usage_since(client, before)
         return self
 
+    def _vocabulary(self, examples: Sequence[Example], corpus: Sequence[str] | None) -> list[str]:
+        texts = corpus
+        if texts is None and self.vocabulary == "shots":
+            texts = [_joined(e) for e in examples]
+        return prompt_vocabulary(
+            texts, self.n_candidates, max_n=self.max_n, min_count=self.min_count
+        )
+
     def _train(
         self,
         client: Client,
-        examples: Sequence[Example],
-        target: torch.Tensor,
+        train: Split,
+        dev: Split | None,
         param: torch.Tensor,
-        tried: list[tuple[bool, Any, tuple[int, ...]]],
+        tried: Tried,
     ) -> None:
         """The optimisation loop: updates ``param`` in place, appends every scored prompt to
         ``tried`` (so both hold the progress made when the budget interrupts it)."""
         from tqdm.auto import tqdm
 
+        examples, target = train
         n = len(examples)
         generator = torch.Generator().manual_seed(_seed(self.random_state))
         rng = np.random.default_rng(self.random_state)
@@ -202,7 +277,7 @@ class BDPL(PromptMethod):
                     for prompt in samples:
                         loss = self._loss(client, prompt, [examples[i] for i in rows], target[rows])
                         losses.append(loss)
-                        tried.append((len(rows) < n, loss, tuple(prompt.tolist())))
+                        tried.train.append((len(rows) < n, loss, tuple(prompt.tolist())))
                     self._step(param, optimizer, samples, torch.tensor(losses))
                     self.history_.append(
                         {
@@ -213,10 +288,26 @@ class BDPL(PromptMethod):
                     )
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean(losses):.3f}")
-                best = mode(param.detach())
-                loss = self._loss(client, best, examples, target)
-                tried.append((False, loss, tuple(best.tolist())))
-                self.history_.append({"epoch": epoch, "mode_loss": loss})
+                self._end_epoch(client, epoch, mode(param.detach()), train, dev, tried)
+
+    def _end_epoch(
+        self,
+        client: Client,
+        epoch: int,
+        prompt: torch.Tensor,
+        train: Split,
+        dev: Split | None,
+        tried: Tried,
+    ) -> None:
+        """Score the epoch's mode on all training examples, or on the dev split."""
+        if dev is None:
+            loss = self._loss(client, prompt, *train)
+            tried.train.append((False, loss, tuple(prompt.tolist())))
+            self.history_.append({"epoch": epoch, "mode_loss": loss})
+            return
+        loss, accuracy = self._scored(client, prompt, *dev)
+        tried.dev.append((-accuracy, loss, tuple(prompt.tolist())))
+        self.history_.append({"epoch": epoch, "dev_loss": loss, "dev_accuracy": accuracy})
 
     def _step(
         self,
@@ -240,8 +331,20 @@ class BDPL(PromptMethod):
         target: torch.Tensor,
     ) -> float:
         """Mean cross-entropy of the class scores with ``prompt`` before each example."""
+        return self._scored(client, prompt, examples, target)[0]
+
+    def _scored(
+        self,
+        client: Client,
+        prompt: torch.Tensor,
+        examples: Sequence[Example],
+        target: torch.Tensor,
+    ) -> tuple[float, float]:
+        """(mean cross-entropy, accuracy) of the class scores with ``prompt`` before each example."""
         scores = client.score(self._task(prompt), examples)
-        return float(F.cross_entropy(class_log_probs(scores.label_logprobs), target))
+        log_probs = class_log_probs(scores.label_logprobs)  # (n, K)
+        accuracy = float((log_probs.argmax(dim=-1) == target).float().mean())
+        return float(F.cross_entropy(log_probs, target)), accuracy
 
     def _text(self, prompt: torch.Tensor) -> str:
         return " ".join(self.candidates_[i] for i in prompt.tolist())
@@ -264,6 +367,16 @@ class BDPL(PromptMethod):
             )
         if not self.learning_rate > 0:
             raise ConfigurationError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.vocabulary not in VOCABULARIES:
+            raise ConfigurationError(
+                f"vocabulary must be one of {', '.join(VOCABULARIES)}, got {self.vocabulary!r}"
+            )
+        if self.max_n < 1 or self.min_count < 1:
+            raise ConfigurationError(
+                f"max_n and min_count must be >= 1, got {self.max_n} and {self.min_count}"
+            )
+        if not 0 <= self.dev_fraction < 1:
+            raise ConfigurationError(f"dev_fraction must be in [0, 1), got {self.dev_fraction}")
 
     def _check_state(self) -> None:
         length, n = self.probs_.shape

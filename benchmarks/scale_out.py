@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's maas_tune, in the driver and (below) the workers
 
 import maas_tune as mt
+from maas_tune.providers._session import concurrency_for
 from maas_tune.ratelimit import RateLimit
 from maas_tune.ray import BudgetSpec, ProviderConfig, score
 from tests._det_server import client_ports
@@ -51,11 +52,11 @@ RESERVED_PER_PROMPT = 3
 CLIENT_BURST_S = 0.5
 
 
-def budget_limit(samples: int, workers: int, chunk: int, *, kill: bool) -> int:
-    """A cap just above what the run spends: room for each worker's in-flight reservation
-    (``RESERVED_PER_PROMPT`` x ``chunk``, of which ``chunk`` is spent), and in the killed
-    run for the dead worker's reservation, counted as spent because it may have been billed."""
-    return samples + RESERVED_PER_PROMPT * chunk * (workers + (2 if kill else 0))
+def budget_limit(samples: int, workers: int, chunk: int, depth: int, *, kill: bool) -> int:
+    """A cap just above what the run spends: room for each worker's reservations in flight
+    (``depth`` chunks of ``RESERVED_PER_PROMPT`` x ``chunk``), and in the killed run for the
+    dead worker's, counted as spent because they may have been billed."""
+    return samples + RESERVED_PER_PROMPT * chunk * depth * (workers + (1 if kill else 0))
 
 
 def start_server(latency: float, rpm: float | None) -> tuple[subprocess.Popen[str], str]:
@@ -105,7 +106,9 @@ def run(
     import ray
 
     n = args.samples
-    limit = budget_limit(n, workers, args.chunk_size, kill=kill)
+    rate = RateLimit(requests_per_minute=args.rpm, burst_seconds=CLIENT_BURST_S) if args.rpm else None
+    depth = -(-concurrency_for(args.concurrency, rate) // args.chunk_size) + 1  # chunks in flight
+    limit = budget_limit(n, workers, args.chunk_size, depth, kill=kill)
     rows = [{"text": f"synthetic review {i}: {'great' if i % 2 else 'poor'} value"} for i in range(n)]
     store = new_store()
     server_call(base_url, "POST", "/reset")
@@ -113,8 +116,7 @@ def run(
     if kill:
         threading.Thread(target=kill_one_worker_at, args=(base_url, n // 3, killed),
                          daemon=True).start()
-    config = ProviderConfig(base_url, "det", max_concurrency=args.concurrency)
-    rate = RateLimit(requests_per_minute=args.rpm, burst_seconds=CLIENT_BURST_S) if args.rpm else None
+    config = ProviderConfig(base_url, "det", strategy="top_logprobs", max_concurrency=args.concurrency)
     start = time.perf_counter()
     dataset = score(ray.data.from_items(rows), TASK, config, str(store),
                     BudgetSpec(f"bench-{workers}", max_queries=limit), num_workers=workers,
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result", default="scale_out",
                         help="writes results/RESULT.json (default: scale_out)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per request")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per worker")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="requests in flight per worker (default: from the rate limit)")
     parser.add_argument("--rpm", type=float, default=21_600,
                         help="the provider's requests/min (server 429s past it; 0: none)")
     parser.add_argument("--batch-size", type=int, default=512)

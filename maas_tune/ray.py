@@ -31,10 +31,10 @@ from .errors import ConfigurationError, MissingDependencyError
 from .providers._http import public_url
 from .providers._session import (
     API_KEY_ENV,
-    DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_S,
     check_api_options,
     check_count,
+    concurrency_for,
 )
 from .providers.base import Provider
 from .ratelimit import RateLimit, RateLimiter
@@ -92,8 +92,10 @@ class ProviderConfig:
         :class:`~maas_tune.providers.openai.OpenAICompletionsProvider` or
         :class:`~maas_tune.providers.chat.OpenAIChatProvider`.
     strategy : str, default "auto"
-    max_concurrency : int, default 4
-        Requests in flight per worker.
+    max_concurrency : int or None, default None
+        Requests in flight per worker; None follows the rate limit as
+        :class:`~maas_tune.client.Client` does (up to 256 in flight under a limit, the
+        limiter setting the pace; 4 without one).
     timeout : float, default 30.0
     max_retries : int, default 4
     api_key_env : str or None
@@ -108,13 +110,15 @@ class ProviderConfig:
     model: str
     kind: str = "completions"
     strategy: str = "auto"
-    max_concurrency: int = DEFAULT_CONCURRENCY
+    max_concurrency: int | None = None
     timeout: float = DEFAULT_TIMEOUT_S
     max_retries: int = MAX_RETRIES
     api_key_env: str | None = None
 
     def __post_init__(self) -> None:
-        check_api_options(self.base_url, self.model, self.max_concurrency, self.timeout)
+        check_api_options(
+            self.base_url, self.model, concurrency_for(self.max_concurrency, None), self.timeout
+        )
         if self.kind not in _PROVIDER_KINDS:
             raise ConfigurationError(f"kind must be one of {_PROVIDER_KINDS}, got {self.kind!r}")
         if public_url(self.base_url) != self.base_url.rstrip("/"):
@@ -229,7 +233,8 @@ def score(
     budget : BudgetSpec, str or None
         The shared budget (a name alone keeps the caps already stored); None: no cap.
     num_workers : int, default 2
-        Actors in the pool, each with ``provider_config.max_concurrency`` requests in flight.
+        Actors in the pool, each with ``provider_config.max_concurrency`` requests in flight
+        (by default as many as the rate limit calls for).
     batch_size : int, default 256
         Rows per batch handed to an actor.
     rate_limit : RateLimit, SharedRateLimiter or None

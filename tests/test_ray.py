@@ -23,6 +23,7 @@ from maas_tune import (
     save_decoder,
 )
 from maas_tune.errors import MissingDependencyError
+from maas_tune.providers._session import concurrency_for
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from tests._det_server import PROBE_PROMPT, DetServer, client_ports
 from tests._ray_cluster import local_ray_cluster
@@ -166,7 +167,8 @@ def test_a_killed_worker_is_replaced_and_the_result_is_complete_within_the_cap(
     assert len(out) == n and all(r["scored"] for r in out)  # Ray retried the lost batch
     # Only the dead worker's chunks in flight again (they overlap: ceil(max_concurrency /
     # chunk) + 1 of them).
-    in_flight = -(-ray_api.ProviderConfig(server.base_url, "det").max_concurrency // chunk) + 1
+    slots = concurrency_for(ray_api.ProviderConfig(server.base_url, "det").max_concurrency, None)
+    in_flight = -(-slots // chunk) + 1
     assert min(sent) == 1 and sum(sent) - n <= in_flight * chunk
     # every duplicate was first sent by the dead worker: live workers never raced
     assert set(resent_by_port) <= killed[0][1], (resent_by_port, killed)

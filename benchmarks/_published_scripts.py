@@ -168,9 +168,10 @@ def async_throughput(results: Path) -> str:
     lines = [
         (
             "| latency | provider limit | async: samples | async: samples/s ÷ limit "
-            "| sync (old): samples | sync (old): ÷ limit | client CPU per request (async / sync) |"
+            "| sync (old): samples | sync (old): ÷ limit | client CPU per request (async / sync) "
+            "| server CPU per request (async) |"
         ),
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (lat, limit), by in pairs.items():
         a, s = by["async"], by["sync (old)"]
@@ -178,7 +179,8 @@ def async_throughput(results: Path) -> str:
             f"| {lat} ms | {limit:,}/s | {a['samples']:,} | **{a['ratio']:.2f}** "
             f"({a['samples_per_s']:.0f}/s) | {s['samples']:,} | {s['ratio']:.2f} "
             f"| {a['client_cpu_us_per_request'] / 1000:.1f} / "
-            f"{s['client_cpu_us_per_request'] / 1000:.1f} ms |"
+            f"{s['client_cpu_us_per_request'] / 1000:.1f} ms "
+            f"| {_server_cpu(a)} |"
         )
     rows = t["rows"]
     dup = sum(r["duplicate_requests"] for r in rows)
@@ -194,6 +196,12 @@ def async_throughput(results: Path) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def _server_cpu(row: dict[str, Any]) -> str:
+    """The loopback server's CPU per request, where the run measured it."""
+    us = row.get("server_cpu_us_per_request")
+    return "–" if us is None else f"{us / 1000:.2f} ms"
 
 
 def server_memory(results: Path) -> str:
@@ -290,7 +298,7 @@ def scale_out(results: Path) -> str:
     ]
     for label, r in runs:
         dup = str(r["duplicate_queries"])
-        if "duplicates_between_live_workers" in r:
+        if "duplicates_between_live_workers" in r and r.get("killed"):
             dup += (
                 f": **{r['duplicates_between_live_workers']} between live workers**, "
                 f"{r['duplicates_resent_after_crash']} re-sent after the crash"

@@ -109,6 +109,10 @@ def provider_record(args: argparse.Namespace, provider: Provider) -> dict[str, A
                     if not is_secret_name(k)},
         "query": {k: v for k, v in extras.get("default_query", {}).items()
                   if not is_secret_name(k)},
+        # pacing, not identity: predict paces as fit did unless its flags say otherwise
+        "rate_limit_per_minute": getattr(getattr(args, "rate_limit", None),
+                                         "requests_per_minute", None),
+        "max_concurrency": getattr(args, "max_concurrency", None),
     }
 
 
@@ -199,12 +203,26 @@ def _fill(args: argparse.Namespace, record: dict[str, Any]) -> None:
     args.strategy = args.strategy or record.get("strategy")
     args.top_logprobs = args.top_logprobs or record.get("top_logprobs")
     args.tokenizer = args.tokenizer or record.get("tokenizer")
+    _fill_pacing(args, record)
     if record.get("embeddings_model"):
         args.embeddings, args.embeddings_model = True, record["embeddings_model"]
     for flag, sep in (("header", ":"), ("query", "=")):
         kept = record.get(flag + "s" if flag == "header" else flag) or {}
         given = parse_pairs(getattr(args, flag, None), sep, f"--{flag}")
         setattr(args, flag, [f"{k}{sep}{v}" for k, v in {**kept, **given}.items()])
+
+
+def _fill_pacing(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """--rate-limit and --max-concurrency as fit had them, where predict gives none (a
+    damaged value is ignored: pacing never changes what is scored)."""
+    rpm = record.get("rate_limit_per_minute")
+    if getattr(args, "rate_limit", None) is None and isinstance(rpm, (int, float)) and rpm > 0:
+        from .ratelimit import RateLimit
+
+        args.rate_limit = RateLimit(requests_per_minute=float(rpm))
+    cap = record.get("max_concurrency")
+    if getattr(args, "max_concurrency", None) is None and isinstance(cap, int) and cap >= 1:
+        args.max_concurrency = cap
 
 
 def _fill_defaults(args: argparse.Namespace) -> None:

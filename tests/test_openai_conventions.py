@@ -317,3 +317,22 @@ def test_quickstart_comment_counts_the_queries_its_decoder_needs():
     sent = int(re.search(r"first run sends (\d+) queries", source).group(1))
     shots = int(re.search(r"sample_k_shot\(data\.train, (\d+)", source).group(1))
     assert "mt.DecT(" in source and sent == 2 * shots  # SST-2: 2 classes; no content-free query
+
+
+def test_predict_paces_as_fit_did_unless_told_otherwise(det, tmp_path):
+    """--rate-limit and --max-concurrency are kept with the fitted provider (issue 18)."""
+    from maas_tune._cli_provider import apply_record
+
+    decoder = _fit(tmp_path, "--base-url", det.base_url, "--rate-limit", "3000/min",
+                   "--max-concurrency", "32")
+    meta = json.loads((decoder / "decoder.json").read_text())["metadata"]
+    assert meta["provider_config"]["rate_limit_per_minute"] == 3000.0
+    assert meta["provider_config"]["max_concurrency"] == 32
+    args = build_parser().parse_args(["predict", "--decoder", "d", "--input", "i"])
+    apply_record(args, meta)
+    assert args.rate_limit.requests_per_minute == 3000.0 and args.max_concurrency == 32
+    args = build_parser().parse_args(["predict", "--decoder", "d", "--input", "i",
+                                      "--rate-limit", "10/s"])
+    apply_record(args, meta)
+    assert args.rate_limit.requests_per_minute == 600.0  # a flag given wins
+    assert _predict(tmp_path, decoder) == 0

@@ -287,19 +287,25 @@ def _icl_tokens(grid: GridResults) -> str:
     """ICL's prompt tokens per query against DecT's on the same inputs."""
     pairs = []
     for d in grid.blocks_of("icl"):
-        icl, dect = grid.get("icl", d), grid.get("dect@50", d) or grid.get("dect", d)
+        icl, dect = grid.get("icl", d), grid.get("dect@200", d) or grid.get("dect", d)
         if icl and dect and icl.queries and dect.queries:
             pairs.append((icl.prompt_tokens / icl.queries, dect.prompt_tokens / dect.queries))
     if not pairs:
         return ""
-    lo, hi = min(a / b for a, b in pairs), max(a / b for a, b in pairs)
+    icl, dect = [a for a, _ in pairs], [b for _, b in pairs]
+    ratio = [a / b for a, b in pairs]
     return (
-        f"ICL sends no training query, but at the largest shots its prompts carry every "
-        f"demonstration: {min(a for a, _ in pairs):,.0f}–{max(a for a, _ in pairs):,.0f} prompt "
-        f"tokens per query against DecT's {min(b for _, b in pairs):,.0f}–"
-        f"{max(b for _, b in pairs):,.0f}, {lo:.0f}–{hi:.0f}× on every input, for as long "
-        "as the model is used."
+        f"ICL sends no training query, but every prompt carries its demonstrations (by "
+        f"default 4 per class): {_span(icl, ',.0f')} prompt tokens per query against DecT's "
+        f"{_span(dect, ',.0f')}, {_span(ratio, '.0f')}× on every input, for as long as the "
+        "model is used."
     )
+
+
+def _span(values: list[float], fmt: str) -> str:
+    """``lo–hi`` in ``fmt``, or one number where they round alike."""
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return lo if lo == hi else f"{lo}–{hi}"
 
 
 def accuracy(grid: GridResults) -> str:

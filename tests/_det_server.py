@@ -118,6 +118,9 @@ class DetServer:
         Server-side limit: requests past it get 429 with ``Retry-After: 1``.
     port : int
         0 picks a free port.
+    hold_after : int or None
+        Once this many completions were answered, hold every further answer until
+        :meth:`release` (a test that must act mid-run, e.g. kill a worker, then lets it go).
 
     ``GET /stats`` answers :meth:`stats`, ``GET /duplicates``
     :meth:`duplicates_by_first_port`; ``POST /reset`` calls :meth:`reset`.
@@ -144,8 +147,11 @@ class DetServer:
         tokenizer: bool = True,
         requests_per_minute: float | None = None,
         port: int = 0,
+        hold_after: int | None = None,
     ) -> None:
         self.latency = latency
+        self.hold_after = hold_after
+        self._released = threading.Event()
         self.tokenizer = tokenizer
         self.rpm = requests_per_minute
         self.port = port
@@ -192,6 +198,10 @@ class DetServer:
             if n > 1 and prompt != PROBE_PROMPT:
                 counts[self.first_port[prompt]] += n - 1
         return dict(counts)
+
+    def release(self) -> None:
+        """Answer the requests held by ``hold_after`` (and every later one)."""
+        self._released.set()
 
     def reset(self) -> None:
         """Forget the counts (between benchmark runs)."""
@@ -285,6 +295,10 @@ class DetServer:
         arrival = time.monotonic()
         if self.latency:
             await asyncio.sleep(self.latency)
+        while self.hold_after is not None and self.received >= self.hold_after and (
+            not self._released.is_set()
+        ):
+            await asyncio.sleep(0.01)
         self.arrivals.append(arrival)
         prompt = str(body.get("prompt", ""))
         self.per_prompt[prompt] += 1

@@ -134,18 +134,23 @@ def test_predictions_match_a_single_process_client_and_decoder(ray_api, ray_clus
 def _kill_one_scoring_actor(
     server: DetServer, after: int, killed: list[tuple[int, set[int]]]
 ) -> None:
-    """SIGKILL one scoring actor's process (as a crash would) once ``after`` requests arrived."""
+    """SIGKILL one scoring actor's process (as a crash would) once ``after`` requests were
+    answered; the server holds further answers until then (``hold_after``), so the run
+    cannot finish first however slow the machine is."""
     from ray._private import state  # the actor table with pids; no dashboard needed
 
-    deadline = time.monotonic() + 60
-    while server.received < after and time.monotonic() < deadline:
-        time.sleep(0.01)
-    pids = [a["Pid"] for a in state.actors().values()
-            if a["State"] == "ALIVE" and "MapWorker" in str(a.get("ActorClassName"))]
-    if pids:
-        ports = client_ports(pids[0])  # its connections to the server, requests in flight
-        os.kill(pids[0], signal.SIGKILL)
-        killed.append((pids[0], ports))
+    try:
+        deadline = time.monotonic() + 120
+        while server.received < after and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pids = [a["Pid"] for a in state.actors().values()
+                if a["State"] == "ALIVE" and "MapWorker" in str(a.get("ActorClassName"))]
+        if pids:
+            ports = client_ports(pids[0])  # its connections to the server, requests in flight
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append((pids[0], ports))
+    finally:
+        server.release()
 
 
 def test_a_killed_worker_is_replaced_and_the_result_is_complete_within_the_cap(
@@ -154,7 +159,7 @@ def test_a_killed_worker_is_replaced_and_the_result_is_complete_within_the_cap(
     store, n, chunk = tmp_path / "store.sqlite", 600, 16
     limit = n + chunk * 4  # room for the reservations in flight and the dead worker's
     rows, killed = _rows(n, prefix="killed"), []
-    with DetServer(latency=0.02, tokenizer=True) as server:
+    with DetServer(latency=0.02, tokenizer=True, hold_after=n // 4) as server:
         threading.Thread(target=_kill_one_scoring_actor, args=(server, n // 4, killed),
                          daemon=True).start()
         out = _score(ray_api, ray_cluster, server, store, rows,

@@ -145,10 +145,17 @@ def readme_accuracy(results: Path, grid: GridResults) -> str:
         + " | queries to fit |",
         "|---|---|---|---|",
     ]
+    best = {  # bold: the best mean per dataset, whichever row it is
+        d: max((s.accuracy_mean for r in HEADLINE if (s := grid.get(r, d, shots))), default=None)
+        for d in README_DATASETS
+    }
     for row, name in HEADLINE.items():
-        cells = [_acc(grid.get(row, d, shots)) for d in README_DATASETS]
-        if row == "dect":
-            cells = [f"**{c}**" for c in cells]
+        cells = []
+        for d in README_DATASETS:
+            summary = grid.get(row, d, shots)
+            cell = _acc(summary)
+            bold = summary is not None and best[d] is not None and summary.accuracy_mean == best[d]
+            cells.append(f"**{cell}**" if bold else cell)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {FIT_QUERIES[row]} |")
     speed = _throughput(results)
     fit = speed["fit_seconds_agnews_16shot_x4"]["dect"]
@@ -181,7 +188,9 @@ def _sst2_margin(grid: GridResults) -> str:
         f"{dect.accuracy_mean - cal.accuracy_mean:+.3f} (std over seeds {dect.accuracy_std:.3f})"
     )
     if behind:
-        text += f"; with {' and '.join(map(str, sorted(behind)))} shots calibration is ahead there"
+        shots = [str(k) for k in sorted(behind)]
+        listed = shots[0] if len(shots) == 1 else f"{', '.join(shots[:-1])} and {shots[-1]}"
+        text += f"; at {listed} shots calibration is ahead there"
     return text + "."
 
 

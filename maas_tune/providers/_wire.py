@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from base64 import b64encode
 from collections import deque
 from typing import Any
 
@@ -380,7 +381,8 @@ class DirectSender:
     :class:`httpx.AsyncClient` rebuilds the URL, headers, cookies, auth and redirect
     state of every request; for the hot path's one method and handful of paths, this
     builds each (method, path) template once with the client itself (so URL joining,
-    default headers and query parameters are httpx's) and then only adds the body.
+    default headers and query parameters are httpx's; credentials in the URL become
+    Basic auth, as httpx's auth flow makes them) and then only adds the body.
     """
 
     def __init__(self, client: httpx.AsyncClient, wire: WireTransport) -> None:
@@ -393,6 +395,9 @@ class DirectSender:
         if template is None:  # without the empty body's Content-Length
             template = self.client.build_request(method, url)
             template.headers.pop("Content-Length", None)
+            if template.url.userinfo:  # as httpx's auth flow: URL credentials win
+                pair = f"{template.url.username}:{template.url.password}".encode()
+                template.headers["Authorization"] = "Basic " + b64encode(pair).decode("ascii")
             self._templates[method, url] = template
         request = httpx.Request(
             method,

@@ -350,6 +350,18 @@ class ScoreCache:
                 (_FACT_PREFIX + key, text),
             )
 
+    def remember_many(self, facts: Mapping[str, Any]) -> None:
+        """:meth:`remember` each of ``facts`` (key -> value), all in one transaction."""
+        rows = [(_FACT_PREFIX + k, json.dumps(v, sort_keys=True)) for k, v in facts.items()]
+        if not rows:
+            return
+        with self._store.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                rows,
+            )
+
     def recall(self, key: str) -> Any | None:
         """A fact kept by :meth:`remember`, or None."""
         with self._store.read() as conn:

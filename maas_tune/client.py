@@ -345,9 +345,12 @@ class _Core:
         event: Callable[[str], None] | None = None,
     ) -> dict[str, ProviderAnswer]:
         """Reserve, send and commit one claimed chunk; its claims are dropped either way."""
+        committed: list[bool] = []  # the commit's transaction dropped the claims
         try:
-            return await self._send_chunk(chunk, token_ids, model, claims, event)
+            return await self._send_chunk(chunk, token_ids, model, claims, event, committed)
         except BaseException:
+            if committed:  # an error after the commit: nothing left to drop
+                raise
             try:  # the answers were not cached: let another worker (or a rerun) send them
                 claims.release(list(chunk))
             except Exception as exc:  # noqa: BLE001 - the original error matters more
@@ -356,10 +359,11 @@ class _Core:
 
     async def _send_chunk(
         self, chunk: dict[str, str], token_ids: list[int], model: str, claims: Claims,
-        event: Callable[[str], None] | None = None,
+        event: Callable[[str], None] | None = None, committed: list[bool] | None = None,
     ) -> dict[str, ProviderAnswer]:
         """Send one chunk; whatever ends it, keep every answer that arrived and charge
-        exactly the requests that were (or may have been) billed, then re-raise."""
+        exactly the requests that were (or may have been) billed, then re-raise (after
+        appending True to ``committed`` once the commit has dropped the chunk's claims)."""
         keys, prompts = list(chunk), list(chunk.values())
         hold = await _off_loop(partial(self._hold, prompts, len(token_ids)),
                                undo=lambda held: held.settle_failed(request_sent=False)
@@ -388,6 +392,8 @@ class _Core:
         kept, problem = _checked(answers, len(token_ids))
         result = {keys[i]: a for i, a in kept.items()}
         await _off_loop(partial(self._commit_chunk, result, hold, spent, claims, keys, model))
+        if committed is not None:
+            committed.append(True)
         self.usage.samples_sent += len(result)
         self.usage.queries_lost += max(0, spent[0] - sum(_count(a.queries) for a in result.values()))
         log.debug("sent %d queries (%d prompt tokens); %d answers kept", *spent, len(result))

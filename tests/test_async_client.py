@@ -211,3 +211,57 @@ def test_the_sync_client_works_inside_a_running_event_loop(tmp_path: Path):
 
     np.testing.assert_allclose(asyncio.run(in_a_notebook()), _expected(texts), rtol=1e-6)
     assert len(api.received) == 2
+
+
+def test_a_cancelled_chunk_commits_in_one_transaction_not_one_per_answered_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+):
+    """Ctrl-C must end at once: a cancelled chunk kept each answered request body for a
+    rerun in a transaction of its own (one fsync each, on the event loop) and dropped its
+    claims again after the commit had dropped them; 9 transactions for this chunk of 8,
+    more than a minute for a few hundred on a loaded disk. Now: the commit and one batch
+    of kept bodies."""
+    from maas_tune.storage.sqlite import SQLiteStore
+
+    texts = [f"film {i}" for i in range(8)]
+    gate, answered = threading.Event(), threading.Semaphore(0)
+
+    def hold(prompt: str) -> None:
+        if prompt == _prompt(texts[-1]):
+            gate.wait(GUARD_S)  # the one request still in flight at the cancellation
+        else:
+            answered.release()
+
+    api = Api(hold)
+    db = tmp_path / "s.sqlite"
+    budget = QueryBudget("t", max_queries=1000, store=db)
+    client = AsyncClient(_provider(api, max_concurrency=8), cache=ScoreCache(db),
+                         budget=budget, progress=False, chunk_size=8)
+    writes: list[str] = []
+    real = SQLiteStore.transaction
+
+    def counted(self):  # type: ignore[no-untyped-def]
+        writes.append("w")
+        return real(self)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(client.score(TASK, texts))
+        for _ in range(7):
+            assert await asyncio.to_thread(answered.acquire, True, GUARD_S)
+        while len(api.received) < 8:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the seven answers reach the client
+        monkeypatch.setattr(SQLiteStore, "transaction", counted)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.undo()
+        gate.set()  # the held request's worker thread ends (asyncio.run waits for it)
+
+    try:
+        asyncio.run(run())
+    finally:
+        gate.set()
+    assert len(writes) <= 2, writes  # the commit; the kept bodies
+    assert len(ScoreCache(db)) == 7  # what was answered is cached
+    assert budget.status().spent_queries == 8  # and the request in flight is charged

@@ -165,7 +165,9 @@ def test_ctrl_c_keeps_what_was_answered_charges_what_was_sent_and_exits_at_once(
     nothing was cached, and worker threads kept retrying for minutes."""
     api = hosted_api(STRICT, upstream=real_server)
     db = tmp_path / "store.sqlite"
-    env = {**os.environ, "MAAS_TUNE_API_KEY": KEY, "PYTHONPATH": str(ROOT)}
+    # faulthandler: a run that does not end gets its threads' stacks into the failure
+    env = {**os.environ, "MAAS_TUNE_API_KEY": KEY, "PYTHONPATH": str(ROOT),
+           "PYTHONFAULTHANDLER": "1"}
     argv = [sys.executable, "-m", "maas_tune", *eval_argv(api, db)]
     argv[argv.index("--test-limit") + 1] = "400"
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -173,7 +175,7 @@ def test_ctrl_c_keeps_what_was_answered_charges_what_was_sent_and_exits_at_once(
         _wait_for(lambda: api.billable >= 30 or proc.poll() is not None, timeout=300)
         assert proc.poll() is None, "the run ended before it could be interrupted"
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)  # a hang guard, not a timing goal
+        err = _stderr_or_stacks(proc, timeout=60)  # a hang guard, not a timing goal
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -188,6 +190,17 @@ def test_ctrl_c_keeps_what_was_answered_charges_what_was_sent_and_exits_at_once(
     # as spent too (they may have been billed): at most one per request slot more.
     assert api.billable <= spent <= api.billable + 4
     assert len(_cache(db)) > 0  # what was answered is kept
+
+
+def _stderr_or_stacks(proc: subprocess.Popen, timeout: float) -> bytes:
+    """The process's stderr once it ends; if it does not end within ``timeout``, fail
+    with the stacks of its threads (SIGABRT makes faulthandler print them)."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        err = proc.communicate(timeout=30)[1].decode(errors="replace")
+        pytest.fail(f"still running {timeout} s after SIGINT; its threads:\n{err[-8000:]}")
 
 
 def _wait_for(condition, timeout: float) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -46,6 +47,8 @@ from ._script import Post, Script, adrive
 from ._secrets import check_api_key
 from ._wire import DirectSender, WireTransport, wire_applies
 from .base import FactStore
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "API_KEY_ENV",
@@ -461,11 +464,18 @@ class APISession:
         bodies = batch.kept()
         with self._memo_lock:
             self._memo.update(bodies)
-        for key, body in bodies.items():
-            try:
-                self.remember(_ANSWERED_FACT + key, body)
-            except Exception:  # noqa: BLE001 - the in-process memo still holds it
-                break
+        if not bodies or self._facts is None:
+            return
+        facts = {_ANSWERED_FACT + key: body for key, body in bodies.items()}
+        many = getattr(self._facts, "remember_many", None)
+        try:  # one transaction: a cancellation must not wait for one commit per body
+            if callable(many):
+                many(facts)
+            else:
+                for key, body in facts.items():
+                    self._facts.remember(key, body)
+        except Exception as exc:  # noqa: BLE001 - the in-process memo still holds them
+            log.warning("could not keep %d answered requests for a rerun: %s", len(facts), exc)
 
     def recall(self, key: str) -> Any | None:
         """The fact kept under ``key``, or None (no request)."""

@@ -30,6 +30,9 @@ class FactStore(Protocol):
     def recall(self, key: str) -> Any | None:
         """The value kept under ``key``, or None."""
 
+    # Optional: ``remember_many(facts: Mapping[str, Any])`` keeps several in one
+    # transaction (ScoreCache has it); without it, each is kept with :meth:`remember`.
+
 
 @dataclass(frozen=True)
 class ProviderAnswer:

@@ -169,7 +169,7 @@ class Scorer:
             scored[start : start + len(parts[-1])] = True
         _LOG.warning("budget reached: %d of %d rows of this batch not scored",
                      int((~scored).sum()), len(examples))
-        return (_concat(parts) if parts else None), scored
+        return (Scores.concat(parts) if parts else None), scored
 
 
 class Predictor(Scorer):
@@ -209,17 +209,6 @@ def _examples(batch: Mapping[str, np.ndarray]) -> list[Example]:
         Example(text=str(t), label=None, text_b=None if pairs is None else str(pairs[i]))
         for i, t in enumerate(texts)
     ]
-
-
-def _concat(parts: list[Scores]) -> Scores:
-    hidden = None
-    if all(p.hidden is not None for p in parts):
-        hidden = np.concatenate([p.hidden for p in parts])  # type: ignore[misc]
-    return Scores(
-        np.concatenate([p.label_logprobs for p in parts]), hidden,
-        np.concatenate([p.cache_hit for p in parts]),
-        np.concatenate([p.prompt_tokens for p in parts]), parts[0].labels,
-    )
 
 
 def _score_columns(scores: Scores | None, scored: np.ndarray, k: int) -> Batch:

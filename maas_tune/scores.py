@@ -130,6 +130,40 @@ class Scores:
         )
 
     @classmethod
+    def concat(cls, parts: Sequence[Scores]) -> Scores:
+        """The rows of ``parts`` one after the other (same labels); an optional array
+        (hidden states, floored counts, token features) is kept where every part has it.
+
+        Raises
+        ------
+        ValueError
+            If ``parts`` is empty or their labels differ.
+        """
+        if not parts:
+            raise ValueError("Scores.concat needs at least one part")
+        labels = parts[0].labels
+        if any(p.labels != labels for p in parts):
+            raise ValueError("Scores.concat: the parts have different labels")
+
+        def joined(name: str) -> np.ndarray | None:
+            arrays = [getattr(p, name) for p in parts]
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+        features, mask = joined("token_features"), joined("token_mask")
+        if features is None or mask is None:
+            features = mask = None
+        return cls(
+            label_logprobs=np.concatenate([p.label_logprobs for p in parts]),
+            hidden=joined("hidden"),
+            cache_hit=np.concatenate([p.cache_hit for p in parts]),
+            prompt_tokens=np.concatenate([p.prompt_tokens for p in parts]),
+            labels=labels,
+            floored=joined("floored"),
+            token_features=features,
+            token_mask=mask,
+        )
+
+    @classmethod
     def from_arrays(
         cls,
         label_logprobs: np.ndarray,

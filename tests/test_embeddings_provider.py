@@ -365,7 +365,19 @@ def test_with_embeddings_scores_without_blocking_the_event_loop():
                 await ticking
 
         with provider:
-            (answers, spend), first = asyncio.run(both())
+            (answers, _spend), first = asyncio.run(both())
         assert len(ticks) > first  # the loop served the ticker while the requests were out
         assert [a.hidden.tolist() for a in answers] == [_vec(0), _vec(1)]
         assert [a.queries for a in answers] == [2, 1]  # scorer's request + the embeddings one
+
+
+def test_with_embeddings_keeps_the_scorers_token_features():
+    """Y-Tuning's token states came back None through WithEmbeddings: its answers were
+    rebuilt without them."""
+    scorer = FakeProvider(dim=8, token_features=4)
+    provider = WithEmbeddings(scorer, _embedder(FakeEmbeddings()))
+    answers = provider.score(["x y", "z"], [1, 2])
+    expected = scorer.score(["x y", "z"], [1, 2])
+    for got, want in zip(answers, expected):
+        assert got.token_features is not None
+        np.testing.assert_array_equal(got.token_features, want.token_features)

@@ -137,7 +137,7 @@ class WithEmbeddings(Provider):
         size = self.embedder.batch_size
         return [
             ProviderAnswer(a.logprobs, vectors[i], a.prompt_tokens + int(tokens[i]),
-                           a.queries + (i % size == 0), a.floored)
+                           a.queries + (i % size == 0), a.floored, a.token_features)
             for i, a in enumerate(answers)
         ]
 

@@ -25,8 +25,7 @@ test: install
 
 bench: install
 	$(BIN)/maas-tune bench run benchmarks/grid.toml
-	cd benchmarks && ../$(PY) throughput.py && ../$(PY) accuracy.py \
-	  && ../$(PY) server_throughput.py
+	cd benchmarks && ../$(PY) throughput.py && ../$(PY) server_throughput.py
 	$(MAKE) report
 
 # Every number in README.md and docs/*.md, rewritten from benchmarks/results/ (no model,

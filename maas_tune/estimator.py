@@ -1,18 +1,46 @@
-"""scikit-learn style hyper-parameters: ``get_params``, ``set_params`` and a short ``repr``."""
+"""The estimator contract shared by the decoders and the prompt methods (scikit-learn's).
+
+Every estimator of maas-tune (a decoder in :mod:`maas_tune.decoders`, a prompt method in
+:mod:`maas_tune.methods`) derives from :class:`Estimator`:
+
+- ``__init__`` only stores keyword hyper-parameters under their own names
+  (:meth:`~Estimator.get_params` / :meth:`~Estimator.set_params` read and write them);
+- ``fit`` returns ``self`` and sets the learned attributes, whose names end in ``_``
+  (``classes_`` always); its keywords are the same for every estimator:
+  ``fit(<inputs>, y=None, *, content_free=None)`` where the inputs are the
+  :class:`~maas_tune.scores.Scores` ``X`` of a decoder, or the client, task and examples
+  of a prompt method (which also takes ``corpus``, the unlabelled training texts);
+- :attr:`~Estimator.needs_content_free` says, from the hyper-parameters alone, whether
+  ``fit`` uses ``content_free`` (the scores of the content-free input), so a caller
+  can skip that query.
+
+:func:`torch_seed` is the one place a seed is derived from ``random_state``.
+"""
 
 from __future__ import annotations
 
 import inspect
 from typing import Any
 
+import numpy as np
+
 from .errors import ConfigurationError
 
-__all__ = ["HyperParameters"]
+__all__ = ["Estimator", "torch_seed"]
 
 
-class HyperParameters:
-    """Mixin: the hyper-parameters of an estimator are the arguments of its ``__init__``,
-    stored under the same names (scikit-learn's convention)."""
+class Estimator:
+    """Base of every estimator: hyper-parameters as ``__init__`` arguments, stored under the
+    same names (scikit-learn's convention), and the content-free question."""
+
+    @property
+    def needs_content_free(self) -> bool:
+        """Whether ``fit`` uses the content-free scores (``fit(..., content_free=...)``).
+
+        Decided by the hyper-parameters, not by ``fit``'s signature (every ``fit`` accepts
+        ``content_free``): a caller can skip the content-free query when this is False.
+        """
+        return False
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -60,3 +88,25 @@ class HyperParameters:
             if defaults.get(name, inspect.Parameter.empty) != value
         ]
         return f"{type(self).__name__}({', '.join(changed)})"
+
+
+def torch_seed(random_state: int | None, *, drawn: bool = False) -> int:
+    """The seed of an estimator's torch generator, from its ``random_state``.
+
+    Parameters
+    ----------
+    random_state : int or None
+        None gives fresh entropy (a different seed on every call).
+    drawn : bool
+        False: the seed is ``random_state`` itself (the decoders, BDPL). True: the first
+        draw of ``numpy.random.default_rng(random_state)`` (prompt tuning). Both are kept
+        as they were, so published results stay reproducible.
+
+    Returns
+    -------
+    int
+        In ``[0, 2**63 - 1)`` when derived from entropy or drawn; ``random_state`` else.
+    """
+    if random_state is None or drawn:
+        return int(np.random.default_rng(random_state).integers(2**63 - 1))
+    return int(random_state)

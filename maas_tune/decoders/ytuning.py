@@ -170,8 +170,17 @@ class YTuning(BaseDecoder):
         self.random_state = random_state
         self.n_threads = n_threads
 
-    def fit(self, X: Scores, y: Sequence[Any] | np.ndarray | None = None) -> YTuning:
-        """Train the label network on scored examples with token features; returns ``self``."""
+    def fit(
+        self,
+        X: Scores,
+        y: Sequence[Any] | np.ndarray | None = None,
+        *,
+        content_free: np.ndarray | Sequence[float] | None = None,
+    ) -> YTuning:
+        """Train the label network on scored examples with token features; returns ``self``.
+
+        ``content_free`` is ignored (the contract's keyword of every estimator).
+        """
         self._check_params()
         target = self._encode_y(X, y)
         feats, mask = position_features(X)  # (n, p, d), (n, p)

@@ -206,6 +206,7 @@ class BDPL(PromptMethod):
         examples: Sequence[Example],
         y: Sequence[Any] | np.ndarray | None = None,
         *,
+        content_free: np.ndarray | Sequence[float] | None = None,
         corpus: Sequence[str] | None = None,
     ) -> BDPL:
         """Learn the prompt, querying through ``client``; returns ``self``.

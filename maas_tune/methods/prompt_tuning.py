@@ -149,8 +149,14 @@ class PromptTuning(PromptMethod):
         task: Task,
         examples: Sequence[Example],
         y: Sequence[Any] | np.ndarray | None = None,
+        *,
+        content_free: np.ndarray | Sequence[float] | None = None,
+        corpus: Sequence[str] | None = None,
     ) -> PromptTuning:
-        """Train the soft prompt on the labelled examples; returns ``self``."""
+        """Train the soft prompt on the labelled examples; returns ``self``.
+
+        ``content_free`` and ``corpus`` are ignored (the keywords of every prompt method).
+        """
         self._check_params()
         model, tokenizer = require_white_box(client.provider)
         target = torch.as_tensor(self._start_fit(task, examples, y))

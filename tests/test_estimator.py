@@ -1,0 +1,85 @@
+"""The one estimator contract: every decoder and prompt method fits with its family's signature."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from maas_tune import decoders, methods
+from maas_tune.decoders import BaseDecoder
+from maas_tune.estimator import Estimator
+from maas_tune.methods import PromptMethod
+from maas_tune.scores import Scores
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+def _bundled() -> list[type[Estimator]]:
+    """Every estimator class maas-tune ships (loaded through the packages' public names)."""
+    for name in decoders.__all__:
+        getattr(decoders, name)
+    return [c for c in _subclasses(Estimator) if c.__module__.startswith("maas_tune.")]
+
+
+def _shape(fit: Any) -> list[tuple[str, Any, Any]]:
+    params = list(inspect.signature(fit).parameters.values())[1:]  # without self
+    return [(p.name, p.kind, p.default) for p in params]
+
+
+def contract_problem(cls: type[Estimator]) -> str | None:
+    """Why ``cls.fit`` breaks the contract of its family's base class, or None."""
+    family = BaseDecoder if issubclass(cls, BaseDecoder) else PromptMethod
+    want, got = _shape(family.fit), _shape(cls.fit)
+    if got != want:
+        return f"{cls.__name__}.fit{inspect.signature(cls.fit)} != {family.__name__}.fit{want}"
+    return None
+
+
+def test_both_families_share_the_keyword_contract() -> None:
+    for family in (BaseDecoder, PromptMethod):
+        assert issubclass(family, Estimator)
+        shape = _shape(family.fit)
+        keywords = [n for n, kind, _ in shape if kind is inspect.Parameter.KEYWORD_ONLY]
+        assert keywords[0] == "content_free" and "y" in [n for n, _, _ in shape]
+    assert isinstance(inspect.getattr_static(Estimator, "needs_content_free"), property)
+
+
+@pytest.mark.parametrize("cls", _bundled(), ids=lambda c: c.__name__)
+def test_every_estimator_fits_with_its_family_signature(cls: type[Estimator]) -> None:
+    assert contract_problem(cls) is None
+
+
+def test_a_new_estimator_with_another_fit_signature_is_caught() -> None:
+    class Drifted(BaseDecoder):
+        def fit(  # type: ignore[override]
+            self, X: Scores, y: Sequence[Any] | np.ndarray | None = None
+        ) -> Drifted:
+            return self
+
+    class Conforming(BaseDecoder):
+        def fit(
+            self,
+            X: Scores,
+            y: Sequence[Any] | np.ndarray | None = None,
+            *,
+            content_free: np.ndarray | Sequence[float] | None = None,
+        ) -> Conforming:
+            return self
+
+    problem = contract_problem(Drifted)
+    assert problem is not None and "Drifted.fit" in problem
+    assert contract_problem(Conforming) is None
+    assert {cls.__name__ for cls in _bundled()} >= {
+        "BDPL", "ContextualCalibration", "DecT", "InContextLearning", "LinearProbe",
+        "PromptTuning", "ScoreLogisticRegression", "YTuning", "ZeroShot",
+    }  # fmt: skip
+    assert methods.BDPL in _bundled()

@@ -14,7 +14,8 @@ import statistics
 from _common import STORE_PATH, write_result
 
 import maas_tune as mt
-from maas_tune.experiment import METHODS, evaluate, subsample_test
+from maas_tune.experiment import evaluate, subsample_test
+from maas_tune.registry import METHODS
 
 SEEDS = (0, 1, 2, 3, 4)
 TEST_LIMIT = 1000

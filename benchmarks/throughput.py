@@ -14,7 +14,8 @@ import numpy as np
 from _common import STORE_PATH, write_result
 
 import maas_tune as mt
-from maas_tune.experiment import fit_method, make_decoder
+from maas_tune.experiment import fit_method
+from maas_tune.registry import make_decoder
 
 N_PROMPTS = 128
 BATCH_SIZES = (1, 8, 16, 32)

@@ -32,8 +32,6 @@ from .experiment import (
     EvalResult,
     evaluate,
     fit_method,
-    make_decoder,
-    needs_content_free,
     subsample_test,
 )
 from .frames import resolve_columns
@@ -41,6 +39,7 @@ from .methods import PromptMethod, is_saved_method, load_method, save_method
 from .methods.base import fit_kwargs
 from .pricing import Price, format_usd, price_for
 from .providers.base import Provider
+from .registry import make_decoder, needs_content_free
 from .storage import Store
 from .task import Task
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,25 +15,17 @@ from .budget import BudgetStatus, QueryBudget
 from .cache import ScoreCache
 from .client import Client, Usage
 from .data import Example, labels_to_indices, sample_k_shot
-from .decoders import (
-    BaseDecoder,
-    ContextualCalibration,
-    DecT,
-    LinearProbe,
-    ScoreLogisticRegression,
-    YTuning,
-    ZeroShot,
-)
+from .decoders import BaseDecoder
 from .errors import ConfigurationError
-from .methods import BDPL, InContextLearning, PromptMethod, PromptTuning, require_white_box
+from .methods import PromptMethod, require_white_box
 from .methods.base import fit_kwargs, usage_since
 from .metrics import classification_metrics
 from .providers.base import Provider
+from .registry import make_decoder, needs_content_free
 from .scores import Scores
 from .task import Task
 
 __all__ = [
-    "METHODS",
     "TEST_BUDGET_SUFFIX",
     "TEST_SUBSET_SEED",
     "EvalResult",
@@ -41,8 +33,6 @@ __all__ = [
     "evaluate",
     "fit_method",
     "fit_prompt_method",
-    "make_decoder",
-    "needs_content_free",
     "subsample_test",
 ]
 
@@ -50,25 +40,6 @@ __all__ = [
 TEST_BUDGET_SUFFIX = ":test"
 #: Seed of :func:`subsample_test` (fixed, so every run and seed sees the same subset).
 TEST_SUBSET_SEED = 0
-
-#: Method name → factory(shots, random_state): a decoder (fitted on cached scores) or a
-#: prompt method (fitted and predicting through the client; see :mod:`maas_tune.methods`).
-METHODS: dict[str, Callable[[int, int], BaseDecoder | PromptMethod]] = {
-    "zero-shot": lambda shots, seed: ZeroShot(),
-    "calibrated": lambda shots, seed: ContextualCalibration(),
-    "lr": lambda shots, seed: ScoreLogisticRegression(random_state=seed),
-    "linear-probe": lambda shots, seed: LinearProbe(random_state=seed),
-    "dect": lambda shots, seed: DecT(random_state=seed),
-    "dect-logprobs": lambda shots, seed: DecT(use_hidden=False, random_state=seed),
-    "dect-paper": lambda shots, seed: DecT.paper(shots=shots, random_state=seed),
-    "ytuning": lambda shots, seed: YTuning(random_state=seed),
-    "icl": lambda shots, seed: InContextLearning(random_state=seed),
-    "bdpl": lambda shots, seed: BDPL(random_state=seed),
-    "bdpl-paper": lambda shots, seed: BDPL.paper(random_state=seed),
-    "prompt-tuning": lambda shots, seed: PromptTuning(random_state=seed),
-    "prompt-tuning-paper": lambda shots, seed: PromptTuning.paper(random_state=seed),
-}
-
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -137,17 +108,6 @@ class EvalResult:
         return asdict(self)
 
 
-def make_decoder(method: str, *, shots: int, random_state: int = 0) -> BaseDecoder | PromptMethod:
-    """A fresh, unfitted decoder or prompt method for a method name in :data:`METHODS`."""
-    try:
-        factory = METHODS[method]
-    except KeyError:
-        raise ConfigurationError(
-            f"unknown method {method!r}; choose one of: {', '.join(METHODS)}"
-        ) from None
-    return factory(shots, random_state)
-
-
 #: A run stops before the test set when more than this share of the training answers'
 #: label words are top-k bounds rather than the model's values.
 MAX_FLOORED_SHARE = 0.5
@@ -195,11 +155,6 @@ def fit_method(
     start = time.perf_counter()
     decoder.fit(train, y, **kwargs)
     return time.perf_counter() - start
-
-
-def needs_content_free(methods: Iterable[str]) -> bool:
-    """Whether any of ``methods`` uses the content-free query (contextual calibration)."""
-    return any(make_decoder(m, shots=1).needs_content_free for m in methods)
 
 
 def subsample_test(test: Sequence[Example], limit: int | None) -> list[Example]:

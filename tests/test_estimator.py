@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from maas_tune import decoders, methods
-from maas_tune.decoders import BaseDecoder
+from maas_tune import decoders, methods, registry
+from maas_tune.decoders import BaseDecoder, DecT
+from maas_tune.errors import ConfigurationError
 from maas_tune.estimator import Estimator
 from maas_tune.methods import PromptMethod
 from maas_tune.scores import Scores
@@ -83,3 +84,23 @@ def test_a_new_estimator_with_another_fit_signature_is_caught() -> None:
         "PromptTuning", "ScoreLogisticRegression", "YTuning", "ZeroShot",
     }  # fmt: skip
     assert methods.BDPL in _bundled()
+
+
+@pytest.mark.parametrize("name", list(registry.METHODS))
+def test_the_registry_declares_each_methods_class_and_content_free_need(name: str) -> None:
+    spec = registry.METHODS[name]
+    built = registry.make_decoder(name, shots=4, random_state=3)
+    assert type(built) is spec.cls
+    assert spec.needs_content_free == built.needs_content_free
+    assert built.get_params() == spec(4, 3).get_params()
+
+
+def test_needs_content_free_asks_the_registry_without_building(monkeypatch) -> None:
+    def refuse(shots: int, seed: int | None) -> Any:
+        raise AssertionError("needs_content_free built an estimator")
+
+    monkeypatch.setitem(registry.METHODS, "dect-paper", registry.MethodSpec(DecT, refuse, True))
+    assert registry.needs_content_free(["zero-shot", "dect-paper"])
+    assert not registry.needs_content_free(["dect", "icl", "bdpl-paper"])
+    with pytest.raises(ConfigurationError, match="unknown method 'nope'; choose one of"):
+        registry.needs_content_free(["nope"])

@@ -55,9 +55,8 @@ if TYPE_CHECKING:  # type checkers and IDEs see the lazy names as ordinary impor
         ScoreLogisticRegression,
         YTuning,
         ZeroShot,
-        load_decoder,
-        save_decoder,
     )
+    from .persistence import load_decoder, save_decoder
     from .providers.chat import OpenAIChatProvider
     from .providers.embeddings import OpenAIEmbeddingsProvider
     from .providers.local import TransformersProvider
@@ -77,11 +76,11 @@ _LAZY = {
             "ScoreLogisticRegression",
             "YTuning",
             "ZeroShot",
-            "load_decoder",
-            "save_decoder",
         ),
         ".decoders",
     ),
+    "load_decoder": ".persistence",
+    "save_decoder": ".persistence",
     "OpenAIChatProvider": ".providers.chat",
     "OpenAICompletionsProvider": ".providers.openai",
     "OpenAIEmbeddingsProvider": ".providers.embeddings",

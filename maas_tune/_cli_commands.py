@@ -25,7 +25,6 @@ from .budget import QueryBudget
 from .cache import ScoreCache
 from .client import Client
 from .data import Example, labels_to_indices, load_examples, parse_examples, sample_k_shot
-from .decoders import load_decoder, save_decoder
 from .errors import ConfigurationError
 from .experiment import (
     TEST_BUDGET_SUFFIX,
@@ -35,8 +34,9 @@ from .experiment import (
     subsample_test,
 )
 from .frames import resolve_columns
-from .methods import PromptMethod, is_saved_method, load_method, save_method
+from .methods import PromptMethod
 from .methods.base import fit_kwargs
+from .persistence import is_saved_method, load_decoder, load_method, save_decoder, save_method
 from .pricing import Price, format_usd, price_for
 from .providers.base import Provider
 from .registry import make_decoder, needs_content_free

@@ -1,35 +1,38 @@
-"""Save and load fitted decoders as safetensors + JSON, never pickle.
+"""Save and load fitted estimators — decoders and prompt methods — as safetensors + JSON, never pickle.
 
-A saved decoder is a directory holding two files::
+A saved estimator is a directory holding two files::
 
     <path>/
       decoder.json          format version, package version, class, hyper-parameters,
-                            classes, learned scalars, tensor shapes + SHA-256, metadata
-      tensors.safetensors   the learned tensors
+      (or method.json)      classes (a decoder) or task (a prompt method), learned JSON
+                            values, tensor shapes + SHA-256, metadata
+      tensors.safetensors   the learned tensors (none for in-context learning)
 
 A directory keeps the pair together under one name and lets a reader see at once
 what belongs to what. Each file is written to a temporary name and moved into
 place, the JSON last, so a crash leaves either the old pair or a pair whose JSON
-checksum exposes the mismatch.
+checksum exposes the mismatch. The JSON's name and ``format`` field say whether the
+directory holds a decoder or a prompt method.
 
-A saved decoder is untrusted input. :func:`load_decoder` checks the whole of it before
-building anything (the JSON against a schema: every field's type and range; each
-tensor's name, shape, dtype and finiteness; the checksum) and refuses with one
-:class:`~maas_tune.errors.SerializationError` naming the file and the field.
+A saved estimator is untrusted input. :func:`load_decoder` and :func:`load_method` check
+the whole of it before building anything (the JSON against a schema: every field's type
+and range; each tensor's name, shape, dtype and finiteness; the checksum) and refuse
+with one :class:`~maas_tune.errors.SerializationError` naming the file and the field.
+Only the classes of :mod:`maas_tune.registry` are rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from pydantic import BaseModel, Field, create_model
 from safetensors.torch import save as save_safetensors
 
-from .._artefact import (
+from ._artefact import (
     TENSORS_NAME,
     check_saveable,
     check_version,
@@ -41,8 +44,7 @@ from .._artefact import (
     saved_metadata,
     write_artefact,
 )
-from .._artefact_schema import (
-    STRICT,
+from ._artefact_schema import (
     ArtefactHeader,
     Layout,
     check_model,
@@ -50,78 +52,39 @@ from .._artefact_schema import (
     params_model,
     show_value,
 )
-from .._constants import DECODER_FORMAT_VERSION
-from ..errors import ConfigurationError, SerializationError
-from ._label_attention import init_label_network
-from .base import BaseDecoder
-from .dect import DecT
-from .linear import LinearProbe, ScoreLogisticRegression
-from .ytuning import PARAM_PREFIX, YTuning
-from .zero_shot import ContextualCalibration, ZeroShot
+from ._constants import DECODER_FORMAT_VERSION
+from ._saved_schema import STATE_MODELS, TENSOR_DTYPES, DecoderHeader, MethodHeader
+from .decoders import BaseDecoder
+from .errors import ConfigurationError, SerializationError
+from .estimator import Estimator
+from .methods import PromptMethod
+from .registry import decoder_classes, method_classes
+from .task import Task
 
-__all__ = ["DECODERS", "load_decoder", "register_decoder", "save_decoder"]
+__all__ = [
+    "DECODER_JSON_NAME",
+    "METHOD_JSON_NAME",
+    "TENSORS_NAME",
+    "is_saved_method",
+    "load_decoder",
+    "load_method",
+    "save_decoder",
+    "save_method",
+]
 
-#: File names inside a saved decoder directory.
-JSON_NAME = "decoder.json"
-#: Value of the ``format`` field, to recognise our JSON.
-FORMAT_NAME = "maas-tune-decoder"
-LAYOUT = Layout("decoder", JSON_NAME, FORMAT_NAME, "save_decoder")
+#: The JSON file of a saved decoder, and of a saved prompt method.
+DECODER_JSON_NAME = "decoder.json"
+METHOD_JSON_NAME = "method.json"
+DECODER = Layout("decoder", DECODER_JSON_NAME, "maas-tune-decoder", "save_decoder")
+METHOD = Layout("method", METHOD_JSON_NAME, "maas-tune-method", "save_method")
 
-#: Decoder classes by name: what ``load_decoder`` may rebuild.
-DECODERS: dict[str, type[BaseDecoder]] = {
-    cls.__name__: cls
-    for cls in (
-        ContextualCalibration,
-        DecT,
-        LinearProbe,
-        ScoreLogisticRegression,
-        YTuning,
-        ZeroShot,
-    )
-}
-
-_LOSSES = Annotated[list[float], Field(max_length=10_000)]
-#: The learned JSON values (``_meta_attrs``) of each bundled class; their tensors are all
-#: float32. A class registered with :func:`register_decoder` is checked by its ``_restore``.
-_STATE_FIELDS: dict[type[BaseDecoder], dict[str, Any]] = {
-    ContextualCalibration: {},
-    DecT: {
-        "lam_": (Annotated[float, Field(ge=0, le=1e6)], ...),
-        "cv_loss_": (_LOSSES, ...),
-        "uses_hidden_": (bool, ...),
-    },
-    LinearProbe: {},
-    ScoreLogisticRegression: {},
-    YTuning: {},
-    ZeroShot: {},
-}
-STATE_MODELS: dict[type[BaseDecoder], type[BaseModel]] = {
-    cls: create_model(f"{cls.__name__}State", __config__=STRICT, **fields)
-    for cls, fields in _STATE_FIELDS.items()
-}
-#: Learned standardisation scales: a prediction divides by them.
+#: Learned standardisation scales of a decoder: a prediction divides by them.
 _POSITIVE_TENSORS = ("feature_scale_", "scale_")
-#: Methods a decoder class may define to check its hyper-parameters (choices, divisibility).
+#: Methods a class may define to check its hyper-parameters (choices, divisibility).
 _PARAM_CHECKS = ("_validate_params", "_check_params")
 
 
-class DecoderHeader(ArtefactHeader):
-    """``decoder.json``: the common fields and the class names."""
-
-    classes: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=10_000)]],
-        Field(min_length=1, max_length=100_000),
-    ]
-
-
-def register_decoder(cls: type[BaseDecoder]) -> type[BaseDecoder]:
-    """Make a decoder class loadable by :func:`load_decoder` (usable as a class decorator)."""
-    if not (isinstance(cls, type) and issubclass(cls, BaseDecoder)):
-        raise ConfigurationError(f"{cls!r} is not a BaseDecoder subclass")
-    DECODERS[cls.__name__] = cls
-    return cls
-
-
+# -- saving ---------------------------------------------------------------------
 def save_decoder(
     decoder: BaseDecoder, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None
 ) -> Path:
@@ -154,30 +117,81 @@ def save_decoder(
         JSON-serialisable.
     """
     name = type(decoder).__name__
-    if DECODERS.get(name) is not type(decoder):
+    if decoder_classes().get(name) is not type(decoder):
         raise ConfigurationError(
             f"{name} is not a registered decoder; call register_decoder({name}) first"
         )
     tensors = decoder._state_tensors()
-    params = jsonable(decoder.get_params())
-    check_saveable(type(decoder), params, metadata or {})
+    fields = {"classes": [str(c) for c in decoder.classes_.tolist()]}
+    return _save(decoder, tensors, path, metadata, DECODER, fields)
+
+
+def save_method(
+    method: PromptMethod, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write a fitted prompt method to the directory ``path`` (created if needed).
+
+    Parameters
+    ----------
+    method : PromptMethod
+        Fitted, of a class in :func:`~maas_tune.registry.method_classes`.
+    path : path-like
+    metadata : dict, optional
+        JSON-serialisable information kept with it, returned by :func:`load_method`.
+        maas-tune reads ``metadata["model"]`` as a model name: if given, a string.
+
+    Raises
+    ------
+    NotFittedError
+        If the method is not fitted.
+    ConfigurationError
+        If the class is unknown, a parameter is out of the range :func:`load_method`
+        accepts, or something is not JSON-serialisable.
+    """
+    name = type(method).__name__
+    if method_classes().get(name) is not type(method):
+        raise ConfigurationError(f"{name} is not a known method class; cannot save it")
+    tensors = method._state_tensors()
+    return _save(method, tensors, path, metadata, METHOD, {"task": _task_doc(method.task_)})
+
+
+def _save(
+    est: BaseDecoder | PromptMethod,
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    metadata: dict[str, Any] | None,
+    layout: Layout,
+    fields: dict[str, Any],
+) -> Path:
+    """Write ``est``'s JSON (the common fields and the family's ``fields``) and tensors."""
+    params = jsonable(est.get_params())
+    check_saveable(type(est), params, metadata or {})
     blob = save_safetensors(tensors)
+    # A decoder's JSON names dtypes as "float32", a method's as "torch.float32": kept as
+    # they were written (both load).
+    strip = "torch." if layout is DECODER else ""
     doc = {
-        "format": FORMAT_NAME,
+        "format": layout.format_name,
         "format_version": DECODER_FORMAT_VERSION,
         "maas_tune_version": package_version(),
-        "class": name,
+        "class": type(est).__name__,
         "params": params,
-        "classes": [str(c) for c in decoder.classes_.tolist()],
-        "state": jsonable(decoder._state_meta()),
+        **fields,
+        "state": jsonable(est._state_meta()),
         "tensors": {
-            k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+            k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix(strip)}
             for k, v in tensors.items()
         },
         "tensors_sha256": hashlib.sha256(blob).hexdigest(),
         "metadata": jsonable(metadata or {}),
     }
-    return write_artefact(path, name, doc, blob, JSON_NAME)
+    return write_artefact(path, type(est).__name__, doc, blob, layout.json_name)
+
+
+# -- loading --------------------------------------------------------------------
+def is_saved_method(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory written by :func:`save_method`."""
+    return (Path(path) / METHOD_JSON_NAME).is_file()
 
 
 def load_decoder(path: str | os.PathLike[str]) -> tuple[BaseDecoder, dict[str, Any]]:
@@ -206,38 +220,88 @@ def load_decoder(path: str | os.PathLike[str]) -> tuple[BaseDecoder, dict[str, A
         message names the file and the field.
     """
     directory = Path(path)
-    json_path = directory / JSON_NAME
-    doc = read_json(json_path, LAYOUT)
-    check_version(doc, json_path, LAYOUT)
-    cls = _decoder_class(doc, directory)
-    header = check_model(DecoderHeader, doc, json_path, LAYOUT)
-    context = f"the saved {cls.__name__} is inconsistent: "
-    check_model(params_model(cls), header.params, json_path, LAYOUT, prefix="params",
-                context=context)
-    if cls in STATE_MODELS:
-        check_model(STATE_MODELS[cls], header.state, json_path, LAYOUT, prefix="state",
-                    context=context)
-    if len(set(header.classes)) != len(header.classes):
-        raise SerializationError(f"{json_path}: classes are not unique; {LAYOUT.fix}")
-    blob = read_bytes(directory / TENSORS_NAME, LAYOUT)
-    # A bundled class's tensors are all float32 (read_tensors' default); a custom one's must
-    # be what its JSON declares.
-    dtypes: dict[str, str] | None = {} if cls in STATE_MODELS else None
-    tensors = read_tensors(blob, header, directory, LAYOUT, dtypes)
-    _check_scales(tensors, directory)
-    decoder = _build(cls, header, tensors, json_path)
-    return decoder, saved_metadata(header.metadata, json_path, LAYOUT)
-
-
-def _decoder_class(doc: dict[str, Any], directory: Path) -> type[BaseDecoder]:
+    json_path, doc = _read_doc(directory, DECODER)
+    known = decoder_classes()
     name = doc.get("class")
-    if not isinstance(name, str) or name not in DECODERS:
+    if not isinstance(name, str) or name not in known:
         raise SerializationError(
             f"{directory}: unknown decoder class {show_value(name)}; known: "
-            f"{', '.join(sorted(DECODERS))} (register custom classes with register_decoder "
+            f"{', '.join(sorted(known))} (register custom classes with register_decoder "
             "before loading)"
         )
-    return DECODERS[name]
+    cls = known[name]
+    header = check_model(DecoderHeader, doc, json_path, DECODER)
+    _check_params_and_state(cls, header, json_path, DECODER)
+    if len(set(header.classes)) != len(header.classes):
+        raise SerializationError(f"{json_path}: classes are not unique; {DECODER.fix}")
+    blob = read_bytes(directory / TENSORS_NAME, DECODER)
+    # A bundled class's tensors are all float32 (read_tensors' default); a custom one's must
+    # be what its JSON declares.
+    dtypes = TENSOR_DTYPES.get(cls, {}) if cls in STATE_MODELS else None
+    tensors = read_tensors(blob, header, directory, DECODER, dtypes)
+    _check_scales(tensors, directory)
+    fix = f"{DECODER.fix} with this maas-tune"
+    decoder = _build(
+        cls,
+        header,
+        tensors,
+        lambda: {"classes": list(header.classes), **header.state},
+        json_path,
+        fix,
+    )
+    return decoder, saved_metadata(header.metadata, json_path, DECODER)
+
+
+def load_method(path: str | os.PathLike[str]) -> tuple[PromptMethod, dict[str, Any]]:
+    """Read a method written by :func:`save_method`; returns (method, metadata).
+
+    Indexing a key the metadata lacks raises a SerializationError (also a KeyError).
+
+    Raises
+    ------
+    SerializationError
+        If a file is missing, corrupt, of another format or version, a field has the
+        wrong type or is out of range, or the tensors do not match the JSON (names,
+        shapes, dtypes, checksum) or are not finite. The message names file and field.
+    """
+    directory = Path(path)
+    json_path, doc = _read_doc(directory, METHOD)
+    known = method_classes()
+    name = doc.get("class")
+    if not isinstance(name, str) or name not in known:
+        raise SerializationError(
+            f"{json_path}: unknown method class {show_value(name)}; known: {sorted(known)}"
+        )
+    cls = known[name]
+    header = check_model(MethodHeader, doc, json_path, METHOD)
+    _check_params_and_state(cls, header, json_path, METHOD)
+    blob = read_bytes(directory / TENSORS_NAME, METHOD)
+    tensors = read_tensors(blob, header, directory, METHOD, TENSOR_DTYPES.get(cls, {}))
+    meta = lambda: {**header.state, "task": _task_from_doc(header.task)}
+    method = _build(cls, header, tensors, meta, json_path, METHOD.fix)
+    return method, saved_metadata(header.metadata, json_path, METHOD)
+
+
+def _read_doc(directory: Path, layout: Layout) -> tuple[Path, dict[str, Any]]:
+    """The path and parsed JSON of a saved estimator, its format version checked."""
+    json_path = directory / layout.json_name
+    doc = read_json(json_path, layout)
+    check_version(doc, json_path, layout)
+    return json_path, doc
+
+
+def _check_params_and_state(
+    cls: type[Estimator], header: ArtefactHeader, json_path: Path, layout: Layout
+) -> None:
+    """The saved hyper-parameters and learned JSON values against ``cls``'s schemas."""
+    context = f"the saved {cls.__name__} is inconsistent: "
+    check_model(
+        params_model(cls), header.params, json_path, layout, prefix="params", context=context
+    )
+    if cls in STATE_MODELS:  # a bundled class
+        check_model(
+            STATE_MODELS[cls], header.state, json_path, layout, prefix="state", context=context
+        )
 
 
 def _check_scales(tensors: dict[str, torch.Tensor], directory: Path) -> None:
@@ -245,46 +309,49 @@ def _check_scales(tensors: dict[str, torch.Tensor], directory: Path) -> None:
         if name in tensors and not bool((tensors[name] > 0).all()):
             raise SerializationError(
                 f"{directory / TENSORS_NAME}: tensor {name!r} (a standardisation scale) must be "
-                f"positive; {LAYOUT.fix}"
+                f"positive; {DECODER.fix}"
             )
 
 
 def _build(
-    cls: type[BaseDecoder], header: DecoderHeader, tensors: dict[str, torch.Tensor], where: Path
-) -> BaseDecoder:
-    """The decoder from checked parts; what only the class can check is its own rules."""
+    cls: Any,
+    header: ArtefactHeader,
+    tensors: dict[str, torch.Tensor],
+    meta: Callable[[], dict[str, Any]],
+    where: Path,
+    fix: str,
+) -> Any:
+    """The estimator from checked parts; what only the class can check is its own rules."""
     # JSON turned tuples into lists; give sequence parameters back as tuples
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in header.params.items()}
     try:
-        decoder = cls(**params)
+        est = cls(**params)
         for hook in _PARAM_CHECKS:
-            check = getattr(decoder, hook, None)
+            check = getattr(est, hook, None)
             if callable(check):
                 check()
-        decoder._restore(tensors, {"classes": list(header.classes), **header.state})
-        if isinstance(decoder, YTuning):
-            _check_label_network(decoder)
+        est._restore(tensors, meta())
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as exc:
-        raise SerializationError(
-            f"{where}: the saved {cls.__name__} is inconsistent: {clip_text(str(exc), 400)}; "
-            f"{LAYOUT.fix} with this maas-tune"
-        ) from exc
-    return decoder
+        raise _inconsistent(where, cls, exc, fix) from exc
+    return est
 
 
-def _check_label_network(decoder: YTuning) -> None:
-    """Every tensor of a restored YTuning label network has the shape a fresh one would.
+def _inconsistent(where: Path, cls: type, exc: Exception, fix: str) -> SerializationError:
+    return SerializationError(
+        f"{where}: the saved {cls.__name__} is inconsistent: {clip_text(str(exc), 400)}; {fix}"
+    )
 
-    ``YTuning._check_state`` checks the outer tensors only; a wrong layer tensor would
-    fail inside torch at the first prediction. The reference is built on the meta
-    device: shapes without memory, whatever ``d_model`` claims.
-    """
-    d, k = decoder.mean_.shape[0], len(decoder.classes_)
-    with torch.device("meta"):
-        expected = init_label_network(d, decoder.d_model, k, decoder.n_layers, torch.Generator())
-    for name, reference in expected.items():
-        got = tuple(decoder.params_[name].shape)
-        if got != tuple(reference.shape):
-            raise ValueError(
-                f"{PARAM_PREFIX}{name} has shape {got}, expected {tuple(reference.shape)}"
-            )
+
+def _task_doc(task: Task) -> dict[str, Any]:
+    """The task as JSON, its verbalizer as ``[label, words]`` pairs: class order survives
+    key-sorting (a JSON object's keys are sorted when written)."""
+    doc = task.to_dict()
+    doc["verbalizer"] = [[label, list(words)] for label, words in task.verbalizer.items()]
+    return doc
+
+
+def _task_from_doc(doc: dict[str, Any]) -> Task:
+    pairs = doc.get("verbalizer")
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise ValueError("the saved task's verbalizer must be a list of [label, words] pairs")
+    return Task.from_dict({**doc, "verbalizer": dict(pairs)})

@@ -18,7 +18,8 @@ from maas_tune.cache import ScoreCache
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.data import Example, sample_k_shot
-from maas_tune.methods import BDPL, InContextLearning, PromptTuning, load_method, save_method
+from maas_tune.methods import BDPL, InContextLearning, PromptTuning
+from maas_tune.persistence import load_method, save_method
 
 pytestmark = pytest.mark.model
 

@@ -290,3 +290,20 @@ class YTuning(BaseDecoder):
                 raise ValueError(
                     f"{name} has shape {tuple(self.params_[name].shape)}, expected {shape}"
                 )
+        self._check_layers(d, k)
+
+    def _check_layers(self, d: int, k: int) -> None:
+        """Every tensor of the restored label network has the shape a fresh one would.
+
+        The checks above cover the outer tensors only; a wrong layer tensor would fail
+        inside torch at the first prediction. The reference is built on the meta device:
+        shapes without memory, whatever ``d_model`` claims.
+        """
+        with torch.device("meta"):
+            expected = init_label_network(d, self.d_model, k, self.n_layers, torch.Generator())
+        for name, reference in expected.items():
+            got = tuple(self.params_[name].shape)
+            if got != tuple(reference.shape):
+                raise ValueError(
+                    f"{PARAM_PREFIX}{name} has shape {got}, expected {tuple(reference.shape)}"
+                )

@@ -12,7 +12,7 @@ import pytest
 from maas_tune import decoders, methods, registry
 from maas_tune.decoders import BaseDecoder, DecT
 from maas_tune.errors import ConfigurationError
-from maas_tune.estimator import Estimator
+from maas_tune.estimator import Estimator, torch_seed
 from maas_tune.methods import PromptMethod
 from maas_tune.scores import Scores
 
@@ -104,3 +104,28 @@ def test_needs_content_free_asks_the_registry_without_building(monkeypatch) -> N
     assert not registry.needs_content_free(["dect", "icl", "bdpl-paper"])
     with pytest.raises(ConfigurationError, match="unknown method 'nope'; choose one of"):
         registry.needs_content_free(["nope"])
+
+
+#: The seeds the derivations this helper replaced gave: ``random_state`` itself (the
+#: decoders' ``torch_seed``, BDPL's ``_seed``, the CV folds), and prompt tuning's
+#: ``int(np.random.default_rng(random_state).integers(2**63 - 1))``, written out so that a
+#: change of either breaks this test, not the published grid's reproducibility.
+OLD_DRAWN = {
+    0: 5874934615388537134,
+    1: 4720721261117928062,
+    2: 2412946043537042528,
+    42: 7138484576005690179,
+    2**32 - 1: 2323769260371640015,
+}
+
+
+@pytest.mark.parametrize("seed", list(OLD_DRAWN))
+def test_torch_seed_gives_what_the_old_derivations_gave(seed: int) -> None:
+    assert torch_seed(seed) == seed
+    assert torch_seed(seed, drawn=True) == OLD_DRAWN[seed]
+    assert torch_seed(np.int64(seed)) == seed and type(torch_seed(np.int64(seed))) is int
+
+
+def test_torch_seed_without_random_state_is_fresh_entropy() -> None:
+    seeds = {torch_seed(None) for _ in range(4)} | {torch_seed(None, drawn=True) for _ in range(4)}
+    assert len(seeds) == 8 and all(0 <= s < 2**63 - 1 for s in seeds)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigurationError
+from ..estimator import torch_seed
 from ..scores import Scores
-from ._inputs import torch_seed
 from ._label_attention import init_label_network, label_network_logits, layer_names
 from ._math import shrunk_variance
 from ._select import choose_value

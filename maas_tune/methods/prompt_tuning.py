@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..client import Client
 from ..data import Example
 from ..errors import ConfigurationError
+from ..estimator import torch_seed
 from ..providers.base import Provider
 from ..task import Task
 from ._soft_prompt import class_scores, embed_with_prompt, frozen, initial_prompt
@@ -162,8 +163,7 @@ class PromptTuning(PromptMethod):
         target = torch.as_tensor(self._start_fit(task, examples, y))
         before = copy.copy(client.usage)
         prompts = [task.render(e) for e in examples]
-        seed = int(np.random.default_rng(self.random_state).integers(2**63 - 1))
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(torch_seed(self.random_state, drawn=True))
         text_ids = _text_token_ids(tokenizer, prompts)
         label_ids = client.provider.label_token_ids(task.label_words)
         soft = initial_prompt(model, label_ids, text_ids, self.n_tokens, generator)

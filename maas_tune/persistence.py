@@ -67,8 +67,10 @@ __all__ = [
     "TENSORS_NAME",
     "is_saved_method",
     "load_decoder",
+    "load_estimator",
     "load_method",
     "save_decoder",
+    "save_estimator",
     "save_method",
 ]
 
@@ -155,6 +157,18 @@ def save_method(
     return _save(method, tensors, path, metadata, METHOD, {"task": _task_doc(method.task_)})
 
 
+def save_estimator(
+    est: BaseDecoder | PromptMethod,
+    path: str | os.PathLike[str],
+    *,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """:func:`save_decoder` or :func:`save_method`, whichever ``est`` is."""
+    if isinstance(est, PromptMethod):
+        return save_method(est, path, metadata=metadata)
+    return save_decoder(est, path, metadata=metadata)
+
+
 def _save(
     est: BaseDecoder | PromptMethod,
     tensors: dict[str, torch.Tensor],
@@ -192,6 +206,15 @@ def _save(
 def is_saved_method(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a directory written by :func:`save_method`."""
     return (Path(path) / METHOD_JSON_NAME).is_file()
+
+
+def load_estimator(
+    path: str | os.PathLike[str],
+) -> tuple[BaseDecoder | PromptMethod, dict[str, Any]]:
+    """:func:`load_method` or :func:`load_decoder`, whichever the directory ``path`` holds."""
+    if is_saved_method(path):
+        return load_method(path)
+    return load_decoder(path)
 
 
 def load_decoder(path: str | os.PathLike[str]) -> tuple[BaseDecoder, dict[str, Any]]:

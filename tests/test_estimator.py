@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from maas_tune import decoders, methods, registry
+from maas_tune import datasets, decoders, methods, registry
+from maas_tune.client import Client
+from maas_tune.data import sample_k_shot
 from maas_tune.decoders import BaseDecoder, DecT
 from maas_tune.errors import ConfigurationError
 from maas_tune.estimator import Estimator, torch_seed
+from maas_tune.experiment import fit_method, predict_method
 from maas_tune.methods import PromptMethod
+from maas_tune.persistence import load_estimator, save_estimator
 from maas_tune.scores import Scores
+
+from .fakes import FakeProvider
 
 
 def _subclasses(cls: type) -> list[type]:
@@ -129,3 +136,36 @@ def test_torch_seed_gives_what_the_old_derivations_gave(seed: int) -> None:
 def test_torch_seed_without_random_state_is_fresh_entropy() -> None:
     seeds = {torch_seed(None) for _ in range(4)} | {torch_seed(None, drawn=True) for _ in range(4)}
     assert len(seeds) == 8 and all(0 <= s < 2**63 - 1 for s in seeds)
+
+
+#: The round trip is under test, not the training: each fit kept small.
+SMALL = {
+    "ytuning": {"epochs": 5, "weight_decay": 0.01},
+    "bdpl": {"prompt_length": 2, "sample_size": 2, "epochs": 1, "batch_size": 4},
+    "bdpl-paper": {"prompt_length": 2, "sample_size": 2, "epochs": 1, "batch_size": 4},
+    "prompt-tuning": {"n_tokens": 2, "epochs": 1},
+    "prompt-tuning-paper": {"n_tokens": 2, "epochs": 1},
+}
+
+
+@pytest.mark.parametrize("name", list(registry.METHODS))
+def test_every_registered_method_round_trips_fit_save_load_predict(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    spec = registry.METHODS[name]
+    white_box = getattr(spec.cls, "white_box", False)  # prompt tuning needs the real model
+    provider = request.getfixturevalue("gemma") if white_box else FakeProvider(token_features=4)
+    client = Client(provider, cache=tmp_path / "store.sqlite", progress=False)
+    ds, task = datasets.load("sst2"), datasets.load_task("sst2")
+    shots, test = sample_k_shot(ds.train, 2, labels=task.labels, seed=0), ds.test[:3]
+    est = registry.make_decoder(name, shots=2, random_state=0).set_params(**SMALL.get(name, {}))
+    fit_method(est, client=client, task=task, shots=shots, pool=ds.train[:100])
+    predicted, proba = predict_method(est, client=client, task=task, examples=test)
+
+    saved = save_estimator(est, tmp_path / name, metadata={"method": name})
+    loaded, meta = load_estimator(saved)
+    assert type(loaded) is spec.cls and meta == {"method": name}
+    assert loaded.get_params() == est.get_params()
+    again, proba_again = predict_method(loaded, client=client, task=task, examples=test)
+    np.testing.assert_array_equal(again, predicted)
+    np.testing.assert_array_equal(proba_again, proba)

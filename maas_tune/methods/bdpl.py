@@ -393,4 +393,3 @@ class BDPL(PromptMethod):
 
 def _joined(example: Example) -> str:
     return example.text if example.text_b is None else f"{example.text} {example.text_b}"
-

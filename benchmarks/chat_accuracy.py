@@ -30,7 +30,8 @@ from _common import STORE_PATH, write_result
 
 import maas_tune as mt
 from maas_tune.data import labels_to_indices
-from maas_tune.experiment import TEST_BUDGET_SUFFIX, make_decoder, subsample_test
+from maas_tune.experiment import TEST_BUDGET_SUFFIX, subsample_test
+from maas_tune.registry import make_decoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests._servers import wait_until_up

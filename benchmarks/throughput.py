@@ -14,7 +14,8 @@ import numpy as np
 from _common import STORE_PATH, write_result
 
 import maas_tune as mt
-from maas_tune.experiment import fit_method, make_decoder
+from maas_tune.experiment import fit_method
+from maas_tune.registry import make_decoder
 
 N_PROMPTS = 128
 BATCH_SIZES = (1, 8, 16, 32)
@@ -51,13 +52,16 @@ def cache_hit_rate(provider: mt.Provider, task: mt.Task, examples: list[mt.Examp
     return round(statistics.median(rates), 1)
 
 
-def fit_times(train: mt.Scores, y: np.ndarray, shots: int, content_free: np.ndarray) -> dict:
+def fit_times(
+    client: mt.Client, task: mt.Task, shots: list[mt.Example], train: mt.Scores, cf: np.ndarray
+) -> dict:
+    data = {"client": client, "task": task, "shots": shots, "scores": train, "content_free": cf}
     out = {}
     for method in ("dect-paper", "dect", "lr", "linear-probe"):
         times = []
         for seed in range(FIT_REPEATS):
-            dec = make_decoder(method, shots=shots, random_state=seed)
-            times.append(fit_method(dec, train, y, content_free))
+            dec = make_decoder(method, shots=16, random_state=seed)
+            times.append(fit_method(dec, **data))
         out[method] = round(statistics.median(times), 4)
     return out
 
@@ -72,8 +76,7 @@ def main() -> None:
     store = mt.Store(STORE_PATH)
     client = mt.Client(provider, cache=mt.ScoreCache(store), progress=False)
     train, content_free = client.score(ag_task, shots), client.content_free(ag_task)
-    y = np.array([ag_task.labels.index(e.label) for e in shots])
-    fits = fit_times(train, y, 16, content_free)
+    fits = fit_times(client, ag_task, shots, train, content_free)
     path = write_result(
         "throughput",
         {

@@ -7,10 +7,10 @@ Render labelled examples through a :class:`Task`, score them once each through a
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from . import datasets
+from ._lazy import lazy_attributes
 from ._version import __version__
 from .budget import BudgetStatus, QueryBudget
 from .cache import ScoreCache, cache_key
@@ -55,9 +55,8 @@ if TYPE_CHECKING:  # type checkers and IDEs see the lazy names as ordinary impor
         ScoreLogisticRegression,
         YTuning,
         ZeroShot,
-        load_decoder,
-        save_decoder,
     )
+    from .persistence import load_decoder, save_decoder
     from .providers.chat import OpenAIChatProvider
     from .providers.embeddings import OpenAIEmbeddingsProvider
     from .providers.local import TransformersProvider
@@ -77,11 +76,11 @@ _LAZY = {
             "ScoreLogisticRegression",
             "YTuning",
             "ZeroShot",
-            "load_decoder",
-            "save_decoder",
         ),
         ".decoders",
     ),
+    "load_decoder": ".persistence",
+    "save_decoder": ".persistence",
     "OpenAIChatProvider": ".providers.chat",
     "OpenAICompletionsProvider": ".providers.openai",
     "OpenAIEmbeddingsProvider": ".providers.embeddings",
@@ -90,17 +89,8 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    # PEP 562: decoders (torch) and providers (transformers) load only when asked for.
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'maas_tune' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+# PEP 562: decoders (torch) and providers (transformers) load only when asked for.
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)
 
 
 __all__ = [

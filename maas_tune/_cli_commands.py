@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -24,23 +23,22 @@ from ._constants import DEFAULT_TOKEN_FEATURES
 from .budget import QueryBudget
 from .cache import ScoreCache
 from .client import Client
-from .data import Example, labels_to_indices, load_examples, parse_examples, sample_k_shot
-from .decoders import load_decoder, save_decoder
+from .data import Example, load_examples, parse_examples, sample_k_shot
 from .errors import ConfigurationError
 from .experiment import (
     TEST_BUDGET_SUFFIX,
     EvalResult,
     evaluate,
     fit_method,
-    make_decoder,
-    needs_content_free,
+    predict_method,
     subsample_test,
 )
 from .frames import resolve_columns
-from .methods import PromptMethod, is_saved_method, load_method, save_method
-from .methods.base import fit_kwargs
+from .methods import PromptMethod
+from .persistence import load_estimator, save_estimator
 from .pricing import Price, format_usd, price_for
 from .providers.base import Provider
+from .registry import make_decoder
 from .storage import Store
 from .task import Task
 
@@ -338,19 +336,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "shots": args.shots,
         "seed": args.seed,
     }
-    if isinstance(decoder, PromptMethod):  # ICL, BDPL, prompt tuning: fit through the client
-        if "progress" in decoder.get_params():
-            decoder.set_params(progress=_progress(args))
-        start = time.perf_counter()
-        decoder.fit(client, task, shots, **fit_kwargs(decoder, train))
-        seconds = time.perf_counter() - start
-        path = save_method(decoder, args.out, metadata=meta)
-    else:
-        content_free = client.content_free(task) if needs_content_free([args.method]) else None
-        seconds = fit_method(
-            decoder, client.score(task, shots), labels_to_indices(shots, task.labels), content_free
-        )
-        path = save_decoder(decoder, args.out, metadata=meta)
+    if "progress" in decoder.get_params():
+        decoder.set_params(progress=_progress(args))
+    seconds = fit_method(decoder, client=client, task=task, shots=shots, pool=train)
+    path = save_estimator(decoder, args.out, metadata=meta)
     print(f"fitted {args.method} on {len(shots)} examples in {seconds:.3f} s; saved to {path}")
     print(f"queries sent: {client.usage.queries_sent}, cache hits: {client.usage.cache_hits}")
     return 0
@@ -366,13 +355,11 @@ def _in_class_order(task: Task, classes: Sequence[str]) -> Task:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    method: PromptMethod | None = None
-    if is_saved_method(args.decoder):  # saved by `fit --method icl|bdpl|prompt-tuning`
-        method, meta = load_method(args.decoder)
-        task = method.task_
+    estimator, meta = load_estimator(args.decoder)  # a decoder or a prompt method
+    if isinstance(estimator, PromptMethod):  # saved by `fit --method icl|bdpl|prompt-tuning`
+        task = estimator.task_
     else:
-        decoder, meta = load_decoder(args.decoder)
-        task = _in_class_order(Task.from_dict(meta["task"]), decoder.classes_.tolist())
+        task = _in_class_order(Task.from_dict(meta["task"]), estimator.classes_.tolist())
     record = apply_record(args, meta)  # the fitted provider unless the flags name another
     provider = _provider(args, model=args.model or meta.get("model"))
     examples = _load(args.input, args, task, require_label=False)
@@ -388,12 +375,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     client.prepare(task)  # a probe is charged to the budget before the identity is read
     check_fingerprint(args, provider, meta, record)
-    if method is not None:
-        proba = method.predict_proba(client, examples)
-        preds = method.classes_[proba.argmax(axis=1)]
-    else:
-        scores = client.score(task, examples)
-        preds, proba = decoder.predict(scores), decoder.predict_proba(scores)
+    preds, proba = predict_method(estimator, client=client, task=task, examples=examples)
     with contextlib.ExitStack() as stack:
         out: TextIO = (
             stack.enter_context(open(args.output, "w", encoding="utf-8"))

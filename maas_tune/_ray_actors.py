@@ -180,7 +180,7 @@ class Predictor(Scorer):
     """
 
     def __init__(self, setup: WorkerSetup, decoder_dir: str) -> None:
-        from .decoders.io import load_decoder
+        from .persistence import load_decoder
 
         super().__init__(setup)
         self.decoder, _ = load_decoder(decoder_dir)

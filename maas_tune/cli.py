@@ -15,10 +15,10 @@ from ._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME
 from ._version import __version__
 from .budget import MAX_COUNT
 from .errors import BudgetExceeded, ConfigurationError, MaasTuneError
-from .experiment import METHODS
 from .pricing import Price
 from .providers._secrets import safe_traceback
 from .ratelimit import RateLimit, parse_rate
+from .registry import METHODS
 
 __all__ = ["build_parser", "main"]
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,34 +14,24 @@ from .budget import BudgetStatus, QueryBudget
 from .cache import ScoreCache
 from .client import Client, Usage
 from .data import Example, labels_to_indices, sample_k_shot
-from .decoders import (
-    BaseDecoder,
-    ContextualCalibration,
-    DecT,
-    LinearProbe,
-    ScoreLogisticRegression,
-    YTuning,
-    ZeroShot,
-)
+from .decoders import BaseDecoder
 from .errors import ConfigurationError
-from .methods import BDPL, InContextLearning, PromptMethod, PromptTuning, require_white_box
+from .methods import PromptMethod, require_white_box
 from .methods.base import fit_kwargs, usage_since
 from .metrics import classification_metrics
 from .providers.base import Provider
+from .registry import AnyEstimator, make_decoder, needs_content_free
 from .scores import Scores
 from .task import Task
 
 __all__ = [
-    "METHODS",
     "TEST_BUDGET_SUFFIX",
     "TEST_SUBSET_SEED",
     "EvalResult",
     "cost_fields",
     "evaluate",
     "fit_method",
-    "fit_prompt_method",
-    "make_decoder",
-    "needs_content_free",
+    "predict_method",
     "subsample_test",
 ]
 
@@ -50,24 +39,6 @@ __all__ = [
 TEST_BUDGET_SUFFIX = ":test"
 #: Seed of :func:`subsample_test` (fixed, so every run and seed sees the same subset).
 TEST_SUBSET_SEED = 0
-
-#: Method name → factory(shots, random_state): a decoder (fitted on cached scores) or a
-#: prompt method (fitted and predicting through the client; see :mod:`maas_tune.methods`).
-METHODS: dict[str, Callable[[int, int], BaseDecoder | PromptMethod]] = {
-    "zero-shot": lambda shots, seed: ZeroShot(),
-    "calibrated": lambda shots, seed: ContextualCalibration(),
-    "lr": lambda shots, seed: ScoreLogisticRegression(random_state=seed),
-    "linear-probe": lambda shots, seed: LinearProbe(random_state=seed),
-    "dect": lambda shots, seed: DecT(random_state=seed),
-    "dect-logprobs": lambda shots, seed: DecT(use_hidden=False, random_state=seed),
-    "dect-paper": lambda shots, seed: DecT.paper(shots=shots, random_state=seed),
-    "ytuning": lambda shots, seed: YTuning(random_state=seed),
-    "icl": lambda shots, seed: InContextLearning(random_state=seed),
-    "bdpl": lambda shots, seed: BDPL(random_state=seed),
-    "bdpl-paper": lambda shots, seed: BDPL.paper(random_state=seed),
-    "prompt-tuning": lambda shots, seed: PromptTuning(random_state=seed),
-    "prompt-tuning-paper": lambda shots, seed: PromptTuning.paper(random_state=seed),
-}
 
 
 @dataclass(frozen=True)
@@ -137,17 +108,6 @@ class EvalResult:
         return asdict(self)
 
 
-def make_decoder(method: str, *, shots: int, random_state: int = 0) -> BaseDecoder | PromptMethod:
-    """A fresh, unfitted decoder or prompt method for a method name in :data:`METHODS`."""
-    try:
-        factory = METHODS[method]
-    except KeyError:
-        raise ConfigurationError(
-            f"unknown method {method!r}; choose one of: {', '.join(METHODS)}"
-        ) from None
-    return factory(shots, random_state)
-
-
 #: A run stops before the test set when more than this share of the training answers'
 #: label words are top-k bounds rather than the model's values.
 MAX_FLOORED_SHARE = 0.5
@@ -186,20 +146,78 @@ def check_floored(scores: Scores, task: Task) -> None:
 
 
 def fit_method(
-    decoder: BaseDecoder, train: Scores, y: np.ndarray, content_free: np.ndarray | None
+    est: AnyEstimator,
+    *,
+    client: Client,
+    task: Task,
+    shots: Sequence[Example],
+    pool: Sequence[Example] = (),
+    scores: Scores | None = None,
+    content_free: np.ndarray | None = None,
 ) -> float:
-    """Fit ``decoder`` (passing the content-free scores where it takes them); return seconds."""
-    kwargs = {}
-    if "content_free" in inspect.signature(decoder.fit).parameters:
-        kwargs["content_free"] = content_free
+    """Fit a decoder or a prompt method on the labelled ``shots``; return the fit's seconds.
+
+    Parameters
+    ----------
+    est : BaseDecoder or PromptMethod
+        Unfitted; fitted in place.
+    client : Client
+        What a prompt method fits through; what a decoder's missing inputs are scored with.
+    task : Task
+    shots : sequence of Example, n labelled examples
+    pool : sequence of Example
+        The training pool the shots were drawn from; a prompt method that mines unlabelled
+        training texts (:meth:`BDPL.paper <maas_tune.methods.BDPL.paper>`) reads its texts.
+    scores : Scores, optional
+        A decoder's training scores, ``client.score(task, shots)`` when None.
+    content_free : array, shape (K,), optional
+        A decoder's content-free scores; queried through ``client`` when None and the
+        decoder needs them (:attr:`~maas_tune.estimator.Estimator.needs_content_free`).
+
+    Returns
+    -------
+    float
+        Seconds ``fit`` took (for a prompt method, mostly its queries; for a decoder,
+        without the scoring).
+    """
+    if isinstance(est, PromptMethod):
+        start = time.perf_counter()
+        est.fit(client, task, shots, **fit_kwargs(est, pool))
+        return time.perf_counter() - start
+    if content_free is None and est.needs_content_free:
+        content_free = client.content_free(task)
+    scores = client.score(task, shots) if scores is None else scores
+    y = labels_to_indices(shots, task.labels)
     start = time.perf_counter()
-    decoder.fit(train, y, **kwargs)
+    est.fit(scores, y, content_free=content_free)
     return time.perf_counter() - start
 
 
-def needs_content_free(methods: Iterable[str]) -> bool:
-    """Whether any of ``methods`` uses the content-free query (contextual calibration)."""
-    return any(make_decoder(m, shots=1).needs_content_free for m in methods)
+def predict_method(
+    est: AnyEstimator,
+    *,
+    client: Client,
+    task: Task,
+    examples: Sequence[Example],
+    scores: Scores | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions of a fitted decoder or prompt method, and its class probabilities.
+
+    A decoder predicts from ``scores`` (``client.score(task, examples)`` when None), a
+    prompt method through ``client``.
+
+    Returns
+    -------
+    predictions : np.ndarray of str, shape (n,)
+        Class names: the argmax of the probabilities (what ``predict`` returns, at the
+        same queries).
+    proba : np.ndarray, shape (n, K)
+    """
+    if isinstance(est, PromptMethod):
+        proba = est.predict_proba(client, examples)  # (n, K)
+        return est.classes_[proba.argmax(axis=1)], proba
+    scores = client.score(task, examples) if scores is None else scores
+    return est.predict(scores), est.predict_proba(scores)
 
 
 def subsample_test(test: Sequence[Example], limit: int | None) -> list[Example]:
@@ -214,68 +232,9 @@ def subsample_test(test: Sequence[Example], limit: int | None) -> list[Example]:
     return [test[i] for i in sorted(idx)]
 
 
-def fit_prompt_method(
-    method: PromptMethod,
-    *,
-    train_client: Client,
-    test_client: Client,
-    task: Task,
-    train: Sequence[Example],
-    test: Sequence[Example],
-    pool: Sequence[Example] = (),
-) -> tuple[np.ndarray, float, Usage]:
-    """Fit a prompt method through ``train_client`` and predict ``test`` through ``test_client``.
-
-    ``pool`` is the training pool the shots ``train`` were drawn from; a method that mines
-    unlabelled training texts (:meth:`BDPL.paper <maas_tune.methods.BDPL.paper>`) reads
-    its texts.
-
-    Returns
-    -------
-    predictions : np.ndarray of str, shape (n_test,)
-    seconds : float
-        Fit time (for black-box methods, mostly the queries).
-    usage : Usage
-        What the fit and the predictions sent, together.
-    """
-    predictions, _, seconds, usage = _fit_prompt_proba(
-        method, train_client=train_client, test_client=test_client, task=task, train=train,
-        test=test, pool=pool,
-    )  # fmt: skip
-    return predictions, seconds, usage
-
-
-def _fit_prompt_proba(
-    method: PromptMethod,
-    *,
-    train_client: Client,
-    test_client: Client,
-    task: Task,
-    train: Sequence[Example],
-    test: Sequence[Example],
-    pool: Sequence[Example] = (),
-) -> tuple[np.ndarray, np.ndarray | None, float, Usage]:
-    """:func:`fit_prompt_method`, also returning the class probabilities, shape (n_test, K).
-
-    The predictions are their argmax (what ``predict`` returns, at the same queries);
-    the probabilities are None for a method without ``predict_proba``. A method that
-    mines unlabelled training texts gets those of ``pool`` (see
-    :func:`~maas_tune.methods.base.fit_kwargs`).
-    """
-    before_train, before_test = copy.copy(train_client.usage), copy.copy(test_client.usage)
-    start = time.perf_counter()
-    method.fit(train_client, task, train, **fit_kwargs(method, pool))
-    seconds = time.perf_counter() - start
-    proba: np.ndarray | None = None
-    if hasattr(method, "predict_proba"):
-        proba = method.predict_proba(test_client, test)  # (n_test, K)
-        predictions = method.classes_[proba.argmax(axis=1)]
-    else:
-        predictions = method.predict(test_client, test)
-    fit_usage = usage_since(train_client, before_train)
-    test_usage = usage_since(test_client, before_test)
-    total = Usage(**{k: getattr(fit_usage, k) + getattr(test_usage, k) for k in asdict(fit_usage)})
-    return predictions, proba, seconds, total
+def _usage(a: Usage, b: Usage) -> Usage:
+    """The sum of two usages."""
+    return Usage(**{k: getattr(a, k) + getattr(b, k) for k in asdict(Usage())})
 
 
 def _quality(
@@ -342,7 +301,6 @@ def evaluate(
         if "progress" in est.get_params():
             est.set_params(progress=progress)
     shots_set = sample_k_shot(train_pool, shots, labels=task.labels, seed=seed)
-    y_train = labels_to_indices(shots_set, task.labels)
     y_test = labels_to_indices(test, task.labels)
     train_client = Client(provider, cache=cache, budget=budget, offline=offline, progress=progress)
     test_client = Client(
@@ -350,35 +308,28 @@ def evaluate(
     )
     decoders = {m: e for m, e in estimators.items() if isinstance(e, BaseDecoder)}
     floored = 0.0
+    train_scores = test_scores = content_free = None
     if decoders:
         train_scores = train_client.score(task, shots_set)
         check_floored(train_scores, task)
         content_free = train_client.content_free(task) if needs_content_free(decoders) else None
         test_scores = test_client.score(task, test)
         floored = floored_share(task, train_scores, test_scores)
-    shared = Usage(
-        **{
-            k: getattr(train_client.usage, k) + getattr(test_client.usage, k)
-            for k in asdict(Usage())
-        }
-    )
+    shared = _usage(train_client.usage, test_client.usage)
     fingerprint = provider.fingerprint()
     results = []
     for method, est in estimators.items():
-        if isinstance(est, PromptMethod):
-            predictions, proba, seconds, usage = _fit_prompt_proba(
-                est,
-                train_client=train_client,
-                test_client=test_client,
-                task=task,
-                train=shots_set,
-                test=test,
-                pool=train_pool,
-            )
-        else:
-            seconds = fit_method(est, train_scores, y_train, content_free)
-            predictions, usage = est.predict(test_scores), shared
-            proba = est.predict_proba(test_scores) if hasattr(est, "predict_proba") else None
+        before_train, before_test = copy.copy(train_client.usage), copy.copy(test_client.usage)
+        seconds = fit_method(
+            est, client=train_client, task=task, shots=shots_set, pool=train_pool,
+            scores=train_scores, content_free=content_free,
+        )  # fmt: skip
+        predictions, proba = predict_method(
+            est, client=test_client, task=task, examples=test, scores=test_scores
+        )
+        usage = shared if isinstance(est, BaseDecoder) else _usage(
+            usage_since(train_client, before_train), usage_since(test_client, before_test)
+        )  # fmt: skip
         status = budget.status()
         test_status = test_budget.status() if test_budget is not None else None
         results.append(

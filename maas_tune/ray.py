@@ -296,7 +296,7 @@ def predict(
     Parameters
     ----------
     decoder_dir : str or Path
-        A directory written by :func:`~maas_tune.decoders.io.save_decoder`, readable
+        A directory written by :func:`~maas_tune.persistence.save_decoder`, readable
         by every worker; each actor loads it once.
     dataset, task, provider_config, cache_url, budget, num_workers, batch_size, \
 rate_limit, num_cpus, chunk_size
@@ -308,7 +308,7 @@ rate_limit, num_cpus, chunk_size
         The :func:`score` columns plus ``prediction`` (class name) and
         ``probabilities`` (K float32 per row).
     """
-    from .decoders.io import load_decoder
+    from .persistence import load_decoder
 
     load_decoder(decoder_dir)  # fail here, not in every actor, if it cannot be read
     setup = _setup(task, provider_config, cache_url, budget, rate_limit, chunk_size)

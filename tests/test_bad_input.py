@@ -28,8 +28,7 @@ from maas_tune.budget import QueryBudget
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.data import Example, load_examples, sample_k_shot
-from maas_tune.decoders import LinearProbe, load_decoder, save_decoder
-from maas_tune.decoders.io import JSON_NAME, TENSORS_NAME
+from maas_tune.decoders import LinearProbe
 from maas_tune.errors import (
     CacheCorruptionError,
     CacheError,
@@ -39,6 +38,8 @@ from maas_tune.errors import (
     SerializationError,
     TaskError,
 )
+from maas_tune.persistence import DECODER_JSON_NAME as JSON_NAME
+from maas_tune.persistence import TENSORS_NAME, load_decoder, save_decoder
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.scores import Scores
 from maas_tune.storage import sqlite as _sqlite

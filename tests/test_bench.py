@@ -25,9 +25,10 @@ from maas_tune.bench import (
     write_report,
 )
 from maas_tune.cli import main
-from maas_tune.decoders import DecT, load_decoder, save_decoder
+from maas_tune.decoders import DecT
 from maas_tune.errors import ConfigurationError, ProviderError
 from maas_tune.experiment import subsample_test
+from maas_tune.persistence import load_decoder, save_decoder
 from maas_tune.scores import Scores
 
 from .fakes import FakeProvider

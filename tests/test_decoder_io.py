@@ -19,11 +19,10 @@ from maas_tune.decoders import (
     LinearProbe,
     ScoreLogisticRegression,
     ZeroShot,
-    load_decoder,
-    save_decoder,
 )
-from maas_tune.decoders.io import JSON_NAME, TENSORS_NAME
 from maas_tune.errors import ConfigurationError, NotFittedError, SerializationError
+from maas_tune.persistence import DECODER_JSON_NAME as JSON_NAME
+from maas_tune.persistence import TENSORS_NAME, load_decoder, save_decoder
 from maas_tune.scores import Scores
 
 from .test_decoders import fit, make_scores
@@ -183,7 +182,7 @@ def test_unknown_parameter(saved: Path) -> None:
 
 
 def test_io_never_unpickles() -> None:
-    source = (Path(__file__).parents[1] / "maas_tune" / "decoders" / "io.py").read_text()
+    source = (Path(__file__).parents[1] / "maas_tune" / "persistence.py").read_text()
     assert "torch.load" not in source and "import pickle" not in source
 
 

@@ -39,12 +39,11 @@ from maas_tune.decoders import (
     LinearProbe,
     ScoreLogisticRegression,
     YTuning,
-    load_decoder,
-    save_decoder,
 )
-from maas_tune.decoders.io import JSON_NAME, TENSORS_NAME
 from maas_tune.errors import ConfigurationError, DataError, SerializationError, TaskError
-from maas_tune.methods import BDPL, InContextLearning, load_method, save_method
+from maas_tune.methods import BDPL, InContextLearning
+from maas_tune.persistence import DECODER_JSON_NAME as JSON_NAME
+from maas_tune.persistence import TENSORS_NAME, load_decoder, load_method, save_decoder, save_method
 from maas_tune.task import Task
 
 from .fakes import FakeProvider

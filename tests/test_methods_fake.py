@@ -21,9 +21,8 @@ from maas_tune.methods import (
     InContextLearning,
     PromptTuning,
     TruncationWarning,
-    load_method,
-    save_method,
 )
+from maas_tune.persistence import load_method, save_method
 from tests.fakes import FakeProvider
 
 SMALL_BDPL = {"prompt_length": 2, "n_candidates": 6, "sample_size": 2, "epochs": 2, "batch_size": 4}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import maas_tune
-from maas_tune import _cli_commands, datasets, experiment
+from maas_tune import _cli_commands, datasets, registry
 from maas_tune._constants import DEFAULT_TOKEN_FEATURES
 from maas_tune._sqlite import Store
 from maas_tune.budget import QueryBudget
@@ -18,7 +18,8 @@ from maas_tune.cache import ScoreCache
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.data import Example, sample_k_shot
-from maas_tune.methods import BDPL, InContextLearning, PromptTuning, load_method, save_method
+from maas_tune.methods import BDPL, InContextLearning, PromptTuning
+from maas_tune.persistence import load_method, save_method
 
 pytestmark = pytest.mark.model
 
@@ -117,7 +118,7 @@ def test_cli_eval_runs_every_comparison_method(gemma, monkeypatch, capsys, db_pa
         ),
         "prompt-tuning": lambda shots, seed: PromptTuning(random_state=seed, n_tokens=2, epochs=1),
     }
-    monkeypatch.setattr(experiment, "METHODS", {**experiment.METHODS, **small})
+    monkeypatch.setattr(registry, "METHODS", {**registry.METHODS, **small})
     argv = ["eval", "--dataset", "sst2", "--shots", "1", "--test-limit", "4", "--quiet"]
     argv += ["--method", "icl,ytuning,bdpl,prompt-tuning", "--cache", str(db_path), "--json"]
     assert main(argv) == 0

@@ -14,11 +14,12 @@ from maas_tune.cache import ScoreCache
 from maas_tune.client import Client
 from maas_tune.data import Example, sample_k_shot
 from maas_tune.errors import ConfigurationError
-from maas_tune.experiment import METHODS, evaluate, make_decoder
+from maas_tune.experiment import evaluate
 from maas_tune.methods import BDPL, PromptTuning
 from maas_tune.methods._split import dev_split
 from maas_tune.methods._vocab import words
 from maas_tune.methods.base import fit_kwargs
+from maas_tune.registry import METHODS, make_decoder
 from tests.fakes import FakeProvider
 
 #: The paper preset's sampling, vocabulary and selection, at a size a test can pay for.

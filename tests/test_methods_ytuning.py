@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from maas_tune.decoders import YTuning, load_decoder, save_decoder
+from maas_tune.decoders import YTuning
 from maas_tune.decoders._label_attention import init_label_network, label_network_logits
 from maas_tune.errors import ConfigurationError
+from maas_tune.persistence import load_decoder, save_decoder
 from maas_tune.scores import Scores
 
 LABELS = ("a", "b", "c")

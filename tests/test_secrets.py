@@ -35,9 +35,10 @@ from maas_tune.budget import QueryBudget
 from maas_tune.cache import ScoreCache
 from maas_tune.cli import main
 from maas_tune.client import Client
-from maas_tune.decoders import LinearProbe, load_decoder, save_decoder
-from maas_tune.decoders.io import JSON_NAME, TENSORS_NAME
+from maas_tune.decoders import LinearProbe
 from maas_tune.errors import OfflineCacheMiss, SerializationError
+from maas_tune.persistence import DECODER_JSON_NAME as JSON_NAME
+from maas_tune.persistence import TENSORS_NAME, load_decoder, save_decoder
 from maas_tune.providers.base import ProviderAnswer
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.task import Task

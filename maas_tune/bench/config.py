@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import datasets
 from ..errors import ConfigurationError
-from ..experiment import METHODS, make_decoder
+from ..registry import METHODS, make_decoder
 
 if sys.version_info >= (3, 11):
     import tomllib

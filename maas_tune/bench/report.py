@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
-from ..experiment import make_decoder
+from ..registry import make_decoder
 from .config import BenchConfig
 from .grid import read_results
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..errors import ConfigurationError
 from ..scores import Scores
 from . import _math
 
-__all__ = ["features", "standardizer", "torch_seed"]
+__all__ = ["features", "standardizer"]
 
 
 def features(
@@ -34,10 +33,3 @@ def standardizer(
     if standardize:
         return _math.fit_standardizer(feats, prior_rows=prior_rows)
     return torch.zeros(feats.shape[1]), torch.ones(feats.shape[1])
-
-
-def torch_seed(random_state: int | None) -> int:
-    """A torch seed: ``random_state``, or fresh entropy when it is None."""
-    if random_state is None:
-        return int(np.random.default_rng().integers(2**63 - 1))
-    return int(random_state)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..estimator import torch_seed
 from ..scores import Scores
 from . import _math
 
@@ -130,7 +131,7 @@ def choose_value(
         X,
         target,
         n_folds=int(params["n_folds"]),
-        seed=int(torch.randint(2**62, (1,))) if seed is None else int(seed),
+        seed=torch_seed(seed),
         fit_kwargs=fit_kwargs,
     )
     if chosen is None:

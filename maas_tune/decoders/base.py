@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .._params import HyperParameters
 from ..errors import ConfigurationError, NotFittedError
+from ..estimator import Estimator
 from ..scores import Scores
 from ._math import normalize_scores
 
@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-class BaseDecoder(HyperParameters):
+class BaseDecoder(Estimator):
     """Base class of the decoders: hyper-parameters, label handling, fitted check, scoring.
 
     Subclasses store their keyword hyper-parameters in ``__init__`` (and nothing
@@ -62,16 +62,6 @@ class BaseDecoder(HyperParameters):
             classifier_tags=ClassifierTags(),
             input_tags=InputTags(two_d_array=False),  # X is Scores, not a matrix
         )
-
-    @property
-    def needs_content_free(self) -> bool:
-        """Whether ``fit`` uses the content-free scores (``fit(..., content_free=...)``).
-
-        Decided by the hyper-parameters, not by ``fit``'s signature: ``DecT()``
-        accepts ``content_free`` but uses it only with ``calibration="content_free"``.
-        A caller can skip the content-free query when this is False.
-        """
-        return False
 
     # ------------------------------------------------------------------ labels and checks
     def _set_classes(self, X: Scores) -> None:
@@ -121,8 +111,23 @@ class BaseDecoder(HyperParameters):
             )
 
     # ------------------------------------------------------------------ prediction
-    def fit(self, X: Scores, y: Sequence[Any] | np.ndarray | None = None) -> BaseDecoder:
-        """Learn from scored examples; returns ``self``."""
+    def fit(
+        self,
+        X: Scores,
+        y: Sequence[Any] | np.ndarray | None = None,
+        *,
+        content_free: np.ndarray | Sequence[float] | None = None,
+    ) -> BaseDecoder:
+        """Learn from scored examples; returns ``self``.
+
+        Parameters
+        ----------
+        X : Scores, n examples
+        y : array-like of str or int, shape (n,), optional
+        content_free : array-like, shape (K,), optional
+            Label log-probabilities of the content-free input; used where
+            :attr:`needs_content_free` is True, ignored otherwise.
+        """
         raise NotImplementedError
 
     def _decision_function(self, X: Scores) -> torch.Tensor:

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigurationError
+from ..estimator import torch_seed
 from ..scores import Scores
 from . import _math
-from ._inputs import features, standardizer, torch_seed
+from ._inputs import features, standardizer
 from ._select import CV_TEMPERATURES, n_cv_folds, scaled_cv_loss
 from .base import (
     BaseDecoder,

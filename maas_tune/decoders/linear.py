@@ -210,8 +210,14 @@ class LinearProbe(BaseDecoder):
         self.random_state = random_state
         self.n_threads = n_threads
 
-    def fit(self, X: Scores, y: Sequence[Any] | np.ndarray | None = None) -> LinearProbe:
-        """Fit on scored examples with hidden states; returns ``self``.
+    def fit(
+        self,
+        X: Scores,
+        y: Sequence[Any] | np.ndarray | None = None,
+        *,
+        content_free: np.ndarray | Sequence[float] | None = None,
+    ) -> LinearProbe:
+        """Fit on scored examples with hidden states (``content_free`` is ignored); returns ``self``.
 
         Raises
         ------

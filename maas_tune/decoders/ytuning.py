@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigurationError
+from ..estimator import torch_seed
 from ..scores import Scores
-from ._inputs import torch_seed
 from ._label_attention import init_label_network, label_network_logits, layer_names
 from ._math import shrunk_variance
 from ._select import choose_value
@@ -170,8 +170,17 @@ class YTuning(BaseDecoder):
         self.random_state = random_state
         self.n_threads = n_threads
 
-    def fit(self, X: Scores, y: Sequence[Any] | np.ndarray | None = None) -> YTuning:
-        """Train the label network on scored examples with token features; returns ``self``."""
+    def fit(
+        self,
+        X: Scores,
+        y: Sequence[Any] | np.ndarray | None = None,
+        *,
+        content_free: np.ndarray | Sequence[float] | None = None,
+    ) -> YTuning:
+        """Train the label network on scored examples with token features; returns ``self``.
+
+        ``content_free`` is ignored (the contract's keyword of every estimator).
+        """
         self._check_params()
         target = self._encode_y(X, y)
         feats, mask = position_features(X)  # (n, p, d), (n, p)
@@ -280,4 +289,21 @@ class YTuning(BaseDecoder):
             if tuple(self.params_[name].shape) != shape:
                 raise ValueError(
                     f"{name} has shape {tuple(self.params_[name].shape)}, expected {shape}"
+                )
+        self._check_layers(d, k)
+
+    def _check_layers(self, d: int, k: int) -> None:
+        """Every tensor of the restored label network has the shape a fresh one would.
+
+        The checks above cover the outer tensors only; a wrong layer tensor would fail
+        inside torch at the first prediction. The reference is built on the meta device:
+        shapes without memory, whatever ``d_model`` claims.
+        """
+        with torch.device("meta"):
+            expected = init_label_network(d, self.d_model, k, self.n_layers, torch.Generator())
+        for name, reference in expected.items():
+            got = tuple(self.params_[name].shape)
+            if got != tuple(reference.shape):
+                raise ValueError(
+                    f"{PARAM_PREFIX}{name} has shape {got}, expected {tuple(reference.shape)}"
                 )

@@ -27,8 +27,14 @@ class ZeroShot(BaseDecoder):
     def __init__(self) -> None:
         pass
 
-    def fit(self, X: Scores, y: Sequence[Any] | np.ndarray | None = None) -> ZeroShot:
-        """Record the classes of ``X`` (``y`` is ignored); returns ``self``."""
+    def fit(
+        self,
+        X: Scores,
+        y: Sequence[Any] | np.ndarray | None = None,
+        *,
+        content_free: np.ndarray | Sequence[float] | None = None,
+    ) -> ZeroShot:
+        """Record the classes of ``X`` (``y`` and ``content_free`` are ignored); returns ``self``."""
         self._set_classes(X)
         return self
 

@@ -10,10 +10,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .._params import HyperParameters
 from ..client import Client, Usage
 from ..data import Example
 from ..errors import ConfigurationError, NotFittedError
+from ..estimator import Estimator
 from ..task import Task
 
 __all__ = ["PromptMethod", "class_log_probs", "fit_kwargs", "quiet", "usage_since"]
@@ -36,7 +36,7 @@ def class_log_probs(label_logprobs: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(lp, dim=-1)
 
 
-class PromptMethod(HyperParameters):
+class PromptMethod(Estimator):
     """Base of the methods that query the model while they learn or predict.
 
     The decoders (:mod:`maas_tune.decoders`) learn from :class:`~maas_tune.scores.Scores`
@@ -46,8 +46,9 @@ class PromptMethod(HyperParameters):
     time) and query through it: every black-box query is cached and budgeted.
 
     The conventions are scikit-learn's, as for decoders: ``__init__`` only stores
-    keyword hyper-parameters; ``fit(client, task, examples, y=None)`` returns ``self``
-    and sets attributes ending in ``_`` (``task_``, ``classes_``, ``fit_usage_``);
+    keyword hyper-parameters; ``fit(client, task, examples, y=None, *, content_free=None,
+    corpus=None)`` returns ``self`` and sets attributes ending in ``_`` (``task_``,
+    ``classes_``, ``fit_usage_``);
     ``predict(client, examples)`` checks it is fitted. ``y`` defaults to the
     examples' own labels.
 
@@ -60,11 +61,6 @@ class PromptMethod(HyperParameters):
     #: What the learned state holds besides ``task_`` / ``classes_`` (for saving).
     _tensor_attrs: ClassVar[tuple[str, ...]] = ()
     _meta_attrs: ClassVar[tuple[str, ...]] = ()
-
-    @property
-    def needs_content_free(self) -> bool:
-        """False: no prompt method uses the content-free query."""
-        return False
 
     @property
     def uses_corpus(self) -> bool:
@@ -114,8 +110,24 @@ class PromptMethod(HyperParameters):
         task: Task,
         examples: Sequence[Example],
         y: Sequence[Any] | np.ndarray | None = None,
+        *,
+        content_free: np.ndarray | Sequence[float] | None = None,
+        corpus: Sequence[str] | None = None,
     ) -> PromptMethod:
-        """Learn from labelled examples, querying through ``client``; returns ``self``."""
+        """Learn from labelled examples, querying through ``client``; returns ``self``.
+
+        Parameters
+        ----------
+        client : Client
+        task : Task
+        examples : sequence of Example, n examples
+        y : array-like of str or int, shape (n,), optional
+            Default: the examples' own labels.
+        content_free : array-like, shape (K,), optional
+            The contract's keyword of every estimator; no prompt method uses it.
+        corpus : sequence of str, optional
+            Unlabelled training texts, for a method that mines them (:attr:`uses_corpus`).
+        """
         raise NotImplementedError
 
     def _log_probs(self, client: Client, examples: Sequence[Example]) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..client import Client
 from ..data import Example
 from ..errors import BudgetExceeded, ConfigurationError
+from ..estimator import torch_seed
 from ..task import Task
 from ._policy import mode, policy_gradient, project_simplex, sample_prompts
 from ._prompts import prefixed_task
@@ -206,6 +207,7 @@ class BDPL(PromptMethod):
         examples: Sequence[Example],
         y: Sequence[Any] | np.ndarray | None = None,
         *,
+        content_free: np.ndarray | Sequence[float] | None = None,
         corpus: Sequence[str] | None = None,
     ) -> BDPL:
         """Learn the prompt, querying through ``client``; returns ``self``.
@@ -262,7 +264,7 @@ class BDPL(PromptMethod):
 
         examples, target = train
         n = len(examples)
-        generator = torch.Generator().manual_seed(_seed(self.random_state))
+        generator = torch.Generator().manual_seed(torch_seed(self.random_state))
         rng = np.random.default_rng(self.random_state)
         optimizer = torch.optim.Adam([param], lr=self.learning_rate)
         steps = self.epochs * -(-n // self.batch_size)
@@ -391,9 +393,3 @@ class BDPL(PromptMethod):
 
 def _joined(example: Example) -> str:
     return example.text if example.text_b is None else f"{example.text} {example.text_b}"
-
-
-def _seed(random_state: int | None) -> int:
-    if random_state is None:
-        return int(np.random.default_rng().integers(2**63 - 1))
-    return int(random_state)

@@ -126,8 +126,14 @@ class InContextLearning(PromptMethod):
         task: Task,
         examples: Sequence[Example],
         y: Sequence[Any] | np.ndarray | None = None,
+        *,
+        content_free: np.ndarray | Sequence[float] | None = None,
+        corpus: Sequence[str] | None = None,
     ) -> InContextLearning:
-        """Choose and order the demonstrations (no query is sent); returns ``self``."""
+        """Choose and order the demonstrations (no query is sent); returns ``self``.
+
+        ``content_free`` and ``corpus`` are ignored (the keywords of every prompt method).
+        """
         if self.demos_per_class < 1:
             raise ConfigurationError(f"demos_per_class must be >= 1, got {self.demos_per_class}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:

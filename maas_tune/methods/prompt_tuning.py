@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..client import Client
 from ..data import Example
 from ..errors import ConfigurationError
+from ..estimator import torch_seed
 from ..providers.base import Provider
 from ..task import Task
 from ._soft_prompt import class_scores, embed_with_prompt, frozen, initial_prompt
@@ -149,15 +150,20 @@ class PromptTuning(PromptMethod):
         task: Task,
         examples: Sequence[Example],
         y: Sequence[Any] | np.ndarray | None = None,
+        *,
+        content_free: np.ndarray | Sequence[float] | None = None,
+        corpus: Sequence[str] | None = None,
     ) -> PromptTuning:
-        """Train the soft prompt on the labelled examples; returns ``self``."""
+        """Train the soft prompt on the labelled examples; returns ``self``.
+
+        ``content_free`` and ``corpus`` are ignored (the keywords of every prompt method).
+        """
         self._check_params()
         model, tokenizer = require_white_box(client.provider)
         target = torch.as_tensor(self._start_fit(task, examples, y))
         before = copy.copy(client.usage)
         prompts = [task.render(e) for e in examples]
-        seed = int(np.random.default_rng(self.random_state).integers(2**63 - 1))
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(torch_seed(self.random_state, drawn=True))
         text_ids = _text_token_ids(tokenizer, prompts)
         label_ids = client.provider.label_token_ids(task.label_words)
         soft = initial_prompt(model, label_ids, text_ids, self.n_tokens, generator)

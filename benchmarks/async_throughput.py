@@ -39,8 +39,8 @@ _CLIENT = r"""
 import json, resource, sys, time
 import maas_tune as mt
 from maas_tune import Store
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 from maas_tune.client import Client
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.ratelimit import RateLimit

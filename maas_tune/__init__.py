@@ -5,15 +5,13 @@ Render labelled examples through a :class:`Task`, score them once each through a
 :class:`QueryBudget`), and train a small decoder such as :class:`DecT` locally.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
+# No ``from __future__ import annotations`` here: it would bind ``maas_tune.annotations``
+# (test_exported_members), and the two annotations below need none.
+import typing as _typing
+from importlib import import_module as _import_module
 
 from . import datasets
 from ._version import __version__
-from .budget import BudgetStatus, QueryBudget
-from .cache import ScoreCache, cache_key
 from .chat_format import ChatFormat
 from .client import AsyncClient, Client
 from .data import Dataset, Example, load_examples, sample_k_shot
@@ -40,13 +38,15 @@ from .errors import (
 )
 from .frames import as_examples
 from .pricing import Price, price_for
-from .providers.base import Provider, ProviderAnswer
+from .providers.base import Provider
 from .providers.tokenizers import load_tokenizer
-from .scores import Scores
+from .scores import ProviderAnswer, Scores
 from .storage import Store
+from .storage.budget import BudgetStatus, QueryBudget
+from .storage.cache import ScoreCache, cache_key
 from .task import Task
 
-if TYPE_CHECKING:  # type checkers and IDEs see the lazy names as ordinary imports
+if _typing.TYPE_CHECKING:  # type checkers and IDEs see the lazy names as ordinary imports
     from .decoders import (
         BaseDecoder,
         ContextualCalibration,
@@ -93,7 +93,7 @@ _LAZY = {
 def __getattr__(name: str) -> object:
     # PEP 562: decoders (torch) and providers (transformers) load only when asked for.
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        value = getattr(_import_module(_LAZY[name], __name__), name)
         globals()[name] = value  # later lookups skip this function
         return value
     raise AttributeError(f"module 'maas_tune' has no attribute {name!r}")

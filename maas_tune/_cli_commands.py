@@ -21,8 +21,6 @@ from ._cli_provider import (
     resolve_cli_base_url,
 )
 from ._constants import DEFAULT_TOKEN_FEATURES
-from .budget import QueryBudget
-from .cache import ScoreCache
 from .client import Client
 from .data import Example, labels_to_indices, load_examples, parse_examples, sample_k_shot
 from .decoders import load_decoder, save_decoder
@@ -42,6 +40,8 @@ from .methods.base import fit_kwargs
 from .pricing import Price, format_usd, price_for
 from .providers.base import Provider
 from .storage import Store
+from .storage.budget import QueryBudget
+from .storage.cache import ScoreCache
 from .task import Task
 
 if TYPE_CHECKING:

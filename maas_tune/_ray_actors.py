@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .budget import QueryBudget
-from .cache import ScoreCache
 from .client import Client
 from .data import Example
 from .errors import BudgetExceeded, DataError
 from .ratelimit import RateLimit, RateLimiter, TokenBucket
 from .scores import Scores
+from .storage.budget import QueryBudget
+from .storage.cache import ScoreCache
 from .task import Task
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class WorkerSetup:
     cache_url : str
         The shared store: ``ScoreCache(store=cache_url)`` and the budget ledger.
     budget : str or None
-        Name of the shared :class:`~maas_tune.budget.QueryBudget` (its caps were
+        Name of the shared :class:`~maas_tune.storage.budget.QueryBudget` (its caps were
         stored by the driver); None sends without a cap.
     rate_limiter : RateLimiter or None
         Shared by all actors (a :class:`SharedRateLimiter`), or None.

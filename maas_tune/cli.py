@@ -13,12 +13,12 @@ from . import _cli_store as store_commands
 from ._cli_provider import add_api_flags
 from ._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME
 from ._version import __version__
-from .budget import MAX_COUNT
 from .errors import BudgetExceeded, ConfigurationError, MaasTuneError
 from .experiment import METHODS
 from .pricing import Price
 from .providers._secrets import safe_traceback
 from .ratelimit import RateLimit, parse_rate
+from .storage.budget import MAX_COUNT
 
 __all__ = ["build_parser", "main"]
 

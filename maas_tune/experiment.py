@@ -11,8 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from .budget import BudgetStatus, QueryBudget
-from .cache import ScoreCache
 from .client import Client, Usage
 from .data import Example, labels_to_indices, sample_k_shot
 from .decoders import (
@@ -30,6 +28,8 @@ from .methods.base import fit_kwargs, usage_since
 from .metrics import classification_metrics
 from .providers.base import Provider
 from .scores import Scores
+from .storage.budget import BudgetStatus, QueryBudget
+from .storage.cache import ScoreCache
 from .task import Task
 
 __all__ = [

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._constants import MAX_RETRIES
 from ._ray_actors import BucketActor, Predictor, Scorer, SharedRateLimiter, WorkerSetup
-from .budget import QueryBudget
 from .client import CLIENT_CHUNK_SIZE
 from .errors import ConfigurationError, MissingDependencyError
 from .providers._http import public_url
@@ -38,6 +37,7 @@ from .providers._session import (
 )
 from .providers.base import Provider
 from .ratelimit import RateLimit, RateLimiter
+from .storage.budget import QueryBudget
 from .task import Task
 
 if TYPE_CHECKING:

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maas_tune.budget import QueryBudget
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.errors import (
@@ -33,6 +32,7 @@ from maas_tune.providers._probe import clear_probe_cache
 from maas_tune.providers.chat import OpenAIChatProvider
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
 from maas_tune.task import Task
 
 from ._hosted_api import HostedConfig
@@ -199,7 +199,7 @@ def _wait_for(condition, timeout: float) -> None:
 
 
 def _cache(db):
-    from maas_tune.cache import ScoreCache
+    from maas_tune.storage.cache import ScoreCache
 
     return ScoreCache(db)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Provider, ProviderAnswer
+from ..scores import ProviderAnswer
+from .base import Provider
 from .tokenizers import load_tokenizer
 
 __all__ = ["Provider", "ProviderAnswer", "load_tokenizer"]

@@ -15,6 +15,7 @@ from .._constants import MAX_RETRIES
 from ..chat_format import ChatFormat
 from ..errors import ConfigurationError
 from ..ratelimit import RateLimit, RateLimiter
+from ..scores import ProviderAnswer
 from ._answers import reading
 from ._chat_probe import MAX_CHAT_PROBE_REQUESTS, ChatProbeResult, choose_chat, run_chat_probe
 from ._chat_strategies import CHAT_ROUTE, CHAT_STRATEGIES, chat_request, score_chat
@@ -29,7 +30,6 @@ from ._session import (
     concurrency_for,
     resolve_base_url,
 )
-from .base import ProviderAnswer
 from .openai import DEFAULT_TOP_LOGPROBS
 
 __all__ = ["CHAT_LABEL_PREFIX", "OpenAIChatProvider", "Tokenizer"]

@@ -16,10 +16,11 @@ from .._constants import (
     LOCAL_PACK_TOKENS,
 )
 from ..errors import ConfigurationError, MissingDependencyError, ProviderError
+from ..scores import ProviderAnswer
 from ._device import DEFAULT_DEVICE, Placement, resolve_placement
 from ._model_files import CONVERSION_MARKER, ResolvedModel, resolve_model
 from ._packing import pack_runs
-from .base import Provider, ProviderAnswer, check_token_features
+from .base import Provider, check_token_features
 
 __all__ = ["ContextLengthExceeded", "TransformersProvider"]
 

@@ -15,6 +15,7 @@ import httpx
 from .._constants import LABEL_WORD_PREFIX, MAX_RETRIES
 from ..errors import ConfigurationError
 from ..ratelimit import RateLimit, RateLimiter
+from ..scores import ProviderAnswer
 from ._answers import reading
 from ._batch import bound_tokens
 from ._forcing import BiasError, Resolve
@@ -40,7 +41,7 @@ from ._strategies import (
     score_extension,
     score_top_logprobs,
 )
-from .base import ProviderAnswer, check_token_features
+from .base import check_token_features
 
 __all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "OpenAICompletionsProvider"]
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's maas_tune, in the driver and (b
 
 import maas_tune as mt
 from maas_tune.providers._session import concurrency_for
-from maas_tune.ratelimit import RateLimit
+from maas_tune.providers.ratelimit import RateLimit
 from maas_tune.ray import BudgetSpec, ProviderConfig, score
 from tests._det_server import client_ports
 

@@ -12,7 +12,6 @@ from importlib import import_module as _import_module
 
 from . import datasets
 from ._version import __version__
-from .chat_format import ChatFormat
 from .client import AsyncClient, Client
 from .data import Dataset, Example, load_examples, sample_k_shot
 from .errors import (
@@ -39,6 +38,7 @@ from .errors import (
 from .frames import as_examples
 from .pricing import Price, price_for
 from .providers.base import Provider
+from .providers.chat_format import ChatFormat
 from .providers.tokenizers import load_tokenizer
 from .scores import ProviderAnswer, Scores
 from .storage import Store

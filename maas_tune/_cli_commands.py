@@ -111,7 +111,7 @@ def _pacing(args: argparse.Namespace) -> dict[str, Any]:
     """--rate-limit and --max-concurrency as provider options (absent: the defaults)."""
     rate = getattr(args, "rate_limit", None)
     if rate is not None and not hasattr(args, "_limiter"):  # one limiter for every provider
-        from .ratelimit import as_limiter
+        from .providers.ratelimit import as_limiter
 
         args._limiter = as_limiter(rate)
     found = {"rate_limit": getattr(args, "_limiter", None),

@@ -217,7 +217,7 @@ def _fill_pacing(args: argparse.Namespace, record: dict[str, Any]) -> None:
     damaged value is ignored: pacing never changes what is scored)."""
     rpm = record.get("rate_limit_per_minute")
     if getattr(args, "rate_limit", None) is None and isinstance(rpm, (int, float)) and rpm > 0:
-        from .ratelimit import RateLimit
+        from .providers.ratelimit import RateLimit
 
         args.rate_limit = RateLimit(requests_per_minute=float(rpm))
     cap = record.get("max_concurrency")

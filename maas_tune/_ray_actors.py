@@ -17,7 +17,7 @@ import numpy as np
 from .client import Client
 from .data import Example
 from .errors import BudgetExceeded, DataError
-from .ratelimit import RateLimit, RateLimiter, TokenBucket
+from .providers.ratelimit import RateLimit, RateLimiter, TokenBucket
 from .scores import Scores
 from .storage.budget import QueryBudget
 from .storage.cache import ScoreCache
@@ -34,7 +34,7 @@ _LOG = logging.getLogger(__name__)
 
 
 class BucketActor:
-    """One :class:`~maas_tune.ratelimit.TokenBucket` on the actor's clock, for every worker.
+    """One :class:`~maas_tune.providers.ratelimit.TokenBucket` on the actor's clock, for every worker.
 
     Ray runs an actor's calls one at a time, so each booking is atomic; callers
     receive how long to wait and sleep on their side, so the actor never blocks.
@@ -64,7 +64,7 @@ class BucketActor:
 
 
 class SharedRateLimiter(RateLimiter):
-    """A :class:`~maas_tune.ratelimit.RateLimiter` backed by a :class:`BucketActor`.
+    """A :class:`~maas_tune.providers.ratelimit.RateLimiter` backed by a :class:`BucketActor`.
 
     Picklable (it holds only the actor handle), so it travels to every Ray worker;
     get one from :func:`maas_tune.ray.shared_rate_limiter`. Each request costs one

@@ -17,7 +17,7 @@ from .errors import BudgetExceeded, ConfigurationError, MaasTuneError
 from .experiment import METHODS
 from .pricing import Price
 from .providers._secrets import safe_traceback
-from .ratelimit import RateLimit, parse_rate
+from .providers.ratelimit import RateLimit, parse_rate
 from .storage.budget import MAX_COUNT
 
 __all__ = ["build_parser", "main"]

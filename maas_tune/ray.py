@@ -36,7 +36,7 @@ from .providers._session import (
     concurrency_for,
 )
 from .providers.base import Provider
-from .ratelimit import RateLimit, RateLimiter
+from .providers.ratelimit import RateLimit, RateLimiter
 from .storage.budget import QueryBudget
 from .task import Task
 

@@ -18,7 +18,7 @@ from maas_tune.client import AsyncClient, Client
 from maas_tune.data import Example
 from maas_tune.errors import ConfigurationError
 from maas_tune.providers.openai import OpenAICompletionsProvider
-from maas_tune.ratelimit import RateLimit, parse_rate
+from maas_tune.providers.ratelimit import RateLimit, parse_rate
 from maas_tune.storage.budget import QueryBudget
 from maas_tune.storage.cache import ScoreCache
 from maas_tune.task import Task

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from maas_tune import ConfigurationError, Task
 from maas_tune.providers.openai import OpenAICompletionsProvider
-from maas_tune.ratelimit import (
+from maas_tune.providers.ratelimit import (
     CHARS_PER_TOKEN,
     LocalRateLimiter,
     RateLimit,

@@ -203,7 +203,7 @@ def test_provider_config_refuses_credentials_in_the_url_and_a_missing_key_variab
 
 
 def test_a_process_local_limiter_is_refused(ray_api, tmp_path):
-    from maas_tune.ratelimit import LocalRateLimiter, RateLimit
+    from maas_tune.providers.ratelimit import LocalRateLimiter, RateLimit
 
     config = ray_api.ProviderConfig("http://127.0.0.1:9/v1", "m")
     local = LocalRateLimiter(RateLimit(requests_per_minute=60))

@@ -12,9 +12,7 @@ from typing import Any
 import httpx
 
 from .._constants import MAX_RETRIES
-from ..chat_format import ChatFormat
 from ..errors import ConfigurationError
-from ..ratelimit import RateLimit, RateLimiter
 from ..scores import ProviderAnswer
 from ._answers import reading
 from ._chat_probe import MAX_CHAT_PROBE_REQUESTS, ChatProbeResult, choose_chat, run_chat_probe
@@ -30,7 +28,9 @@ from ._session import (
     concurrency_for,
     resolve_base_url,
 )
+from .chat_format import ChatFormat
 from .openai import DEFAULT_TOP_LOGPROBS
+from .ratelimit import RateLimit, RateLimiter
 
 __all__ = ["CHAT_LABEL_PREFIX", "OpenAIChatProvider", "Tokenizer"]
 

@@ -15,7 +15,6 @@ import numpy as np
 
 from .._constants import MAX_RETRIES
 from ..errors import ConfigurationError, ProviderResponseError
-from ..ratelimit import RateLimit, RateLimiter
 from ._http import public_url
 from ._script import Script
 from ._session import (
@@ -26,6 +25,7 @@ from ._session import (
     concurrency_for,
     resolve_base_url,
 )
+from .ratelimit import RateLimit, RateLimiter
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -141,7 +141,7 @@ class TransformersProvider(Provider):
         return list(self._tokenizer.tokenize(LABEL_WORD_PREFIX + word))
 
     def label_token_ids(self, words: Sequence[str]) -> list[int]:
-        from ..task import check_single_tokens
+        from .tokenizers import check_single_tokens
 
         check_single_tokens(words, lambda w: self._tokenizer.tokenize(w))
         return [int(self._tokenizer.convert_tokens_to_ids(self.tokenize_word(w)[0])) for w in words]

@@ -14,7 +14,6 @@ import httpx
 
 from .._constants import LABEL_WORD_PREFIX, MAX_RETRIES
 from ..errors import ConfigurationError
-from ..ratelimit import RateLimit, RateLimiter
 from ..scores import ProviderAnswer
 from ._answers import reading
 from ._batch import bound_tokens
@@ -42,6 +41,7 @@ from ._strategies import (
     score_top_logprobs,
 )
 from .base import check_token_features
+from .ratelimit import RateLimit, RateLimiter
 
 __all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "OpenAICompletionsProvider"]
 

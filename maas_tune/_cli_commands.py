@@ -45,7 +45,7 @@ from .storage.cache import ScoreCache
 from .task import Task
 
 if TYPE_CHECKING:
-    from .providers._device import Placement
+    from .providers.device import Placement
 
 
 # -- shared argument handling ---------------------------------------------------
@@ -81,7 +81,7 @@ def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
 
 def _placement(args: argparse.Namespace) -> Placement:
     """The checked --device and --dtype (a ConfigurationError naming the flag otherwise)."""
-    from .providers._device import DEFAULT_DEVICE, resolve_placement
+    from .providers.device import DEFAULT_DEVICE, resolve_placement
 
     device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
     return resolve_placement(device or DEFAULT_DEVICE, dtype or "auto",

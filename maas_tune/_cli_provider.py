@@ -16,10 +16,10 @@ import sys
 from typing import Any
 
 from .errors import ConfigurationError
-from .providers._extras import parse_pairs
-from .providers._http import is_secret_name, public_url
-from .providers._session import BASE_URL_ENV, resolve_base_url
 from .providers.base import Provider
+from .providers.extras import parse_pairs
+from .providers.http import is_secret_name, public_url
+from .providers.session import BASE_URL_ENV, resolve_base_url
 
 __all__ = [
     "ENV_BASE_URL",
@@ -31,7 +31,7 @@ __all__ = [
     "resolve_cli_base_url",
 ]
 
-#: The ``--base-url`` value that reads :data:`~maas_tune.providers._session.BASE_URL_ENV`.
+#: The ``--base-url`` value that reads :data:`~maas_tune.providers.session.BASE_URL_ENV`.
 ENV_BASE_URL = "env"
 #: Metadata key of the provider recorded by ``fit``.
 RECORD_KEY = "provider_config"

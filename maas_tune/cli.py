@@ -16,8 +16,8 @@ from ._version import __version__
 from .errors import BudgetExceeded, ConfigurationError, MaasTuneError
 from .experiment import METHODS
 from .pricing import Price
-from .providers._secrets import safe_traceback
 from .providers.ratelimit import RateLimit, parse_rate
+from .providers.secrets import safe_traceback
 from .storage.budget import MAX_COUNT
 
 __all__ = ["build_parser", "main"]

@@ -20,8 +20,8 @@ from ._hold import ChunkHold
 from .data import Example
 from .errors import BudgetExceeded, OfflineCacheMiss, ProviderError, ProviderResponseError
 from .frames import as_examples
-from .providers._remote import charge_of
 from .providers.base import Provider
+from .providers.remote import charge_of
 from .scores import ProviderAnswer, Scores, pad_token_features
 from .storage.budget import QueryBudget, Reservation
 from .storage.cache import ScoreCache, cache_key

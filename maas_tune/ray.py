@@ -27,16 +27,16 @@ from ._constants import MAX_RETRIES
 from ._ray_actors import BucketActor, Predictor, Scorer, SharedRateLimiter, WorkerSetup
 from .client import CLIENT_CHUNK_SIZE
 from .errors import ConfigurationError, MissingDependencyError
-from .providers._http import public_url
-from .providers._session import (
+from .providers.base import Provider
+from .providers.http import public_url
+from .providers.ratelimit import RateLimit, RateLimiter
+from .providers.session import (
     API_KEY_ENV,
     DEFAULT_TIMEOUT_S,
     check_api_options,
     check_count,
     concurrency_for,
 )
-from .providers.base import Provider
-from .providers.ratelimit import RateLimit, RateLimiter
 from .storage.budget import QueryBudget
 from .task import Task
 
@@ -100,7 +100,7 @@ class ProviderConfig:
     max_retries : int, default 4
     api_key_env : str or None
         Environment variable holding the key *on the workers*; None reads
-        :data:`~maas_tune.providers._session.API_KEY_ENV` (``MAAS_TUNE_API_KEY``,
+        :data:`~maas_tune.providers.session.API_KEY_ENV` (``MAAS_TUNE_API_KEY``,
         ``OPENAI_API_KEY``). The key is read in each worker process, so it never
         enters the Ray object store, task arguments or logs: set it on every node
         (e.g. from a secret), not through ``runtime_env``, which Ray stores.

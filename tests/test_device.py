@@ -11,7 +11,7 @@ import pytest
 
 from maas_tune.cli import build_parser, main
 from maas_tune.errors import ConfigurationError
-from maas_tune.providers._device import (
+from maas_tune.providers.device import (
     DTYPE_LOGPROB_TOLERANCE,
     Placement,
     check_device,

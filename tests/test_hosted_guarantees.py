@@ -314,7 +314,7 @@ def test_retries_and_429s_show_in_the_summary(real_server, hosted_api, db_path, 
     config = HostedConfig(api_key=KEY, tokenizer=False, embeddings=False, fail_503_first_n=2)
     api = hosted_api(config, upstream=real_server)
     monkeypatch.setenv("MAAS_TUNE_API_KEY", KEY)
-    monkeypatch.setattr("maas_tune.providers._session.time.sleep", lambda s: None)
+    monkeypatch.setattr("maas_tune.providers.session.time.sleep", lambda s: None)
     argv = [a for a in eval_argv(api, db_path) if a != "--json"]
     assert main(argv) == 0
     out = capsys.readouterr().out

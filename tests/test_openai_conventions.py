@@ -20,9 +20,9 @@ import pytest
 import maas_tune
 from maas_tune.cli import build_parser, main
 from maas_tune.errors import ConfigurationError, ProviderStatusError
-from maas_tune.providers._http import request_json
 from maas_tune.providers.chat import OpenAIChatProvider
 from maas_tune.providers.embeddings import OpenAIEmbeddingsProvider
+from maas_tune.providers.http import request_json
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from tests._det_server import DetServer
 

@@ -17,10 +17,10 @@ from .._constants import (
 )
 from ..errors import ConfigurationError, MissingDependencyError, ProviderError
 from ..scores import ProviderAnswer
-from ._device import DEFAULT_DEVICE, Placement, resolve_placement
 from ._model_files import CONVERSION_MARKER, ResolvedModel, resolve_model
-from ._packing import pack_runs
 from .base import Provider, check_token_features
+from .device import DEFAULT_DEVICE, Placement, resolve_placement
+from .packing import pack_runs
 
 __all__ = ["ContextLengthExceeded", "TransformersProvider"]
 

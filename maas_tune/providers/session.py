@@ -31,13 +31,12 @@ from ..errors import (
 from ._aio import LoopThread, ThreadedTransport, arequest_json
 from ._answers import check_model, usage_tokens
 from ._batch import Batch, Cancelled, Events, bound_tokens
-from ._extras import BASE_URL_ENV, extra_headers, extra_query, resolve_base_url
-from ._http import TOTAL_TIMEOUT_FACTOR, public_url
 from ._retry import RetryPolicy
 from ._script import Post, Script, adrive
-from ._secrets import check_api_key
 from ._wire import DirectSender, WireTransport, wire_applies
 from .base import FactStore
+from .extras import BASE_URL_ENV, extra_headers, extra_query, resolve_base_url
+from .http import TOTAL_TIMEOUT_FACTOR, public_url
 from .ratelimit import (
     DEFAULT_PENALTY_S,
     RateLimit,
@@ -46,6 +45,7 @@ from .ratelimit import (
     book,
     estimate_request_tokens,
 )
+from .secrets import check_api_key
 
 __all__ = [
     "API_KEY_ENV",

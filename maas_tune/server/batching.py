@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from ..errors import MaasTuneError
-from ..providers._packing import pack_runs
+from ..providers.packing import pack_runs
 from ..scores import ProviderAnswer
 from ._planning import DEFAULT_PASS_OVERHEAD_TOKENS, pass_waste, plan_passes
 

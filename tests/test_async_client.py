@@ -188,8 +188,8 @@ def test_a_bad_rate_limit_is_one_clear_error(text: str):
 
 
 def test_the_cli_passes_rate_limit_and_max_concurrency_to_the_provider():
-    from maas_tune import _cli_commands
     from maas_tune.cli import build_parser
+    from maas_tune.cli import commands as _cli_commands
 
     args = build_parser().parse_args(
         ["eval", "--dataset", "sst2", "--base-url", "http://127.0.0.1:9/v1",

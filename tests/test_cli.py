@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from maas_tune import _cli_commands
+from maas_tune.cli import commands as _cli_commands
 from maas_tune.cli import main
 
 EVAL = ["eval", "--dataset", "sst2", "--shots", "4", "--seed", "0", "--test-limit", "24", "--quiet"]

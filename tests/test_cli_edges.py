@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from maas_tune import _cli_commands
+from maas_tune.cli import commands as _cli_commands
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.errors import ConfigurationError

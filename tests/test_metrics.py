@@ -232,7 +232,7 @@ def test_evaluate_reports_every_metric_for_decoders_and_prompt_methods(db_path):
 
 def test_eval_prints_macro_f1_log_loss_and_ece_and_json_carries_all(db_path, capsys,
                                                                    monkeypatch):  # fmt: skip
-    from maas_tune import _cli_commands
+    from maas_tune.cli import commands as _cli_commands
     from maas_tune.cli import main
 
     from .fakes import FakeProvider

@@ -305,7 +305,7 @@ def test_a_cost_cap_without_a_price_stops_eval_before_anything_runs(
 @pytest.fixture()
 def use_gemma(gemma, monkeypatch):
     """Make the CLI reuse the session's model instead of loading its own."""
-    from maas_tune import _cli_commands
+    from maas_tune.cli import commands as _cli_commands
 
     monkeypatch.setattr(_cli_commands, "_provider", lambda args, model=None: gemma)
     return gemma

@@ -8,17 +8,17 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import _cli_commands as commands
-from . import _cli_store as store_commands
-from ._cli_provider import add_api_flags
-from ._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME
-from ._version import __version__
-from .errors import BudgetExceeded, ConfigurationError, MaasTuneError
-from .experiment import METHODS
-from .pricing import Price
-from .providers.ratelimit import RateLimit, parse_rate
-from .providers.secrets import safe_traceback
-from .storage.budget import MAX_COUNT
+from .._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME
+from .._version import __version__
+from ..errors import BudgetExceeded, ConfigurationError, MaasTuneError
+from ..experiment import METHODS
+from ..pricing import Price
+from ..providers.ratelimit import RateLimit, parse_rate
+from ..providers.secrets import safe_traceback
+from ..storage.budget import MAX_COUNT
+from . import commands
+from . import store as store_commands
+from .provider import add_api_flags
 
 __all__ = ["build_parser", "main"]
 
@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-provider-mismatch", action="store_true",
                    help="score with the provider the flags name even where it differs from "
                    "the one the decoder was fitted with (default: an error)")
-    # None: not given, so the provider recorded at fit fills them (see _cli_provider).
+    # None: not given, so the provider recorded at fit fills them (see cli/provider.py).
     _add_money(p, "that budget's")
     p.set_defaults(func=commands.cmd_predict, model=None, api=None, strategy=None,
                    top_logprobs=None)

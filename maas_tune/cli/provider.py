@@ -15,11 +15,11 @@ import os
 import sys
 from typing import Any
 
-from .errors import ConfigurationError
-from .providers.base import Provider
-from .providers.extras import parse_pairs
-from .providers.http import is_secret_name, public_url
-from .providers.session import BASE_URL_ENV, resolve_base_url
+from ..errors import ConfigurationError
+from ..providers.base import Provider
+from ..providers.extras import parse_pairs
+from ..providers.http import is_secret_name, public_url
+from ..providers.session import BASE_URL_ENV, resolve_base_url
 
 __all__ = [
     "ENV_BASE_URL",
@@ -217,7 +217,7 @@ def _fill_pacing(args: argparse.Namespace, record: dict[str, Any]) -> None:
     damaged value is ignored: pacing never changes what is scored)."""
     rpm = record.get("rate_limit_per_minute")
     if getattr(args, "rate_limit", None) is None and isinstance(rpm, (int, float)) and rpm > 0:
-        from .providers.ratelimit import RateLimit
+        from ..providers.ratelimit import RateLimit
 
         args.rate_limit = RateLimit(requests_per_minute=float(rpm))
     cap = record.get("max_concurrency")

@@ -10,23 +10,23 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from .client import Client
-from .data import Example
-from .errors import BudgetExceeded, DataError
-from .providers.ratelimit import RateLimit, RateLimiter, TokenBucket
-from .scores import Scores
-from .storage.budget import QueryBudget
-from .storage.cache import ScoreCache
-from .task import Task
+from ..client import Client
+from ..data import Example
+from ..errors import BudgetExceeded, DataError
+from ..providers.base import Provider
+from ..providers.ratelimit import RateLimit, RateLimiter, TokenBucket
+from ..scores import Scores
+from ..storage.budget import QueryBudget
+from ..storage.cache import ScoreCache
+from ..task import Task
 
-if TYPE_CHECKING:
-    from .ray import ProviderConfig
-
-__all__ = ["BucketActor", "Predictor", "Scorer", "SharedRateLimiter", "WorkerSetup"]
+__all__ = [
+    "BucketActor", "Predictor", "ProviderFactory", "Scorer", "SharedRateLimiter", "WorkerSetup",
+]
 
 Batch = dict[str, np.ndarray]
 
@@ -96,6 +96,15 @@ class SharedRateLimiter(RateLimiter):
         self._actor.penalize.remote(seconds)  # no need to wait: the next booking sees it
 
 
+class ProviderFactory(Protocol):
+    """What builds each worker's provider (:class:`maas_tune.ray.ProviderConfig`): the
+    actors depend on this, not on the driver module that calls them."""
+
+    def build(self, rate_limit: RateLimit | RateLimiter | None = None) -> Provider:
+        """The provider, pacing its requests with ``rate_limit``."""
+        ...
+
+
 @dataclass(frozen=True)
 class WorkerSetup:
     """What each actor of the pool needs to build its client (plain, picklable data).
@@ -103,8 +112,8 @@ class WorkerSetup:
     Attributes
     ----------
     task : Task
-    provider : ProviderConfig
-        Holds no credentials: the key is read from the worker's environment.
+    provider : ProviderFactory
+        A :class:`maas_tune.ray.ProviderConfig`; holds no credentials: the key is read from the worker's environment.
     cache_url : str
         The shared store: ``ScoreCache(store=cache_url)`` and the budget ledger.
     budget : str or None
@@ -117,7 +126,7 @@ class WorkerSetup:
     """
 
     task: Task
-    provider: ProviderConfig
+    provider: ProviderFactory
     cache_url: str
     budget: str | None
     rate_limiter: RateLimiter | None
@@ -180,7 +189,7 @@ class Predictor(Scorer):
     """
 
     def __init__(self, setup: WorkerSetup, decoder_dir: str) -> None:
-        from .decoders.io import load_decoder
+        from ..decoders.io import load_decoder
 
         super().__init__(setup)
         self.decoder, _ = load_decoder(decoder_dir)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import maas_tune
-from maas_tune import _cli_commands, datasets, experiment
+from maas_tune import datasets, experiment
 from maas_tune._constants import DEFAULT_TOKEN_FEATURES
+from maas_tune.cli import commands as _cli_commands
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.data import Example, sample_k_shot

@@ -1,4 +1,7 @@
-"""Model providers: the contract (:mod:`.base`) and its implementations."""
+"""Model providers: the contract (:mod:`.base`), its implementations, and what talking to a
+model needs: the HTTP session (:mod:`.session`), rate limits (:mod:`.ratelimit`), chat
+formats (:mod:`.chat_format`), tokenizers and label-word checks (:mod:`.tokenizers`).
+"""
 
 from __future__ import annotations
 

@@ -39,11 +39,11 @@ _CLIENT = r"""
 import json, resource, sys, time
 import maas_tune as mt
 from maas_tune import Store
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 from maas_tune.client import Client
 from maas_tune.providers.openai import OpenAICompletionsProvider
-from maas_tune.ratelimit import RateLimit
+from maas_tune.providers.ratelimit import RateLimit
 
 url, db, n, rps, burst, old = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), \
     float(sys.argv[5]), sys.argv[6] == "old"

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 import maas_tune as mt
-from maas_tune.providers._device import DTYPE_LOGPROB_TOLERANCE
+from maas_tune.providers.device import DTYPE_LOGPROB_TOLERANCE
 from maas_tune.providers.local import TransformersProvider
 
 

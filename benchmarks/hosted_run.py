@@ -34,8 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from maas_tune import datasets  # noqa: E402
-from maas_tune.budget import QueryBudget  # noqa: E402
-from maas_tune.cache import ScoreCache  # noqa: E402
 from maas_tune.cli import main  # noqa: E402
 from maas_tune.client import Client  # noqa: E402
 from maas_tune.data import sample_k_shot  # noqa: E402
@@ -46,6 +44,8 @@ from maas_tune.providers.openai import OpenAICompletionsProvider  # noqa: E402
 from maas_tune.server import create_app  # noqa: E402
 from maas_tune.server.background import serve_in_thread  # noqa: E402
 from maas_tune.server.engine import Engine  # noqa: E402
+from maas_tune.storage.budget import QueryBudget  # noqa: E402
+from maas_tune.storage.cache import ScoreCache  # noqa: E402
 from tests._hosted_api import HostedAPI, HostedConfig  # noqa: E402
 
 KEY = "sk-bench-hosted-run-0123456789"

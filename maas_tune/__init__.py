@@ -5,16 +5,13 @@ Render labelled examples through a :class:`Task`, score them once each through a
 :class:`QueryBudget`), and train a small decoder such as :class:`DecT` locally.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
+# No ``from __future__ import annotations`` here: it would bind ``maas_tune.annotations``
+# (test_exported_members).
+import typing as _typing
 
 from . import datasets
-from ._lazy import lazy_attributes
+from ._lazy import lazy_attributes as _lazy_attributes
 from ._version import __version__
-from .budget import BudgetStatus, QueryBudget
-from .cache import ScoreCache, cache_key
-from .chat_format import ChatFormat
 from .client import AsyncClient, Client
 from .data import Dataset, Example, load_examples, sample_k_shot
 from .errors import (
@@ -40,13 +37,16 @@ from .errors import (
 )
 from .frames import as_examples
 from .pricing import Price, price_for
-from .providers.base import Provider, ProviderAnswer
+from .providers.base import Provider
+from .providers.chat_format import ChatFormat
 from .providers.tokenizers import load_tokenizer
-from .scores import Scores
+from .scores import ProviderAnswer, Scores
 from .storage import Store
+from .storage.budget import BudgetStatus, QueryBudget
+from .storage.cache import ScoreCache, cache_key
 from .task import Task
 
-if TYPE_CHECKING:  # type checkers and IDEs see the lazy names as ordinary imports
+if _typing.TYPE_CHECKING:  # type checkers and IDEs see the lazy names as ordinary imports
     from .decoders import (
         BaseDecoder,
         ContextualCalibration,
@@ -90,7 +90,7 @@ _LAZY = {
 
 
 # PEP 562: decoders (torch) and providers (transformers) load only when asked for.
-__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)
+__getattr__, __dir__ = _lazy_attributes(globals(), _LAZY)
 
 
 __all__ = [

@@ -17,15 +17,15 @@ import numpy as np
 
 from ._constants import CLAIM_POLL_MAX_S, CLAIM_POLL_S, CONTENT_FREE_TEXT
 from ._hold import ChunkHold
-from .budget import QueryBudget, Reservation
-from .cache import ScoreCache, cache_key
-from .claims import Claims
 from .data import Example
 from .errors import BudgetExceeded, OfflineCacheMiss, ProviderError, ProviderResponseError
 from .frames import as_examples
-from .providers._remote import charge_of
-from .providers.base import Provider, ProviderAnswer
-from .scores import Scores, pad_token_features
+from .providers.base import Provider
+from .providers.remote import charge_of
+from .scores import ProviderAnswer, Scores, pad_token_features
+from .storage.budget import QueryBudget, Reservation
+from .storage.cache import ScoreCache, cache_key
+from .storage.claims import Claims
 from .task import Task
 
 __all__ = ["AsyncClient", "Client", "Usage"]
@@ -97,7 +97,7 @@ class _Core:
     Notes
     -----
     Workers (threads, processes, hosts) sharing a store send each prompt once: before
-    a chunk is sent its keys are claimed (:class:`~maas_tune.claims.Claims`); keys
+    a chunk is sent its keys are claimed (:class:`~maas_tune.storage.claims.Claims`); keys
     another live worker is sending are waited for until their answers land in the
     cache, or taken over when that worker's claim expires.
     """

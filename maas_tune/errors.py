@@ -31,7 +31,7 @@ A cache miss is not an exception (``ScoreCache.get_many`` simply omits the key);
 ``OfflineCacheMiss`` is raised only when the user asked never to send a query.
 
 The status subclasses carry openai-python's names, so ``except RateLimitError`` reads the
-same with either SDK; one factory (:func:`maas_tune.providers._http.status_error`) picks
+same with either SDK; one factory (:func:`maas_tune.providers.http.status_error`) picks
 the class, and other statuses (408, 413, ...) stay plain ``ProviderStatusError``.
 """
 

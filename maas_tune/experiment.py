@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from .budget import BudgetStatus, QueryBudget
-from .cache import ScoreCache
 from .client import Client, Usage
 from .data import Example, labels_to_indices, sample_k_shot
 from .decoders import BaseDecoder
@@ -22,6 +20,8 @@ from .metrics import classification_metrics
 from .providers.base import Provider
 from .registry import AnyEstimator, make_decoder, needs_content_free
 from .scores import Scores
+from .storage.budget import BudgetStatus, QueryBudget
+from .storage.cache import ScoreCache
 from .task import Task
 
 __all__ = [

@@ -1,4 +1,8 @@
-"""The result of scoring examples: per-class label scores, hidden states and usage."""
+"""What a model answered, as plain values: one prompt's :class:`ProviderAnswer` and a
+batch's :class:`Scores` (per-class label scores, hidden states and usage).
+
+The lowest layer of the package: the storage, the providers and the client all use
+these types, so they live where none of them has to import another."""
 
 from __future__ import annotations
 
@@ -8,7 +12,41 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Scores", "pad_token_features"]
+__all__ = ["ProviderAnswer", "Scores", "pad_token_features"]
+
+
+@dataclass(frozen=True)
+class ProviderAnswer:
+    """One prompt's answer.
+
+    Attributes
+    ----------
+    logprobs : np.ndarray, shape (t,)
+        Log-probabilities of the requested tokens at the next-token position,
+        normalised over the full vocabulary, in the order they were requested.
+    hidden : np.ndarray of shape (d,) or None
+        Last-layer hidden state at the prediction position, where the provider
+        exposes one.
+    prompt_tokens : int
+        Number of prompt tokens the provider processed (usage).
+    queries : int, default 1
+        Requests this answer cost (a strategy may need more than one per prompt,
+        e.g. one per label word); the budget is charged this many.
+    floored : int, default 0
+        Label words the API did not rank in its top-k and that could not be read
+        exactly: their ``logprobs`` entry is the top-k bound, not the model's value.
+    token_features : np.ndarray of shape (m, d), float16, or None
+        Last-layer hidden states of the prompt's last ``m <= N`` tokens, oldest first
+        (the last row is the prediction position), where they were asked for
+        (``token_features=N``) and the provider can give them; None otherwise.
+    """
+
+    logprobs: np.ndarray
+    hidden: np.ndarray | None
+    prompt_tokens: int
+    queries: int = 1
+    floored: int = 0
+    token_features: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -17,7 +17,7 @@ from .errors import TaskError
 if TYPE_CHECKING:
     from .data import Example
 
-__all__ = ["Task", "check_single_tokens"]
+__all__ = ["Task"]
 
 #: Keys of a task file / ``Task.to_dict()``.
 TASK_KEYS = ("name", "description", "template", "verbalizer")
@@ -292,35 +292,3 @@ def _field(example: object, name: str) -> object:
     if isinstance(example, Mapping):
         return example.get(name)
     return getattr(example, name, None)
-
-
-def check_single_tokens(
-    words: Sequence[str], tokenize: Callable[[str], list[str]], prefix: str = LABEL_WORD_PREFIX
-) -> None:
-    """Check that every label word is exactly one token as it follows the prompt.
-
-    Parameters
-    ----------
-    words : sequence of str
-        Label words without prefix (e.g. ``task.label_words``).
-    tokenize : callable
-        Maps a string to its token strings, without special tokens (no BOS).
-        It is called on ``prefix + word``.
-    prefix : str, default " "
-        What precedes the word: a space after a completions prompt, often nothing at
-        the start of a chat answer.
-
-    Raises
-    ------
-    TaskError
-        Naming every word that is not a single token, with its tokenization.
-    """
-    problems = []
-    for word in words:
-        tokens = list(tokenize(prefix + word))
-        if len(tokens) != 1:
-            problems.append(
-                f"label word {word!r} is {len(tokens)} tokens for this model ({tokens!r})"
-            )
-    if problems:
-        raise TaskError("; ".join(problems) + "; choose a single-token word")

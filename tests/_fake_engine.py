@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from maas_tune.providers.base import ProviderAnswer
+from maas_tune.scores import ProviderAnswer
 from maas_tune.server.engine import (
     Completion,
     Engine,

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from maas_tune.errors import ProviderError
-from maas_tune.providers.base import Provider, ProviderAnswer
+from maas_tune.providers.base import Provider
+from maas_tune.scores import ProviderAnswer
 
 
 class FakeProvider(Provider):

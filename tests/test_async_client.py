@@ -14,13 +14,13 @@ import httpx
 import numpy as np
 import pytest
 
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
 from maas_tune.client import AsyncClient, Client
 from maas_tune.data import Example
 from maas_tune.errors import ConfigurationError
 from maas_tune.providers.openai import OpenAICompletionsProvider
-from maas_tune.ratelimit import RateLimit, parse_rate
+from maas_tune.providers.ratelimit import RateLimit, parse_rate
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 from maas_tune.task import Task
 
 from ._det_server import completion
@@ -188,8 +188,8 @@ def test_a_bad_rate_limit_is_one_clear_error(text: str):
 
 
 def test_the_cli_passes_rate_limit_and_max_concurrency_to_the_provider():
-    from maas_tune import _cli_commands
     from maas_tune.cli import build_parser
+    from maas_tune.cli import commands as _cli_commands
 
     args = build_parser().parse_args(
         ["eval", "--dataset", "sst2", "--base-url", "http://127.0.0.1:9/v1",

@@ -23,8 +23,6 @@ from typing import Any
 import pytest
 
 from maas_tune._constants import DB_SCHEMA_VERSION, DECODER_FORMAT_VERSION, MAX_RECORD_CHARS
-from maas_tune._sqlite import Store
-from maas_tune.budget import QueryBudget
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.data import Example, load_examples, sample_k_shot
@@ -42,7 +40,9 @@ from maas_tune.persistence import DECODER_JSON_NAME as JSON_NAME
 from maas_tune.persistence import TENSORS_NAME, load_decoder, save_decoder
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.scores import Scores
+from maas_tune.storage import Store
 from maas_tune.storage import sqlite as _sqlite
+from maas_tune.storage.budget import QueryBudget
 from maas_tune.task import Task
 
 from ._fault_server import FaultServer

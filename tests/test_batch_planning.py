@@ -61,7 +61,7 @@ def test_batcher_scores_a_gathered_batch_in_length_sorted_passes():
 
     import numpy as np
 
-    from maas_tune.providers.base import ProviderAnswer
+    from maas_tune.scores import ProviderAnswer
     from maas_tune.server.batching import ScoreBatcher
 
     calls: list[list[str]] = []
@@ -89,7 +89,7 @@ def test_packed_batcher_takes_the_oldest_prompts_that_fit_the_token_cap():
 
     import numpy as np
 
-    from maas_tune.providers.base import ProviderAnswer
+    from maas_tune.scores import ProviderAnswer
     from maas_tune.server.batching import ScoreBatcher
 
     calls: list[list[str]] = []

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maas_tune._sqlite import Store
-from maas_tune.budget import KEEP, QueryBudget, list_budgets, reset_budget
-from maas_tune.cache import ScoreCache
 from maas_tune.errors import BudgetExceeded, ConfigurationError
-from maas_tune.providers.base import ProviderAnswer
+from maas_tune.scores import ProviderAnswer
+from maas_tune.storage import Store
+from maas_tune.storage.budget import KEEP, QueryBudget, list_budgets, reset_budget
+from maas_tune.storage.cache import ScoreCache
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_TIMEOUT_S = 60
@@ -134,7 +134,7 @@ def test_overspend_is_recorded_with_a_warning(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     budget = QueryBudget("b", 10, store=store)
-    with caplog.at_level(logging.WARNING, logger="maas_tune.budget"):
+    with caplog.at_level(logging.WARNING, logger="maas_tune.storage.budget"):
         budget.commit(budget.reserve(1, 10), prompt_tokens=15)
     assert budget.status().spent_prompt_tokens == 15
     assert "more than" in caplog.text
@@ -195,7 +195,7 @@ def test_list_and_reset(store: Store) -> None:
 
 _SPEND = """
 import sys
-from maas_tune.budget import QueryBudget
+from maas_tune.storage.budget import QueryBudget
 budget = QueryBudget(sys.argv[2], 100, store=sys.argv[1])
 budget.commit(budget.reserve(7, 70))
 """
@@ -211,7 +211,7 @@ def test_restart_sees_what_was_spent(store: Store) -> None:
 _RESERVE_AND_HANG = """
 import sys, time
 from pathlib import Path
-from maas_tune.budget import QueryBudget
+from maas_tune.storage.budget import QueryBudget
 QueryBudget(sys.argv[2], store=sys.argv[1]).reserve(5, 50)
 Path(sys.argv[3]).touch()
 time.sleep(120)
@@ -304,7 +304,7 @@ def test_cache_write_and_budget_commit_are_atomic(store: Store) -> None:
 _RACER = """
 import json, os, random, sys, threading, time
 from pathlib import Path
-from maas_tune.budget import QueryBudget
+from maas_tune.storage.budget import QueryBudget
 from maas_tune.errors import BudgetExceeded
 path, go, ready = sys.argv[1:4]
 n_threads, max_request = int(sys.argv[4]), int(sys.argv[5])

@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import pytest
 
-import maas_tune._reclaim as reclaim_module
-from maas_tune.budget import QueryBudget, list_budgets
+import maas_tune.storage._reclaim as reclaim_module
 from maas_tune.errors import BudgetExceeded, ConfigurationError
 from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget, list_budgets
 
 from ._concurrency import run_at_once
 

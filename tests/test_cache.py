@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import maas_tune.cache as cache_module
+import maas_tune.storage.cache as cache_module
 from maas_tune._constants import CACHE_READ_CHUNK
-from maas_tune._sqlite import Store
-from maas_tune.cache import CachedAnswer, ScoreCache, cache_key
 from maas_tune.errors import CacheCorruptionError, ConfigurationError, ProviderResponseError
-from maas_tune.providers.base import ProviderAnswer
+from maas_tune.scores import ProviderAnswer
+from maas_tune.storage import Store
+from maas_tune.storage.cache import CachedAnswer, ScoreCache, cache_key
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_TIMEOUT_S = 60
@@ -171,15 +171,15 @@ def test_put_inside_a_failing_transaction_leaves_nothing(cache: ScoreCache) -> N
 
 _WRITE_ONE = """
 import sys, numpy as np
-from maas_tune.cache import ScoreCache
-from maas_tune.providers.base import ProviderAnswer
+from maas_tune.storage.cache import ScoreCache
+from maas_tune.scores import ProviderAnswer
 answer = ProviderAnswer(np.array([-0.5, -1.5]), np.arange(4.0), 9)
 ScoreCache(sys.argv[1]).put_many({"from-child": answer}, model="c")
 """
 
 _READ_ONE = """
 import json, sys
-from maas_tune.cache import ScoreCache
+from maas_tune.storage.cache import ScoreCache
 got = ScoreCache(sys.argv[1]).get_many(["from-parent", "absent"])
 print(json.dumps({k: [v.logprobs.tolist(), v.prompt_tokens] for k, v in got.items()}))
 """
@@ -197,8 +197,8 @@ def test_other_processes_see_each_others_answers(cache: ScoreCache) -> None:
 
 _WRITE_FOREVER = """
 import os, sys, numpy as np
-from maas_tune.cache import ScoreCache
-from maas_tune.providers.base import ProviderAnswer
+from maas_tune.storage.cache import ScoreCache
+from maas_tune.scores import ProviderAnswer
 cache = ScoreCache(sys.argv[1])
 for i in range(10**6):
     batch = {f"b{i}-{j}": ProviderAnswer(np.full(3, -i), np.full(16, j), i) for j in range(10)}

@@ -13,13 +13,13 @@ import httpx
 import numpy as np
 import pytest
 
-from maas_tune.budget import QueryBudget
-from maas_tune.chat_format import ChatFormat
 from maas_tune.client import Client
 from maas_tune.errors import ConfigurationError, ProviderResponseError, TaskError
 from maas_tune.providers._forcing import missing_bound
 from maas_tune.providers._probe import clear_probe_cache
 from maas_tune.providers.chat import OpenAIChatProvider
+from maas_tune.providers.chat_format import ChatFormat
+from maas_tune.storage.budget import QueryBudget
 from maas_tune.task import Task
 
 from ._servers import serve_in_thread

@@ -14,14 +14,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytest
 
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache, cache_key
-from maas_tune.claims import Claims
 from maas_tune.client import Client
 from maas_tune.data import Example
 from maas_tune.errors import ConfigurationError, ProviderError
-from maas_tune.providers.base import ProviderAnswer
+from maas_tune.scores import ProviderAnswer
 from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache, cache_key
+from maas_tune.storage.claims import Claims
 from maas_tune.task import Task
 
 from ._concurrency import run_at_once
@@ -78,7 +78,7 @@ def test_an_expired_claim_is_taken_over(store: Store, caplog: pytest.LogCaptureF
     assert ghost.acquire(["k"]) == {"k"}
     assert Claims(store).acquire(["k"]) == set()  # still within its lease
     time.sleep(0.1)
-    with caplog.at_level(logging.WARNING, logger="maas_tune.claims"):
+    with caplog.at_level(logging.WARNING, logger="maas_tune.storage.claims"):
         assert Claims(store).acquire(["k"]) == {"k"}
     assert "taken over from ghost-worker" in caplog.text
 
@@ -116,7 +116,7 @@ def test_two_workers_send_each_prompt_exactly_once(store_url: str) -> None:
 
 _CLAIM_AND_EXIT = """
 import sys
-from maas_tune.claims import Claims
+from maas_tune.storage.claims import Claims
 from maas_tune.storage import Store
 print(sorted(Claims(Store(sys.argv[1])).acquire(["k1", "k2"])))
 """

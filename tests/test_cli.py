@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from maas_tune import _cli_commands
+from maas_tune.cli import commands as _cli_commands
 from maas_tune.cli import main
 
 EVAL = ["eval", "--dataset", "sst2", "--shots", "4", "--seed", "0", "--test-limit", "24", "--quiet"]
@@ -192,9 +192,9 @@ def test_console_script_end_to_end_in_a_subprocess(gemma, db_path):
 
 
 def _fill_cache(db_path, n=5):
-    from maas_tune._sqlite import Store
-    from maas_tune.cache import ScoreCache
     from maas_tune.client import Client
+    from maas_tune.storage import Store
+    from maas_tune.storage.cache import ScoreCache
 
     from .fakes import FakeProvider
     from .test_client import TASK

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from maas_tune import _cli_commands
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
+from maas_tune.cli import commands as _cli_commands
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.errors import ConfigurationError
 from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 
 from .fakes import FakeProvider
 from .test_client import TASK

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maas_tune._sqlite import Store
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
 from maas_tune.client import Client
 from maas_tune.data import Example
 from maas_tune.errors import BudgetExceeded, OfflineCacheMiss, ProviderError
+from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 from maas_tune.task import Task
 
 from .fakes import FakeProvider
@@ -138,7 +138,7 @@ def test_accepts_strings_and_mappings(db_path):
 def test_answer_that_cannot_be_cached_is_still_counted_as_spent(db_path):
     """A NaN hidden state is refused by the cache; the query was answered, so it was paid."""
     from maas_tune.errors import ProviderResponseError
-    from maas_tune.providers.base import ProviderAnswer
+    from maas_tune.scores import ProviderAnswer
 
     class NaNHidden(FakeProvider):
         def score(self, prompts, token_ids):

@@ -10,10 +10,10 @@ import textwrap
 import time
 from pathlib import Path
 
-from maas_tune._sqlite import Store
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
 from maas_tune.client import Client
+from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 
 from .fakes import FakeProvider
 from .test_client import TASK
@@ -25,9 +25,9 @@ SCORER = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {root!r})
-    from maas_tune._sqlite import Store
-    from maas_tune.budget import QueryBudget
-    from maas_tune.cache import ScoreCache
+    from maas_tune.storage import Store
+    from maas_tune.storage.budget import QueryBudget
+    from maas_tune.storage.cache import ScoreCache
     from maas_tune.client import Client
     from tests.fakes import FakeProvider
     from tests.test_client import TASK

@@ -11,7 +11,7 @@ import pytest
 
 from maas_tune.cli import build_parser, main
 from maas_tune.errors import ConfigurationError
-from maas_tune.providers._device import (
+from maas_tune.providers.device import (
     DTYPE_LOGPROB_TOLERANCE,
     Placement,
     check_device,
@@ -120,7 +120,7 @@ def test_every_flag_has_help_text(command, capsys):
 
 @pytest.mark.model
 def test_bfloat16_on_cpu_agrees_with_float32_within_its_tolerance(gemma):
-    from maas_tune._cli_commands import _provider
+    from maas_tune.cli.commands import _provider
 
     # the CLI's path: --device/--dtype reach the provider (the one extra model load here)
     args = build_parser().parse_args(["eval", "--device", "cpu", "--dtype", "bfloat16"])

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 
 from maas_tune import datasets
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.data import labels_to_indices, sample_k_shot
@@ -22,6 +20,8 @@ from maas_tune.errors import ConfigurationError, ProviderResponseError, Provider
 from maas_tune.providers.embeddings import OpenAIEmbeddingsProvider
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.providers.with_embeddings import WithEmbeddings
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 
 from ._servers import serve_in_thread
 from .fakes import FakeProvider

@@ -183,7 +183,7 @@ def test_load_examples_csv_and_jsonl_with_own_column_names(tmp_path: Path) -> No
 @pytest.fixture
 def fake_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI's provider is the fast fake one (no model)."""
-    monkeypatch.setattr("maas_tune._cli_commands._provider", lambda args, model=None: FakeProvider())
+    monkeypatch.setattr("maas_tune.cli.commands._provider", lambda args, model=None: FakeProvider())
 
 
 def test_cli_fits_on_parquet_and_predicts_jsonl_from_stdin(

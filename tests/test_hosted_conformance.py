@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from maas_tune.budget import QueryBudget
-from maas_tune.chat_format import ChatFormat
 from maas_tune.client import Client
 from maas_tune.errors import ConfigurationError
 from maas_tune.providers._probe import clear_probe_cache
 from maas_tune.providers.chat import OpenAIChatProvider
+from maas_tune.providers.chat_format import ChatFormat
 from maas_tune.providers.openai import OpenAICompletionsProvider
+from maas_tune.storage.budget import QueryBudget
 from maas_tune.task import Task
 
 from ._hosted_api import HostedConfig

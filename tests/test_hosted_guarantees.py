@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maas_tune.budget import QueryBudget
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.errors import (
@@ -33,6 +32,7 @@ from maas_tune.providers._probe import clear_probe_cache
 from maas_tune.providers.chat import OpenAIChatProvider
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
 from maas_tune.task import Task
 
 from ._hosted_api import HostedConfig
@@ -212,7 +212,7 @@ def _wait_for(condition, timeout: float) -> None:
 
 
 def _cache(db):
-    from maas_tune.cache import ScoreCache
+    from maas_tune.storage.cache import ScoreCache
 
     return ScoreCache(db)
 
@@ -327,7 +327,7 @@ def test_retries_and_429s_show_in_the_summary(real_server, hosted_api, db_path, 
     config = HostedConfig(api_key=KEY, tokenizer=False, embeddings=False, fail_503_first_n=2)
     api = hosted_api(config, upstream=real_server)
     monkeypatch.setenv("MAAS_TUNE_API_KEY", KEY)
-    monkeypatch.setattr("maas_tune.providers._session.time.sleep", lambda s: None)
+    monkeypatch.setattr("maas_tune.providers.session.time.sleep", lambda s: None)
     argv = [a for a in eval_argv(api, db_path) if a != "--json"]
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from maas_tune import _cli_commands
+from maas_tune.cli import commands as _cli_commands
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.data import load_examples, sample_k_shot
@@ -212,7 +212,8 @@ def test_huge_n_threads_is_refused_by_the_console_script_not_a_segfault(
     inputs.write_text('{"text": "fine"}\n')
     shutil.copy(fitted / "c.sqlite", tmp_path / "c.sqlite")
     script = (
-        "import sys; from tests.fakes import FakeProvider; from maas_tune import _cli_commands\n"
+        "import sys; from tests.fakes import FakeProvider\n"
+        "from maas_tune.cli import commands as _cli_commands\n"
         "_cli_commands._provider = lambda args, model=None: FakeProvider()\n"
         "from maas_tune.cli import main; sys.exit(main(sys.argv[1:]))"
     )

@@ -1,4 +1,4 @@
-"""Tests for maas_tune.providers._http: httpx faults become specific, key-free maas-tune errors."""
+"""Tests for maas_tune.providers.http: httpx faults become specific, key-free maas-tune errors."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from maas_tune.errors import (
     ProviderStatusError,
     ProviderTimeoutError,
 )
-from maas_tune.providers._http import BODY_EXCERPT_CHARS, redact, request_json, status_error
 from maas_tune.providers._retry import is_retryable
+from maas_tune.providers.http import BODY_EXCERPT_CHARS, redact, request_json, status_error
 
 KEY = "sk-test-SECRET123"
 BASE = "https://api.example.test/v1"

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from maas_tune import _cli_commands
+from maas_tune.cli import commands as _cli_commands
 from maas_tune.cli import main
 from maas_tune.providers.openai import OpenAICompletionsProvider
 

@@ -49,7 +49,7 @@ def test_answers_match_a_plain_unbatched_forward_pass(gemma, monkeypatch, pack_t
 
 
 def test_pack_runs_respects_prompt_and_token_caps():
-    from maas_tune.providers._packing import pack_runs
+    from maas_tune.providers.packing import pack_runs
 
     assert pack_runs([10, 10, 10, 700, 5, 5], max_prompts=2, max_tokens=25) == [
         [0, 1], [2], [3], [4, 5]

@@ -9,9 +9,6 @@ import numpy as np
 import pytest
 
 from maas_tune import datasets
-from maas_tune._sqlite import Store
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
 from maas_tune.client import Client
 from maas_tune.data import sample_k_shot
 from maas_tune.errors import ConfigurationError, NotFittedError, SerializationError
@@ -23,6 +20,9 @@ from maas_tune.methods import (
     TruncationWarning,
 )
 from maas_tune.persistence import load_method, save_method
+from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 from tests.fakes import FakeProvider
 
 SMALL_BDPL = {"prompt_length": 2, "n_candidates": 6, "sample_size": 2, "epochs": 2, "batch_size": 4}

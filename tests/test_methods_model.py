@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 
 import maas_tune
-from maas_tune import _cli_commands, datasets, registry
+from maas_tune import datasets, registry
 from maas_tune._constants import DEFAULT_TOKEN_FEATURES
-from maas_tune._sqlite import Store
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
+from maas_tune.cli import commands as _cli_commands
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.data import Example, sample_k_shot
 from maas_tune.methods import BDPL, InContextLearning, PromptTuning
 from maas_tune.persistence import load_method, save_method
+from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 
 pytestmark = pytest.mark.model
 

@@ -8,9 +8,6 @@ import pytest
 import torch
 
 from maas_tune import datasets
-from maas_tune._sqlite import Store
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
 from maas_tune.client import Client
 from maas_tune.data import Example, sample_k_shot
 from maas_tune.errors import ConfigurationError
@@ -20,6 +17,9 @@ from maas_tune.methods._split import dev_split
 from maas_tune.methods._vocab import words
 from maas_tune.methods.base import fit_kwargs
 from maas_tune.registry import METHODS, make_decoder
+from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 from tests.fakes import FakeProvider
 
 #: The paper preset's sampling, vocabulary and selection, at a size a test can pay for.

@@ -190,13 +190,13 @@ def test_classification_metrics_are_json_ready_and_keyed_by_label():
 # -- wired into evaluate ------------------------------------------------------------
 def test_evaluate_reports_every_metric_for_decoders_and_prompt_methods(db_path):
     from maas_tune import datasets
-    from maas_tune._sqlite import Store
-    from maas_tune.budget import QueryBudget
-    from maas_tune.cache import ScoreCache
     from maas_tune.client import Client
     from maas_tune.data import labels_to_indices
     from maas_tune.decoders import ZeroShot
     from maas_tune.experiment import evaluate
+    from maas_tune.storage import Store
+    from maas_tune.storage.budget import QueryBudget
+    from maas_tune.storage.cache import ScoreCache
 
     from .fakes import FakeProvider
 
@@ -232,7 +232,7 @@ def test_evaluate_reports_every_metric_for_decoders_and_prompt_methods(db_path):
 
 def test_eval_prints_macro_f1_log_loss_and_ece_and_json_carries_all(db_path, capsys,
                                                                    monkeypatch):  # fmt: skip
-    from maas_tune import _cli_commands
+    from maas_tune.cli import commands as _cli_commands
     from maas_tune.cli import main
 
     from .fakes import FakeProvider

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from maas_tune._constants import DB_SCHEMA_VERSION
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
 from maas_tune.errors import CacheCorruptionError, CacheError
 from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 from maas_tune.storage.migrations import STEPS
 from maas_tune.storage.url import backend_of, sqlite_path
 

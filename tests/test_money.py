@@ -21,14 +21,14 @@ import pytest
 
 from maas_tune._constants import DB_SCHEMA_VERSION
 from maas_tune._money import exact, format_usd
-from maas_tune.budget import QueryBudget, list_budgets
-from maas_tune.cache import ScoreCache
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.errors import BudgetExceeded, ConfigurationError
 from maas_tune.pricing import PRICES, PRICES_AS_OF, Price, price_for
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget, list_budgets
+from maas_tune.storage.cache import ScoreCache
 from maas_tune.storage.migrations import STEPS
 from maas_tune.storage.url import backend_of, sqlite_path
 from maas_tune.task import Task
@@ -203,7 +203,7 @@ def test_clients_in_threads_never_pass_the_cost_cap_and_the_ledger_is_the_bill(
 _RESERVE_AND_HANG = """
 import sys, time
 from pathlib import Path
-from maas_tune.budget import QueryBudget
+from maas_tune.storage.budget import QueryBudget
 QueryBudget(sys.argv[2], store=sys.argv[1]).reserve(5, 50)
 Path(sys.argv[3]).touch()
 time.sleep(120)
@@ -305,7 +305,7 @@ def test_a_cost_cap_without_a_price_stops_eval_before_anything_runs(
 @pytest.fixture()
 def use_gemma(gemma, monkeypatch):
     """Make the CLI reuse the session's model instead of loading its own."""
-    from maas_tune import _cli_commands
+    from maas_tune.cli import commands as _cli_commands
 
     monkeypatch.setattr(_cli_commands, "_provider", lambda args, model=None: gemma)
     return gemma

@@ -20,9 +20,9 @@ import pytest
 import maas_tune
 from maas_tune.cli import build_parser, main
 from maas_tune.errors import ConfigurationError, ProviderStatusError
-from maas_tune.providers._http import request_json
 from maas_tune.providers.chat import OpenAIChatProvider
 from maas_tune.providers.embeddings import OpenAIEmbeddingsProvider
+from maas_tune.providers.http import request_json
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from tests._det_server import DetServer
 
@@ -265,7 +265,7 @@ def test_predict_of_a_decoder_without_a_record_warns_and_uses_the_flags(det, tmp
 
 
 def test_a_locally_fitted_decoder_refuses_an_api():
-    from maas_tune._cli_provider import apply_record
+    from maas_tune.cli.provider import apply_record
 
     args = build_parser().parse_args(
         ["predict", "--decoder", "d", "--input", "i", "--base-url", "http://127.0.0.1:9/v1"])
@@ -276,7 +276,7 @@ def test_a_locally_fitted_decoder_refuses_an_api():
 
 @pytest.mark.parametrize("record", [{"kind": "ftp"}, {"kind": "chat", "base_url": 5}])
 def test_a_damaged_record_is_one_clear_error(record):
-    from maas_tune._cli_provider import apply_record
+    from maas_tune.cli.provider import apply_record
 
     args = build_parser().parse_args(["predict", "--decoder", "d", "--input", "i"])
     with pytest.raises(ConfigurationError, match="metadata.provider_config is damaged"):
@@ -284,7 +284,7 @@ def test_a_damaged_record_is_one_clear_error(record):
 
 
 def test_cli_leaves_an_unused_base_url_variable_alone_and_says_so(monkeypatch, capsys):
-    from maas_tune._cli_provider import resolve_cli_base_url
+    from maas_tune.cli.provider import resolve_cli_base_url
 
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     args = build_parser().parse_args(["eval", "--dataset", "sst2"])
@@ -321,7 +321,7 @@ def test_quickstart_comment_counts_the_queries_its_decoder_needs():
 
 def test_predict_paces_as_fit_did_unless_told_otherwise(det, tmp_path):
     """--rate-limit and --max-concurrency are kept with the fitted provider (issue 18)."""
-    from maas_tune._cli_provider import apply_record
+    from maas_tune.cli.provider import apply_record
 
     decoder = _fit(tmp_path, "--base-url", det.base_url, "--rate-limit", "3000/min",
                    "--max-concurrency", "32")

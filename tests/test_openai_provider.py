@@ -287,8 +287,8 @@ def test_auto_switches_to_echo_when_the_label_words_are_mostly_missing():
 
 
 def test_client_charges_the_probe_and_the_samples(db_path):
-    from maas_tune.budget import QueryBudget
     from maas_tune.client import Client
+    from maas_tune.storage.budget import QueryBudget
     from maas_tune.task import Task
 
     task = Task("t", "Review: {text}. Sentiment:", {"pos": ["positive"], "neg": ["negative"]})

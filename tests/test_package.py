@@ -76,3 +76,23 @@ def test_readme_python_example_runs(gemma, tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["decoder"].classes_.tolist() == ["negative", "positive"]
     assert (tmp_path / "runs.sqlite").is_file()
+
+
+def test_exported_members():
+    """``__all__`` is the public surface, as in httpx: every public name of the package
+    is exported, and nothing else leaks (``importlib``, ``annotations``, ``TYPE_CHECKING``)."""
+    import types
+
+    for name in maas_tune.__all__:
+        getattr(maas_tune, name)  # loads the lazily imported names
+    submodules = {
+        name for name, value in vars(maas_tune).items()
+        if isinstance(value, types.ModuleType) and name not in maas_tune.__all__
+    }
+    public = sorted(
+        name for name in vars(maas_tune)
+        if (not name.startswith("_") or name == "__version__") and name not in submodules
+    )
+    assert maas_tune.__all__ == public
+    listed = [n for n in dir(maas_tune) if not n.startswith("_") or n == "__version__"]
+    assert sorted(set(listed) - submodules) == maas_tune.__all__

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
 from maas_tune.client import AsyncClient, Client
 from maas_tune.data import Example
 from maas_tune.errors import (
@@ -38,6 +36,8 @@ from maas_tune.providers._answers import same_model
 from maas_tune.providers._retry import INITIAL_RETRY_DELAY_S, MAX_RETRY_AFTER_S
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.scores import Scores
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 from maas_tune.task import Task
 
 from ._fault_server import (

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from maas_tune import ConfigurationError, Task
 from maas_tune.providers.openai import OpenAICompletionsProvider
-from maas_tune.ratelimit import (
+from maas_tune.providers.ratelimit import (
     CHARS_PER_TOKEN,
     LocalRateLimiter,
     RateLimit,
@@ -130,7 +130,7 @@ def test_granted_requests_never_exceed_burst_plus_rate_times_window(rpm, gaps):
 
 
 def test_the_shared_bucket_actor_books_and_pauses_like_the_bucket():
-    from maas_tune._ray_actors import BucketActor  # a plain class: Ray wraps it
+    from maas_tune.ray.actors import BucketActor  # a plain class: Ray wraps it
 
     actor = BucketActor(RateLimit(requests_per_minute=60))  # 1/s, burst 1
     assert actor.reserve(1, 0) == 0.0

@@ -23,8 +23,8 @@ from maas_tune import (
     save_decoder,
 )
 from maas_tune.errors import MissingDependencyError
-from maas_tune.providers._session import concurrency_for
 from maas_tune.providers.openai import OpenAICompletionsProvider
+from maas_tune.providers.session import concurrency_for
 from tests._det_server import PROBE_PROMPT, DetServer, client_ports
 from tests._ray_cluster import local_ray_cluster
 
@@ -203,7 +203,7 @@ def test_provider_config_refuses_credentials_in_the_url_and_a_missing_key_variab
 
 
 def test_a_process_local_limiter_is_refused(ray_api, tmp_path):
-    from maas_tune.ratelimit import LocalRateLimiter, RateLimit
+    from maas_tune.providers.ratelimit import LocalRateLimiter, RateLimit
 
     config = ray_api.ProviderConfig("http://127.0.0.1:9/v1", "m")
     local = LocalRateLimiter(RateLimit(requests_per_minute=60))

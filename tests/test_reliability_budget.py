@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from maas_tune._sqlite import Store
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
+from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 
 from ._fault_server import FaultServer
 from ._figures import report
@@ -38,9 +38,9 @@ MAX_JOB, CHUNK = 12, 4
 _SCORER = """
 import json, os, random, sys, threading, time
 from pathlib import Path
-from maas_tune._sqlite import Store
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
+from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 from maas_tune.client import Client
 from maas_tune.data import Example
 from maas_tune.errors import BudgetExceeded

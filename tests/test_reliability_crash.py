@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maas_tune._sqlite import Store
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache, cache_key
 from maas_tune.client import Client
 from maas_tune.data import Example
 from maas_tune.providers.openai import OpenAICompletionsProvider
+from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache, cache_key
 from maas_tune.task import Task
 
 from ._fake_engine import expected_logprobs
@@ -65,9 +65,9 @@ MODEL = "fake-model"
 _SCORER = """
 import os, sys, time
 from pathlib import Path
-from maas_tune._sqlite import Store
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
+from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 from maas_tune.client import Client
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.task import Task

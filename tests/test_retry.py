@@ -18,7 +18,6 @@ from maas_tune.errors import (
     ProviderStatusError,
     ProviderTimeoutError,
 )
-from maas_tune.providers._http import request_json
 from maas_tune.providers._retry import (
     INITIAL_RETRY_DELAY_S,
     MAX_RETRIES,
@@ -30,6 +29,7 @@ from maas_tune.providers._retry import (
     parse_retry_after,
     retry_delay,
 )
+from maas_tune.providers.http import request_json
 
 KEY = "sk-test-SECRET123"
 NOW = 1_700_000_000.0

@@ -30,17 +30,17 @@ import numpy as np
 import pytest
 import torch
 
-from maas_tune._sqlite import Store
-from maas_tune.budget import QueryBudget
-from maas_tune.cache import ScoreCache
 from maas_tune.cli import main
 from maas_tune.client import Client
 from maas_tune.decoders import LinearProbe
 from maas_tune.errors import OfflineCacheMiss, SerializationError
 from maas_tune.persistence import DECODER_JSON_NAME as JSON_NAME
 from maas_tune.persistence import TENSORS_NAME, load_decoder, save_decoder
-from maas_tune.providers.base import ProviderAnswer
 from maas_tune.providers.openai import OpenAICompletionsProvider
+from maas_tune.scores import ProviderAnswer
+from maas_tune.storage import Store
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
 from maas_tune.task import Task
 
 from ._fault_server import FaultServer, malformed, status

@@ -205,7 +205,7 @@ def test_unknown_route_and_full_queue(engine, base_url, label_ids):
 def test_batcher_scores_union_of_label_ids_in_request_order():
     import asyncio
 
-    from maas_tune.providers.base import ProviderAnswer
+    from maas_tune.scores import ProviderAnswer
     from maas_tune.server.batching import ScoreBatcher
 
     calls = []

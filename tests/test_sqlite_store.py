@@ -23,9 +23,10 @@ from maas_tune._constants import (
     ENV_CACHE_DIR,
     SQLITE_BUSY_TIMEOUT_S,
 )
-from maas_tune._sqlite import Store, borrowed_store, default_db_path, translate_sqlite_errors
 from maas_tune.errors import CacheCorruptionError, CacheError
+from maas_tune.storage import Store, borrowed_store
 from maas_tune.storage import sqlite as sqlite_store
+from maas_tune.storage.sqlite import default_db_path, translate_sqlite_errors
 
 from ._concurrency import THREAD_TIMEOUT_S
 

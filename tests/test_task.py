@@ -11,7 +11,8 @@ import pytest
 from maas_tune._constants import LABEL_WORD_PREFIX
 from maas_tune.data import Example
 from maas_tune.errors import ConfigurationError, TaskError
-from maas_tune.task import Task, check_single_tokens
+from maas_tune.providers.tokenizers import check_single_tokens
+from maas_tune.task import Task
 
 TEMPLATE = "Review: {text}\nSentiment:"
 VERBALIZER = {"negative": ["negative", "bad"], "positive": ["positive"]}

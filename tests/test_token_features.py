@@ -11,15 +11,14 @@ import pytest
 import torch
 
 from maas_tune._constants import DB_SCHEMA_VERSION
-from maas_tune.cache import ScoreCache
 from maas_tune.client import Client
 from maas_tune.data import Example
 from maas_tune.decoders import YTuning
 from maas_tune.decoders.ytuning import feature_scale, position_features
 from maas_tune.errors import ConfigurationError
-from maas_tune.providers.base import ProviderAnswer
-from maas_tune.scores import Scores, pad_token_features
+from maas_tune.scores import ProviderAnswer, Scores, pad_token_features
 from maas_tune.storage import Store
+from maas_tune.storage.cache import ScoreCache
 from maas_tune.storage.migrations import STEPS
 from maas_tune.storage.url import backend_of, sqlite_path
 from maas_tune.task import Task

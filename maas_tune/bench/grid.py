@@ -22,12 +22,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import datasets
-from .._sqlite import Store
-from ..budget import QueryBudget
-from ..cache import ScoreCache
 from ..data import Dataset
 from ..errors import BudgetExceeded
 from ..experiment import TEST_BUDGET_SUFFIX, EvalResult, evaluate, subsample_test
+from ..storage import Store
+from ..storage.budget import QueryBudget
+from ..storage.cache import ScoreCache
 from ._providers import ProviderPool
 from .config import BenchConfig, Block
 

@@ -35,7 +35,7 @@ class BaseDecoder(Estimator):
     array of class names, in the column order of ``Scores.label_logprobs``.
 
     Saving goes through :meth:`_state_tensors` and :meth:`_restore`, which
-    :mod:`maas_tune.decoders.io` calls; a subclass lists its learned tensors in
+    :mod:`maas_tune.persistence` calls; a subclass lists its learned tensors in
     ``_tensor_attrs`` and its learned JSON-able values in ``_meta_attrs``.
     """
 

@@ -53,7 +53,7 @@ class PromptMethod(Estimator):
     examples' own labels.
 
     Saving goes through :meth:`_state_tensors`, :meth:`_state_meta` and
-    :meth:`_restore`, which :mod:`maas_tune.methods.io` calls.
+    :meth:`_restore`, which :mod:`maas_tune.persistence` calls.
     """
 
     #: Needs the model's weights (runs only with an in-process provider).

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ._http import TOTAL_TIMEOUT_FACTOR, json_answer, transport_failure
 from ._wire import DirectSender
+from .http import TOTAL_TIMEOUT_FACTOR, json_answer, transport_failure
 
 __all__ = ["LoopThread", "ThreadedTransport", "arequest_json"]
 
@@ -22,7 +22,7 @@ T = TypeVar("T")
 async def arequest_json(
     client: httpx.AsyncClient | DirectSender, method: str, url: str, *, json: Any = None,
 ) -> dict[str, Any]:
-    """The async twin of :func:`~maas_tune.providers._http.request_json` (same errors);
+    """The async twin of :func:`~maas_tune.providers.http.request_json` (same errors);
     the whole answer must arrive within ``TOTAL_TIMEOUT_FACTOR`` x the read timeout."""
     try:
         if isinstance(client, DirectSender):  # the lean transport enforces the deadline

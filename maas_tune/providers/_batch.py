@@ -1,6 +1,6 @@
 """One batch of HTTP requests: what it may have cost and how to stop it, so that what was
 answered is kept when something fails or the user presses Ctrl-C (the requests are sent
-by :meth:`~maas_tune.providers._session.APISession.amap`).
+by :meth:`~maas_tune.providers.session.APISession.amap`).
 
 A hosted API bills every request it answers, and may bill one whose answer never
 arrived (a timeout, a connection lost after sending, a request in flight at Ctrl-C).

@@ -13,11 +13,11 @@ from functools import partial
 from typing import Any
 
 from ..errors import ProviderResponseError
+from ..scores import ProviderAnswer
 from ._answers import usage_tokens
 from ._forcing import FORCE_BIAS, Label, LabelReading, force_resolver, read_labels
 from ._script import Script
 from ._strategies import first_choice
-from .base import ProviderAnswer
 
 __all__ = [
     "CHAT_ROUTE",

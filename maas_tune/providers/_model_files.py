@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .._constants import DEFAULT_MODEL_NAME
-from .._paths import user_cache_dir
 from ..errors import ConfigurationError, MissingDependencyError
+from ._paths import user_cache_dir
 
 __all__ = ["ResolvedModel", "resolve_model"]
 

@@ -189,7 +189,7 @@ class RetryPolicy:
         Parameters
         ----------
         fn : Callable[[], T]
-            One attempt, e.g. a closure around :func:`~maas_tune.providers._http.request_json`.
+            One attempt, e.g. a closure around :func:`~maas_tune.providers.http.request_json`.
         sleep : Callable[[float], None], optional
             Waits out each delay instead of :attr:`sleep` (e.g. a wait that a
             cancellation cuts short by raising).

@@ -2,7 +2,7 @@
 
 Each strategy is a :data:`~maas_tune.providers._script.Script`: it yields its ``/completions``
 payloads and receives their answers (retries and error translation live in the driver) and parses the answers into a
-:class:`~maas_tune.providers.base.ProviderAnswer`.
+:class:`~maas_tune.scores.ProviderAnswer`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ProviderResponseError
+from ..scores import ProviderAnswer
 from ._answers import usage_tokens
 from ._forcing import FORCE_BIAS, Label, Resolve, force_resolver, read_labels
 from ._script import Script
-from .base import ProviderAnswer
 
 __all__ = [
     "FORCE_BIAS",

@@ -8,7 +8,7 @@ APIs use, on :class:`asyncio.Protocol` connections (plain or TLS) kept alive per
 a request is written in one call, the answer is parsed from the bytes as they arrive
 (``Content-Length``, ``chunked`` or read-until-close bodies). Everything above it
 (headers, auth, URL joining, JSON, status handling) is still httpx's, and its failures
-are httpx's exceptions, so the error translation of :mod:`._http` is unchanged:
+are httpx's exceptions, so the error translation of :mod:`.http` is unchanged:
 
 - cannot connect (refused, DNS, TLS handshake) → :class:`httpx.ConnectError`, or
   :class:`httpx.ConnectTimeout` (never sent);

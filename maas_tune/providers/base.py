@@ -8,20 +8,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
-
 from .._constants import MAX_TOKEN_FEATURES
 from ..errors import ConfigurationError
+from ..scores import ProviderAnswer
 
 __all__ = [
-    "FactStore", "Provider", "ProviderAnswer", "SetupCost", "Spend", "check_token_features",
+    "FactStore", "Provider", "SetupCost", "Spend", "check_token_features",
 ]
 
 
 class FactStore(Protocol):
     """Where a provider keeps small JSON facts about its server across runs.
 
-    :class:`~maas_tune.cache.ScoreCache` is one; keys never hold credentials.
+    :class:`~maas_tune.storage.cache.ScoreCache` is one; keys never hold credentials.
     """
 
     def remember(self, key: str, value: Any) -> None:
@@ -32,40 +31,6 @@ class FactStore(Protocol):
 
     # Optional: ``remember_many(facts: Mapping[str, Any])`` keeps several in one
     # transaction (ScoreCache has it); without it, each is kept with :meth:`remember`.
-
-
-@dataclass(frozen=True)
-class ProviderAnswer:
-    """One prompt's answer.
-
-    Attributes
-    ----------
-    logprobs : np.ndarray, shape (t,)
-        Log-probabilities of the requested tokens at the next-token position,
-        normalised over the full vocabulary, in the order they were requested.
-    hidden : np.ndarray of shape (d,) or None
-        Last-layer hidden state at the prediction position, where the provider
-        exposes one.
-    prompt_tokens : int
-        Number of prompt tokens the provider processed (usage).
-    queries : int, default 1
-        Requests this answer cost (a strategy may need more than one per prompt,
-        e.g. one per label word); the budget is charged this many.
-    floored : int, default 0
-        Label words the API did not rank in its top-k and that could not be read
-        exactly: their ``logprobs`` entry is the top-k bound, not the model's value.
-    token_features : np.ndarray of shape (m, d), float16, or None
-        Last-layer hidden states of the prompt's last ``m <= N`` tokens, oldest first
-        (the last row is the prediction position), where they were asked for
-        (``token_features=N``) and the provider can give them; None otherwise.
-    """
-
-    logprobs: np.ndarray
-    hidden: np.ndarray | None
-    prompt_tokens: int
-    queries: int = 1
-    floored: int = 0
-    token_features: np.ndarray | None = None
 
 
 @dataclass

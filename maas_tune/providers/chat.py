@@ -12,25 +12,25 @@ from typing import Any
 import httpx
 
 from .._constants import MAX_RETRIES
-from ..chat_format import ChatFormat
 from ..errors import ConfigurationError
-from ..ratelimit import RateLimit, RateLimiter
+from ..scores import ProviderAnswer
 from ._answers import reading
 from ._chat_probe import MAX_CHAT_PROBE_REQUESTS, ChatProbeResult, choose_chat, run_chat_probe
 from ._chat_strategies import CHAT_ROUTE, CHAT_STRATEGIES, chat_request, score_chat
 from ._forcing import Label, LabelReading
 from ._probe import Plan, cached_probe
-from ._remote import RemoteProvider, Tokenizer
 from ._script import Script
-from ._session import (
+from .chat_format import ChatFormat
+from .openai import DEFAULT_TOP_LOGPROBS
+from .ratelimit import RateLimit, RateLimiter
+from .remote import RemoteProvider, Tokenizer
+from .session import (
     DEFAULT_TIMEOUT_S,
     check_api_options,
     check_count,
     concurrency_for,
     resolve_base_url,
 )
-from .base import ProviderAnswer
-from .openai import DEFAULT_TOP_LOGPROBS
 
 __all__ = ["CHAT_LABEL_PREFIX", "OpenAIChatProvider", "Tokenizer"]
 

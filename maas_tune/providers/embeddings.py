@@ -15,10 +15,10 @@ import numpy as np
 
 from .._constants import MAX_RETRIES
 from ..errors import ConfigurationError, ProviderResponseError
-from ..ratelimit import RateLimit, RateLimiter
-from ._http import public_url
 from ._script import Script
-from ._session import (
+from .http import public_url
+from .ratelimit import RateLimit, RateLimiter
+from .session import (
     CHARS_PER_TOKEN_ESTIMATE,
     DEFAULT_TIMEOUT_S,
     APISession,
@@ -72,7 +72,7 @@ class OpenAIEmbeddingsProvider:
         Called with each retry delay in seconds.
     rate_limit : RateLimit, RateLimiter or None, default None
         Client-side requests/tokens-per-minute limit, waited for before each request
-        (see :class:`~maas_tune.providers._session.APISession`); share one among
+        (see :class:`~maas_tune.providers.session.APISession`); share one among
         processes with :func:`maas_tune.ray.shared_rate_limiter`.
     default_headers : Mapping[str, str], optional
         Headers sent with every request (openai-python's ``default_headers``): Azure's
@@ -154,7 +154,7 @@ class OpenAIEmbeddingsProvider:
             vectors, repeats or skips an index, holds a non-finite value, or changes
             the dimension.
         ProviderError
-            The request failed (see :func:`~maas_tune.providers._http.request_json`).
+            The request failed (see :func:`~maas_tune.providers.http.request_json`).
         """
         return self.embed_with_usage(texts)[0]
 

@@ -16,10 +16,11 @@ from .._constants import (
     LOCAL_PACK_TOKENS,
 )
 from ..errors import ConfigurationError, MissingDependencyError, ProviderError
-from ._device import DEFAULT_DEVICE, Placement, resolve_placement
+from ..scores import ProviderAnswer
 from ._model_files import CONVERSION_MARKER, ResolvedModel, resolve_model
-from ._packing import pack_runs
-from .base import Provider, ProviderAnswer, check_token_features
+from .base import Provider, check_token_features
+from .device import DEFAULT_DEVICE, Placement, resolve_placement
+from .packing import pack_runs
 
 __all__ = ["ContextLengthExceeded", "TransformersProvider"]
 
@@ -140,7 +141,7 @@ class TransformersProvider(Provider):
         return list(self._tokenizer.tokenize(LABEL_WORD_PREFIX + word))
 
     def label_token_ids(self, words: Sequence[str]) -> list[int]:
-        from ..task import check_single_tokens
+        from .tokenizers import check_single_tokens
 
         check_single_tokens(words, lambda w: self._tokenizer.tokenize(w))
         return [int(self._tokenizer.convert_tokens_to_ids(self.tokenize_word(w)[0])) for w in words]

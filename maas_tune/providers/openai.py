@@ -14,21 +14,11 @@ import httpx
 
 from .._constants import LABEL_WORD_PREFIX, MAX_RETRIES
 from ..errors import ConfigurationError
-from ..ratelimit import RateLimit, RateLimiter
+from ..scores import ProviderAnswer
 from ._answers import reading
 from ._batch import bound_tokens
 from ._forcing import BiasError, Resolve
 from ._probe import MAX_PROBE_REQUESTS, Plan, ProbeResult, cached_probe, choose, run_probe
-from ._remote import RemoteProvider, Tokenizer
-from ._session import (
-    API_KEY_ENV,
-    CHARS_PER_TOKEN_ESTIMATE,
-    DEFAULT_TIMEOUT_S,
-    check_api_options,
-    check_count,
-    concurrency_for,
-    resolve_base_url,
-)
 from ._strategies import (
     STRATEGIES,
     Label,
@@ -40,7 +30,18 @@ from ._strategies import (
     score_extension,
     score_top_logprobs,
 )
-from .base import ProviderAnswer, check_token_features
+from .base import check_token_features
+from .ratelimit import RateLimit, RateLimiter
+from .remote import RemoteProvider, Tokenizer
+from .session import (
+    API_KEY_ENV,
+    CHARS_PER_TOKEN_ESTIMATE,
+    DEFAULT_TIMEOUT_S,
+    check_api_options,
+    check_count,
+    concurrency_for,
+    resolve_base_url,
+)
 
 __all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "OpenAICompletionsProvider"]
 
@@ -90,7 +91,7 @@ class OpenAICompletionsProvider(RemoteProvider):
         Called with each retry delay in seconds.
     rate_limit : RateLimit, RateLimiter or None, default None
         Client-side requests/tokens-per-minute limit, waited for before each request
-        (see :class:`~maas_tune.providers._session.APISession`); share one among
+        (see :class:`~maas_tune.providers.session.APISession`); share one among
         processes with :func:`maas_tune.ray.shared_rate_limiter`.
     default_headers : Mapping[str, str], optional
         Headers sent with every request (openai-python's ``default_headers``): Azure's

@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigurationError, MissingDependencyError
+from .._constants import LABEL_WORD_PREFIX
+from ..errors import ConfigurationError, MissingDependencyError, TaskError
 
-__all__ = ["TIKTOKEN_PREFIX", "Tokenizer", "load_tokenizer"]
+__all__ = ["TIKTOKEN_PREFIX", "Tokenizer", "check_single_tokens", "load_tokenizer"]
 
 #: Maps a text to its token ids, without special tokens.
 Tokenizer = Callable[[str], Sequence[int]]
@@ -97,3 +98,35 @@ def _huggingface(path: Path, spec: str) -> Tokenizer:
             "the served model's tokenizer"
         ) from exc
     return lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def check_single_tokens(
+    words: Sequence[str], tokenize: Callable[[str], list[str]], prefix: str = LABEL_WORD_PREFIX
+) -> None:
+    """Check that every label word is exactly one token as it follows the prompt.
+
+    Parameters
+    ----------
+    words : sequence of str
+        Label words without prefix (e.g. ``task.label_words``).
+    tokenize : callable
+        Maps a string to its token strings, without special tokens (no BOS).
+        It is called on ``prefix + word``.
+    prefix : str, default " "
+        What precedes the word: a space after a completions prompt, often nothing at
+        the start of a chat answer.
+
+    Raises
+    ------
+    TaskError
+        Naming every word that is not a single token, with its tokenization.
+    """
+    problems = []
+    for word in words:
+        tokens = list(tokenize(prefix + word))
+        if len(tokens) != 1:
+            problems.append(
+                f"label word {word!r} is {len(tokens)} tokens for this model ({tokens!r})"
+            )
+    if problems:
+        raise TaskError("; ".join(problems) + "; choose a single-token word")

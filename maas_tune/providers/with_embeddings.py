@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
+from ..scores import ProviderAnswer
 from ._batch import BatchOutcome, bound_tokens
-from .base import FactStore, Provider, ProviderAnswer, SetupCost, Spend
+from .base import FactStore, Provider, SetupCost, Spend
 from .embeddings import OpenAIEmbeddingsProvider
 
 __all__ = ["WithEmbeddings"]

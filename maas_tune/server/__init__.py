@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._constants import DEFAULT_MODEL_NAME
 from ..errors import MissingDependencyError
-from ..providers._device import DEFAULT_DEVICE
+from ..providers.device import DEFAULT_DEVICE
 
 if TYPE_CHECKING:
     from .app import create_app
@@ -150,7 +150,7 @@ def run(
         import uvicorn
     except ImportError as exc:
         raise MissingDependencyError("uvicorn", "server") from exc
-    from ..providers._device import resolve_placement
+    from ..providers.device import resolve_placement
     from ..providers.local import TransformersProvider
     from ._completions import DEFAULT_MAX_GENERATED_TOKENS
     from ._connections import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT_S, server_config

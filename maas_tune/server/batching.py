@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from ..errors import MaasTuneError
-from ..providers._packing import pack_runs
-from ..providers.base import ProviderAnswer
+from ..providers.packing import pack_runs
+from ..scores import ProviderAnswer
 from ._planning import DEFAULT_PASS_OVERHEAD_TOKENS, pass_waste, plan_passes
 
 __all__ = ["QueueFull", "ScoreBatcher", "TooManyPrompts"]

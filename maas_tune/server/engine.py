@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._constants import DEFAULT_MODEL_NAME
-from ..providers.base import ProviderAnswer
 from ..providers.local import ContextLengthExceeded, TransformersProvider
+from ..scores import ProviderAnswer
 from ._fair_lock import FairLock
 
 __all__ = [

@@ -1,4 +1,6 @@
-"""Storage backends of the cache, the budget ledger and the claims: SQLite or PostgreSQL.
+"""Everything that persists: the score cache (:mod:`.cache`), the budget ledger
+(:mod:`.budget`), the claims of concurrent workers (:mod:`.claims`) and their backends,
+SQLite or PostgreSQL.
 
 ``Store(target)`` opens the backend a path or URL names (see :class:`Store`);
 :func:`open_store` is the same call under a name that says so.

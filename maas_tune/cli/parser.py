@@ -1,32 +1,25 @@
-"""The ``maas-tune`` command line: ``main(argv) -> int``; each subcommand is one library call."""
+"""The ``maas-tune`` argument parser: every subcommand, its flags and their checks."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from . import _cli_commands as commands
-from . import _cli_store as store_commands
-from ._cli_provider import add_api_flags
-from ._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME
-from ._version import __version__
-from .budget import MAX_COUNT
-from .errors import BudgetExceeded, ConfigurationError, MaasTuneError
-from .pricing import Price
-from .providers._secrets import safe_traceback
-from .ratelimit import RateLimit, parse_rate
-from .registry import METHODS
+from .._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME
+from .._version import __version__
+from ..errors import ConfigurationError, MaasTuneError
+from ..pricing import Price
+from ..providers.ratelimit import RateLimit, parse_rate
+from ..registry import METHODS
+from ..storage.budget import MAX_COUNT
+from . import commands
+from . import store as store_commands
+from .provider import add_api_flags
 
-__all__ = ["build_parser", "main"]
+__all__ = ["ENVIRONMENT_HELP", "MAX_SEED", "build_parser"]
 
 #: Largest seed: numpy's and scikit-learn's ``random_state`` take 0 to 2**32 - 1.
 MAX_SEED = 2**32 - 1
-#: Exit status after the reader of stdout went away (``| head``): 128 + SIGPIPE, as a
-#: program killed by SIGPIPE reports to the shell.
-EXIT_BROKEN_PIPE = 141
 #: Environment variables that eval, fit and predict read, listed in their ``--help``.
 ENVIRONMENT_HELP = (
     "environment: MAAS_TUNE_API_KEY, else OPENAI_API_KEY: the API key sent with --base-url "
@@ -333,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-provider-mismatch", action="store_true",
                    help="score with the provider the flags name even where it differs from "
                    "the one the decoder was fitted with (default: an error)")
-    # None: not given, so the provider recorded at fit fills them (see _cli_provider).
+    # None: not given, so the provider recorded at fit fills them (see cli/provider.py).
     _add_money(p, "that budget's")
     p.set_defaults(func=commands.cmd_predict, model=None, api=None, strategy=None,
                    top_logprobs=None)
@@ -410,65 +403,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=commands.cmd_datasets, debug=False)
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (0 ok, 1 error, 2 usage, 130 interrupted,
-    141 when the reader of stdout went away, as with ``| head``)."""
-    try:
-        try:
-            return _run(argv)
-        finally:  # a closed pipe shows here, not as "Exception ignored" at exit
-            if sys.stdout is not None:
-                sys.stdout.flush()
-    except BrokenPipeError:
-        _discard_stdout()
-        return EXIT_BROKEN_PIPE
-
-
-def _discard_stdout() -> None:
-    """Point stdout at /dev/null so that the interpreter's last flush cannot fail again
-    (the Python docs' "Note on SIGPIPE")."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it)
-        pass
-
-
-def _run(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    args.debug = debug = bool(getattr(args, "debug", False) or args.debug_global)
-    args.quiet = bool(getattr(args, "quiet", False) or args.quiet_global)
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if getattr(args, "verbose", False) and not debug:
-        logging.getLogger("maas_tune").setLevel(logging.INFO)
-    try:
-        return int(args.func(args) or 0)
-    except BrokenPipeError:
-        raise
-    except MaasTuneError as exc:
-        if debug:  # the traceback, with every API key in use masked (chained causes too)
-            print(safe_traceback(exc), file=sys.stderr, end="")
-            return 1
-        message = str(exc)
-        if isinstance(exc, BudgetExceeded):  # with the flag that raises that budget's cap
-            message = store_commands.budget_refusal(args, exc)
-        print(f"maas-tune: error: {message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("maas-tune: interrupted (everything answered so far is cached)", file=sys.stderr)
-        return 130
-    except (OSError, ValueError) as exc:
-        if debug:
-            print(safe_traceback(exc), file=sys.stderr, end="")
-            return 1
-        print(f"maas-tune: error: {exc} (rerun with --debug for details)", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

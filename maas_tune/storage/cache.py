@@ -12,10 +12,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ._constants import CACHE_READ_CHUNK, CACHE_SCHEMA_VERSION
-from .errors import CacheCorruptionError, ConfigurationError, ProviderResponseError
-from .providers.base import ProviderAnswer
-from .storage.base import Connection, Store, coerce_store
+from .._constants import CACHE_READ_CHUNK, CACHE_SCHEMA_VERSION
+from ..errors import CacheCorruptionError, ConfigurationError, ProviderResponseError
+from ..scores import ProviderAnswer
+from .base import Connection, Store, coerce_store
 
 __all__ = ["CacheStats", "CachedAnswer", "ScoreCache", "cache_key"]
 

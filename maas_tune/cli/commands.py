@@ -10,22 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from . import datasets
-from ._cli_provider import (
-    RECORD_KEY,
-    api_extras,
-    apply_record,
-    check_fingerprint,
-    provider_record,
-    resolve_cli_base_url,
-)
-from ._constants import DEFAULT_TOKEN_FEATURES
-from .budget import QueryBudget
-from .cache import ScoreCache
-from .client import Client
-from .data import Example, load_examples, parse_examples, sample_k_shot
-from .errors import ConfigurationError
-from .experiment import (
+from .. import datasets
+from .._constants import DEFAULT_TOKEN_FEATURES
+from ..client import Client
+from ..data import Example, load_examples, parse_examples, sample_k_shot
+from ..errors import ConfigurationError
+from ..experiment import (
     TEST_BUDGET_SUFFIX,
     EvalResult,
     evaluate,
@@ -33,17 +23,27 @@ from .experiment import (
     predict_method,
     subsample_test,
 )
-from .frames import resolve_columns
-from .methods import PromptMethod
-from .persistence import load_estimator, save_estimator
-from .pricing import Price, format_usd, price_for
-from .providers.base import Provider
-from .registry import make_decoder
-from .storage import Store
-from .task import Task
+from ..frames import resolve_columns
+from ..methods import PromptMethod
+from ..persistence import load_estimator, save_estimator
+from ..pricing import Price, format_usd, price_for
+from ..providers.base import Provider
+from ..registry import make_decoder
+from ..storage import Store
+from ..storage.budget import QueryBudget
+from ..storage.cache import ScoreCache
+from ..task import Task
+from .provider import (
+    RECORD_KEY,
+    api_extras,
+    apply_record,
+    check_fingerprint,
+    provider_record,
+    resolve_cli_base_url,
+)
 
 if TYPE_CHECKING:
-    from .providers._device import Placement
+    from ..providers.device import Placement
 
 
 # -- shared argument handling ---------------------------------------------------
@@ -63,13 +63,13 @@ def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
         scorer = _http_scorer(args, name, extras)
         if not getattr(args, "embeddings", False):
             return scorer
-        from .providers.embeddings import OpenAIEmbeddingsProvider
-        from .providers.with_embeddings import WithEmbeddings
+        from ..providers.embeddings import OpenAIEmbeddingsProvider
+        from ..providers.with_embeddings import WithEmbeddings
 
         embedder = OpenAIEmbeddingsProvider(args.base_url, args.embeddings_model or name,
                                             **extras, **_pacing(args))
         return WithEmbeddings(scorer, embedder)
-    from .providers.local import TransformersProvider
+    from ..providers.local import TransformersProvider
 
     where = _placement(args)
     return TransformersProvider(model or args.model, batch_size=args.batch_size,
@@ -79,7 +79,7 @@ def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
 
 def _placement(args: argparse.Namespace) -> Placement:
     """The checked --device and --dtype (a ConfigurationError naming the flag otherwise)."""
-    from .providers._device import DEFAULT_DEVICE, resolve_placement
+    from ..providers.device import DEFAULT_DEVICE, resolve_placement
 
     device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
     return resolve_placement(device or DEFAULT_DEVICE, dtype or "auto",
@@ -92,14 +92,14 @@ def _http_scorer(args: argparse.Namespace, name: str, extras: dict[str, Any]) ->
                                "top_logprobs": getattr(args, "top_logprobs", 5), **extras,
                                **_pacing(args)}
     if getattr(args, "tokenizer", None):
-        from .providers.tokenizers import load_tokenizer
+        from ..providers.tokenizers import load_tokenizer
 
         options["tokenizer"] = load_tokenizer(args.tokenizer)
     if getattr(args, "api", "completions") == "chat":
-        from .providers.chat import OpenAIChatProvider
+        from ..providers.chat import OpenAIChatProvider
 
         return OpenAIChatProvider(args.base_url, name, **options)
-    from .providers.openai import OpenAICompletionsProvider
+    from ..providers.openai import OpenAICompletionsProvider
 
     tokens = getattr(args, "token_features", None)
     return OpenAICompletionsProvider(args.base_url, name, token_features=tokens, **options)
@@ -109,7 +109,7 @@ def _pacing(args: argparse.Namespace) -> dict[str, Any]:
     """--rate-limit and --max-concurrency as provider options (absent: the defaults)."""
     rate = getattr(args, "rate_limit", None)
     if rate is not None and not hasattr(args, "_limiter"):  # one limiter for every provider
-        from .ratelimit import as_limiter
+        from ..providers.ratelimit import as_limiter
 
         args._limiter = as_limiter(rate)
     found = {"rate_limit": getattr(args, "_limiter", None),
@@ -391,7 +391,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # -- bench / datasets ------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import load_config, run_grid, write_report
+    from ..bench import load_config, run_grid, write_report
 
     config = load_config(args.config)
     grid = {k: v for k, v in (("datasets", args.dataset), ("shots", args.shots),
@@ -435,7 +435,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from .server import run
+    from ..server import run
 
     api_key = None
     if args.api_key_env:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
 
-from ._constants import RESERVATION_LEASE_S
+from .._constants import RESERVATION_LEASE_S
+from ..errors import ConfigurationError
+from ..pricing import Price, check_price, check_usd
 from ._ledger import MAX_COUNT, BudgetStatus, no_price_error
 from ._ledger import check_count as _check_count
 from ._ledger import refusal as _refusal
@@ -21,9 +23,7 @@ from ._ledger import statuses as _statuses
 from ._liveness import hostname
 from ._reclaim import ADD_SPENT_SQL as _ADD_SPENT_SQL
 from ._reclaim import reclaim_dead as _reclaim_dead
-from .errors import ConfigurationError
-from .pricing import Price, check_price, check_usd
-from .storage.base import Connection, Store, borrowed_store, coerce_store
+from .base import Connection, Store, borrowed_store, coerce_store
 
 __all__ = [
     "KEEP",

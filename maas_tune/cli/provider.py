@@ -15,11 +15,11 @@ import os
 import sys
 from typing import Any
 
-from .errors import ConfigurationError
-from .providers._extras import parse_pairs
-from .providers._http import is_secret_name, public_url
-from .providers._session import BASE_URL_ENV, resolve_base_url
-from .providers.base import Provider
+from ..errors import ConfigurationError
+from ..providers.base import Provider
+from ..providers.extras import parse_pairs
+from ..providers.http import is_secret_name, public_url
+from ..providers.session import BASE_URL_ENV, resolve_base_url
 
 __all__ = [
     "ENV_BASE_URL",
@@ -31,7 +31,7 @@ __all__ = [
     "resolve_cli_base_url",
 ]
 
-#: The ``--base-url`` value that reads :data:`~maas_tune.providers._session.BASE_URL_ENV`.
+#: The ``--base-url`` value that reads :data:`~maas_tune.providers.session.BASE_URL_ENV`.
 ENV_BASE_URL = "env"
 #: Metadata key of the provider recorded by ``fit``.
 RECORD_KEY = "provider_config"
@@ -217,7 +217,7 @@ def _fill_pacing(args: argparse.Namespace, record: dict[str, Any]) -> None:
     damaged value is ignored: pacing never changes what is scored)."""
     rpm = record.get("rate_limit_per_minute")
     if getattr(args, "rate_limit", None) is None and isinstance(rpm, (int, float)) and rpm > 0:
-        from .ratelimit import RateLimit
+        from ..providers.ratelimit import RateLimit
 
         args.rate_limit = RateLimit(requests_per_minute=float(rpm))
     cap = record.get("max_concurrency")

@@ -29,7 +29,16 @@ from ..errors import (
     ProviderResponseError,
     ProviderStatusError,
 )
-from ..ratelimit import (
+from ._aio import LoopThread, ThreadedTransport, arequest_json
+from ._answers import check_model, usage_tokens
+from ._batch import Batch, Cancelled, Events, bound_tokens
+from ._retry import RetryPolicy
+from ._script import Post, Script, adrive
+from ._wire import DirectSender, WireTransport, wire_applies
+from .base import FactStore
+from .extras import BASE_URL_ENV, extra_headers, extra_query, resolve_base_url
+from .http import TOTAL_TIMEOUT_FACTOR, public_url
+from .ratelimit import (
     DEFAULT_PENALTY_S,
     RateLimit,
     RateLimiter,
@@ -37,16 +46,7 @@ from ..ratelimit import (
     book,
     estimate_request_tokens,
 )
-from ._aio import LoopThread, ThreadedTransport, arequest_json
-from ._answers import check_model, usage_tokens
-from ._batch import Batch, Cancelled, Events, bound_tokens
-from ._extras import BASE_URL_ENV, extra_headers, extra_query, resolve_base_url
-from ._http import TOTAL_TIMEOUT_FACTOR, public_url
-from ._retry import RetryPolicy
-from ._script import Post, Script, adrive
-from ._secrets import check_api_key
-from ._wire import DirectSender, WireTransport, wire_applies
-from .base import FactStore
+from .secrets import check_api_key
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class APISession:
     rate_limit : RateLimit, RateLimiter or None
         Client-side rate limit: each scoring request (each retry too) first waits
         for its turn, counting 1 request and the tokens
-        :func:`~maas_tune.ratelimit.estimate_request_tokens` estimates from its body
+        :func:`~maas_tune.providers.ratelimit.estimate_request_tokens` estimates from its body
         (prompt characters / 3 + 1, plus ``max_tokens``). A :class:`RateLimit` gets a
         limiter of this process; pass a shared one (:func:`maas_tune.ray.shared_rate_limiter`)
         to share the limit among processes. A 429 makes the limiter pause all its

@@ -15,14 +15,15 @@ from typing import Any, TypeVar
 import httpx
 
 from .._constants import MAX_RETRIES
-from ..ratelimit import RateLimit, RateLimiter
-from ..task import check_single_tokens
+from ..scores import ProviderAnswer
 from ._batch import Batch, BatchOutcome, Events
 from ._forcing import synthetic_token_id
-from ._http import public_url
 from ._script import Script
-from ._session import APISession
-from .base import FactStore, Provider, ProviderAnswer, SetupCost, Spend
+from .base import FactStore, Provider, SetupCost, Spend
+from .http import public_url
+from .ratelimit import RateLimit, RateLimiter
+from .session import APISession
+from .tokenizers import check_single_tokens
 
 __all__ = ["RemoteProvider", "Tokenizer"]
 

@@ -12,8 +12,8 @@ import os
 from collections.abc import Mapping
 
 from ..errors import ConfigurationError
-from ._http import is_secret_name
-from ._secrets import check_api_key, register_secret
+from .http import is_secret_name
+from .secrets import check_api_key, register_secret
 
 __all__ = ["BASE_URL_ENV", "extra_headers", "extra_query", "parse_pairs", "resolve_base_url"]
 
@@ -47,7 +47,7 @@ def resolve_base_url(base_url: str | None) -> str:
 
 def extra_headers(headers: Mapping[str, str] | None) -> list[tuple[str, str]]:
     """The ``(name, value)`` pairs to send, checked; credential-like values are registered
-    with :func:`~maas_tune.providers._secrets.register_secret` (masked in logs).
+    with :func:`~maas_tune.providers.secrets.register_secret` (masked in logs).
 
     Raises
     ------

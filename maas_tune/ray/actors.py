@@ -10,23 +10,23 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from .budget import QueryBudget
-from .cache import ScoreCache
-from .client import Client
-from .data import Example
-from .errors import BudgetExceeded, DataError
-from .ratelimit import RateLimit, RateLimiter, TokenBucket
-from .scores import Scores
-from .task import Task
+from ..client import Client
+from ..data import Example
+from ..errors import BudgetExceeded, DataError
+from ..providers.base import Provider
+from ..providers.ratelimit import RateLimit, RateLimiter, TokenBucket
+from ..scores import Scores
+from ..storage.budget import QueryBudget
+from ..storage.cache import ScoreCache
+from ..task import Task
 
-if TYPE_CHECKING:
-    from .ray import ProviderConfig
-
-__all__ = ["BucketActor", "Predictor", "Scorer", "SharedRateLimiter", "WorkerSetup"]
+__all__ = [
+    "BucketActor", "Predictor", "ProviderFactory", "Scorer", "SharedRateLimiter", "WorkerSetup",
+]
 
 Batch = dict[str, np.ndarray]
 
@@ -34,7 +34,7 @@ _LOG = logging.getLogger(__name__)
 
 
 class BucketActor:
-    """One :class:`~maas_tune.ratelimit.TokenBucket` on the actor's clock, for every worker.
+    """One :class:`~maas_tune.providers.ratelimit.TokenBucket` on the actor's clock, for every worker.
 
     Ray runs an actor's calls one at a time, so each booking is atomic; callers
     receive how long to wait and sleep on their side, so the actor never blocks.
@@ -64,7 +64,7 @@ class BucketActor:
 
 
 class SharedRateLimiter(RateLimiter):
-    """A :class:`~maas_tune.ratelimit.RateLimiter` backed by a :class:`BucketActor`.
+    """A :class:`~maas_tune.providers.ratelimit.RateLimiter` backed by a :class:`BucketActor`.
 
     Picklable (it holds only the actor handle), so it travels to every Ray worker;
     get one from :func:`maas_tune.ray.shared_rate_limiter`. Each request costs one
@@ -96,6 +96,15 @@ class SharedRateLimiter(RateLimiter):
         self._actor.penalize.remote(seconds)  # no need to wait: the next booking sees it
 
 
+class ProviderFactory(Protocol):
+    """What builds each worker's provider (:class:`maas_tune.ray.ProviderConfig`): the
+    actors depend on this, not on the driver module that calls them."""
+
+    def build(self, rate_limit: RateLimit | RateLimiter | None = None) -> Provider:
+        """The provider, pacing its requests with ``rate_limit``."""
+        ...
+
+
 @dataclass(frozen=True)
 class WorkerSetup:
     """What each actor of the pool needs to build its client (plain, picklable data).
@@ -103,12 +112,12 @@ class WorkerSetup:
     Attributes
     ----------
     task : Task
-    provider : ProviderConfig
-        Holds no credentials: the key is read from the worker's environment.
+    provider : ProviderFactory
+        A :class:`maas_tune.ray.ProviderConfig`; holds no credentials: the key is read from the worker's environment.
     cache_url : str
         The shared store: ``ScoreCache(store=cache_url)`` and the budget ledger.
     budget : str or None
-        Name of the shared :class:`~maas_tune.budget.QueryBudget` (its caps were
+        Name of the shared :class:`~maas_tune.storage.budget.QueryBudget` (its caps were
         stored by the driver); None sends without a cap.
     rate_limiter : RateLimiter or None
         Shared by all actors (a :class:`SharedRateLimiter`), or None.
@@ -117,7 +126,7 @@ class WorkerSetup:
     """
 
     task: Task
-    provider: ProviderConfig
+    provider: ProviderFactory
     cache_url: str
     budget: str | None
     rate_limiter: RateLimiter | None
@@ -180,7 +189,7 @@ class Predictor(Scorer):
     """
 
     def __init__(self, setup: WorkerSetup, decoder_dir: str) -> None:
-        from .persistence import load_decoder
+        from ..persistence import load_decoder
 
         super().__init__(setup)
         self.decoder, _ = load_decoder(decoder_dir)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 
-from ._constants import OUTPUT_TOKENS_PER_QUERY
-from ._money import exact
-from .errors import BudgetExceeded, ConfigurationError
-from .pricing import Price
-from .storage.base import Connection
+from .._constants import OUTPUT_TOKENS_PER_QUERY
+from .._money import exact
+from ..errors import BudgetExceeded, ConfigurationError
+from ..pricing import Price
+from .base import Connection
 
 __all__ = ["MAX_COUNT", "BudgetStatus", "check_count", "no_price_error", "refusal", "statuses"]
 

@@ -16,10 +16,10 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 
-from ._constants import CACHE_READ_CHUNK, CLAIM_LEASE_S
+from .._constants import CACHE_READ_CHUNK, CLAIM_LEASE_S
+from ..errors import ConfigurationError
 from ._liveness import hostname, presumed_dead
-from .errors import ConfigurationError
-from .storage.base import Connection, Store
+from .base import Connection, Store
 
 __all__ = ["Claims"]
 

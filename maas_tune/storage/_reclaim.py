@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import time
 
-from ._constants import RECLAIMED_KEEP_S
+from .._constants import RECLAIMED_KEEP_S
 from ._liveness import hostname, presumed_dead
-from .storage.base import Store
+from .base import Store
 
 __all__ = ["ADD_SPENT_SQL", "reclaim_dead"]
 
-_LOG = logging.getLogger("maas_tune.budget")
+_LOG = logging.getLogger(__name__)
 
 #: Add to a budget's spent counters: (queries, prompt tokens, now, budget name).
 ADD_SPENT_SQL = (

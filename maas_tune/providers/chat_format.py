@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["DEFAULT_INSTRUCTION", "DEFAULT_SYSTEM", "ChatFormat"]
 

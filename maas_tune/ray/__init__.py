@@ -3,7 +3,7 @@
 Each actor of a ``Dataset.map_batches`` pool holds one HTTP provider and a
 :class:`~maas_tune.client.Client` on the shared store (``cache_url``), so a sample is
 paid for once whichever worker scores it, the budget cap holds for all of them, and
-one :class:`~maas_tune._ray_actors.BucketActor` paces every request to the
+one :class:`~maas_tune.ray.actors.BucketActor` paces every request to the
 provider's rate limit. Needs the ``ray`` extra (``pip install 'maas-tune[ray]'``)::
 
     import ray
@@ -23,22 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._constants import MAX_RETRIES
-from ._ray_actors import BucketActor, Predictor, Scorer, SharedRateLimiter, WorkerSetup
-from .budget import QueryBudget
-from .client import CLIENT_CHUNK_SIZE
-from .errors import ConfigurationError, MissingDependencyError
-from .providers._http import public_url
-from .providers._session import (
+from .._constants import MAX_RETRIES
+from ..client import CLIENT_CHUNK_SIZE
+from ..errors import ConfigurationError, MissingDependencyError
+from ..providers.base import Provider
+from ..providers.http import public_url
+from ..providers.ratelimit import RateLimit, RateLimiter
+from ..providers.session import (
     API_KEY_ENV,
     DEFAULT_TIMEOUT_S,
     check_api_options,
     check_count,
     concurrency_for,
 )
-from .providers.base import Provider
-from .ratelimit import RateLimit, RateLimiter
-from .task import Task
+from ..storage.budget import QueryBudget
+from ..task import Task
+from .actors import BucketActor, Predictor, Scorer, SharedRateLimiter, WorkerSetup
 
 if TYPE_CHECKING:
     import ray.data
@@ -100,7 +100,7 @@ class ProviderConfig:
     max_retries : int, default 4
     api_key_env : str or None
         Environment variable holding the key *on the workers*; None reads
-        :data:`~maas_tune.providers._session.API_KEY_ENV` (``MAAS_TUNE_API_KEY``,
+        :data:`~maas_tune.providers.session.API_KEY_ENV` (``MAAS_TUNE_API_KEY``,
         ``OPENAI_API_KEY``). The key is read in each worker process, so it never
         enters the Ray object store, task arguments or logs: set it on every node
         (e.g. from a secret), not through ``runtime_env``, which Ray stores.
@@ -149,10 +149,10 @@ class ProviderConfig:
             "timeout": self.timeout, "max_retries": self.max_retries, "rate_limit": rate_limit,
         }
         if self.kind == "chat":
-            from .providers.chat import OpenAIChatProvider
+            from ..providers.chat import OpenAIChatProvider
 
             return OpenAIChatProvider(self.base_url, self.model, **options)
-        from .providers.openai import OpenAICompletionsProvider
+        from ..providers.openai import OpenAICompletionsProvider
 
         return OpenAICompletionsProvider(self.base_url, self.model, **options)
 
@@ -308,7 +308,7 @@ rate_limit, num_cpus, chunk_size
         The :func:`score` columns plus ``prediction`` (class name) and
         ``probabilities`` (K float32 per row).
     """
-    from .persistence import load_decoder
+    from ..persistence import load_decoder
 
     load_decoder(decoder_dir)  # fail here, not in every actor, if it cannot be read
     setup = _setup(task, provider_config, cache_url, budget, rate_limit, chunk_size)

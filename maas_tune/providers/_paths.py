@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._constants import ENV_CACHE_DIR
+from .._constants import ENV_CACHE_DIR
 
 __all__ = ["user_cache_dir"]
 

@@ -8,12 +8,12 @@ import dataclasses
 import json
 import sys
 
-from .budget import BudgetStatus, QueryBudget, list_budgets, reset_budget
-from .cache import ScoreCache
-from .errors import BudgetExceeded, ConfigurationError
-from .experiment import TEST_BUDGET_SUFFIX
-from .pricing import format_usd
-from .storage import Store
+from ..errors import BudgetExceeded, ConfigurationError
+from ..experiment import TEST_BUDGET_SUFFIX
+from ..pricing import format_usd
+from ..storage import Store
+from ..storage.budget import BudgetStatus, QueryBudget, list_budgets, reset_budget
+from ..storage.cache import ScoreCache
 
 __all__ = ["budget_refusal", "cmd_budget", "cmd_cache"]
 

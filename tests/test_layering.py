@@ -19,16 +19,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "maas_tune"
 #: hold several root modules that import each other (``data`` and ``frames``); rooms may not.
 ROOMS: dict[str, frozenset[str]] = {
     "values": frozenset(
-        {"_constants", "_money", "_version", "errors", "metrics", "pricing", "scores"}
+        {"_constants", "_lazy", "_money", "_version", "errors", "metrics", "pricing", "scores"}
     ),
     "storage": frozenset({"storage"}),
     "providers": frozenset({"providers"}),
     "task": frozenset({"task", "_task_file", "_template"}),
     "data": frozenset({"data", "frames"}),
     "datasets": frozenset({"datasets"}),
-    "estimators": frozenset({"decoders", "_params", "_artefact", "_artefact_schema"}),
+    "estimators": frozenset({"decoders", "estimator", "_artefact", "_artefact_schema"}),
     "client": frozenset({"client", "_hold"}),
     "methods": frozenset({"methods"}),
+    "registry": frozenset({"registry", "persistence", "_saved_schema"}),
     "experiment": frozenset({"experiment"}),
     "bench": frozenset({"bench"}),
     "ray": frozenset({"ray"}),
@@ -45,6 +46,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"task", "estimators"}),
     frozenset({"client", "datasets"}),
     frozenset({"methods"}),
+    frozenset({"registry"}),
     frozenset({"experiment"}),
     frozenset({"bench", "ray", "server"}),
     frozenset({"cli"}),

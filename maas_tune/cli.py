@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from . import _cli_commands as commands
 from . import _cli_store as store_commands
 from ._cli_provider import add_api_flags
-from ._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME
+from ._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME, DEFAULT_TOP_LOGPROBS
 from ._version import __version__
 from .budget import MAX_COUNT
 from .errors import BudgetExceeded, ConfigurationError, MaasTuneError
@@ -73,7 +73,7 @@ def _add_provider(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--top-logprobs",
         type=_positive,
-        default=5,
+        default=DEFAULT_TOP_LOGPROBS,
         help="with --base-url: top log-probs asked per request (hosted APIs allow 5 to 20)",
     )
     p.add_argument(

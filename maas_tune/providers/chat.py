@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from .._constants import MAX_RETRIES
+from .._constants import DEFAULT_TOP_LOGPROBS, MAX_RETRIES
 from ..chat_format import ChatFormat
 from ..errors import ConfigurationError
 from ..ratelimit import RateLimit, RateLimiter
@@ -30,7 +30,6 @@ from ._session import (
     resolve_base_url,
 )
 from .base import ProviderAnswer
-from .openai import DEFAULT_TOP_LOGPROBS
 
 __all__ = ["CHAT_LABEL_PREFIX", "OpenAIChatProvider", "Tokenizer"]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from .._constants import LABEL_WORD_PREFIX, MAX_RETRIES
+from .._constants import DEFAULT_TOP_LOGPROBS, LABEL_WORD_PREFIX, MAX_RETRIES
 from ..errors import ConfigurationError
 from ..ratelimit import RateLimit, RateLimiter
 from ._answers import reading
@@ -47,9 +47,6 @@ __all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "OpenAICompletionsProvider
 log = logging.getLogger(__name__)
 #: Samples scored with top-k before their observed miss rate may switch ``auto`` to echo.
 MIN_SAMPLES_TO_ADAPT = 8
-
-#: Default (and hosted-API maximum) number of top log-probs asked for.
-DEFAULT_TOP_LOGPROBS = 5
 
 
 class OpenAICompletionsProvider(RemoteProvider):

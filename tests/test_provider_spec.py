@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from maas_tune import Client, ScoreCache, Task
+from maas_tune import Client, QueryBudget, ScoreCache, Task
 from maas_tune.bench import ProviderPool
 from maas_tune.bench import ProviderSpec as BlockProvider
 from maas_tune.cli import build_parser
@@ -15,6 +15,7 @@ from maas_tune.errors import ConfigurationError
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.providers.spec import HTTPOptions, ProviderSpec
 from maas_tune.ray import ProviderConfig
+from maas_tune.providers._probe import clear_probe_cache
 from tests._det_server import DetServer
 
 TASK = Task(name="t", template="{text} It was", verbalizer={"neg": ["bad"], "pos": ["good"]})
@@ -106,3 +107,22 @@ def test_a_spec_refuses_an_unknown_kind_and_api_options_on_the_local_model():
         ProviderSpec(kind="embeddings")
     with pytest.raises(ConfigurationError, match="local provider takes no base_url"):
         ProviderSpec(kind="local", base_url="http://127.0.0.1:9/v1")
+
+
+def test_build_sends_nothing_and_selecting_the_strategy_is_the_charged_prepare_step(
+    server, tmp_path
+):
+    clear_probe_cache()  # as in a fresh process: the probe must be sent
+    spec = ProviderSpec(kind="completions", base_url=server.base_url, model="det")
+    before = server.received
+    provider = spec.build()
+    assert server.received == before  # building is plain construction
+    store = tmp_path / "store.sqlite"
+    budget = QueryBudget("spec", max_queries=100, store=store)
+    with provider:
+        Client(provider, cache=ScoreCache(store), budget=budget, progress=False).prepare(TASK)
+        probed = server.received - before
+        plan = provider.select_strategy()  # selected already: no request
+        assert provider.strategy == plan.strategy and server.received - before == probed
+    assert probed == provider.probe_requests > 0
+    assert budget.status().spent_queries == probed  # the probe, charged as before

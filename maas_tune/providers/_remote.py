@@ -36,8 +36,13 @@ class RemoteProvider(Provider):
     """A provider behind an OpenAI-style API whose ``"auto"`` strategy is found by a probe.
 
     Subclasses validate their options, call ``super().__init__`` and implement
-    :attr:`probe_result`, :attr:`plan` and the contract; they set
+    :attr:`probe_result`, :meth:`select_strategy` and the contract; they set
     :attr:`max_probe_requests` (the most requests their probe sends).
+
+    Choosing the strategy is an explicit step: :meth:`select_strategy`, which
+    :meth:`prepare` runs for the :class:`~maas_tune.client.Client` (so a probe is charged
+    to its budget). Reading :attr:`strategy`, :attr:`plan` or :meth:`fingerprint` on a
+    provider that was never prepared selects first, without a budget to charge.
 
     Attributes
     ----------
@@ -95,18 +100,27 @@ class RemoteProvider(Provider):
 
     @property
     def strategy(self) -> str:
-        """The strategy in use; under ``"auto"`` the first access probes the server."""
-        return str(self.plan.strategy)
+        """The strategy in use (:meth:`select_strategy`'s; selects first if not prepared)."""
+        return str(self.select_strategy().strategy)
+
+    @property
+    def plan(self) -> Any:
+        """How samples are scored now (:meth:`select_strategy`; selects first if not prepared)."""
+        return self.select_strategy()
 
     @property
     @abc.abstractmethod
     def probe_result(self) -> Any:
         """What the capability probe found."""
 
-    @property
     @abc.abstractmethod
-    def plan(self) -> Any:
-        """How samples are scored now; its ``strategy`` names it."""
+    def select_strategy(self) -> Any:
+        """Choose how samples are scored, and return the plan (its ``strategy`` names it).
+
+        Under ``"auto"`` this is where the capability probe is sent, once per cache (kept
+        in the attached fact store); a requested strategy needs no request. Call it
+        through :meth:`prepare` (the client does), so the probe is charged to a budget.
+        """
 
     @abc.abstractmethod
     def _probe_key(self) -> str:
@@ -187,7 +201,7 @@ class RemoteProvider(Provider):
             return SetupCost(0, 0)
         batch = self._batch = Batch()
         try:
-            self.plan  # noqa: B018 - probes, and refuses here when no exact plan exists
+            self.select_strategy()  # probes, and refuses here when no exact plan exists
         except BaseException as exc:
             exc.outcome = batch.outcome({})  # type: ignore[attr-defined]
             raise

@@ -153,8 +153,7 @@ class OpenAIChatProvider(RemoteProvider):
                 self._probe = ChatProbeResult(**kept)
             return self._probe
 
-    @property
-    def plan(self) -> Plan:
+    def select_strategy(self) -> Plan:
         """How samples are scored (under ``"auto"``: probes, or refuses when not exact).
 
         Raises

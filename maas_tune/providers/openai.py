@@ -191,9 +191,8 @@ class OpenAICompletionsProvider(RemoteProvider):
         ids = self._token_ids(LABEL_WORD_PREFIX + word)
         return Label(ids[0], word) if ids and len(ids) == 1 else None
 
-    @property
-    def plan(self) -> Plan:
-        """How samples are scored now (probes the API first under ``"auto"``).
+    def select_strategy(self) -> Plan:
+        """How samples are scored now (probes the API first under ``"auto"``, once per cache).
 
         Raises
         ------
@@ -241,7 +240,7 @@ class OpenAICompletionsProvider(RemoteProvider):
     def _scoring(
         self, prompts: list[str], token_ids: Sequence[int]
     ) -> tuple[Callable[[str], Script[ProviderAnswer]], Callable[[list[ProviderAnswer]], None]]:
-        plan = self.plan
+        plan = self.select_strategy()
         labels = self._labels(token_ids, plan.strategy)
         strategy = self._adapted(plan, labels)
         scorers: dict[str, Callable[..., Script[ProviderAnswer]]] = {

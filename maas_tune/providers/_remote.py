@@ -8,14 +8,12 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from .._constants import MAX_RETRIES
-from ..ratelimit import RateLimit, RateLimiter
 from ..task import check_single_tokens
 from ._batch import Batch, BatchOutcome, Events
 from ._forcing import synthetic_token_id
@@ -23,6 +21,9 @@ from ._http import public_url
 from ._script import Script
 from ._session import APISession
 from .base import FactStore, Provider, ProviderAnswer, SetupCost, Spend
+
+if TYPE_CHECKING:
+    from .spec import HTTPOptions
 
 __all__ = ["RemoteProvider", "Tokenizer"]
 
@@ -65,19 +66,14 @@ class RemoteProvider(Provider):
         strategy: str,
         *,
         api_key: str | None,
-        max_concurrency: int,
-        timeout: float,
-        max_retries: int = MAX_RETRIES,
+        http: HTTPOptions,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        rate_limit: RateLimit | RateLimiter | None = None,
         tokenizer: Tokenizer | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        default_query: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = public_url(base_url)  # shown and kept in the cache: no credentials
         self.model = model
-        self.max_concurrency = max_concurrency
+        self.max_concurrency = int(http.max_concurrency or 0)
         self.probe_requests = 0
         self._local = threading.local()  # events and request cap of this thread's scoring
         self._requested = strategy
@@ -87,9 +83,7 @@ class RemoteProvider(Provider):
         self._lock = threading.RLock()
         self._batch: Batch | None = None
         self._session = APISession(
-            base_url, api_key=api_key, timeout=timeout, max_concurrency=max_concurrency,
-            max_retries=max_retries, transport=transport, sleep=sleep, rate_limit=rate_limit,
-            default_headers=default_headers, default_query=default_query,
+            base_url, api_key=api_key, http=http, transport=transport, sleep=sleep
         )
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ from ._session import (
     resolve_base_url,
 )
 from .base import ProviderAnswer
+from .spec import HTTPOptions
 
 __all__ = ["CHAT_LABEL_PREFIX", "OpenAIChatProvider", "Tokenizer"]
 
@@ -126,12 +127,13 @@ class OpenAIChatProvider(RemoteProvider):
         check_api_options(base_url, model, max_concurrency, timeout)
         check_count("top_logprobs", top_logprobs)
         _check_chat_options(strategy, chat_format, label_prefix, tokenizer)
-        super().__init__(
-            base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
-            timeout=timeout, max_retries=max_retries, transport=transport, sleep=sleep,
-            rate_limit=rate_limit, tokenizer=tokenizer, default_headers=default_headers,
+        http = HTTPOptions.checked(
+            timeout=timeout, max_retries=max_retries, rate_limit=rate_limit,
+            max_concurrency=max_concurrency, default_headers=default_headers,
             default_query=default_query,
         )
+        super().__init__(base_url, model, strategy, api_key=api_key, http=http,
+                         transport=transport, sleep=sleep, tokenizer=tokenizer)
         self.top_logprobs = top_logprobs
         self.chat_format = chat_format or ChatFormat()
         self.label_prefix = label_prefix

@@ -41,6 +41,7 @@ from ._strategies import (
     score_top_logprobs,
 )
 from .base import ProviderAnswer, check_token_features
+from .spec import HTTPOptions
 
 __all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "OpenAICompletionsProvider"]
 
@@ -150,12 +151,13 @@ class OpenAICompletionsProvider(RemoteProvider):
         base_url = resolve_base_url(base_url)
         max_concurrency = concurrency_for(max_concurrency, rate_limit)
         _check_options(base_url, model, strategy, top_logprobs, max_concurrency, timeout)
-        super().__init__(
-            base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
-            timeout=timeout, max_retries=max_retries, transport=transport, sleep=sleep,
-            rate_limit=rate_limit, tokenizer=tokenizer, default_headers=default_headers,
+        http = HTTPOptions.checked(
+            timeout=timeout, max_retries=max_retries, rate_limit=rate_limit,
+            max_concurrency=max_concurrency, default_headers=default_headers,
             default_query=default_query,
         )
+        super().__init__(base_url, model, strategy, api_key=api_key, http=http,
+                         transport=transport, sleep=sleep, tokenizer=tokenizer)
         self.top_logprobs = top_logprobs
         self.token_features = token_features
         self._probe: ProbeResult | None = None

@@ -18,6 +18,7 @@ from typing import Any, cast
 from .._constants import DEFAULT_MODEL_NAME, DEFAULT_TOP_LOGPROBS, LOCAL_BATCH_SIZE, MAX_RETRIES
 from ..errors import ConfigurationError
 from ..ratelimit import RateLimit, RateLimiter, as_limiter
+from ._extras import extra_headers, extra_query
 from ._http import is_secret_name, public_url
 from ._session import API_KEY_ENV, DEFAULT_TIMEOUT_S
 from .base import Provider
@@ -41,8 +42,9 @@ class HTTPOptions:
         Per-request timeout in seconds.
     max_retries : int
         Retries of a failed request (connect errors, timeouts, 408/409/429/5xx).
-    rate_limit : RateLimit or None
-        The account's limit, paced on the client side (None: no limit).
+    rate_limit : RateLimit, RateLimiter or None
+        The account's limit, paced on the client side (None: no limit). A spec that is
+        pickled holds a :class:`RateLimit` (or a shared limiter, which pickles).
     max_concurrency : int or None
         Requests in flight at most; None follows the rate limit (4 without one, up to
         256 with one).
@@ -55,7 +57,7 @@ class HTTPOptions:
 
     timeout: float = DEFAULT_TIMEOUT_S
     max_retries: int = MAX_RETRIES
-    rate_limit: RateLimit | None = None
+    rate_limit: RateLimit | RateLimiter | None = None
     max_concurrency: int | None = None
     api_key_env: str | None = None
     headers: Pairs = ()
@@ -106,6 +108,35 @@ class HTTPOptions:
         if self.query:
             found["default_query"] = dict(self.query)
         return found
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        timeout: float,
+        max_retries: int,
+        rate_limit: RateLimit | RateLimiter | None,
+        max_concurrency: int,
+        default_headers: Mapping[str, str] | None,
+        default_query: Mapping[str, str] | None,
+    ) -> HTTPOptions:
+        """The options an HTTP provider's constructor was given, its headers and query
+        checked (:func:`~maas_tune.providers._extras.extra_headers`), as its session takes
+        them.
+
+        Raises
+        ------
+        ConfigurationError
+            A header or query parameter that cannot be sent (a credential is not shown).
+        """
+        return cls(
+            timeout=timeout,
+            max_retries=max_retries,
+            rate_limit=rate_limit,
+            max_concurrency=max_concurrency,
+            headers=tuple(extra_headers(default_headers)),
+            query=tuple(extra_query(default_query)),
+        )
 
     def carries_credentials(self) -> bool:
         """Whether a header or query parameter has a credential-like name."""

@@ -12,10 +12,10 @@ from maas_tune.bench import ProviderPool
 from maas_tune.bench import ProviderSpec as BlockProvider
 from maas_tune.cli import build_parser
 from maas_tune.errors import ConfigurationError
+from maas_tune.providers._probe import clear_probe_cache
 from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.providers.spec import HTTPOptions, ProviderSpec
 from maas_tune.ray import ProviderConfig
-from maas_tune.providers._probe import clear_probe_cache
 from tests._det_server import DetServer
 
 TASK = Task(name="t", template="{text} It was", verbalizer={"neg": ["bad"], "pos": ["good"]})

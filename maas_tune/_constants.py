@@ -67,6 +67,9 @@ DEFAULT_MODEL_NAME = "gemma-3-270m"
 #: Input used for contextual calibration (Zhao et al. 2021 use "N/A").
 CONTENT_FREE_TEXT = "N/A"
 
+#: Default (and hosted-API maximum) number of top log-probs asked per request over HTTP.
+DEFAULT_TOP_LOGPROBS = 5
+
 #: Prefix put before every label word when it is appended to the prompt.
 LABEL_WORD_PREFIX = " "
 

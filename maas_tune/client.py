@@ -137,7 +137,9 @@ class _Core:
         an HTTP API's capability probe) before any sample is sent, charged to the budget.
 
         :meth:`score` does this itself; call it first to read ``provider.fingerprint()``
-        or ``provider.plan`` without the probe escaping the budget.
+        or ``provider.strategy`` without the probe escaping the budget: this is the
+        explicit step in which an HTTP provider selects its strategy
+        (:meth:`~maas_tune.providers.openai.OpenAICompletionsProvider.select_strategy`).
         """
         self.provider.label_token_ids(task.label_words)
         self._setup()

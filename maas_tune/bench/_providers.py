@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+from ..providers import spec as provider_spec
 from ..providers.base import Provider
 from .config import ProviderSpec
 
@@ -47,22 +48,20 @@ class ProviderPool(contextlib.AbstractContextManager["ProviderPool"]):
     def _build(self, spec: ProviderSpec) -> Provider:
         if spec.kind == "local":
             return self.local()
+        return self.spec_of(spec).build()
+
+    def spec_of(self, spec: ProviderSpec) -> provider_spec.ProviderSpec:
+        """The :class:`~maas_tune.providers.spec.ProviderSpec` a block's HTTP provider is
+        built from (``serve``: starts the loopback server on first use)."""
         if spec.kind == "serve":
             base_url, model = self._serve() + "/v1", self._served_model()
         else:
             base_url, model = str(spec.base_url), spec.model or self._served_model()
-        from ..providers.openai import OpenAICompletionsProvider
-
-        scorer: Provider = OpenAICompletionsProvider(
-            base_url, model, strategy=spec.strategy, top_logprobs=spec.top_logprobs,
+        return provider_spec.ProviderSpec(
+            kind="completions", base_url=base_url, model=model, strategy=spec.strategy,
+            top_logprobs=spec.top_logprobs, embeddings=spec.embeddings,
             token_features=spec.token_features,
         )
-        if not spec.embeddings:
-            return scorer
-        from ..providers.embeddings import OpenAIEmbeddingsProvider
-        from ..providers.with_embeddings import WithEmbeddings
-
-        return WithEmbeddings(scorer, OpenAIEmbeddingsProvider(base_url, model))
 
     def _served_model(self) -> str:
         from .._constants import DEFAULT_MODEL_NAME

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import datasets
+from .._constants import DEFAULT_TOP_LOGPROBS
 from ..errors import ConfigurationError
 from ..registry import METHODS, make_decoder
 
@@ -60,7 +61,7 @@ class ProviderSpec:
     base_url: str | None = None
     model: str | None = None
     strategy: str = "auto"
-    top_logprobs: int = 5
+    top_logprobs: int = DEFAULT_TOP_LOGPROBS
     embeddings: bool = False
     token_features: int | None = None
 

@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from .. import datasets
 from .._constants import DEFAULT_TOKEN_FEATURES
@@ -27,7 +27,6 @@ from ..frames import resolve_columns
 from ..methods import PromptMethod
 from ..persistence import load_estimator, save_estimator
 from ..pricing import Price, format_usd, price_for
-from ..providers.base import Provider
 from ..registry import make_decoder
 from ..storage import Store
 from ..storage.budget import QueryBudget
@@ -35,88 +34,15 @@ from ..storage.cache import ScoreCache
 from ..task import Task
 from .provider import (
     RECORD_KEY,
-    api_extras,
     apply_record,
     check_fingerprint,
+    placement,
     provider_record,
-    resolve_cli_base_url,
 )
-
-if TYPE_CHECKING:
-    from ..providers.device import Placement
+from .provider import build_provider as _provider  # the seam tests replace
 
 
 # -- shared argument handling ---------------------------------------------------
-def _provider(args: argparse.Namespace, model: str | None = None) -> Provider:
-    resolve_cli_base_url(args)  # --base-url env; a note when $OPENAI_BASE_URL goes unused
-    extras = api_extras(args)  # --header / --query
-    if getattr(args, "tokenizer", None) and not getattr(args, "base_url", None):
-        raise ConfigurationError("--tokenizer needs --base-url (the local model has its own)")
-    if getattr(args, "embeddings", False) and not getattr(args, "base_url", None):
-        raise ConfigurationError("--embeddings needs --base-url (the API to embed prompts with)")
-    if getattr(args, "base_url", None) and (getattr(args, "device", None)
-                                            or getattr(args, "dtype", None)):
-        raise ConfigurationError("--device and --dtype place the local model; drop them with "
-                                 "--base-url (the API's server runs its model)")
-    if getattr(args, "base_url", None):
-        name = args.api_model or model or args.model
-        scorer = _http_scorer(args, name, extras)
-        if not getattr(args, "embeddings", False):
-            return scorer
-        from ..providers.embeddings import OpenAIEmbeddingsProvider
-        from ..providers.with_embeddings import WithEmbeddings
-
-        embedder = OpenAIEmbeddingsProvider(args.base_url, args.embeddings_model or name,
-                                            **extras, **_pacing(args))
-        return WithEmbeddings(scorer, embedder)
-    from ..providers.local import TransformersProvider
-
-    where = _placement(args)
-    return TransformersProvider(model or args.model, batch_size=args.batch_size,
-                                device=where.device, dtype=where.dtype,
-                                token_features=getattr(args, "token_features", None))
-
-
-def _placement(args: argparse.Namespace) -> Placement:
-    """The checked --device and --dtype (a ConfigurationError naming the flag otherwise)."""
-    from ..providers.device import DEFAULT_DEVICE, resolve_placement
-
-    device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
-    return resolve_placement(device or DEFAULT_DEVICE, dtype or "auto",
-                             flags=("--device", "--dtype"))
-
-
-def _http_scorer(args: argparse.Namespace, name: str, extras: dict[str, Any]) -> Provider:
-    """The label scorer behind --base-url: completions (default) or chat (--api chat)."""
-    options: dict[str, Any] = {"strategy": args.strategy,
-                               "top_logprobs": getattr(args, "top_logprobs", 5), **extras,
-                               **_pacing(args)}
-    if getattr(args, "tokenizer", None):
-        from ..providers.tokenizers import load_tokenizer
-
-        options["tokenizer"] = load_tokenizer(args.tokenizer)
-    if getattr(args, "api", "completions") == "chat":
-        from ..providers.chat import OpenAIChatProvider
-
-        return OpenAIChatProvider(args.base_url, name, **options)
-    from ..providers.openai import OpenAICompletionsProvider
-
-    tokens = getattr(args, "token_features", None)
-    return OpenAICompletionsProvider(args.base_url, name, token_features=tokens, **options)
-
-
-def _pacing(args: argparse.Namespace) -> dict[str, Any]:
-    """--rate-limit and --max-concurrency as provider options (absent: the defaults)."""
-    rate = getattr(args, "rate_limit", None)
-    if rate is not None and not hasattr(args, "_limiter"):  # one limiter for every provider
-        from ..providers.ratelimit import as_limiter
-
-        args._limiter = as_limiter(rate)
-    found = {"rate_limit": getattr(args, "_limiter", None),
-             "max_concurrency": getattr(args, "max_concurrency", None)}
-    return {k: v for k, v in found.items() if v is not None}
-
-
 def _progress(args: argparse.Namespace) -> bool | None:
     return False if args.quiet else None
 
@@ -444,7 +370,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigurationError(
                 f"--api-key-env {args.api_key_env}: that environment variable is empty or unset"
             )
-    where = _placement(args)  # before the server starts: a wrong flag stops it here
+    where = placement(args)  # before the server starts: a wrong flag stops it here
     run(
         args.model,
         device=where.device,

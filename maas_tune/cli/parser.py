@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from .._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME
+from .._constants import DEFAULT_BUDGET_NAME, DEFAULT_MODEL_NAME, DEFAULT_TOP_LOGPROBS
 from .._version import __version__
 from ..errors import ConfigurationError, MaasTuneError
 from ..pricing import Price
@@ -66,7 +66,7 @@ def _add_provider(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--top-logprobs",
         type=_positive,
-        default=5,
+        default=DEFAULT_TOP_LOGPROBS,
         help="with --base-url: top log-probs asked per request (hosted APIs allow 5 to 20)",
     )
     p.add_argument(

@@ -1,5 +1,6 @@
-"""The provider flags of :mod:`maas_tune.cli` that follow openai-python's conventions, and
-the provider a decoder was fitted with, recorded by ``fit`` and rebuilt by ``predict``.
+"""The provider flags of :mod:`maas_tune.cli`: the :class:`~maas_tune.providers.spec.ProviderSpec`
+they describe (built through its one ``build``), openai-python's conventions, and the provider
+a decoder was fitted with, recorded by ``fit`` and rebuilt by ``predict``.
 
 Base URL from the environment: the Python providers read ``$MAAS_TUNE_BASE_URL``, else
 ``$OPENAI_BASE_URL``, when ``base_url=None``. The CLI does so only for ``--base-url env``:
@@ -13,21 +14,29 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .._constants import DEFAULT_TOP_LOGPROBS
 from ..errors import ConfigurationError
 from ..providers.base import Provider
 from ..providers.extras import parse_pairs
 from ..providers.http import is_secret_name, public_url
 from ..providers.session import BASE_URL_ENV, resolve_base_url
+from ..providers.spec import HTTPOptions, ProviderSpec, pairs
+
+if TYPE_CHECKING:
+    from ..providers.device import Placement
 
 __all__ = [
     "ENV_BASE_URL",
     "add_api_flags",
     "api_extras",
     "apply_record",
+    "build_provider",
     "check_fingerprint",
+    "placement",
     "provider_record",
+    "provider_spec",
     "resolve_cli_base_url",
 ]
 
@@ -36,7 +45,7 @@ ENV_BASE_URL = "env"
 #: Metadata key of the provider recorded by ``fit``.
 RECORD_KEY = "provider_config"
 # Provider flags that predict leaves unset (None) so that the record can fill them.
-_PREDICT_DEFAULTS = {"api": "completions", "strategy": "auto", "top_logprobs": 5}
+_PREDICT_DEFAULTS = {"api": "completions", "strategy": "auto", "top_logprobs": DEFAULT_TOP_LOGPROBS}
 
 
 def add_api_flags(p: argparse.ArgumentParser) -> None:
@@ -85,6 +94,65 @@ def resolve_cli_base_url(args: argparse.Namespace) -> None:
 
 def _env(name: str) -> str:
     return os.environ.get(name, "").strip()
+
+
+# -- the provider the flags describe ----------------------------------------------------
+def build_provider(args: argparse.Namespace, model: str | None = None) -> Provider:
+    """The provider the flags describe (:func:`provider_spec`), built by its spec; every
+    provider built from the same ``args`` shares one rate limiter."""
+    spec = provider_spec(args, model)
+    if spec.http.rate_limit is not None and not hasattr(args, "_limiter"):
+        from ..providers.ratelimit import as_limiter
+
+        args._limiter = as_limiter(spec.http.rate_limit)
+    return spec.build(rate_limit=getattr(args, "_limiter", None))
+
+
+def provider_spec(args: argparse.Namespace, model: str | None = None) -> ProviderSpec:
+    """The :class:`ProviderSpec` of ``--base-url``, ``--api``, ``--model``, ... (``model``:
+    the local model when ``--model`` names none, e.g. the fitted decoder's).
+
+    Raises
+    ------
+    ConfigurationError
+        Flags that do not go together, naming them.
+    """
+    resolve_cli_base_url(args)  # --base-url env; a note when $OPENAI_BASE_URL goes unused
+    extras = api_extras(args)  # --header / --query
+    base_url = getattr(args, "base_url", None)
+    if getattr(args, "tokenizer", None) and not base_url:
+        raise ConfigurationError("--tokenizer needs --base-url (the local model has its own)")
+    if getattr(args, "embeddings", False) and not base_url:
+        raise ConfigurationError("--embeddings needs --base-url (the API to embed prompts with)")
+    if base_url and (getattr(args, "device", None) or getattr(args, "dtype", None)):
+        raise ConfigurationError("--device and --dtype place the local model; drop them with "
+                                 "--base-url (the API's server runs its model)")
+    tokens = getattr(args, "token_features", None)
+    if not base_url:
+        where = placement(args)
+        return ProviderSpec(kind="local", model=model or args.model, batch_size=args.batch_size,
+                            device=where.device, dtype=where.dtype, token_features=tokens)
+    http = HTTPOptions(rate_limit=getattr(args, "rate_limit", None),
+                       max_concurrency=getattr(args, "max_concurrency", None),
+                       headers=pairs(extras.get("default_headers")),
+                       query=pairs(extras.get("default_query")))
+    kind = getattr(args, "api", None) or "completions"
+    return ProviderSpec(
+        kind=kind, base_url=base_url, model=args.api_model or model or args.model,
+        strategy=args.strategy, top_logprobs=getattr(args, "top_logprobs", DEFAULT_TOP_LOGPROBS),
+        tokenizer=getattr(args, "tokenizer", None), embeddings=getattr(args, "embeddings", False),
+        embeddings_model=getattr(args, "embeddings_model", None),
+        token_features=tokens if kind == "completions" else None, http=http,
+    )
+
+
+def placement(args: argparse.Namespace) -> Placement:
+    """The checked --device and --dtype (a ConfigurationError naming the flag otherwise)."""
+    from ..providers.device import DEFAULT_DEVICE, resolve_placement
+
+    device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
+    return resolve_placement(device or DEFAULT_DEVICE, dtype or "auto",
+                             flags=("--device", "--dtype"))
 
 
 # -- the provider recorded by fit, rebuilt by predict -------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from .._constants import MAX_RETRIES
+from .._constants import DEFAULT_TOP_LOGPROBS, MAX_RETRIES
 from ..errors import ConfigurationError
 from ..scores import ProviderAnswer
 from ._answers import reading
@@ -21,7 +21,6 @@ from ._forcing import Label, LabelReading
 from ._probe import Plan, cached_probe
 from ._script import Script
 from .chat_format import ChatFormat
-from .openai import DEFAULT_TOP_LOGPROBS
 from .ratelimit import RateLimit, RateLimiter
 from .remote import RemoteProvider, Tokenizer
 from .session import (
@@ -31,6 +30,7 @@ from .session import (
     concurrency_for,
     resolve_base_url,
 )
+from .spec import HTTPOptions
 
 __all__ = ["CHAT_LABEL_PREFIX", "OpenAIChatProvider", "Tokenizer"]
 
@@ -127,12 +127,13 @@ class OpenAIChatProvider(RemoteProvider):
         check_api_options(base_url, model, max_concurrency, timeout)
         check_count("top_logprobs", top_logprobs)
         _check_chat_options(strategy, chat_format, label_prefix, tokenizer)
-        super().__init__(
-            base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
-            timeout=timeout, max_retries=max_retries, transport=transport, sleep=sleep,
-            rate_limit=rate_limit, tokenizer=tokenizer, default_headers=default_headers,
+        http = HTTPOptions.checked(
+            timeout=timeout, max_retries=max_retries, rate_limit=rate_limit,
+            max_concurrency=max_concurrency, default_headers=default_headers,
             default_query=default_query,
         )
+        super().__init__(base_url, model, strategy, api_key=api_key, http=http,
+                         transport=transport, sleep=sleep, tokenizer=tokenizer)
         self.top_logprobs = top_logprobs
         self.chat_format = chat_format or ChatFormat()
         self.label_prefix = label_prefix
@@ -154,8 +155,7 @@ class OpenAIChatProvider(RemoteProvider):
                 self._probe = ChatProbeResult(**kept)
             return self._probe
 
-    @property
-    def plan(self) -> Plan:
+    def select_strategy(self) -> Plan:
         """How samples are scored (under ``"auto"``: probes, or refuses when not exact).
 
         Raises

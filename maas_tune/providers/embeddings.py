@@ -26,6 +26,7 @@ from .session import (
     concurrency_for,
     resolve_base_url,
 )
+from .spec import HTTPOptions
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -122,10 +123,13 @@ class OpenAIEmbeddingsProvider:
         self.max_concurrency = max_concurrency
         self._dim: int | None = None  # learnt from the first reply; later replies must match
         self._lock = threading.Lock()
+        http = HTTPOptions.checked(
+            timeout=timeout, max_retries=max_retries, rate_limit=rate_limit,
+            max_concurrency=max_concurrency, default_headers=default_headers,
+            default_query=default_query,
+        )
         self._session = APISession(
-            base_url, api_key=api_key, timeout=timeout, max_concurrency=max_concurrency,
-            max_retries=max_retries, transport=transport, sleep=sleep, rate_limit=rate_limit,
-            default_headers=default_headers, default_query=default_query,
+            base_url, api_key=api_key, http=http, transport=transport, sleep=sleep
         )
 
     def __repr__(self) -> str:

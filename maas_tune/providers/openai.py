@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from .._constants import LABEL_WORD_PREFIX, MAX_RETRIES
+from .._constants import DEFAULT_TOP_LOGPROBS, LABEL_WORD_PREFIX, MAX_RETRIES
 from ..errors import ConfigurationError
 from ..scores import ProviderAnswer
 from ._answers import reading
@@ -42,15 +42,13 @@ from .session import (
     concurrency_for,
     resolve_base_url,
 )
+from .spec import HTTPOptions
 
 __all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "OpenAICompletionsProvider"]
 
 log = logging.getLogger(__name__)
 #: Samples scored with top-k before their observed miss rate may switch ``auto`` to echo.
 MIN_SAMPLES_TO_ADAPT = 8
-
-#: Default (and hosted-API maximum) number of top log-probs asked for.
-DEFAULT_TOP_LOGPROBS = 5
 
 
 class OpenAICompletionsProvider(RemoteProvider):
@@ -154,12 +152,13 @@ class OpenAICompletionsProvider(RemoteProvider):
         base_url = resolve_base_url(base_url)
         max_concurrency = concurrency_for(max_concurrency, rate_limit)
         _check_options(base_url, model, strategy, top_logprobs, max_concurrency, timeout)
-        super().__init__(
-            base_url, model, strategy, api_key=api_key, max_concurrency=max_concurrency,
-            timeout=timeout, max_retries=max_retries, transport=transport, sleep=sleep,
-            rate_limit=rate_limit, tokenizer=tokenizer, default_headers=default_headers,
+        http = HTTPOptions.checked(
+            timeout=timeout, max_retries=max_retries, rate_limit=rate_limit,
+            max_concurrency=max_concurrency, default_headers=default_headers,
             default_query=default_query,
         )
+        super().__init__(base_url, model, strategy, api_key=api_key, http=http,
+                         transport=transport, sleep=sleep, tokenizer=tokenizer)
         self.top_logprobs = top_logprobs
         self.token_features = token_features
         self._probe: ProbeResult | None = None
@@ -195,9 +194,8 @@ class OpenAICompletionsProvider(RemoteProvider):
         ids = self._token_ids(LABEL_WORD_PREFIX + word)
         return Label(ids[0], word) if ids and len(ids) == 1 else None
 
-    @property
-    def plan(self) -> Plan:
-        """How samples are scored now (probes the API first under ``"auto"``).
+    def select_strategy(self) -> Plan:
+        """How samples are scored now (probes the API first under ``"auto"``, once per cache).
 
         Raises
         ------
@@ -245,7 +243,7 @@ class OpenAICompletionsProvider(RemoteProvider):
     def _scoring(
         self, prompts: list[str], token_ids: Sequence[int]
     ) -> tuple[Callable[[str], Script[ProviderAnswer]], Callable[[list[ProviderAnswer]], None]]:
-        plan = self.plan
+        plan = self.select_strategy()
         labels = self._labels(token_ids, plan.strategy)
         strategy = self._adapted(plan, labels)
         scorers: dict[str, Callable[..., Script[ProviderAnswer]]] = {

@@ -8,22 +8,23 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from .._constants import MAX_RETRIES
 from ..scores import ProviderAnswer
 from ._batch import Batch, BatchOutcome, Events
 from ._forcing import synthetic_token_id
 from ._script import Script
 from .base import FactStore, Provider, SetupCost, Spend
 from .http import public_url
-from .ratelimit import RateLimit, RateLimiter
 from .session import APISession
 from .tokenizers import check_single_tokens
+
+if TYPE_CHECKING:
+    from .spec import HTTPOptions
 
 __all__ = ["RemoteProvider", "Tokenizer"]
 
@@ -37,8 +38,13 @@ class RemoteProvider(Provider):
     """A provider behind an OpenAI-style API whose ``"auto"`` strategy is found by a probe.
 
     Subclasses validate their options, call ``super().__init__`` and implement
-    :attr:`probe_result`, :attr:`plan` and the contract; they set
+    :attr:`probe_result`, :meth:`select_strategy` and the contract; they set
     :attr:`max_probe_requests` (the most requests their probe sends).
+
+    Choosing the strategy is an explicit step: :meth:`select_strategy`, which
+    :meth:`prepare` runs for the :class:`~maas_tune.client.Client` (so a probe is charged
+    to its budget). Reading :attr:`strategy`, :attr:`plan` or :meth:`fingerprint` on a
+    provider that was never prepared selects first, without a budget to charge.
 
     Attributes
     ----------
@@ -61,19 +67,14 @@ class RemoteProvider(Provider):
         strategy: str,
         *,
         api_key: str | None,
-        max_concurrency: int,
-        timeout: float,
-        max_retries: int = MAX_RETRIES,
+        http: HTTPOptions,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        rate_limit: RateLimit | RateLimiter | None = None,
         tokenizer: Tokenizer | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        default_query: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = public_url(base_url)  # shown and kept in the cache: no credentials
         self.model = model
-        self.max_concurrency = max_concurrency
+        self.max_concurrency = int(http.max_concurrency or 0)
         self.probe_requests = 0
         self._local = threading.local()  # events and request cap of this thread's scoring
         self._requested = strategy
@@ -83,9 +84,7 @@ class RemoteProvider(Provider):
         self._lock = threading.RLock()
         self._batch: Batch | None = None
         self._session = APISession(
-            base_url, api_key=api_key, timeout=timeout, max_concurrency=max_concurrency,
-            max_retries=max_retries, transport=transport, sleep=sleep, rate_limit=rate_limit,
-            default_headers=default_headers, default_query=default_query,
+            base_url, api_key=api_key, http=http, transport=transport, sleep=sleep
         )
 
     def __repr__(self) -> str:
@@ -96,18 +95,27 @@ class RemoteProvider(Provider):
 
     @property
     def strategy(self) -> str:
-        """The strategy in use; under ``"auto"`` the first access probes the server."""
-        return str(self.plan.strategy)
+        """The strategy in use (:meth:`select_strategy`'s; selects first if not prepared)."""
+        return str(self.select_strategy().strategy)
+
+    @property
+    def plan(self) -> Any:
+        """How samples are scored now (:meth:`select_strategy`; selects first if not prepared)."""
+        return self.select_strategy()
 
     @property
     @abc.abstractmethod
     def probe_result(self) -> Any:
         """What the capability probe found."""
 
-    @property
     @abc.abstractmethod
-    def plan(self) -> Any:
-        """How samples are scored now; its ``strategy`` names it."""
+    def select_strategy(self) -> Any:
+        """Choose how samples are scored, and return the plan (its ``strategy`` names it).
+
+        Under ``"auto"`` this is where the capability probe is sent, once per cache (kept
+        in the attached fact store); a requested strategy needs no request. Call it
+        through :meth:`prepare` (the client does), so the probe is charged to a budget.
+        """
 
     @abc.abstractmethod
     def _probe_key(self) -> str:
@@ -188,7 +196,7 @@ class RemoteProvider(Provider):
             return SetupCost(0, 0)
         batch = self._batch = Batch()
         try:
-            self.plan  # noqa: B018 - probes, and refuses here when no exact plan exists
+            self.select_strategy()  # probes, and refuses here when no exact plan exists
         except BaseException as exc:
             exc.outcome = batch.outcome({})  # type: ignore[attr-defined]
             raise

@@ -13,14 +13,14 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from .._constants import MAX_RETRIES, MAX_RETRY_AFTER_S
+from .._constants import MAX_RETRY_AFTER_S
 from ..errors import (
     ConfigurationError,
     OfflineCacheMiss,
@@ -36,11 +36,10 @@ from ._retry import RetryPolicy
 from ._script import Post, Script, adrive
 from ._wire import DirectSender, WireTransport, wire_applies
 from .base import FactStore
-from .extras import BASE_URL_ENV, extra_headers, extra_query, resolve_base_url
+from .extras import BASE_URL_ENV, resolve_base_url
 from .http import TOTAL_TIMEOUT_FACTOR, public_url
 from .ratelimit import (
     DEFAULT_PENALTY_S,
-    RateLimit,
     RateLimiter,
     as_limiter,
     book,
@@ -49,6 +48,9 @@ from .ratelimit import (
 from .secrets import check_api_key
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from .spec import HTTPOptions
 
 __all__ = [
     "API_KEY_ENV",
@@ -149,25 +151,22 @@ class APISession:
         tokenizer is looked for at ``{base_url minus /v1}/extras/tokenize``.
     api_key : str or None
         Sent as ``Authorization: Bearer``; None reads :data:`API_KEY_ENV`.
-    timeout : float
-        Per-request timeout in seconds.
-    max_concurrency : int
-        Pooled connections, and threads of :meth:`map`.
-    max_retries : int
-        Retries of a failed request (see :class:`~maas_tune.providers._retry.RetryPolicy`).
-    transport : httpx.BaseTransport, optional
-        Replaces the network (tests inject ``httpx.MockTransport``).
-    sleep : callable
-        Called with each retry delay in seconds.
-    rate_limit : RateLimit, RateLimiter or None
-        Client-side rate limit: each scoring request (each retry too) first waits
-        for its turn, counting 1 request and the tokens
+    http : HTTPOptions
+        Timeout (per request, seconds), retries (see
+        :class:`~maas_tune.providers._retry.RetryPolicy`), ``max_concurrency`` (pooled
+        connections and requests in flight; resolved, not None), headers and query
+        (checked), and the client-side rate limit: each scoring request (each retry too)
+        first waits for its turn, counting 1 request and the tokens
         :func:`~maas_tune.providers.ratelimit.estimate_request_tokens` estimates from its body
         (prompt characters / 3 + 1, plus ``max_tokens``). A :class:`RateLimit` gets a
         limiter of this process; pass a shared one (:func:`maas_tune.ray.shared_rate_limiter`)
         to share the limit among processes. A 429 makes the limiter pause all its
         users for the Retry-After delay (1 s when the server gives none).
         Tokenizer requests are not limited. None: no limit.
+    transport : httpx.BaseTransport, optional
+        Replaces the network (tests inject ``httpx.MockTransport``).
+    sleep : callable
+        Called with each retry delay in seconds.
     """
 
     def __init__(
@@ -175,19 +174,16 @@ class APISession:
         base_url: str,
         *,
         api_key: str | None,
-        timeout: float,
-        max_concurrency: int,
-        max_retries: int = MAX_RETRIES,
+        http: HTTPOptions,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        rate_limit: RateLimit | RateLimiter | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        default_query: Mapping[str, str] | None = None,
     ) -> None:
+        max_concurrency = int(concurrency_for(http.max_concurrency, http.rate_limit))
+        timeout, rate_limit = http.timeout, http.rate_limit
         root = base_url.rstrip("/")  # may carry credentials (user:pass@): never shown
         self.max_concurrency = max_concurrency
         self.rate_limiter = as_limiter(rate_limit)
-        self._retry = RetryPolicy(max_retries=max_retries, sleep=sleep)
+        self._retry = RetryPolicy(max_retries=http.max_retries, sleep=sleep)
         # The default sleep is replaced by a wait that Ctrl-C (cancellation) cuts short.
         self._injected_sleep = None if sleep is time.sleep else sleep
         self._shown_url = public_url(base_url)
@@ -206,10 +202,10 @@ class APISession:
         self._memo: dict[str, dict[str, Any]] = {}  # answered bodies of failed batches
         self._memo_lock = threading.Lock()
         headers = httpx.Headers({"Authorization": f"Bearer {api_key}"} if api_key else {})
-        for name, value in extra_headers(default_headers):  # openai-python: these win
+        for name, value in http.headers:  # openai-python: these win
             headers[name] = value
         self._headers = headers
-        self._params = tuple(extra_query(default_query))
+        self._params = http.query
         self._root, self._timeout = root + "/", timeout
         self._transport = transport
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (

@@ -18,7 +18,6 @@ provider's rate limit. Needs the ``ray`` extra (``pip install 'maas-tune[ray]'``
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +25,6 @@ from typing import TYPE_CHECKING, Any
 from .._constants import MAX_RETRIES
 from ..client import CLIENT_CHUNK_SIZE
 from ..errors import ConfigurationError, MissingDependencyError
-from ..providers.base import Provider
-from ..providers.http import public_url
 from ..providers.ratelimit import RateLimit, RateLimiter
 from ..providers.session import (
     API_KEY_ENV,
@@ -36,6 +33,7 @@ from ..providers.session import (
     check_count,
     concurrency_for,
 )
+from ..providers.spec import HTTP_KINDS, HTTPOptions, ProviderSpec
 from ..storage.budget import QueryBudget
 from ..task import Task
 from .actors import BucketActor, Predictor, Scorer, SharedRateLimiter, WorkerSetup
@@ -66,7 +64,6 @@ DEFAULT_WORKER_CPUS = 0.25
 RAY_NAMESPACE = "maas_tune"
 #: Default name of the shared rate-limit actor.
 RATE_LIMIT_ACTOR = "maas-tune-rate-limit"
-_PROVIDER_KINDS = ("completions", "chat")
 
 
 def _ray() -> Any:
@@ -78,9 +75,9 @@ def _ray() -> Any:
     return ray
 
 
-@dataclass(frozen=True)
-class ProviderConfig:
-    """How each worker builds its provider: plain data, without credentials.
+class ProviderConfig(ProviderSpec):
+    """How each worker builds its provider: a :class:`~maas_tune.providers.spec.ProviderSpec`
+    of an HTTP provider, without credentials.
 
     Parameters
     ----------
@@ -106,55 +103,49 @@ class ProviderConfig:
         (e.g. from a secret), not through ``runtime_env``, which Ray stores.
     """
 
-    base_url: str
-    model: str
-    kind: str = "completions"
-    strategy: str = "auto"
-    max_concurrency: int | None = None
-    timeout: float = DEFAULT_TIMEOUT_S
-    max_retries: int = MAX_RETRIES
-    api_key_env: str | None = None
-
-    def __post_init__(self) -> None:
-        check_api_options(
-            self.base_url, self.model, concurrency_for(self.max_concurrency, None), self.timeout
-        )
-        if self.kind not in _PROVIDER_KINDS:
-            raise ConfigurationError(f"kind must be one of {_PROVIDER_KINDS}, got {self.kind!r}")
-        if public_url(self.base_url) != self.base_url.rstrip("/"):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        kind: str = "completions",
+        strategy: str = "auto",
+        max_concurrency: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = MAX_RETRIES,
+        api_key_env: str | None = None,
+    ) -> None:
+        check_api_options(base_url, model, concurrency_for(max_concurrency, None), timeout)
+        if kind not in HTTP_KINDS:
+            raise ConfigurationError(f"kind must be one of {HTTP_KINDS}, got {kind!r}")
+        http = HTTPOptions(timeout=timeout, max_retries=max_retries,
+                           max_concurrency=max_concurrency, api_key_env=api_key_env)
+        super().__init__(kind=kind, base_url=base_url, model=model, strategy=strategy, http=http)
+        if self.carries_credentials():
             raise ConfigurationError(
                 "base_url carries credentials or a query string, which would be copied to every "
                 "worker; pass the bare API root and put the key in the workers' environment "
                 f"({' or '.join(API_KEY_ENV)}, or the variable named by api_key_env)"
             )
 
-    def build(self, rate_limit: RateLimit | RateLimiter | None = None) -> Provider:
-        """The provider, with the key read from this process's environment.
+    @property
+    def max_concurrency(self) -> int | None:
+        """Requests in flight per worker (None: as the rate limit calls for)."""
+        return self.http.max_concurrency
 
-        Raises
-        ------
-        ConfigurationError
-            ``api_key_env`` names a variable that is not set here.
-        """
-        api_key = None  # None: the session reads API_KEY_ENV
-        if self.api_key_env is not None:
-            api_key = os.environ.get(self.api_key_env)
-            if not api_key:
-                raise ConfigurationError(
-                    f"the environment variable {self.api_key_env} is not set on this Ray worker; "
-                    "set it on every node (not through runtime_env, which Ray stores)"
-                )
-        options: dict[str, Any] = {
-            "api_key": api_key, "strategy": self.strategy, "max_concurrency": self.max_concurrency,
-            "timeout": self.timeout, "max_retries": self.max_retries, "rate_limit": rate_limit,
-        }
-        if self.kind == "chat":
-            from ..providers.chat import OpenAIChatProvider
+    @property
+    def timeout(self) -> float:
+        """Per-request timeout in seconds."""
+        return self.http.timeout
 
-            return OpenAIChatProvider(self.base_url, self.model, **options)
-        from ..providers.openai import OpenAICompletionsProvider
+    @property
+    def max_retries(self) -> int:
+        """Retries of a failed request."""
+        return self.http.max_retries
 
-        return OpenAICompletionsProvider(self.base_url, self.model, **options)
+    @property
+    def api_key_env(self) -> str | None:
+        """The environment variable the workers read the key from (None: the defaults)."""
+        return self.http.api_key_env
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ bench: install
 	$(MAKE) report
 
 # Every number in README.md and docs/*.md, rewritten from benchmarks/results/ (no model,
-# no network); tests/test_published_numbers.py fails when a page and its results differ.
+# no network); tests/bench/test_published_numbers.py fails when a page and its results differ.
 report: install
 	$(PY) benchmarks/publish.py
 

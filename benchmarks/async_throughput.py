@@ -72,8 +72,15 @@ print(json.dumps({"wall_s": wall, "cpu_s": (cpu1.ru_utime - cpu0.ru_utime)
 
 
 def _server(latency: float, rps: float) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, str(ROOT / "tests" / "_det_server.py"), "--latency", str(latency),
-           "--rpm", str(rps * 60), "--no-tokenizer"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tests" / "_det_server.py"),
+        "--latency",
+        str(latency),
+        "--rpm",
+        str(rps * 60),
+        "--no-tokenizer",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
@@ -92,9 +99,23 @@ def cell(latency: float, rps: float, samples: int, root: Path, old: bool) -> dic
         with tempfile.TemporaryDirectory() as tmp:
             env = {**os.environ, "PYTHONPATH": str(root)}
             done = subprocess.run(
-                [sys.executable, "-c", _CLIENT, url, str(Path(tmp) / "s.sqlite"), str(samples),
-                 str(rps), str(CLIENT_BURST_S), "old" if old else "new"],
-                env=env, capture_output=True, text=True, check=True, timeout=3600)
+                [
+                    sys.executable,
+                    "-c",
+                    _CLIENT,
+                    url,
+                    str(Path(tmp) / "s.sqlite"),
+                    str(samples),
+                    str(rps),
+                    str(CLIENT_BURST_S),
+                    "old" if old else "new",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=3600,
+            )
         client = json.loads(done.stdout.strip().splitlines()[-1])
         stats = httpx.get(url.removesuffix("/v1") + "/stats").json()
         server_cpu = _cpu_seconds(server.pid)
@@ -103,11 +124,17 @@ def cell(latency: float, rps: float, samples: int, root: Path, old: bool) -> dic
         server.wait()
     rate = samples / client["wall_s"]
     return {
-        "path": "sync (old)" if old else "async", "latency_ms": round(latency * 1000),
-        "limit_per_s": rps, "samples": samples, "wall_s": round(client["wall_s"], 2),
-        "samples_per_s": round(rate, 1), "ratio": round(rate / rps, 3),
-        "requests": stats["received"], "duplicate_requests": stats["duplicates"],
-        "http_429": stats["rejected"], "budget_cap": client["cap"],
+        "path": "sync (old)" if old else "async",
+        "latency_ms": round(latency * 1000),
+        "limit_per_s": rps,
+        "samples": samples,
+        "wall_s": round(client["wall_s"], 2),
+        "samples_per_s": round(rate, 1),
+        "ratio": round(rate / rps, 3),
+        "requests": stats["received"],
+        "duplicate_requests": stats["duplicates"],
+        "http_429": stats["rejected"],
+        "budget_cap": client["cap"],
         "budget_spent": client["spent"],
         "budget_overshoot": max(0, client["spent"] - client["cap"]),
         "ledger_minus_received": client["spent"] - stats["received"],
@@ -131,8 +158,15 @@ def main() -> None:
             row = cell(latency, rps, args.old_samples if old else args.samples, root, old)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    path = write_result(args.result, {"command": " ".join(sys.argv), "cpus": os.cpu_count(),
-                                      "load_avg": os.getloadavg(), "rows": rows})
+    path = write_result(
+        args.result,
+        {
+            "command": " ".join(sys.argv),
+            "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+            "rows": rows,
+        },
+    )
     print(f"wrote {path}")
 
 

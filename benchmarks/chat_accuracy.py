@@ -48,42 +48,63 @@ METHODS = ("zero-shot", "lr", "dect")
 
 
 def start_server(port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "maas_tune", "serve", "--port", str(port),
-           "--max-top-logprobs", str(TOP_LOGPROBS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "maas_tune",
+        "serve",
+        "--port",
+        str(port),
+        "--max-top-logprobs",
+        str(TOP_LOGPROBS),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until_up(f"http://127.0.0.1:{port}/health", proc, timeout=300)
     return proc
 
 
-def accuracy(method: str, seed: int, train: mt.Scores, y: np.ndarray, test: mt.Scores,
-             y_test: np.ndarray) -> float:
+def accuracy(
+    method: str, seed: int, train: mt.Scores, y: np.ndarray, test: mt.Scores, y_test: np.ndarray
+) -> float:
     decoder = make_decoder(method, shots=SHOTS, random_state=seed).fit(train, y)
     return float(np.mean(decoder.predict(test) == np.asarray(train.labels)[y_test]))
 
 
 def without_hidden(scores: mt.Scores) -> mt.Scores:
-    return mt.Scores(scores.label_logprobs, None, scores.cache_hit, scores.prompt_tokens,
-                     scores.labels)
+    return mt.Scores(
+        scores.label_logprobs, None, scores.cache_hit, scores.prompt_tokens, scores.labels
+    )
 
 
 def summary(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 4), "std": round(statistics.pstdev(values), 4),
-            "runs": [round(v, 4) for v in values]}
+    return {
+        "mean": round(statistics.mean(values), 4),
+        "std": round(statistics.pstdev(values), 4),
+        "runs": [round(v, 4) for v in values],
+    }
 
 
-def run_dataset(name: str, chat: mt.Provider, local: mt.Provider, store: mt.Store,
-                test_limit: int | None) -> dict:
+def run_dataset(
+    name: str, chat: mt.Provider, local: mt.Provider, store: mt.Store, test_limit: int | None
+) -> dict:
     task, data = mt.datasets.load_task(name), mt.datasets.load(name)
     test = subsample_test(subsample_test(data.test, ACCURACY_TEST_LIMIT), test_limit)
     y_test = labels_to_indices(test, task.labels)
     cache = mt.ScoreCache(store)
     train_budget = mt.QueryBudget(f"bench-chat-{name}", store=store)
     chat_train = mt.Client(chat, cache=cache, budget=train_budget, progress=False)
-    chat_test = mt.Client(chat, cache=cache, progress=False,
-                          budget=mt.QueryBudget(train_budget.name + TEST_BUDGET_SUFFIX, store=store))
+    chat_test = mt.Client(
+        chat,
+        cache=cache,
+        progress=False,
+        budget=mt.QueryBudget(train_budget.name + TEST_BUDGET_SUFFIX, store=store),
+    )
     local_client = mt.Client(local, cache=cache, progress=False)
     start = time.perf_counter()
-    test_scores = {"chat": chat_test.score(task, test), "completions": local_client.score(task, test)}
+    test_scores = {
+        "chat": chat_test.score(task, test),
+        "completions": local_client.score(task, test),
+    }
     acc: dict[str, dict[str, list[float]]] = {}
     distinct = {task.render(e) for e in test}
     for seed in SEEDS:
@@ -94,13 +115,16 @@ def run_dataset(name: str, chat: mt.Provider, local: mt.Provider, store: mt.Stor
         paths = {
             "chat": (chat_train.score(task, shots), test_scores["chat"]),
             "completions": (local_train, test_scores["completions"]),
-            "completions, scores only": (without_hidden(local_train),
-                                         without_hidden(test_scores["completions"])),
+            "completions, scores only": (
+                without_hidden(local_train),
+                without_hidden(test_scores["completions"]),
+            ),
         }
         for path, (train, test_x) in paths.items():
             for method in METHODS:
                 acc.setdefault(path, {}).setdefault(method, []).append(
-                    accuracy(method, seed, train, y, test_x, y_test))
+                    accuracy(method, seed, train, y, test_x, y_test)
+                )
         print(name, seed, {p: round(m["dect"][-1], 4) for p, m in acc.items()}, flush=True)
     spent = train_budget.status().spent_queries + chat_test.budget.status().spent_queries
     return {
@@ -109,8 +133,9 @@ def run_dataset(name: str, chat: mt.Provider, local: mt.Provider, store: mt.Stor
         "label_words": list(task.label_words),
         "chat_requests": spent,
         "chat_requests_per_sample": round(spent / len(distinct), 3),
-        "forced_label_words_share": round((spent - len(distinct)) /
-                                          (len(distinct) * len(task.label_words)), 3),
+        "forced_label_words_share": round(
+            (spent - len(distinct)) / (len(distinct) * len(task.label_words)), 3
+        ),
         "seconds_this_run": round(time.perf_counter() - start, 1),
         "queries_sent_this_run": chat_train.usage.queries_sent + chat_test.usage.queries_sent,
         "accuracy": {p: {m: summary(v) for m, v in by_m.items()} for p, by_m in acc.items()},
@@ -120,8 +145,12 @@ def run_dataset(name: str, chat: mt.Provider, local: mt.Provider, store: mt.Stor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["sst2", "agnews"])
-    parser.add_argument("--test-limit", type=int, default=None,
-                        help="cap each test set at a seeded random N (default: no cap)")
+    parser.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        help="cap each test set at a seeded random N (default: no cap)",
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--store", default=str(STORE_PATH), help="answer cache + budget ledger")
     args = parser.parse_args()
@@ -129,22 +158,32 @@ def main() -> None:
     store = mt.Store(args.store)
     # A patient timeout: on a loaded machine a timed-out request would be retried (and
     # computed twice by the server) although nothing is wrong.
-    chat = mt.OpenAIChatProvider(f"http://127.0.0.1:{args.port}/v1", "gemma-3-270m",
-                                 top_logprobs=TOP_LOGPROBS, timeout=600)
+    chat = mt.OpenAIChatProvider(
+        f"http://127.0.0.1:{args.port}/v1", "gemma-3-270m", top_logprobs=TOP_LOGPROBS, timeout=600
+    )
     local = mt.TransformersProvider()
     try:
-        table = {name: run_dataset(name, chat, local, store, args.test_limit)
-                 for name in args.datasets}
+        table = {
+            name: run_dataset(name, chat, local, store, args.test_limit) for name in args.datasets
+        }
         plan = chat.plan
     finally:
         server.terminate()
         server.wait(timeout=60)
         local.close()
-    path = write_result("chat_accuracy", {
-        "seeds": list(SEEDS), "shots": SHOTS, "server_max_top_logprobs": TOP_LOGPROBS,
-        "test_limit": args.test_limit, "strategy": chat.strategy, "probe": plan.reason,
-        "chat_format": chat.chat_format.fingerprint(), "results": table,
-    })
+    path = write_result(
+        "chat_accuracy",
+        {
+            "seeds": list(SEEDS),
+            "shots": SHOTS,
+            "server_max_top_logprobs": TOP_LOGPROBS,
+            "test_limit": args.test_limit,
+            "strategy": chat.strategy,
+            "probe": plan.reason,
+            "chat_format": chat.chat_format.fingerprint(),
+            "results": table,
+        },
+    )
     print(f"wrote {path}")
 
 

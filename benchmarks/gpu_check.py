@@ -92,23 +92,34 @@ def _machine(device: str) -> dict[str, Any]:
     import torch
 
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "gpu": gpu, "cpu": platform.processor() or
-            platform.machine(), "torch_threads": torch.get_num_threads()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": gpu,
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="device to check (default cuda)")
-    parser.add_argument("--dtypes", default="bfloat16,float32",
-                        help="comma-separated dtypes to check (default bfloat16,float32)")
+    parser.add_argument(
+        "--dtypes",
+        default="bfloat16,float32",
+        help="comma-separated dtypes to check (default bfloat16,float32)",
+    )
     parser.add_argument("-n", type=int, default=128, help="SST-2 test prompts (default 128)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per pass")
     args = parser.parse_args(argv)
     prompts, words = _prompts(args.n)
     reference = _run("cpu", "float32", prompts, words, args.batch_size)
-    runs = [_compare(_run(args.device, dtype.strip(), prompts, words, args.batch_size), reference)
-            for dtype in args.dtypes.split(",") if dtype.strip()]
+    runs = [
+        _compare(_run(args.device, dtype.strip(), prompts, words, args.batch_size), reference)
+        for dtype in args.dtypes.split(",")
+        if dtype.strip()
+    ]
     report = {
         "machine": _machine(runs[0]["device"] if runs else "cpu"),
         "prompts": len(prompts),

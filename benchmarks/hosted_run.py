@@ -33,20 +33,20 @@ from _common import write_result
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from maas_tune import datasets  # noqa: E402
-from maas_tune.cli import main  # noqa: E402
-from maas_tune.client import Client  # noqa: E402
-from maas_tune.data import sample_k_shot  # noqa: E402
-from maas_tune.experiment import subsample_test  # noqa: E402
-from maas_tune.providers._probe import clear_probe_cache  # noqa: E402
-from maas_tune.providers.local import TransformersProvider  # noqa: E402
-from maas_tune.providers.openai import OpenAICompletionsProvider  # noqa: E402
-from maas_tune.server import create_app  # noqa: E402
-from maas_tune.server.background import serve_in_thread  # noqa: E402
-from maas_tune.server.engine import Engine  # noqa: E402
-from maas_tune.storage.budget import QueryBudget  # noqa: E402
-from maas_tune.storage.cache import ScoreCache  # noqa: E402
-from tests._hosted_api import HostedAPI, HostedConfig  # noqa: E402
+from maas_tune import datasets
+from maas_tune.cli import main
+from maas_tune.client import Client
+from maas_tune.data import sample_k_shot
+from maas_tune.experiment import subsample_test
+from maas_tune.providers._probe import clear_probe_cache
+from maas_tune.providers.local import TransformersProvider
+from maas_tune.providers.openai import OpenAICompletionsProvider
+from maas_tune.server import create_app
+from maas_tune.server.background import serve_in_thread
+from maas_tune.server.engine import Engine
+from maas_tune.storage.budget import QueryBudget
+from maas_tune.storage.cache import ScoreCache
+from tests._hosted_api import HostedAPI, HostedConfig
 
 KEY = "sk-bench-hosted-run-0123456789"
 METHODS = "zero-shot,calibrated,dect"
@@ -75,27 +75,54 @@ def run(test_limit: int, fail_rate: float) -> dict[str, Any]:
     task, data = datasets.load_task("sst2"), datasets.load("sst2")
     shots = sample_k_shot(list(data.train), 16, labels=task.labels, seed=0)
     test = subsample_test(list(data.test), test_limit)
-    common = ["--dataset", "sst2", "--shots", "16", "--seed", "0", "--test-limit",
-              str(test_limit), "--json", "--quiet"]
+    common = [
+        "--dataset",
+        "sst2",
+        "--shots",
+        "16",
+        "--seed",
+        "0",
+        "--test-limit",
+        str(test_limit),
+        "--json",
+        "--quiet",
+    ]
     os.environ["MAAS_TUNE_API_KEY"] = KEY
-    result: dict[str, Any] = {"shots": 16, "seed": 0, "n_test": len(test),
-                              "fail_503_rate": fail_rate}
-    with tempfile.TemporaryDirectory() as tmp, serve_in_thread(
-        create_app(Engine(local, "gemma-3-270m"))
-    ) as upstream:
+    result: dict[str, Any] = {
+        "shots": 16,
+        "seed": 0,
+        "n_test": len(test),
+        "fail_503_rate": fail_rate,
+    }
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        serve_in_thread(create_app(Engine(local, "gemma-3-270m"))) as upstream,
+    ):
         db_api, db_local = Path(tmp) / "api.sqlite", Path(tmp) / "local.sqlite"
         config = HostedConfig(api_key=KEY, top_k_cap=5, tokenizer=False, embeddings=False)
         with HostedAPI(upstream, config) as api:
-            argv = [*common, "--method", METHODS, "--base-url", api.base_url,
-                    "--api-model", config.model, "--cache", str(db_api)]
+            argv = [
+                *common,
+                "--method",
+                METHODS,
+                "--base-url",
+                api.base_url,
+                "--api-model",
+                config.model,
+                "--cache",
+                str(db_api),
+            ]
             start = time.perf_counter()
             online = _eval(["eval", *argv])
             result["through_api"] = {
                 "seconds": round(time.perf_counter() - start, 1),
                 "accuracy": {r["method"]: r["accuracy"] for r in online},
-                "strategy": online[0]["strategy"], "probe_queries": online[0]["probe_queries"],
-                "queries_sent": online[0]["queries_sent"], "samples_sent": online[0]["samples_sent"],
-                "billed_by_api": api.billable, "ledger": _spent(db_api),
+                "strategy": online[0]["strategy"],
+                "probe_queries": online[0]["probe_queries"],
+                "queries_sent": online[0]["queries_sent"],
+                "samples_sent": online[0]["samples_sent"],
+                "billed_by_api": api.billable,
+                "ledger": _spent(db_api),
                 "duplicates": api.duplicates(),
             }
             before = api.billable
@@ -104,23 +131,43 @@ def run(test_limit: int, fail_rate: float) -> dict[str, Any]:
             result["through_api"]["rerun_billed"] = api.billable - before
             provider = OpenAICompletionsProvider(api.base_url, config.model, api_key=KEY)
             over_api = _label_logprobs(provider, db_api, [*shots, *test], task)
-        in_process = _eval(["eval", *common, "--method", "zero-shot,calibrated,dect-logprobs",
-                            "--cache", str(db_local)])
+        in_process = _eval(
+            [
+                "eval",
+                *common,
+                "--method",
+                "zero-shot,calibrated,dect-logprobs",
+                "--cache",
+                str(db_local),
+            ]
+        )
         result["in_process"] = {"accuracy": {r["method"]: r["accuracy"] for r in in_process}}
         here = _label_logprobs(local, db_local, [*shots, *test], task)
         result["max_abs_label_logprob_diff"] = float(np.abs(over_api - here).max())
-        result["with_503s"] = _with_failures(upstream, Path(tmp) / "flaky.sqlite", common,
-                                             fail_rate)
+        result["with_503s"] = _with_failures(
+            upstream, Path(tmp) / "flaky.sqlite", common, fail_rate
+        )
     return result
 
 
 def _with_failures(upstream: str, db: Path, common: list[str], rate: float) -> dict[str, Any]:
-    config = HostedConfig(api_key=KEY, top_k_cap=5, tokenizer=False, embeddings=False,
-                          fail_503_rate=rate, seed=0)
+    config = HostedConfig(
+        api_key=KEY, top_k_cap=5, tokenizer=False, embeddings=False, fail_503_rate=rate, seed=0
+    )
     runs = 0
     with HostedAPI(upstream, config) as api:
-        argv = ["eval", *common, "--method", METHODS, "--base-url", api.base_url,
-                "--api-model", config.model, "--cache", str(db)]
+        argv = [
+            "eval",
+            *common,
+            "--method",
+            METHODS,
+            "--base-url",
+            api.base_url,
+            "--api-model",
+            config.model,
+            "--cache",
+            str(db),
+        ]
         while runs < 20:
             runs += 1
             clear_probe_cache()
@@ -129,9 +176,14 @@ def _with_failures(upstream: str, db: Path, common: list[str], rate: float) -> d
                 code = main(argv)
             if code == 0:
                 break
-        return {"runs_until_complete": runs, "completed": code == 0,
-                "billed_by_api": api.billable, "ledger": _spent(db),
-                "duplicates": api.duplicates(), "rejected_503": api.rejected_503}
+        return {
+            "runs_until_complete": runs,
+            "completed": code == 0,
+            "billed_by_api": api.billable,
+            "ledger": _spent(db),
+            "duplicates": api.duplicates(),
+            "rejected_503": api.rejected_503,
+        }
 
 
 def _main() -> None:
@@ -140,7 +192,9 @@ def _main() -> None:
     parser.add_argument("--fail-rate", type=float, default=0.3)
     args = parser.parse_args()
     result = run(args.test_limit, args.fail_rate)
-    result["command"] = f"cd benchmarks && ../.venv/bin/python hosted_run.py --test-limit {args.test_limit}"
+    result["command"] = (
+        f"cd benchmarks && ../.venv/bin/python hosted_run.py --test-limit {args.test_limit}"
+    )
     write_result("hosted_run", result)
     print(json.dumps(result, indent=2))
 

@@ -42,8 +42,9 @@ from maas_tune.providers.session import concurrency_for
 from maas_tune.ray import BudgetSpec, ProviderConfig, score
 from tests._det_server import client_ports
 
-TASK = mt.Task("synthetic", "Review: {text} Sentiment:",
-               {"positive": ["positive"], "negative": ["negative"]})
+TASK = mt.Task(
+    "synthetic", "Review: {text} Sentiment:", {"positive": ["positive"], "negative": ["negative"]}
+)
 #: Queries the client reserves per prompt with the ``top_logprobs`` strategy (1 + 2 label words
 #: that might be missing from the top 5); each chunk reserves this much and commits what it used.
 RESERVED_PER_PROMPT = 3
@@ -61,8 +62,13 @@ def budget_limit(samples: int, workers: int, chunk: int, depth: int, *, kill: bo
 
 def start_server(latency: float, rpm: float | None) -> tuple[subprocess.Popen[str], str]:
     """The deterministic server in its own process (its own GIL); returns it and its base URL."""
-    cmd = [sys.executable, str(ROOT / "tests" / "_det_server.py"), "--latency", str(latency),
-           "--no-tokenizer"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tests" / "_det_server.py"),
+        "--latency",
+        str(latency),
+        "--no-tokenizer",
+    ]
     if rpm is not None:
         cmd += ["--rpm", str(rpm)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -96,31 +102,55 @@ def kill_one_worker_at(base_url: str, received: int, log: dict[str, Any]) -> Non
     pids = worker_pids()
     ports = client_ports(pids[0])  # its connections to the server: its requests in flight
     os.kill(pids[0], signal.SIGKILL)
-    log.update(killed_pid=pids[0], killed_at_received=received, workers_seen=len(pids),
-               killed_ports=sorted(ports))
+    log.update(
+        killed_pid=pids[0],
+        killed_at_received=received,
+        workers_seen=len(pids),
+        killed_ports=sorted(ports),
+    )
 
 
 def run(
-    args: argparse.Namespace, base_url: str, new_store: Callable[[], str], workers: int, *, kill: bool
+    args: argparse.Namespace,
+    base_url: str,
+    new_store: Callable[[], str],
+    workers: int,
+    *,
+    kill: bool,
 ) -> dict[str, Any]:
     import ray
 
     n = args.samples
-    rate = RateLimit(requests_per_minute=args.rpm, burst_seconds=CLIENT_BURST_S) if args.rpm else None
+    rate = (
+        RateLimit(requests_per_minute=args.rpm, burst_seconds=CLIENT_BURST_S) if args.rpm else None
+    )
     depth = -(-concurrency_for(args.concurrency, rate) // args.chunk_size) + 1  # chunks in flight
     limit = budget_limit(n, workers, args.chunk_size, depth, kill=kill)
-    rows = [{"text": f"synthetic review {i}: {'great' if i % 2 else 'poor'} value"} for i in range(n)]
+    rows = [
+        {"text": f"synthetic review {i}: {'great' if i % 2 else 'poor'} value"} for i in range(n)
+    ]
     store = new_store()
     server_call(base_url, "POST", "/reset")
     killed: dict[str, Any] = {}
     if kill:
-        threading.Thread(target=kill_one_worker_at, args=(base_url, n // 3, killed),
-                         daemon=True).start()
-    config = ProviderConfig(base_url, "det", strategy="top_logprobs", max_concurrency=args.concurrency)
+        threading.Thread(
+            target=kill_one_worker_at, args=(base_url, n // 3, killed), daemon=True
+        ).start()
+    config = ProviderConfig(
+        base_url, "det", strategy="top_logprobs", max_concurrency=args.concurrency
+    )
     start = time.perf_counter()
-    dataset = score(ray.data.from_items(rows), TASK, config, str(store),
-                    BudgetSpec(f"bench-{workers}", max_queries=limit), num_workers=workers,
-                    batch_size=args.batch_size, rate_limit=rate, chunk_size=args.chunk_size)
+    dataset = score(
+        ray.data.from_items(rows),
+        TASK,
+        config,
+        str(store),
+        BudgetSpec(f"bench-{workers}", max_queries=limit),
+        num_workers=workers,
+        batch_size=args.batch_size,
+        rate_limit=rate,
+        chunk_size=args.chunk_size,
+    )
     scored = total = 0
     for batch in dataset.iter_batches(batch_size=4096, batch_format="numpy"):
         total += len(batch["scored"])
@@ -129,12 +159,19 @@ def run(
     stats = server_call(base_url, "GET", "/stats")
     status = mt.QueryBudget(f"bench-{workers}", store=store).status()
     result = {
-        "workers": workers, "samples": n, "rows_returned": total, "rows_scored": scored,
-        "wall_s": round(wall, 2), "throughput_per_s": round(n / wall, 1),  # incl. actor start
+        "workers": workers,
+        "samples": n,
+        "rows_returned": total,
+        "rows_scored": scored,
+        "wall_s": round(wall, 2),
+        "throughput_per_s": round(n / wall, 1),  # incl. actor start
         "provider_rate_per_s": round(stats["distinct"] / stats["span_s"], 1),
-        "requests": stats["received"], "probe_requests": stats["probe"],
-        "duplicate_queries": stats["duplicates"], "http_429": stats["rejected"],
-        "budget_limit": limit, "budget_spent": status.spent_queries,
+        "requests": stats["received"],
+        "probe_requests": stats["probe"],
+        "duplicate_queries": stats["duplicates"],
+        "http_429": stats["rejected"],
+        "budget_limit": limit,
+        "budget_spent": status.spent_queries,
         "budget_overshoot": max(0, status.spent_queries - limit),
         "spent_minus_distinct": status.spent_queries - stats["distinct"],
         "ledger_minus_billed": status.spent_queries - (stats["received"] - stats["probe"]),
@@ -155,24 +192,46 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=100_000)
-    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4],
-                        help="worker counts of the runs without a kill (none: only the killed run)")
-    parser.add_argument("--kill-workers", type=int, default=None,
-                        help="workers of the killed run (default: the largest of --workers, or 4)")
-    parser.add_argument("--result", default="scale_out",
-                        help="writes results/RESULT.json (default: scale_out)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=[1, 2, 4],
+        help="worker counts of the runs without a kill (none: only the killed run)",
+    )
+    parser.add_argument(
+        "--kill-workers",
+        type=int,
+        default=None,
+        help="workers of the killed run (default: the largest of --workers, or 4)",
+    )
+    parser.add_argument(
+        "--result", default="scale_out", help="writes results/RESULT.json (default: scale_out)"
+    )
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per request")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="requests in flight per worker (default: from the rate limit)")
-    parser.add_argument("--rpm", type=float, default=21_600,
-                        help="the provider's requests/min (server 429s past it; 0: none)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="requests in flight per worker (default: from the rate limit)",
+    )
+    parser.add_argument(
+        "--rpm",
+        type=float,
+        default=21_600,
+        help="the provider's requests/min (server 429s past it; 0: none)",
+    )
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--no-kill", action="store_true", help="skip the killed-worker run")
     parser.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs of the Ray node")
-    parser.add_argument("--store", choices=["postgres", "sqlite"], default="postgres",
-                        help="shared cache + budget: a PostgreSQL server started here (default, "
-                        "fsync on) or a SQLite file")
+    parser.add_argument(
+        "--store",
+        choices=["postgres", "sqlite"],
+        default="postgres",
+        help="shared cache + budget: a PostgreSQL server started here (default, "
+        "fsync on) or a SQLite file",
+    )
     args = parser.parse_args(argv)
 
     import ray
@@ -184,32 +243,48 @@ def main(argv: list[str] | None = None) -> None:
         postgres = PostgresServer(durable=True).start()
         new_store: Callable[[], str] = postgres.create_database
     else:
+
         def new_store() -> str:
             return str(Path(tempfile.mkdtemp(prefix="scale-out-")) / "store.sqlite")
 
     server, base_url = start_server(args.latency, args.rpm or None)
-    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING", runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    ray.init(
+        num_cpus=args.ray_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="WARNING",
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         runs = [run(args, base_url, new_store, w, kill=False) for w in args.workers]
         kill_workers = args.kill_workers or max(args.workers, default=4)
-        killed = (None if args.no_kill
-                  else run(args, base_url, new_store, kill_workers, kill=True))
+        killed = None if args.no_kill else run(args, base_url, new_store, kill_workers, kill=True)
     finally:
         ray.shutdown()
         server.terminate()
         server.wait(timeout=10)
         if postgres is not None:
             postgres.stop()
-    path = write_result(args.result, {
-        "command": "cd benchmarks && python scale_out.py " + " ".join(argv or sys.argv[1:]),
-        "config": {"latency_s": args.latency, "concurrency_per_worker": args.concurrency,
-                   "provider_rpm": args.rpm or None, "batch_size": args.batch_size,
-                   "chunk_size": args.chunk_size, "ray_cpus": args.ray_cpus,
-                   "ray": ray.__version__, "cores": os.cpu_count(), "store": args.store},
-        "runs": runs, "killed_worker_run": killed,
-    })
+    path = write_result(
+        args.result,
+        {
+            "command": "cd benchmarks && python scale_out.py " + " ".join(argv or sys.argv[1:]),
+            "config": {
+                "latency_s": args.latency,
+                "concurrency_per_worker": args.concurrency,
+                "provider_rpm": args.rpm or None,
+                "batch_size": args.batch_size,
+                "chunk_size": args.chunk_size,
+                "ray_cpus": args.ray_cpus,
+                "ray": ray.__version__,
+                "cores": os.cpu_count(),
+                "store": args.store,
+            },
+            "runs": runs,
+            "killed_worker_run": killed,
+        },
+    )
     print(f"wrote {path}")
 
 

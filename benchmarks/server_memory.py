@@ -55,27 +55,51 @@ def prompt_of(url: str, tokens: int) -> str:
 
 def body(case: str, url: str, args: argparse.Namespace) -> dict:
     if case == "echo":
-        return {"model": MODEL, "prompt": prompt_of(url, args.max_context_tokens),
-                "max_tokens": 0, "echo": True, "logprobs": args.max_top_logprobs}
+        return {
+            "model": MODEL,
+            "prompt": prompt_of(url, args.max_context_tokens),
+            "max_tokens": 0,
+            "echo": True,
+            "logprobs": args.max_top_logprobs,
+        }
     room = args.max_context_tokens - args.max_generated_tokens
-    return {"model": MODEL, "prompt": prompt_of(url, room), "temperature": 0,
-            "max_tokens": args.max_generated_tokens,
-            "logit_bias": {str(i): -100 for i in EOS_IDS}}
+    return {
+        "model": MODEL,
+        "prompt": prompt_of(url, room),
+        "temperature": 0,
+        "max_tokens": args.max_generated_tokens,
+        "logit_bias": {str(i): -100 for i in EOS_IDS},
+    }
 
 
 def measure(case: str, args: argparse.Namespace) -> dict:
     port = free_port()
-    cmd = [sys.executable, "-m", "maas_tune", "serve", "--port", str(port),
-           "--max-context-tokens", str(args.max_context_tokens),
-           "--max-generated-tokens", str(args.max_generated_tokens),
-           "--max-top-logprobs", str(args.max_top_logprobs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "maas_tune",
+        "serve",
+        "--port",
+        str(port),
+        "--max-context-tokens",
+        str(args.max_context_tokens),
+        "--max-generated-tokens",
+        str(args.max_generated_tokens),
+        "--max-top-logprobs",
+        str(args.max_top_logprobs),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{url}/health", proc, timeout=180)
         request = body(case, url, args)
-        warm = {"model": MODEL, "prompt": "Hello there", "max_tokens": 2, "echo": True,
-                "logprobs": 1}
+        warm = {
+            "model": MODEL,
+            "prompt": "Hello there",
+            "max_tokens": 2,
+            "echo": True,
+            "logprobs": 1,
+        }
         assert httpx.post(f"{url}/v1/completions", json=warm, timeout=60).status_code == 200
         idle = status_bytes(proc.pid, "VmRSS")
         Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # reset the peak to now
@@ -88,9 +112,15 @@ def measure(case: str, args: argparse.Namespace) -> dict:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    return {"case": case, "idle_rss_bytes": idle, "peak_rss_bytes": peak,
-            "peak_above_idle_bytes": peak - idle, "seconds": round(seconds, 1),
-            "usage": usage, "within_goal": peak - idle <= GOAL_BYTES}
+    return {
+        "case": case,
+        "idle_rss_bytes": idle,
+        "peak_rss_bytes": peak,
+        "peak_above_idle_bytes": peak - idle,
+        "seconds": round(seconds, 1),
+        "usage": usage,
+        "within_goal": peak - idle <= GOAL_BYTES,
+    }
 
 
 def main() -> None:
@@ -98,18 +128,23 @@ def main() -> None:
     parser.add_argument("--max-context-tokens", type=int, default=4096)
     parser.add_argument("--max-generated-tokens", type=int, default=256)
     parser.add_argument("--max-top-logprobs", type=int, default=20)
-    parser.add_argument("--cases", nargs="+", default=["echo", "generate"],
-                        choices=["echo", "generate"])
+    parser.add_argument(
+        "--cases", nargs="+", default=["echo", "generate"], choices=["echo", "generate"]
+    )
     args = parser.parse_args()
     rows = []
     for case in args.cases:
         row = measure(case, args)
         rows.append(row)
-        print(f"{case}: idle {row['idle_rss_bytes'] / 1e9:.2f} GB, peak "
-              f"+{row['peak_above_idle_bytes'] / 1e9:.2f} GB, {row['seconds']} s, "
-              f"usage {row['usage']}", flush=True)
-    path = write_result("server_memory", {"settings": vars(args), "goal_bytes": GOAL_BYTES,
-                                          "results": rows})
+        print(
+            f"{case}: idle {row['idle_rss_bytes'] / 1e9:.2f} GB, peak "
+            f"+{row['peak_above_idle_bytes'] / 1e9:.2f} GB, {row['seconds']} s, "
+            f"usage {row['usage']}",
+            flush=True,
+        )
+    path = write_result(
+        "server_memory", {"settings": vars(args), "goal_bytes": GOAL_BYTES, "results": rows}
+    )
     print(f"wrote {path}")
 
 

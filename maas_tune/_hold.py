@@ -30,7 +30,10 @@ class ChunkHold:
     """
 
     def __init__(
-        self, budget: QueryBudget | None, queries: int, prompt_tokens: int,
+        self,
+        budget: QueryBudget | None,
+        queries: int,
+        prompt_tokens: int,
         tokens_per_request: int,
     ) -> None:
         self.budget = budget

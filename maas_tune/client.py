@@ -41,7 +41,6 @@ PROBE_TOKENS_BOUND = 64
 MAX_COUNT = 2**40
 
 
-
 @dataclass
 class Usage:
     """Running totals of what a :class:`Client` did (this process only).
@@ -249,8 +248,9 @@ class _Core:
         (keys another worker holds go to ``blocked``)."""
         for start in range(0, len(pending), self.chunk_size):
             batch = pending[start : start + self.chunk_size]
-            mine = await _off_loop(partial(self._claim, claims, batch),
-                                   undo=lambda got: claims.release(list(got)))
+            mine = await _off_loop(
+                partial(self._claim, claims, batch), undo=lambda got: claims.release(list(got))
+            )
             blocked.extend(k for k in batch if k not in mine)
             if mine:
                 yield {k: todo[k] for k in batch if k in mine}
@@ -266,8 +266,14 @@ class _Core:
         return -(-slots // max(1, self.chunk_size)) + 1
 
     async def _pipeline(
-        self, chunks: AsyncIterator[dict[str, str]], token_ids: list[int], model: str,
-        claims: Claims, event: Callable[[str], None], bar: Any, out: dict[str, ProviderAnswer],
+        self,
+        chunks: AsyncIterator[dict[str, str]],
+        token_ids: list[int],
+        model: str,
+        claims: Claims,
+        event: Callable[[str], None],
+        bar: Any,
+        out: dict[str, ProviderAnswer],
     ) -> None:
         """Send ``chunks`` overlapping (up to :meth:`_depth` at once), each reserved, sent
         and committed on its own. The first failure stops new chunks; those in flight
@@ -326,10 +332,14 @@ class _Core:
                     self.usage.retries += 1
                 elif kind == "rate_limited":
                     self.usage.rate_limited += 1
-                bar.set_postfix(retries=self.usage.retries, http_429=self.usage.rate_limited,
-                                refresh=False)
-                log.info("scoring: %d retries, %d answered 429 so far", self.usage.retries,
-                         self.usage.rate_limited)
+                bar.set_postfix(
+                    retries=self.usage.retries, http_429=self.usage.rate_limited, refresh=False
+                )
+                log.info(
+                    "scoring: %d retries, %d answered 429 so far",
+                    self.usage.retries,
+                    self.usage.rate_limited,
+                )
 
         return event
 
@@ -343,7 +353,11 @@ class _Core:
         return mine - landed
 
     async def _fetch_chunk(
-        self, chunk: dict[str, str], token_ids: list[int], model: str, claims: Claims,
+        self,
+        chunk: dict[str, str],
+        token_ids: list[int],
+        model: str,
+        claims: Claims,
         event: Callable[[str], None] | None = None,
     ) -> dict[str, ProviderAnswer]:
         """Reserve, send and commit one claimed chunk; its claims are dropped either way."""
@@ -360,27 +374,40 @@ class _Core:
             raise
 
     async def _send_chunk(
-        self, chunk: dict[str, str], token_ids: list[int], model: str, claims: Claims,
-        event: Callable[[str], None] | None = None, committed: list[bool] | None = None,
+        self,
+        chunk: dict[str, str],
+        token_ids: list[int],
+        model: str,
+        claims: Claims,
+        event: Callable[[str], None] | None = None,
+        committed: list[bool] | None = None,
     ) -> dict[str, ProviderAnswer]:
         """Send one chunk; whatever ends it, keep every answer that arrived and charge
         exactly the requests that were (or may have been) billed, then re-raise (after
         appending True to ``committed`` once the commit has dropped the chunk's claims)."""
         keys, prompts = list(chunk), list(chunk.values())
-        hold = await _off_loop(partial(self._hold, prompts, len(token_ids)),
-                               undo=lambda held: held.settle_failed(request_sent=False)
-                               if self.budget is not None else None)
+        hold = await _off_loop(
+            partial(self._hold, prompts, len(token_ids)),
+            undo=lambda held: (
+                held.settle_failed(request_sent=False) if self.budget is not None else None
+            ),
+        )
         error: BaseException | None = None
         try:
             got, seen = await self.provider.ascore(
-                prompts, token_ids, events=event, max_requests=hold.queries, extend=hold.extend)
+                prompts, token_ids, events=event, max_requests=hold.queries, extend=hold.extend
+            )
             answers = dict(enumerate(got))
-            spent = (sum(_count(a.queries) for a in answers.values()),
-                     sum(_count(a.prompt_tokens) for a in answers.values()))
+            spent = (
+                sum(_count(a.queries) for a in answers.values()),
+                sum(_count(a.prompt_tokens) for a in answers.values()),
+            )
             if seen.requests is not None:  # counted per request (answers reused aren't paid)
                 spent = (seen.requests, _count(seen.prompt_tokens))
             if len(answers) != len(prompts):
-                error = _refused(f"provider returned {len(answers)} answers for {len(prompts)} prompts")
+                error = _refused(
+                    f"provider returned {len(answers)} answers for {len(prompts)} prompts"
+                )
                 answers = {}
                 spent = (hold.queries or spent[0], hold.prompt_tokens or spent[1])
         except BaseException as exc:
@@ -389,15 +416,20 @@ class _Core:
                 if self.budget is not None:
                     hold.settle_failed(bool(getattr(exc, "request_sent", False)))
                 raise
-            answers, spent, error = dict(outcome.results), (outcome.billable,
-                                                            outcome.prompt_tokens), exc
+            answers, spent, error = (
+                dict(outcome.results),
+                (outcome.billable, outcome.prompt_tokens),
+                exc,
+            )
         kept, problem = _checked(answers, len(token_ids))
         result = {keys[i]: a for i, a in kept.items()}
         await _off_loop(partial(self._commit_chunk, result, hold, spent, claims, keys, model))
         if committed is not None:
             committed.append(True)
         self.usage.samples_sent += len(result)
-        self.usage.queries_lost += max(0, spent[0] - sum(_count(a.queries) for a in result.values()))
+        self.usage.queries_lost += max(
+            0, spent[0] - sum(_count(a.queries) for a in result.values())
+        )
         log.debug("sent %d queries (%d prompt tokens); %d answers kept", *spent, len(result))
         if error is not None:
             raise error
@@ -416,8 +448,13 @@ class _Core:
         return ChunkHold(self.budget, len(prompts) * per_prompt, tokens, per_request)
 
     def _commit_chunk(
-        self, result: dict[str, ProviderAnswer], hold: ChunkHold,
-        spent: tuple[int, int], claims: Claims, keys: list[str], model: str,
+        self,
+        result: dict[str, ProviderAnswer],
+        hold: ChunkHold,
+        spent: tuple[int, int],
+        claims: Claims,
+        keys: list[str],
+        model: str,
     ) -> None:
         """Answers and spend land together (one transaction where the stores are one)."""
         queries, used = spent

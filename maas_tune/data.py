@@ -101,8 +101,7 @@ def _parse_line(line: str, where: str) -> Any:
         ) from None
     except ValueError as exc:  # an integer of more than 4,300 digits
         raise DataError(
-            f"{where}: invalid JSON (a number with too many digits to read); "
-            "quote it or remove it"
+            f"{where}: invalid JSON (a number with too many digits to read); quote it or remove it"
         ) from exc
 
 
@@ -123,7 +122,9 @@ def _csv_errors(reader: csv.DictReader[str], source: str) -> Iterator[None]:
         number = reader.line_num + 1  # the line being parsed was not counted yet
         if "field larger than field limit" in str(exc):
             raise _too_long(source, number, "a field is longer than the limit") from exc
-        raise DataError(f"{source}, line {number}: not valid CSV ({exc}); check the quoting") from exc
+        raise DataError(
+            f"{source}, line {number}: not valid CSV ({exc}); check the quoting"
+        ) from exc
 
 
 def _records_csv(
@@ -289,7 +290,12 @@ def load_examples(
     """
     from .frames import load_table, resolve_columns
 
-    names: dict[str, Any] = {"text": text, "text_b": text_b, "label": label, "column_mapping": column_mapping}
+    names: dict[str, Any] = {
+        "text": text,
+        "text_b": text_b,
+        "label": label,
+        "column_mapping": column_mapping,
+    }
     if not isinstance(path, (str, Path)) or Path(path).suffix.lower() == ".parquet":
         return load_table(path, labels=labels, require_label=require_label, **names)
     columns = resolve_columns(**names)

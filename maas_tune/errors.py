@@ -229,13 +229,19 @@ class ProviderStatusError(ProviderError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only arguments: the default pickling (Ray, multiprocessing) would fail.
-        fields = {"status": self.status, "error_type": self.error_type,
-                  "request_id": self.request_id, "body_excerpt": self.body_excerpt}
+        fields = {
+            "status": self.status,
+            "error_type": self.error_type,
+            "request_id": self.request_id,
+            "body_excerpt": self.body_excerpt,
+        }
         return (_rebuild_status_error, (type(self), self.args, fields, self.__dict__.copy()))
 
 
 def _rebuild_status_error(
-    cls: type[ProviderStatusError], args: tuple[Any, ...], fields: dict[str, Any],
+    cls: type[ProviderStatusError],
+    args: tuple[Any, ...],
+    fields: dict[str, Any],
     state: dict[str, Any],
 ) -> ProviderStatusError:
     err = cls(*(args or ("",)), **fields)

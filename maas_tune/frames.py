@@ -214,8 +214,10 @@ def _from_table(
         column = columns.of(field)
         if column in table.column_names:
             present[field] = column
-        elif field == TEXT_FIELD or field in columns.explicit or (
-            field == LABEL_FIELD and require_label
+        elif (
+            field == TEXT_FIELD
+            or field in columns.explicit
+            or (field == LABEL_FIELD and require_label)
         ):
             raise DataError(
                 f"the {table.kind} has no column {column!r} for the {field} (its columns: "

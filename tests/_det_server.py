@@ -68,10 +68,17 @@ def completion(body: JSON, *, extension: bool) -> JSON:
     elif body.get("logprobs"):
         k = min(int(body["logprobs"]), MAX_TOP)
         top = dict(sorted(logprobs.items(), key=lambda kv: -kv[1])[:k])
-        choice["logprobs"] = {"tokens": [" the"], "token_logprobs": [logprobs[" the"]],
-                              "top_logprobs": [top], "text_offset": [len(prompt)]}
+        choice["logprobs"] = {
+            "tokens": [" the"],
+            "token_logprobs": [logprobs[" the"]],
+            "top_logprobs": [top],
+            "text_offset": [len(prompt)],
+        }
     return {
-        "id": "cmpl-det", "object": "text_completion", "created": 0, "model": body.get("model"),
+        "id": "cmpl-det",
+        "object": "text_completion",
+        "created": 0,
+        "model": body.get("model"),
         "choices": [choice],
         "usage": {"prompt_tokens": n_tokens, "completion_tokens": 1, "total_tokens": n_tokens + 1},
     }
@@ -91,7 +98,7 @@ def client_ports(pid: int) -> set[int]:
         except OSError:  # closed meanwhile
             continue
         if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
+            inodes.add(target[len("socket:[") : -1])
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
@@ -182,9 +189,14 @@ class DetServer:
         """The counts as plain JSON (what ``GET /stats`` answers)."""
         samples = {p: n for p, n in self.per_prompt.items() if p != PROBE_PROMPT}
         span = max(self.arrivals) - min(self.arrivals) if len(self.arrivals) > 1 else 0.0
-        return {"received": self.received, "distinct": len(samples),
-                "duplicates": self.duplicates(), "probe": self.per_prompt[PROBE_PROMPT],
-                "rejected": self.rejected, "span_s": span}
+        return {
+            "received": self.received,
+            "distinct": len(samples),
+            "duplicates": self.duplicates(),
+            "probe": self.per_prompt[PROBE_PROMPT],
+            "rejected": self.rejected,
+            "span_s": span,
+        }
 
     def duplicates_by_first_port(self) -> dict[int, int]:
         """Duplicate requests counted by the client port that sent their prompt first.
@@ -236,8 +248,9 @@ class DetServer:
         for writer in list(self._writers):  # idle keep-alive connections: their reads end
             writer.close()
         current = asyncio.current_task()
-        await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not current),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(t for t in asyncio.all_tasks() if t is not current), return_exceptions=True
+        )
 
     async def start(self) -> asyncio.AbstractServer:
         """Start listening on the running loop; sets :attr:`base_url`."""
@@ -265,8 +278,10 @@ class DetServer:
                 raw = await reader.readexactly(length) if length else b""
                 code, body, extra = await self._answer(method, path, json.loads(raw or b"{}"), port)
                 payload = json.dumps(body).encode()
-                head = (f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: "
-                        f"application/json\r\nContent-Length: {len(payload)}\r\n{extra}\r\n")
+                head = (
+                    f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: "
+                    f"application/json\r\nContent-Length: {len(payload)}\r\n{extra}\r\n"
+                )
                 writer.write(head.encode("latin-1") + payload)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -284,19 +299,29 @@ class DetServer:
             self.reset()
             return 200, {}, ""
         if path == "/extras/tokenize" and self.tokenizer:
-            return 200, {"tokens": [token_id(p) for p in _PIECE.findall(str(body.get("input")))]}, ""
+            return (
+                200,
+                {"tokens": [token_id(p) for p in _PIECE.findall(str(body.get("input")))]},
+                "",
+            )
         if path != "/v1/completions":
             return 404, {"error": {"message": f"no route {path}"}}, ""
         if "maas_tune" in body and not self.tokenizer:  # a strict hosted schema
             return 400, {"error": {"message": "unknown field maas_tune"}}, ""
         if not self._allow():
             self.rejected += 1
-            return 429, {"error": {"message": "rate limit", "type": "rate_limit"}}, "Retry-After: 1\r\n"
+            return (
+                429,
+                {"error": {"message": "rate limit", "type": "rate_limit"}},
+                "Retry-After: 1\r\n",
+            )
         arrival = time.monotonic()
         if self.latency:
             await asyncio.sleep(self.latency)
-        while self.hold_after is not None and self.received >= self.hold_after and (
-            not self._released.is_set()
+        while (
+            self.hold_after is not None
+            and self.received >= self.hold_after
+            and (not self._released.is_set())
         ):
             await asyncio.sleep(0.01)
         self.arrivals.append(arrival)
@@ -326,8 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rpm", type=float, default=None, help="server-side request limit")
     parser.add_argument("--no-tokenizer", action="store_true")
     args = parser.parse_args(argv)
-    server = DetServer(args.latency, tokenizer=not args.no_tokenizer,
-                       requests_per_minute=args.rpm, port=args.port)
+    server = DetServer(
+        args.latency, tokenizer=not args.no_tokenizer, requests_per_minute=args.rpm, port=args.port
+    )
 
     async def serve() -> None:
         listening = await server.start()

@@ -82,7 +82,9 @@ class FakeEngine(Engine):
         self._lock = threading.Lock()
         self._texts: dict[int, str] = {}
         # What the chat route reads: a tokenizer without a chat template (the plain one is used).
-        self.provider = SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None, bos_token=None))
+        self.provider = SimpleNamespace(
+            tokenizer=SimpleNamespace(chat_template=None, bos_token=None)
+        )
 
     @property
     def max_pass_size(self) -> int:

@@ -58,8 +58,16 @@ HIDDEN_SIZE = 4
 #: Most top log-probs the fake returns (hosted APIs allow 5).
 MAX_TOP = 5
 # The fake model's next-token weights; " positive" grows with the prompt (see below).
-_WEIGHTS = {" the": 8.0, " positive": 4.0, " a": 3.0, " negative": 2.0, " it": 1.5,
-            " very": 1.0, " so": 0.5, " ok": 0.25}
+_WEIGHTS = {
+    " the": 8.0,
+    " positive": 4.0,
+    " a": 3.0,
+    " negative": 2.0,
+    " it": 1.5,
+    " very": 1.0,
+    " so": 0.5,
+    " ok": 0.25,
+}
 _VOCAB = {token: 10 + i for i, token in enumerate(_WEIGHTS)}
 _PIECE = re.compile(r"\s?\S+")
 # How often the accept loop checks for shutdown (the default 0.5 s slows every teardown).
@@ -215,8 +223,12 @@ def _completion(body: JSON) -> JSON:
             forced = int(next(iter(bias)))
             token = next((t for t in logprobs if token_id(t) == forced), token)
         choice["text"] = token
-        choice["logprobs"] = {"tokens": [token], "token_logprobs": [logprobs[token]],
-                              "top_logprobs": [top], "text_offset": [len(prompt)]}
+        choice["logprobs"] = {
+            "tokens": [token],
+            "token_logprobs": [logprobs[token]],
+            "top_logprobs": [top],
+            "text_offset": [len(prompt)],
+        }
     return {
         "id": f"cmpl-{zlib.crc32(prompt.encode('utf-8')):08x}",
         "object": "text_completion",

@@ -41,16 +41,29 @@ __all__ = ["build_app", "prompts_of"]
 
 JSON = dict[str, Any]
 #: (method, path) -> route name.
-ROUTES = {("POST", "/v1/completions"): "completions", ("POST", "/v1/chat/completions"): "chat",
-          ("POST", "/v1/embeddings"): "embeddings", ("GET", "/v1/models"): "models",
-          ("POST", "/extras/tokenize"): "tokenize"}
+ROUTES = {
+    ("POST", "/v1/completions"): "completions",
+    ("POST", "/v1/chat/completions"): "chat",
+    ("POST", "/v1/embeddings"): "embeddings",
+    ("GET", "/v1/models"): "models",
+    ("POST", "/extras/tokenize"): "tokenize",
+}
 #: Route name -> upstream path, for the routes that reach the model.
-MODEL_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions",
-               "embeddings": "/v1/embeddings"}
-REQUESTS: dict[str, Schema] = {"completions": COMPLETION_REQUEST, "chat": CHAT_REQUEST,
-                               "embeddings": EMBEDDING_REQUEST}
-RESPONSES: dict[str, Schema] = {"completions": COMPLETION_RESPONSE, "chat": CHAT_RESPONSE,
-                                "embeddings": EMBEDDING_RESPONSE}
+MODEL_PATHS = {
+    "completions": "/v1/completions",
+    "chat": "/v1/chat/completions",
+    "embeddings": "/v1/embeddings",
+}
+REQUESTS: dict[str, Schema] = {
+    "completions": COMPLETION_REQUEST,
+    "chat": CHAT_REQUEST,
+    "embeddings": EMBEDDING_REQUEST,
+}
+RESPONSES: dict[str, Schema] = {
+    "completions": COMPLETION_RESPONSE,
+    "chat": CHAT_RESPONSE,
+    "embeddings": EMBEDDING_RESPONSE,
+}
 
 
 class _NoTokenizer(Exception):
@@ -81,19 +94,25 @@ class Simulator:
             return "model"
         route = ROUTES.get((method, path))
         if (route == "embeddings" and not self.config.embeddings) or (
-                route == "tokenize" and not self.config.tokenizer):
+            route == "tokenize" and not self.config.tokenizer
+        ):
             return None
         return route
 
     async def _answer(self, request: Request) -> Response:
         route = self._route(request.method, request.url.path)
         if route is None:
-            return json_response(404, error_body(
-                f"Invalid URL ({request.method} {request.url.path})"))
+            return json_response(
+                404, error_body(f"Invalid URL ({request.method} {request.url.path})")
+            )
         if not self._authorised(request):
-            return json_response(401, error_body(
-                "Incorrect or missing API key; send 'Authorization: Bearer <key>'.",
-                code="invalid_api_key"))
+            return json_response(
+                401,
+                error_body(
+                    "Incorrect or missing API key; send 'Authorization: Bearer <key>'.",
+                    code="invalid_api_key",
+                ),
+            )
         if route in ("models", "model"):
             return self._models(request.url.path.removeprefix("/v1/models").lstrip("/"))
         if route in MODEL_PATHS and (fault := self.api.faults.decide(self.api)) is not None:
@@ -103,8 +122,10 @@ class Simulator:
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            return json_response(400, error_body(
-                "We could not parse the JSON body of your request; send a JSON object."))
+            return json_response(
+                400,
+                error_body("We could not parse the JSON body of your request; send a JSON object."),
+            )
         if route == "tokenize":
             return await self._tokenize(body)
         self.api.asked(route, body)
@@ -161,8 +182,12 @@ class Simulator:
         try:
             upstream = await self.client.post(MODEL_PATHS[route], json=out)
         except httpx.HTTPError as exc:
-            return json_response(502, error_body(
-                f"Bad gateway: the upstream failed ({type(exc).__name__})", type="server_error"))
+            return json_response(
+                502,
+                error_body(
+                    f"Bad gateway: the upstream failed ({type(exc).__name__})", type="server_error"
+                ),
+            )
         if upstream.status_code != 200:
             return self._relay_error(upstream)
         self.api.count("billable")
@@ -184,9 +209,14 @@ class Simulator:
             try:
                 ids = await self._token_ids(shown_tokens(answer))
             except _NoTokenizer:
-                return json_response(500, error_body(
-                    "logit_bias='post' needs the upstream's /extras/tokenize; point the "
-                    "simulator at an upstream with a tokenizer", type="server_error"))
+                return json_response(
+                    500,
+                    error_body(
+                        "logit_bias='post' needs the upstream's /extras/tokenize; point the "
+                        "simulator at an upstream with a tokenizer",
+                        type="server_error",
+                    ),
+                )
             prompts = prompts_of(route, body) if route == "completions" else []
             post_bias(answer, bias, ids, prompts)
         answer["model"] = self.config.reported_model or self.config.model
@@ -228,9 +258,14 @@ def _bad(message: str, param: str | None) -> Response:
 
 
 def _no_model(model: str) -> Response:
-    return json_response(404, error_body(
-        f"The model `{model}` does not exist or you do not have access to it.",
-        param="model", code="model_not_found"))
+    return json_response(
+        404,
+        error_body(
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        ),
+    )
 
 
 def _count(value: Any) -> int:
@@ -257,8 +292,13 @@ def prompts_of(route: str, body: JSON) -> list[str]:
     """The prompts of a model request, for ``per_prompt``."""
     if route == "chat":
         messages = body.get("messages") or []
-        return ["\n".join(f"{m.get('role')}: {_text(m.get('content'))}"
-                          for m in messages if isinstance(m, dict))]
+        return [
+            "\n".join(
+                f"{m.get('role')}: {_text(m.get('content'))}"
+                for m in messages
+                if isinstance(m, dict)
+            )
+        ]
     value = body.get("prompt" if route == "completions" else "input")
     items = value if isinstance(value, list) else [value]
     return [v if isinstance(v, str) else json.dumps(v) for v in items]
@@ -276,5 +316,6 @@ def build_app(api: HostedAPI) -> Starlette:
             yield
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    return Starlette(routes=[Route("/{path:path}", simulator.endpoint, methods=methods)],
-                     lifespan=lifespan)
+    return Starlette(
+        routes=[Route("/{path:path}", simulator.endpoint, methods=methods)], lifespan=lifespan
+    )

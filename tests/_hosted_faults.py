@@ -50,23 +50,37 @@ class Faults:
             wait = self._take()
             if wait is not None:
                 stats.count("rejected_429")
-                return json_response(429, error_body(
-                    f"Rate limit reached for requests on {config.model}: limit "
-                    f"{config.rate_limit_per_s}/s. Please try again in {wait:.3g}s.",
-                    type="requests", code="rate_limit_exceeded"),
-                    {"Retry-After": str(max(1, math.ceil(wait)))})
+                return json_response(
+                    429,
+                    error_body(
+                        f"Rate limit reached for requests on {config.model}: limit "
+                        f"{config.rate_limit_per_s}/s. Please try again in {wait:.3g}s.",
+                        type="requests",
+                        code="rate_limit_exceeded",
+                    ),
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                )
             self._seq += 1
             seq, drawn = self._seq, self._rng.random()
-            if self._fire(503) or seq <= config.fail_503_first_n or _every(
-                    seq, config.fail_503_every_n) or drawn < config.fail_503_rate:
+            if (
+                self._fire(503)
+                or seq <= config.fail_503_first_n
+                or _every(seq, config.fail_503_every_n)
+                or drawn < config.fail_503_rate
+            ):
                 stats.count("rejected_503")
-                return json_response(503, error_body(
-                    "The engine is currently overloaded, please try again later.",
-                    type="server_error"))
+                return json_response(
+                    503,
+                    error_body(
+                        "The engine is currently overloaded, please try again later.",
+                        type="server_error",
+                    ),
+                )
             if self._fire(200) or _every(seq, config.deep_json_every_n):
                 stats.count("deep_json")
-                return Response(deep_json(config.deep_json_depth), 200,
-                                media_type="application/json")
+                return Response(
+                    deep_json(config.deep_json_depth), 200, media_type="application/json"
+                )
         return None
 
     def _fire(self, status: int) -> bool:

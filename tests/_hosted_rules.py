@@ -40,13 +40,34 @@ def _leaves(*names: str) -> dict[str, None]:
     return dict.fromkeys(names)
 
 
-_USAGE = _leaves("prompt_tokens", "completion_tokens", "total_tokens",
-                 "prompt_tokens_details", "completion_tokens_details")
+_USAGE = _leaves(
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+)
 #: ``POST /v1/completions`` request fields (OpenAI's legacy completions API).
 COMPLETION_REQUEST: Schema = _leaves(
-    "model", "prompt", "suffix", "max_tokens", "temperature", "top_p", "n", "stream",
-    "stream_options", "logprobs", "echo", "stop", "presence_penalty", "frequency_penalty",
-    "best_of", "logit_bias", "user", "seed")
+    "model",
+    "prompt",
+    "suffix",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "echo",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "best_of",
+    "logit_bias",
+    "user",
+    "seed",
+)
 #: ``POST /v1/completions`` answer fields.
 COMPLETION_RESPONSE: Schema = {
     **_leaves("id", "object", "created", "model", "system_fingerprint"),
@@ -57,17 +78,46 @@ COMPLETION_RESPONSE: Schema = {
     },
     "usage": _USAGE,
 }
-_MESSAGE = _leaves("role", "content", "name", "refusal", "tool_calls", "tool_call_id",
-                   "function_call", "audio")
+_MESSAGE = _leaves(
+    "role", "content", "name", "refusal", "tool_calls", "tool_call_id", "function_call", "audio"
+)
 #: ``POST /v1/chat/completions`` request fields.
 CHAT_REQUEST: Schema = {
     **_leaves(
-        "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n",
-        "stream", "stream_options", "stop", "presence_penalty", "frequency_penalty",
-        "logit_bias", "logprobs", "top_logprobs", "user", "seed", "response_format", "tools",
-        "tool_choice", "parallel_tool_calls", "functions", "function_call", "service_tier",
-        "store", "metadata", "modalities", "audio", "prediction", "reasoning_effort",
-        "verbosity", "web_search_options", "prompt_cache_key", "safety_identifier"),
+        "model",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stream",
+        "stream_options",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "user",
+        "seed",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "functions",
+        "function_call",
+        "service_tier",
+        "store",
+        "metadata",
+        "modalities",
+        "audio",
+        "prediction",
+        "reasoning_effort",
+        "verbosity",
+        "web_search_options",
+        "prompt_cache_key",
+        "safety_identifier",
+    ),
     "messages": _MESSAGE,
 }
 _TOP = _leaves("token", "logprob", "bytes")
@@ -77,8 +127,9 @@ CHAT_RESPONSE: Schema = {
     **_leaves("id", "object", "created", "model", "system_fingerprint", "service_tier"),
     "choices": {
         **_leaves("index", "finish_reason"),
-        "message": _leaves("role", "content", "refusal", "tool_calls", "function_call",
-                           "annotations", "audio"),
+        "message": _leaves(
+            "role", "content", "refusal", "tool_calls", "function_call", "annotations", "audio"
+        ),
         "logprobs": {"content": _TOKEN, "refusal": _TOKEN},
     },
     "usage": _USAGE,
@@ -111,8 +162,13 @@ def unknown_fields(body: JSON, schema: Schema) -> list[str]:
     return sorted(k for k in body if k not in schema)
 
 
-def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> JSON:
+def error_body(
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> JSON:
     """An OpenAI-style error object."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
@@ -123,9 +179,7 @@ def deep_json(depth: int) -> bytes:
 
 
 # -- logit_bias reported after the bias ---------------------------------------------------
-def renormalise(
-    known: Mapping[str, float], biases: Mapping[str, float]
-) -> dict[str, float]:
+def renormalise(known: Mapping[str, float], biases: Mapping[str, float]) -> dict[str, float]:
     """Log-probs after adding ``biases`` to the logits, for the tokens of ``known``.
 
     Parameters
@@ -147,8 +201,13 @@ def renormalise(
     return {t: lp + biases.get(t, 0.0) - log_z for t, lp in known.items()}
 
 
-def _position(token: str, value: float, top: Mapping[str, float],
-              ids: Mapping[str, int | None], bias: Mapping[int, float]) -> tuple[float, JSON]:
+def _position(
+    token: str,
+    value: float,
+    top: Mapping[str, float],
+    ids: Mapping[str, int | None],
+    bias: Mapping[int, float],
+) -> tuple[float, JSON]:
     """One position after the bias: the generated token's value and the new top-k."""
     known = {**top, token: value}
     biases = {t: bias[i] for t in known if (i := ids.get(t)) is not None and i in bias}
@@ -174,12 +233,17 @@ def _completion_positions(answer: JSON, prompts: list[str]) -> list[tuple[JSON, 
 
 def _chat_positions(answer: JSON) -> list[JSON]:
     """The ``logprobs.content`` items of a chat answer's choices (none for completions)."""
-    return [item for choice in answer.get("choices") or [] if "message" in choice
-            for item in (choice.get("logprobs") or {}).get("content") or []]
+    return [
+        item
+        for choice in answer.get("choices") or []
+        if "message" in choice
+        for item in (choice.get("logprobs") or {}).get("content") or []
+    ]
 
 
-def post_bias(answer: JSON, bias: Mapping[int, float], ids: Mapping[str, int | None],
-              prompts: list[str]) -> None:
+def post_bias(
+    answer: JSON, bias: Mapping[int, float], ids: Mapping[str, int | None], prompts: list[str]
+) -> None:
     """Rewrite ``answer``'s generated positions in place as a host that reports after the bias.
 
     ``ids`` maps each token text the answer shows to its id (None: not one token); see
@@ -189,14 +253,16 @@ def post_bias(answer: JSON, bias: Mapping[int, float], ids: Mapping[str, int | N
     for lp, i in _completion_positions(answer, prompts):
         top = lp["top_logprobs"][i] or {}
         lp["token_logprobs"][i], new_top = _position(
-            lp["tokens"][i], lp["token_logprobs"][i], top, ids, bias)
+            lp["tokens"][i], lp["token_logprobs"][i], top, ids, bias
+        )
         if lp["top_logprobs"][i] is not None:
             lp["top_logprobs"][i] = new_top
     for item in _chat_positions(answer):
         top = {alt["token"]: alt["logprob"] for alt in item.get("top_logprobs") or []}
         item["logprob"], new_top = _position(item["token"], item["logprob"], top, ids, bias)
-        item["top_logprobs"] = [{"token": t, "logprob": v, "bytes": list(t.encode("utf-8"))}
-                                for t, v in new_top.items()]
+        item["top_logprobs"] = [
+            {"token": t, "logprob": v, "bytes": list(t.encode("utf-8"))} for t, v in new_top.items()
+        ]
 
 
 def shown_tokens(answer: JSON) -> set[str]:

@@ -172,9 +172,18 @@ class HostedStats:
         """Every counter as plain JSON (what ``GET /stats`` answers)."""
         with self._lock:
             return {
-                **{name: self._counts[name] for name in (
-                    "received", "forwarded", "billable", "tokens_billed", "rejected_429",
-                    "rejected_503", "deep_json")},
+                **{
+                    name: self._counts[name]
+                    for name in (
+                        "received",
+                        "forwarded",
+                        "billable",
+                        "tokens_billed",
+                        "rejected_429",
+                        "rejected_503",
+                        "deep_json",
+                    )
+                },
                 "by_route": dict(self._by_route),
                 "by_status": {str(k): v for k, v in self._by_status.items()},
                 "per_prompt": dict(self._per_prompt),

@@ -22,8 +22,12 @@ def local_ray_cluster() -> Iterator[Any]:
     if ray.is_initialized():  # another module's fixture started it and will stop it
         yield ray
         return
-    ray.init(num_cpus=RAY_TEST_CPUS, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING")
+    ray.init(
+        num_cpus=RAY_TEST_CPUS,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="WARNING",
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield ray

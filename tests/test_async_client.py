@@ -59,8 +59,14 @@ class Api:
 
 def _provider(api: Api, **options: object) -> OpenAICompletionsProvider:
     return OpenAICompletionsProvider(
-        "http://api.test/v1", "det", api_key="sk-async", strategy="top_logprobs",
-        transport=httpx.MockTransport(api), sleep=lambda s: None, **options)
+        "http://api.test/v1",
+        "det",
+        api_key="sk-async",
+        strategy="top_logprobs",
+        transport=httpx.MockTransport(api),
+        sleep=lambda s: None,
+        **options,
+    )
 
 
 def _expected(texts: list[str]) -> np.ndarray:
@@ -73,8 +79,13 @@ def test_async_client_scores_like_the_sync_one_and_pays_each_prompt_once(tmp_pat
     api = Api()
     db = tmp_path / "s.sqlite"
     budget = QueryBudget("a", max_queries=1000, store=db)
-    client = AsyncClient(_provider(api, max_concurrency=8), cache=ScoreCache(db), budget=budget,
-                         progress=False, chunk_size=4)
+    client = AsyncClient(
+        _provider(api, max_concurrency=8),
+        cache=ScoreCache(db),
+        budget=budget,
+        progress=False,
+        chunk_size=4,
+    )
     scores = asyncio.run(client.score(TASK, texts))
     np.testing.assert_allclose(scores.label_logprobs, _expected(texts), rtol=1e-6)
     assert sorted(api.received) == sorted({_prompt(t) for t in texts})
@@ -98,8 +109,12 @@ def test_chunks_overlap_so_a_slow_request_holds_up_only_itself(tmp_path: Path):
             released.set()
 
     api = Api(hold)
-    client = Client(_provider(api, max_concurrency=4), cache=ScoreCache(tmp_path / "s.sqlite"),
-                    progress=False, chunk_size=2)
+    client = Client(
+        _provider(api, max_concurrency=4),
+        cache=ScoreCache(tmp_path / "s.sqlite"),
+        progress=False,
+        chunk_size=2,
+    )
     scores = client.score(TASK, texts)
     np.testing.assert_allclose(scores.label_logprobs, _expected(texts), rtol=1e-6)
     assert released.is_set()
@@ -118,8 +133,13 @@ def test_cancelling_async_score_charges_the_requests_in_flight_and_sends_nothing
     api = Api(hold)
     db = tmp_path / "s.sqlite"
     budget = QueryBudget("c", max_queries=1000, store=db)
-    client = AsyncClient(_provider(api, max_concurrency=4), cache=ScoreCache(db),
-                         budget=budget, progress=False, chunk_size=4)
+    client = AsyncClient(
+        _provider(api, max_concurrency=4),
+        cache=ScoreCache(db),
+        budget=budget,
+        progress=False,
+        chunk_size=4,
+    )
 
     async def run() -> None:
         task = asyncio.ensure_future(client.score(TASK, [f"film {i}" for i in range(12)]))
@@ -162,8 +182,12 @@ class SpyLimiter:
 
 def test_the_rate_limiter_books_each_chunk_in_one_call(tmp_path: Path):
     limiter = SpyLimiter()
-    client = Client(_provider(Api(), rate_limit=limiter), cache=ScoreCache(tmp_path / "s.sqlite"),
-                    progress=False, chunk_size=16)
+    client = Client(
+        _provider(Api(), rate_limit=limiter),
+        cache=ScoreCache(tmp_path / "s.sqlite"),
+        progress=False,
+        chunk_size=16,
+    )
     client.score(TASK, [f"film {i}" for i in range(40)])
     assert sorted(limiter.booked) == [8, 16, 16] and limiter.acquired == 0
 
@@ -171,12 +195,17 @@ def test_the_rate_limiter_books_each_chunk_in_one_call(tmp_path: Path):
 def test_requests_in_flight_follow_the_rate_limit_unless_capped():
     assert _provider(Api()).max_concurrency == 4
     assert _provider(Api(), rate_limit=RateLimit(requests_per_minute=3000)).max_concurrency == 256
-    assert _provider(Api(), rate_limit=RateLimit(requests_per_minute=3000),
-                     max_concurrency=9).max_concurrency == 9
+    assert (
+        _provider(
+            Api(), rate_limit=RateLimit(requests_per_minute=3000), max_concurrency=9
+        ).max_concurrency
+        == 9
+    )
 
 
-@pytest.mark.parametrize(("text", "per_minute"), [("3000/min", 3000), ("50/s", 3000),
-                                                  ("2.5/sec", 150), (" 60 / m", 60)])
+@pytest.mark.parametrize(
+    ("text", "per_minute"), [("3000/min", 3000), ("50/s", 3000), ("2.5/sec", 150), (" 60 / m", 60)]
+)
 def test_a_rate_limit_is_read_per_second_or_minute(text: str, per_minute: float):
     assert parse_rate(text).requests_per_minute == pytest.approx(per_minute)
 
@@ -192,8 +221,18 @@ def test_the_cli_passes_rate_limit_and_max_concurrency_to_the_provider():
     from maas_tune.cli import commands as _cli_commands
 
     args = build_parser().parse_args(
-        ["eval", "--dataset", "sst2", "--base-url", "http://127.0.0.1:9/v1",
-         "--rate-limit", "50/s", "--max-concurrency", "7"])
+        [
+            "eval",
+            "--dataset",
+            "sst2",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--rate-limit",
+            "50/s",
+            "--max-concurrency",
+            "7",
+        ]
+    )
     provider = _cli_commands._provider(args)
     assert provider.max_concurrency == 7
     assert provider._session.rate_limiter.limit.requests_per_minute == 3000
@@ -214,7 +253,8 @@ def test_the_sync_client_works_inside_a_running_event_loop(tmp_path: Path):
 
 
 def test_a_cancelled_chunk_commits_in_one_transaction_not_one_per_answered_request(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     """Ctrl-C must end at once: a cancelled chunk kept each answered request body for a
     rerun in a transaction of its own (one fsync each, on the event loop) and dropped its
@@ -235,8 +275,13 @@ def test_a_cancelled_chunk_commits_in_one_transaction_not_one_per_answered_reque
     api = Api(hold)
     db = tmp_path / "s.sqlite"
     budget = QueryBudget("t", max_queries=1000, store=db)
-    client = AsyncClient(_provider(api, max_concurrency=8), cache=ScoreCache(db),
-                         budget=budget, progress=False, chunk_size=8)
+    client = AsyncClient(
+        _provider(api, max_concurrency=8),
+        cache=ScoreCache(db),
+        budget=budget,
+        progress=False,
+        chunk_size=8,
+    )
     writes: list[str] = []
     real = SQLiteStore.transaction
 

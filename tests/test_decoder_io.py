@@ -25,7 +25,7 @@ from maas_tune.persistence import DECODER_JSON_NAME as JSON_NAME
 from maas_tune.persistence import TENSORS_NAME, load_decoder, save_decoder
 from maas_tune.scores import Scores
 
-from .test_decoders import fit, make_scores
+from .decoders.test_decoders import fit, make_scores
 
 METADATA = {
     "task": {"template": "Review: {text}\nSentiment:", "labels": ["neg", "neu", "pos"]},

@@ -32,6 +32,7 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=55,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     api = (site / "api" / "index.html").read_text(encoding="utf-8")

@@ -97,8 +97,11 @@ def test_hf_dataset_class_labels_become_names() -> None:
 
 
 def test_numeric_labels_and_missing_texts_are_refused_naming_the_row() -> None:
-    with pytest.raises(DataError, match=r"row 0: column 'stars' \(label\) holds int 5, not a "
-                                        r"str; map them to the task's label names"):
+    with pytest.raises(
+        DataError,
+        match=r"row 0: column 'stars' \(label\) holds int 5, not a "
+        r"str; map them to the task's label names",
+    ):
         as_examples(pd.DataFrame({"text": ["x"], "stars": [5]}), label="stars")
     with pytest.raises(DataError, match=r"row 1: column 'text' \(text\) is missing or empty"):
         as_examples(pd.DataFrame({"text": ["x", np.nan]}))
@@ -109,16 +112,28 @@ def test_numeric_labels_and_missing_texts_are_refused_naming_the_row() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ("a gorgeous movie", ("got a single str, not a collection of rows; pass a pandas "
-                             "DataFrame, a datasets.Dataset, a list of dicts")),
+        (
+            "a gorgeous movie",
+            (
+                "got a single str, not a collection of rows; pass a pandas "
+                "DataFrame, a datasets.Dataset, a list of dicts"
+            ),
+        ),
         ({"text": TEXTS}, "got a dict; pass a pandas DataFrame"),
         (np.arange(3), "got a numpy.ndarray of int64 with shape (3,); pass"),
         (np.array([TEXTS]), "got a numpy.ndarray of <U23 with shape (1, 3); pass"),
         (42, "got a value of type int, which holds no rows; pass a pandas DataFrame"),
-        ([("a", "b")], ("item 0 is a tuple (('a', 'b')); each item must be a dict, a str or an "
-                       "Example")),
-        ([{"review": "x"}], ("item 0: the record has no key 'text' (its keys: ['review']); name "
-                            "the text's key with text='KEY'")),
+        (
+            [("a", "b")],
+            ("item 0 is a tuple (('a', 'b')); each item must be a dict, a str or an Example"),
+        ),
+        (
+            [{"review": "x"}],
+            (
+                "item 0: the record has no key 'text' (its keys: ['review']); name "
+                "the text's key with text='KEY'"
+            ),
+        ),
     ],
 )
 def test_refusals_name_what_was_given_and_what_to_pass(data: Any, message: str) -> None:
@@ -135,7 +150,10 @@ def test_a_dataset_dict_asks_for_one_split() -> None:
 
 def test_column_mapping_is_checked() -> None:
     assert resolve_columns(column_mapping={"review": "text"}, label="stars") == (
-        "review", "text_b", "stars", frozenset({"text", "label"})
+        "review",
+        "text_b",
+        "stars",
+        frozenset({"text", "label"}),
     )
     with pytest.raises(ConfigurationError, match="maps 'review' to 'txt', which is not a field"):
         resolve_columns(column_mapping={"review": "txt"})

@@ -46,12 +46,17 @@ from maas_tune.persistence import DECODER_JSON_NAME as JSON_NAME
 from maas_tune.persistence import TENSORS_NAME, load_decoder, load_method, save_decoder, save_method
 from maas_tune.task import Task
 
+from .decoders.test_decoders import fit, make_scores
 from .fakes import FakeProvider
-from .test_decoders import fit, make_scores
 
 ROOT = Path(__file__).parents[1]
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 Doc = dict[str, Any]
 Tensors = dict[str, torch.Tensor]
 
@@ -130,8 +135,20 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     tmp = tmp_path_factory.mktemp("fitted")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_cli_commands, "_provider", lambda args, model=None: FakeProvider())
-        argv = ["fit", "--dataset", "sst2", "--shots", "4", "--method", "dect", "--quiet",
-                "--cache", str(tmp / "c.sqlite"), "--out", str(tmp / "decoder")]
+        argv = [
+            "fit",
+            "--dataset",
+            "sst2",
+            "--shots",
+            "4",
+            "--method",
+            "dect",
+            "--quiet",
+            "--cache",
+            str(tmp / "c.sqlite"),
+            "--out",
+            str(tmp / "decoder"),
+        ]
         assert main(argv) == 0
     yield tmp
 
@@ -146,8 +163,18 @@ def predict(fitted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
 
     def run(decoder: Path, input_file: Path = inputs) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = main(["predict", "--decoder", str(decoder), "--input", str(input_file),
-                     "--cache", str(tmp_path / "c.sqlite"), "--quiet"])
+        code = main(
+            [
+                "predict",
+                "--decoder",
+                str(decoder),
+                "--input",
+                str(input_file),
+                "--cache",
+                str(tmp_path / "c.sqlite"),
+                "--quiet",
+            ]
+        )
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -164,28 +191,34 @@ def test_the_untouched_decoder_predicts(fitted: Path, predict) -> None:
 HOSTILE_DECODERS = {
     "n_threads 1,000,000 (was SIGSEGV)": (
         {"doc_edit": _set("params.n_threads", 1_000_000)},
-        [JSON_NAME, "params.n_threads must be <= 256, got 1000000"]),
+        [JSON_NAME, "params.n_threads must be <= 256, got 1000000"],
+    ),
     "float16 tensors": (
         {"tensors_edit": _all(lambda t: t.half())},
-        ["is float16, expected float32 (decoder.json declares 'float16')"]),
-    "int64 tensors": (
-        {"tensors_edit": _all(lambda t: t.long())}, ["is int64, expected float32"]),
-    "bool tensors": (
-        {"tensors_edit": _all(lambda t: t > 0)}, ["is bool, expected float32"]),
+        ["is float16, expected float32 (decoder.json declares 'float16')"],
+    ),
+    "int64 tensors": ({"tensors_edit": _all(lambda t: t.long())}, ["is int64, expected float32"]),
+    "bool tensors": ({"tensors_edit": _all(lambda t: t > 0)}, ["is bool, expected float32"]),
     "a NaN in a tensor (was NaN in the output, exit 0)": (
         {"tensors_edit": _one("prototypes_", _with_nan)},
-        [TENSORS_NAME, "'prototypes_' holds NaN or infinite values"]),
+        [TENSORS_NAME, "'prototypes_' holds NaN or infinite values"],
+    ),
     "an infinite scale": (
         {"tensors_edit": _one("feature_scale_", lambda t: t * float("inf"))},
-        [TENSORS_NAME, "'feature_scale_' holds NaN or infinite values"]),
+        [TENSORS_NAME, "'feature_scale_' holds NaN or infinite values"],
+    ),
     "a zero scale": (
         {"tensors_edit": _one("feature_scale_", torch.zeros_like)},
-        [TENSORS_NAME, "'feature_scale_' (a standardisation scale) must be positive"]),
+        [TENSORS_NAME, "'feature_scale_' (a standardisation scale) must be positive"],
+    ),
     "metadata without task (was KeyError)": (
-        {"doc_edit": _set("metadata.task-", None)}, [JSON_NAME, "the metadata has no 'task'"]),
+        {"doc_edit": _set("metadata.task-", None)},
+        [JSON_NAME, "the metadata has no 'task'"],
+    ),
     "metadata model a list (was TypeError)": (
         {"doc_edit": _set("metadata.model", ["x"])},
-        [JSON_NAME, "metadata.model must be a string", "['x']"]),
+        [JSON_NAME, "metadata.model must be a string", "['x']"],
+    ),
 }
 
 
@@ -206,8 +239,9 @@ def test_huge_n_threads_is_refused_by_the_console_script_not_a_segfault(
     fitted: Path, tmp_path: Path
 ) -> None:
     """In its own process: torch.set_num_threads(1_000_000) killed it with SIGSEGV (exit 139)."""
-    hostile = craft(fitted / "decoder", tmp_path / "hostile",
-                    doc_edit=_set("params.n_threads", 1_000_000))
+    hostile = craft(
+        fitted / "decoder", tmp_path / "hostile", doc_edit=_set("params.n_threads", 1_000_000)
+    )
     inputs = tmp_path / "in.jsonl"
     inputs.write_text('{"text": "fine"}\n')
     shutil.copy(fitted / "c.sqlite", tmp_path / "c.sqlite")
@@ -217,12 +251,27 @@ def test_huge_n_threads_is_refused_by_the_console_script_not_a_segfault(
         "_cli_commands._provider = lambda args, model=None: FakeProvider()\n"
         "from maas_tune.cli import main; sys.exit(main(sys.argv[1:]))"
     )
-    argv = ["predict", "--decoder", str(hostile), "--input", str(inputs),
-            "--cache", str(tmp_path / "c.sqlite"), "--quiet"]
+    argv = [
+        "predict",
+        "--decoder",
+        str(hostile),
+        "--input",
+        str(inputs),
+        "--cache",
+        str(tmp_path / "c.sqlite"),
+        "--quiet",
+    ]
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True,
-                          check=False, timeout=300, cwd=ROOT, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
     assert proc.returncode == 1, proc.stderr[-500:]
     assert proc.stderr.count("\n") == 1 and "n_threads must be <= 256" in proc.stderr
 
@@ -242,15 +291,22 @@ BROKEN_DECODER_JSON: dict[str, tuple[Callable[[Doc], Any], str]] = {
     "a list": (lambda doc: [doc], "is not a maas-tune decoder file"),
     "nested 5,000 deep": (lambda doc: _DEEP, "nested too deeply"),
     "deep inside metadata": (
-        lambda doc: json.dumps(doc)[:-1] + ', "x": ' + _DEEP + "}", "nested too deeply"),
-    "NaN literal": (lambda doc: json.dumps(doc).replace('"lam_": ', '"lam_": NaN, "y": '),
-                    "not valid JSON (NaN is not a JSON number)"),
+        lambda doc: json.dumps(doc)[:-1] + ', "x": ' + _DEEP + "}",
+        "nested too deeply",
+    ),
+    "NaN literal": (
+        lambda doc: json.dumps(doc).replace('"lam_": ', '"lam_": NaN, "y": '),
+        "not valid JSON (NaN is not a JSON number)",
+    ),
     "1e400": (lambda doc: json.dumps(doc).replace('"lr": 0.01', '"lr": 1e400'), "too large"),
-    "5,000-digit integer": (lambda doc: json.dumps(doc).replace('"epochs": 30', '"epochs": '
-                                                                + "9" * 5000),
-                            "not valid JSON (an integer of 5000 digits)"),
-    "lone surrogate in classes": (_set("classes", ["neg\ud800", "pos"]),
-                                  "not valid JSON (it holds a lone UTF-16 surrogate \\ud800"),
+    "5,000-digit integer": (
+        lambda doc: json.dumps(doc).replace('"epochs": 30', '"epochs": ' + "9" * 5000),
+        "not valid JSON (an integer of 5000 digits)",
+    ),
+    "lone surrogate in classes": (
+        _set("classes", ["neg\ud800", "pos"]),
+        "not valid JSON (it holds a lone UTF-16 surrogate \\ud800",
+    ),
     "huge epochs": (_set("params.epochs", 10**30), "params.epochs must be <= 1000000"),
     "negative proto_dim": (_set("params.proto_dim", -3), "params.proto_dim must be >= 1"),
     "n_threads as a string": (_set("params.n_threads", "1"), "params.n_threads"),
@@ -269,15 +325,21 @@ BROKEN_DECODER_JSON: dict[str, tuple[Callable[[Doc], Any], str]] = {
     "metadata a list": (_set("metadata", []), "metadata"),
     "metadata missing": (_set("metadata-", None), "metadata is required"),
     "tensor spec a list": (_set("tensors.radii_", [1, 2]), "tensors.radii_"),
-    "negative shape": (_set("tensors.radii_.shape", [-1, 2]),
-                       "tensors.radii_.shape.0 must be >= 0"),
+    "negative shape": (
+        _set("tensors.radii_.shape", [-1, 2]),
+        "tensors.radii_.shape.0 must be >= 0",
+    ),
     "huge shape": (_set("tensors.radii_.shape", [2**70]), "tensors.radii_.shape.0 must be <="),
     "shape of 100 dims": (_set("tensors.radii_.shape", [1] * 100), "tensors.radii_.shape"),
-    "a tensor the file lacks": (_set("tensors.evil", {"shape": [1], "dtype": "float32"}),
-                                "do not match the declared"),
+    "a tensor the file lacks": (
+        _set("tensors.evil", {"shape": [1], "dtype": "float32"}),
+        "do not match the declared",
+    ),
     "wrong shape": (_set("tensors.radii_.shape", [7, 7]), "'radii_' has shape"),
-    "declared dtype wrong": (_set("tensors.radii_.dtype", "int8"),
-                             "'radii_' is float32, expected float32 (decoder.json declares 'int8')"),
+    "declared dtype wrong": (
+        _set("tensors.radii_.dtype", "int8"),
+        "'radii_' is float32, expected float32 (decoder.json declares 'int8')",
+    ),
     "checksum not hex": (_set("tensors_sha256", "zz"), "tensors_sha256"),
     "format_version true": (_set("format_version", True), "invalid format_version"),
     "class a list": (_set("class", ["DecT"]), "unknown decoder class ['DecT']"),
@@ -299,8 +361,10 @@ BROKEN_DECODER_TENSORS: dict[str, tuple[Callable[[Tensors], Any], str]] = {
     "an extra tensor": (lambda ts: ts.update(evil=torch.zeros(1)), "tensors expected"),
     "a missing tensor": (lambda ts: ts.pop("radii_"), "tensors expected"),
     "a renamed tensor": (lambda ts: ts.update(radii=ts.pop("radii_")), "got ['feature_mean_'"),
-    "a tensor of another shape": (_one("radii_", lambda t: t[:, :1].contiguous()),
-                                  "inconsistent: radii_ has shape"),
+    "a tensor of another shape": (
+        _one("radii_", lambda t: t[:, :1].contiguous()),
+        "inconsistent: radii_ has shape",
+    ),
     "float64 tensors": (_all(lambda t: t.double()), "is float64, expected float32"),
     "an empty tensor": (_one("prototypes_", lambda t: t[:0].contiguous()), "inconsistent"),
 }
@@ -331,11 +395,15 @@ def test_a_safetensors_header_claiming_a_huge_size(fitted: Path, tmp_path: Path)
 
 
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.text(max_size=8)
-    | st.integers(-(2**70), 2**70) | st.integers(-3, 300)
+    st.none()
+    | st.booleans()
+    | st.text(max_size=8)
+    | st.integers(-(2**70), 2**70)
+    | st.integers(-3, 300)
     | st.floats(allow_nan=False, allow_infinity=False),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -402,10 +470,16 @@ def test_a_ytuning_layer_of_the_wrong_shape_is_refused_at_load(
     library_saves: dict[str, Path], tmp_path: Path
 ) -> None:
     """Only the outer tensors were checked: this one failed inside torch at predict."""
-    hostile = craft(library_saves["ytuning"], tmp_path / "y",
-                    tensors_edit=_one("net.layer1.ff_out", lambda t: t[:-1].contiguous()))
-    with pytest.raises(SerializationError, match=r"net.layer1.ff_out has shape \(31, 8\), "
-                       r"expected \(32, 8\)"):
+    hostile = craft(
+        library_saves["ytuning"],
+        tmp_path / "y",
+        tensors_edit=_one("net.layer1.ff_out", lambda t: t[:-1].contiguous()),
+    )
+    with pytest.raises(
+        SerializationError,
+        match=r"net.layer1.ff_out has shape \(31, 8\), "
+        r"expected \(32, 8\)",
+    ):
         load_decoder(hostile)
 
 
@@ -472,36 +546,70 @@ def methods(tmp_path_factory: pytest.TempPathFactory) -> Path:
     client = Client(FakeProvider(), cache=tmp / "c.sqlite", progress=False)
     task = load_task("sst2")
     train = sample_k_shot(load_dataset("sst2").train, 2, labels=task.labels, seed=0)
-    bdpl = BDPL(progress=False, prompt_length=2, n_candidates=6, sample_size=2, epochs=1,
-                batch_size=4, random_state=0)
+    bdpl = BDPL(
+        progress=False,
+        prompt_length=2,
+        n_candidates=6,
+        sample_size=2,
+        epochs=1,
+        batch_size=4,
+        random_state=0,
+    )
     save_method(bdpl.fit(client, task, train), tmp / "bdpl", metadata={"model": "m"})
-    save_method(InContextLearning(demos_per_class=1, random_state=0).fit(client, task, train),
-                tmp / "icl")
+    save_method(
+        InContextLearning(demos_per_class=1, random_state=0).fit(client, task, train), tmp / "icl"
+    )
     return tmp
 
 
 BROKEN_METHODS: dict[str, tuple[str, dict[str, Any], str]] = {
-    "NaN probabilities": ("bdpl", {"tensors_edit": _one("probs_", _with_nan)},
-                          "'probs_' holds NaN"),
-    "float prompt indices": ("bdpl", {"tensors_edit": _one("prompt_indices_", torch.Tensor.float)},
-                             "'prompt_indices_' is float32, expected int64"),
-    "prompt indices out of range": ("bdpl", {
-        "tensors_edit": _one("prompt_indices_", lambda t: t + 10**6)}, "outside the candidate"),
-    "candidates not strings": ("bdpl", {"doc_edit": _set("state.candidates_", [1, 2])},
-                               "state.candidates_.0"),
-    "huge prompt_length": ("bdpl", {"doc_edit": _set("params.prompt_length", 10**9)},
-                           "params.prompt_length must be <= 4096"),
-    "metadata model a dict": ("bdpl", {"doc_edit": _set("metadata.model", {})},
-                              "metadata.model must be a string"),
-    "tensor spec a string": ("bdpl", {"doc_edit": _set("tensors.probs_", "x")},
-                             "tensors.probs_"),
+    "NaN probabilities": (
+        "bdpl",
+        {"tensors_edit": _one("probs_", _with_nan)},
+        "'probs_' holds NaN",
+    ),
+    "float prompt indices": (
+        "bdpl",
+        {"tensors_edit": _one("prompt_indices_", torch.Tensor.float)},
+        "'prompt_indices_' is float32, expected int64",
+    ),
+    "prompt indices out of range": (
+        "bdpl",
+        {"tensors_edit": _one("prompt_indices_", lambda t: t + 10**6)},
+        "outside the candidate",
+    ),
+    "candidates not strings": (
+        "bdpl",
+        {"doc_edit": _set("state.candidates_", [1, 2])},
+        "state.candidates_.0",
+    ),
+    "huge prompt_length": (
+        "bdpl",
+        {"doc_edit": _set("params.prompt_length", 10**9)},
+        "params.prompt_length must be <= 4096",
+    ),
+    "metadata model a dict": (
+        "bdpl",
+        {"doc_edit": _set("metadata.model", {})},
+        "metadata.model must be a string",
+    ),
+    "tensor spec a string": ("bdpl", {"doc_edit": _set("tensors.probs_", "x")}, "tensors.probs_"),
     "task missing": ("icl", {"doc_edit": _set("task-", None)}, "task is required"),
-    "task verbalizer a string": ("icl", {"doc_edit": _set("task.verbalizer", "x")},
-                                 "verbalizer must be a list"),
-    "demonstration without text": ("icl", {"doc_edit": _set("state.demonstrations_", [{}])},
-                                   "state.demonstrations_.0.text is required"),
-    "an extra tensor": ("icl", {"tensors_edit": lambda ts: ts.update(x=torch.zeros(1))},
-                        "tensors expected [], got ['x']"),
+    "task verbalizer a string": (
+        "icl",
+        {"doc_edit": _set("task.verbalizer", "x")},
+        "verbalizer must be a list",
+    ),
+    "demonstration without text": (
+        "icl",
+        {"doc_edit": _set("state.demonstrations_", [{}])},
+        "state.demonstrations_.0.text is required",
+    ),
+    "an extra tensor": (
+        "icl",
+        {"tensors_edit": lambda ts: ts.update(x=torch.zeros(1))},
+        "tensors expected [], got ['x']",
+    ),
     "a list": ("icl", {"doc_edit": lambda doc: [doc]}, "is not a maas-tune method file"),
     "nested 5,000 deep": ("icl", {"doc_edit": lambda doc: _DEEP}, "nested too deeply"),
 }
@@ -528,18 +636,23 @@ def test_saved_methods_still_round_trip(methods: Path) -> None:
 LABELS = ["negative", "positive"]
 GOOD = '{"text": "fine", "label": "positive"}\n'
 BROKEN_DATA = {
-    "1,000 '[' (was RecursionError)": (GOOD + '{"text": "x", "label": "positive", "n": '
-                                       + "[" * 1000 + "]" * 1000 + "}\n",
-                                       "line 2: JSON nested too deeply to read"),
+    "1,000 '[' (was RecursionError)": (
+        GOOD + '{"text": "x", "label": "positive", "n": ' + "[" * 1000 + "]" * 1000 + "}\n",
+        "line 2: JSON nested too deeply to read",
+    ),
     "a bare deep array on line 2": (GOOD + "[" * 1000 + "\n", "line 2: JSON nested too deeply"),
     "a lone surrogate (was an encode error without file or line)": (
         GOOD + '{"text": "caf\\ud800e", "label": "positive"}\n',
-        "line 2: field 'text' holds a lone UTF-16 surrogate \\ud800 at character 3"),
+        "line 2: field 'text' holds a lone UTF-16 surrogate \\ud800 at character 3",
+    ),
     "a lone low surrogate in a label": (
         GOOD + '{"text": "x", "label": "positive\\udc00"}\n',
-        "line 2: field 'label' holds a lone UTF-16 surrogate \\udc00"),
-    "a 5,000-digit number": (GOOD + '{"text": "x", "label": "positive", "n": ' + "7" * 5000
-                             + "}\n", "line 2: invalid JSON (a number with too many digits"),
+        "line 2: field 'label' holds a lone UTF-16 surrogate \\udc00",
+    ),
+    "a 5,000-digit number": (
+        GOOD + '{"text": "x", "label": "positive", "n": ' + "7" * 5000 + "}\n",
+        "line 2: invalid JSON (a number with too many digits",
+    ),
 }
 
 
@@ -572,18 +685,30 @@ def test_predict_on_a_file_with_a_lone_surrogate_names_file_and_line(
 # -- task files ------------------------------------------------------------------------------
 _TASK = '{"name": "t", "template": "R: {text}", "verbalizer": {"pos": ["good"], "neg": ["bad"]}'
 BROKEN_TASKS = {
-    "deep.json": ('{"name": "t",\n"template": "R: {text}",\n"x": ' + "[" * 1000 + "]" * 1000
-                  + "}", "deep.json, line 3: invalid JSON: nested 1001 levels deep"),
-    "deep.toml": ('name = "t"\n# [[[ not nesting\ns = "[[["\nx = ' + "[" * 1000 + "]" * 1000,
-                  "deep.toml, line 4: invalid TOML: nested 1000 levels deep"),
-    "inline.toml": ('name = "t"\nx = ' + "{a = " * 1000 + "1" + "}" * 1000,
-                    "inline.toml, line 2: invalid TOML: nested 1000 levels deep"),
-    "surrogate.json": (_TASK.replace("good", "go\\udbffod") + "}",
-                       "surrogate.json: verbalizer.pos[0] holds a lone UTF-16 surrogate \\udbff"),
-    "surrogate-key.json": (_TASK.replace('"neg"', '"n\\ud800"') + "}",
-                           "a key of verbalizer holds a lone UTF-16 surrogate \\ud800"),
-    "digits.json": (_TASK + ', "description": ' + "1" * 5000 + "}",
-                    "digits.json: invalid JSON: a number with too many digits"),
+    "deep.json": (
+        '{"name": "t",\n"template": "R: {text}",\n"x": ' + "[" * 1000 + "]" * 1000 + "}",
+        "deep.json, line 3: invalid JSON: nested 1001 levels deep",
+    ),
+    "deep.toml": (
+        'name = "t"\n# [[[ not nesting\ns = "[[["\nx = ' + "[" * 1000 + "]" * 1000,
+        "deep.toml, line 4: invalid TOML: nested 1000 levels deep",
+    ),
+    "inline.toml": (
+        'name = "t"\nx = ' + "{a = " * 1000 + "1" + "}" * 1000,
+        "inline.toml, line 2: invalid TOML: nested 1000 levels deep",
+    ),
+    "surrogate.json": (
+        _TASK.replace("good", "go\\udbffod") + "}",
+        "surrogate.json: verbalizer.pos[0] holds a lone UTF-16 surrogate \\udbff",
+    ),
+    "surrogate-key.json": (
+        _TASK.replace('"neg"', '"n\\ud800"') + "}",
+        "a key of verbalizer holds a lone UTF-16 surrogate \\ud800",
+    ),
+    "digits.json": (
+        _TASK + ', "description": ' + "1" * 5000 + "}",
+        "digits.json: invalid JSON: a number with too many digits",
+    ),
     "digits.toml": ("name = " + "1" * 5000 + "\n", "digits.toml: invalid TOML: a number with"),
     "surrogate.toml": ('name = "t\\ud800"\n', "surrogate.toml: invalid TOML"),
 }

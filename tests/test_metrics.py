@@ -261,7 +261,7 @@ def test_the_docs_metrics_example_runs_and_prints_what_the_page_says(capsys):
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "concepts.md").read_text("utf-8")
-    section = text[text.index("## Metrics"):text.index("## DecT")]
+    section = text[text.index("## Metrics") : text.index("## DecT")]
     code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     shown = re.search(r"```text\n(.*?)```", section, re.DOTALL).group(1)
     namespace: dict = {}

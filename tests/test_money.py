@@ -35,8 +35,8 @@ from maas_tune.task import Task
 
 from ._concurrency import run_at_once
 from ._fault_server import _PIECE, FaultServer
-from .test_budget import SUBPROCESS_TIMEOUT_S, _python, _wait_for_file
-from .test_cli_edges import EVAL
+from .cli.test_cli_edges import EVAL
+from .storage.test_budget import SUBPROCESS_TIMEOUT_S, _python, _wait_for_file
 
 #: A price that makes every token count: $0.001 per input token, $0.0005 per query.
 DEAR = Price(1000.0, 500.0)

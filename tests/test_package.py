@@ -73,7 +73,7 @@ def test_readme_python_example_runs(gemma, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(maas_tune, "TransformersProvider", lambda *a, **k: gemma, raising=False)
     namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's example
     assert namespace["decoder"].classes_.tolist() == ["negative", "positive"]
     assert (tmp_path / "runs.sqlite").is_file()
 
@@ -86,11 +86,13 @@ def test_exported_members():
     for name in maas_tune.__all__:
         getattr(maas_tune, name)  # loads the lazily imported names
     submodules = {
-        name for name, value in vars(maas_tune).items()
+        name
+        for name, value in vars(maas_tune).items()
         if isinstance(value, types.ModuleType) and name not in maas_tune.__all__
     }
     public = sorted(
-        name for name in vars(maas_tune)
+        name
+        for name in vars(maas_tune)
         if (not name.startswith("_") or name == "__version__") and name not in submodules
     )
     assert maas_tune.__all__ == public

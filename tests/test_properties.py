@@ -20,14 +20,20 @@ WORDS = {"pos": ["positive"], "neg": ["negative"]}
 LABELS = ["pos", "neg"]
 #: Hypothesis examples per property (the properties are cheap: a few seconds in all).
 PROPERTY_EXAMPLES = 300
-PROPERTIES = settings(max_examples=PROPERTY_EXAMPLES, deadline=None, derandomize=True,
-                      database=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTIES = settings(
+    max_examples=PROPERTY_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 # -- property-based: the template renderer ------------------------------------------------
 _values = st.text(max_size=40)
-_segments = st.lists(st.one_of(_values, st.sampled_from([Slot("text"), Slot("text_b")])),
-                     max_size=8)
+_segments = st.lists(
+    st.one_of(_values, st.sampled_from([Slot("text"), Slot("text_b")])), max_size=8
+)
 
 
 def _escape(literal: str) -> str:
@@ -63,9 +69,11 @@ def test_any_template_is_accepted_or_refused_with_a_task_error(template: str) ->
 
 # -- property-based: the data loader --------------------------------------------------------
 _records = st.lists(
-    st.tuples(st.text(max_size=30), st.sampled_from(LABELS),
-              st.none() | st.text(min_size=1, max_size=30)),
-    min_size=1, max_size=6,
+    st.tuples(
+        st.text(max_size=30), st.sampled_from(LABELS), st.none() | st.text(min_size=1, max_size=30)
+    ),
+    min_size=1,
+    max_size=6,
 )
 
 
@@ -78,8 +86,13 @@ def _as_examples(records: list[tuple[str, str, str | None]]) -> list[Example]:
 def test_any_json_lines_file_round_trips(
     records: list[tuple[str, str, str | None]], ascii_only: bool
 ) -> None:
-    lines = [json.dumps({"text": t, "label": label, **({"text_b": b} if b is not None else {})},
-                        ensure_ascii=ascii_only) for t, label, b in records]
+    lines = [
+        json.dumps(
+            {"text": t, "label": label, **({"text_b": b} if b is not None else {})},
+            ensure_ascii=ascii_only,
+        )
+        for t, label, b in records
+    ]
     raw = "\n".join(lines).encode("utf-8")
     assert parse_examples(raw, fmt="jsonl", labels=LABELS) == _as_examples(records)
 
@@ -95,8 +108,10 @@ def test_any_csv_file_round_trips(records: list[tuple[str, str, str | None]]) ->
     assert parse_examples(raw, fmt="csv", labels=LABELS) == _as_examples(records)
 
 
-@given(raw=st.binary(max_size=300) | st.text(max_size=200).map(str.encode),
-       fmt=st.sampled_from(["jsonl", "csv"]))
+@given(
+    raw=st.binary(max_size=300) | st.text(max_size=200).map(str.encode),
+    fmt=st.sampled_from(["jsonl", "csv"]),
+)
 @PROPERTIES
 def test_any_bytes_load_or_give_a_data_error(raw: bytes, fmt: str) -> None:
     try:

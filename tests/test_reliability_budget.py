@@ -27,7 +27,7 @@ from maas_tune.storage.cache import ScoreCache
 
 from ._fault_server import FaultServer
 from ._figures import report
-from .test_budget import SUBPROCESS_TIMEOUT_S, _python, _wait_for_file
+from .storage.test_budget import SUBPROCESS_TIMEOUT_S, _python, _wait_for_file
 
 PROCESSES, TASKS, ROUNDS = 4, 16, 6
 #: The cap: about half of what the tasks ask for in all.
@@ -101,8 +101,17 @@ def test_many_processes_and_tasks_never_overshoot_and_the_ledger_matches_the_ser
     go = tmp_path / "go"
     with FaultServer() as server:
         procs = [
-            _python(_SCORER, str(db), server.base_url, str(go), str(tmp_path / f"ready-{i}"),
-                    str(TASKS), str(ROUNDS), str(MAX_JOB), str(CHUNK))
+            _python(
+                _SCORER,
+                str(db),
+                server.base_url,
+                str(go),
+                str(tmp_path / f"ready-{i}"),
+                str(TASKS),
+                str(ROUNDS),
+                str(MAX_JOB),
+                str(CHUNK),
+            )
             for i in range(PROCESSES)
         ]
         try:
@@ -122,9 +131,16 @@ def test_many_processes_and_tasks_never_overshoot_and_the_ledger_matches_the_ser
 
     status = budget.status()
     overshoot = max(0, status.spent_queries - LIMIT)
-    report("budget_overshoot", overshoot, limit=LIMIT, spent=status.spent_queries,
-           server_received=received, processes=PROCESSES, tasks_each=TASKS,
-           backend=store_url.partition(":")[0])
+    report(
+        "budget_overshoot",
+        overshoot,
+        limit=LIMIT,
+        spent=status.spent_queries,
+        server_received=received,
+        processes=PROCESSES,
+        tasks_each=TASKS,
+        backend=store_url.partition(":")[0],
+    )
     assert overshoot == 0
     assert status.reserved_queries == 0
     assert status.spent_queries == received  # the ledger is what the server received

@@ -51,7 +51,7 @@ from ._fake_engine import expected_logprobs
 from ._fault_server import FaultServer, ok, stall
 from ._figures import report
 from ._servers import free_port, wait_until_up
-from .test_budget import SUBPROCESS_TIMEOUT_S, _python
+from .storage.test_budget import SUBPROCESS_TIMEOUT_S, _python
 
 TASK = Task("crash", "Review: {text} Sentiment:", {"pos": ["positive"], "neg": ["negative"]})
 TEXTS = [f"film number {i}" for i in range(40)]
@@ -149,23 +149,35 @@ def test_kill_9_of_the_scorer_then_restart_resends_nothing_answered(
     with FaultServer() as server:
         if point == "in_flight":  # the third chunk's answers are held back past the kill
             server.script(*[ok()] * (KILL_CHUNK * CHUNK), *[stall(60)] * CHUNK)
-        proc = _python(_SCORER, str(db), server.base_url, point, str(marker), str(CHUNK),
-                       str(KILL_CHUNK), *TEXTS)
+        proc = _python(
+            _SCORER,
+            str(db),
+            server.base_url,
+            point,
+            str(marker),
+            str(CHUNK),
+            str(KILL_CHUNK),
+            *TEXTS,
+        )
         wait_for = (KILL_CHUNK + 1) * CHUNK if point == "in_flight" else 0
         try:
             _kill_when(proc, marker, server, wait_for)
         finally:
             proc.kill()
         received_at_kill = server.received
-        with Store(db) as store, OpenAICompletionsProvider(
-            server.base_url, MODEL, api_key="sk-crash", strategy="extension"
-        ) as provider:
+        with (
+            Store(db) as store,
+            OpenAICompletionsProvider(
+                server.base_url, MODEL, api_key="sk-crash", strategy="extension"
+            ) as provider,
+        ):
             keys = _keys(provider, PROMPTS)
             cached = _cached(store, keys)
             budget = QueryBudget("crash", store=store)
             at_kill = budget.status()  # the dead scorer's reservation is counted as spent
-            client = Client(provider, cache=ScoreCache(store), budget=budget, progress=False,
-                            chunk_size=CHUNK)
+            client = Client(
+                provider, cache=ScoreCache(store), budget=budget, progress=False, chunk_size=CHUNK
+            )
             scores = client.score(TASK, TEXTS)
             final = budget.status()
         resent = [body["prompt"] for body in server.requests[received_at_kill:]]
@@ -180,13 +192,20 @@ def test_kill_9_of_the_scorer_then_restart_resends_nothing_answered(
     assert set(resent).isdisjoint(cached)
     assert sorted(resent) == sorted(set(PROMPTS) - cached)
     assert scores.n_cache_hits == len(cached) and len(ScoreCache(db)) == len(PROMPTS)
-    duplicates = sum(n - 1 for n in collections.Counter(b["prompt"] for b in server.requests
-                                                        ).values())
+    duplicates = sum(
+        n - 1 for n in collections.Counter(b["prompt"] for b in server.requests).values()
+    )
     assert duplicates == total - len(PROMPTS) <= CHUNK
     assert final.reserved_queries == 0
     assert final.spent_queries - total == overcount  # the ledger: what was received, + overcount
-    report("duplicates_after_kill_9", duplicates, point=point, bound=CHUNK,
-           ledger_overcount=overcount, backend=store_url.partition(":")[0])
+    report(
+        "duplicates_after_kill_9",
+        duplicates,
+        point=point,
+        bound=CHUNK,
+        ledger_overcount=overcount,
+        backend=store_url.partition(":")[0],
+    )
 
 
 # -- the server killed under a running client ------------------------------------------------
@@ -195,8 +214,10 @@ SERVER_CONCURRENCY = 4
 
 
 def _start_server(port: int, log: Path) -> subprocess.Popen[str]:
-    code = ("import sys; from tests._fake_engine import main; "
-            f"sys.argv = ['fake', '{port}', '--log', {str(log)!r}, '--delay', '0.02']; main()")
+    code = (
+        "import sys; from tests._fake_engine import main; "
+        f"sys.argv = ['fake', '{port}', '--log', {str(log)!r}, '--delay', '0.02']; main()"
+    )
     proc = _python(code)
     wait_until_up(f"http://127.0.0.1:{port}/health", proc, timeout=SUBPROCESS_TIMEOUT_S)
     return proc
@@ -212,8 +233,13 @@ def test_kill_9_of_the_server_under_a_running_client(tmp_path: Path, store_url: 
     server = _start_server(port, log)
     outcome: dict[str, object] = {}
     provider = OpenAICompletionsProvider(
-        f"http://127.0.0.1:{port}/v1", MODEL, api_key="sk-crash", strategy="extension",
-        max_concurrency=SERVER_CONCURRENCY, timeout=10, max_retries=200,
+        f"http://127.0.0.1:{port}/v1",
+        MODEL,
+        api_key="sk-crash",
+        strategy="extension",
+        max_concurrency=SERVER_CONCURRENCY,
+        timeout=10,
+        max_retries=200,
         sleep=lambda delay: time.sleep(min(delay, 0.1)),  # ride out the restart quickly
     )
     store = Store(db)
@@ -249,12 +275,11 @@ def test_kill_9_of_the_server_under_a_running_client(tmp_path: Path, store_url: 
     assert not scorer.is_alive() and "error" not in outcome, outcome
     scores = outcome["scores"]
     assert 0 < len(cached_at_kill) < len(SERVER_TEXTS), "the kill must land mid-run"
-    expected = [expected_logprobs(p, provider.label_token_ids(TASK.label_words))
-                for p in keys]
+    expected = [expected_logprobs(p, provider.label_token_ids(TASK.label_words)) for p in keys]
     by_class = scores.label_logprobs  # one word per class: the word's log-prob
     np.testing.assert_allclose(by_class, np.array(expected), rtol=1e-6)
     scored = _scored(log)
-    after_restart = scored[len(scored_before):]
+    after_restart = scored[len(scored_before) :]
     duplicates = len(scored) - len(set(scored))
     status = budget.status()
     provider.close()
@@ -266,5 +291,11 @@ def test_kill_9_of_the_server_under_a_running_client(tmp_path: Path, store_url: 
     assert len(SERVER_TEXTS) + duplicates <= status.spent_queries
     assert status.spent_queries <= len(SERVER_TEXTS) + SERVER_CONCURRENCY
     assert status.reserved_queries == 0
-    report("duplicates_after_server_kill_9", duplicates, bound=SERVER_CONCURRENCY,
-           scored=len(scored), answers=len(SERVER_TEXTS), backend=store_url.partition(":")[0])
+    report(
+        "duplicates_after_server_kill_9",
+        duplicates,
+        bound=SERVER_CONCURRENCY,
+        scored=len(scored),
+        answers=len(SERVER_TEXTS),
+        backend=store_url.partition(":")[0],
+    )

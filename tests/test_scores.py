@@ -28,8 +28,15 @@ def test_concat_keeps_every_array_in_order():
     first, second = _part(3, 0), _part(2, 10)
     joined = Scores.concat([first, second])
     assert len(joined) == 5
-    for name in ("label_logprobs", "hidden", "cache_hit", "prompt_tokens", "floored",
-                 "token_features", "token_mask"):
+    for name in (
+        "label_logprobs",
+        "hidden",
+        "cache_hit",
+        "prompt_tokens",
+        "floored",
+        "token_features",
+        "token_mask",
+    ):
         want = np.concatenate([getattr(first, name), getattr(second, name)])
         np.testing.assert_array_equal(getattr(joined, name), want)
     np.testing.assert_array_equal(joined[[3, 4]].token_features, second.token_features)
@@ -40,8 +47,9 @@ def test_concat_drops_an_optional_array_that_a_part_lacks_and_refuses_mixed_labe
     assert joined.token_features is None and joined.token_mask is None
     assert joined.hidden is not None
     other = _part(1, 7)
-    other = Scores(other.label_logprobs, other.hidden, other.cache_hit, other.prompt_tokens,
-                   ("x", "y"))
+    other = Scores(
+        other.label_logprobs, other.hidden, other.cache_hit, other.prompt_tokens, ("x", "y")
+    )
     with pytest.raises(ValueError, match="different labels"):
         Scores.concat([_part(1, 0), other])
     with pytest.raises(ValueError, match="at least one"):

@@ -45,20 +45,26 @@ from maas_tune.task import Task
 
 from ._fault_server import FaultServer, malformed, status
 from ._figures import report
-from .test_decoders import make_scores
+from .decoders.test_decoders import make_scores
 
 #: Not shaped like an OpenAI key, so that only exact-match redaction can catch it.
 KEY = "mt-live-7d1f0c9e5b2a48c6a1e3f9d2b7c4e8a6"
 MODEL = "fake-model"
-TASK = {"name": "reviews", "template": "Review: {text} Sentiment:",
-        "verbalizer": {"pos": ["positive"], "neg": ["negative"]}}
+TASK = {
+    "name": "reviews",
+    "template": "Review: {text} Sentiment:",
+    "verbalizer": {"pos": ["positive"], "neg": ["negative"]},
+}
 
 
 @pytest.fixture()
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "task.json").write_text(json.dumps(TASK))
-    rows = [{"text": f"{mood} film number {i}", "label": label}
-            for i in range(6) for mood, label in (("a great", "pos"), ("a dull", "neg"))]
+    rows = [
+        {"text": f"{mood} film number {i}", "label": label}
+        for i in range(6)
+        for mood, label in (("a great", "pos"), ("a dull", "neg"))
+    ]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
     (tmp_path / "inputs.jsonl").write_text('{"text": "an odd film"}\n{"text": "a fine film"}\n')
@@ -110,26 +116,75 @@ def test_the_api_key_never_leaves_the_request(
 ) -> None:
     monkeypatch.setenv("MAAS_TUNE_API_KEY", KEY)
     monkeypatch.chdir(workdir)
-    common = ["--cache", "store.sqlite", "--base-url", "", "--api-model", MODEL,
-              "--strategy", "extension", "--quiet", "--debug"]
+    common = [
+        "--cache",
+        "store.sqlite",
+        "--base-url",
+        "",
+        "--api-model",
+        MODEL,
+        "--strategy",
+        "extension",
+        "--quiet",
+        "--debug",
+    ]
     with FaultServer() as server:
         common[3] = server.base_url
         data = ["--train", "train.jsonl", "--task", "task.json", "--shots", "3"]
         assert _cli(["fit", *common, *data, "--out", "decoder"], workdir / "fit") == 0
-        assert _cli(["predict", *common, "--decoder", "decoder", "--input", "inputs.jsonl",
-                     "--output", "predictions.jsonl"], workdir / "predict") == 0
-        assert _cli(["eval", *common, *data, "--test", "test.jsonl", "--json",
-                     "--method", "zero-shot,dect"], workdir / "eval") == 0
+        assert (
+            _cli(
+                [
+                    "predict",
+                    *common,
+                    "--decoder",
+                    "decoder",
+                    "--input",
+                    "inputs.jsonl",
+                    "--output",
+                    "predictions.jsonl",
+                ],
+                workdir / "predict",
+            )
+            == 0
+        )
+        assert (
+            _cli(
+                [
+                    "eval",
+                    *common,
+                    *data,
+                    "--test",
+                    "test.jsonl",
+                    "--json",
+                    "--method",
+                    "zero-shot,dect",
+                ],
+                workdir / "eval",
+            )
+            == 0
+        )
         # the provider echoes the key back in error bodies: 401, a 400, an HTML page
         echoed = {"error": {"message": f"invalid key {KEY} (Bearer {KEY})", "type": "auth"}}
-        for name, fault in (("e401", status(401, body=echoed)),
-                            ("e400", status(400, body={"error": f"bad request from {KEY}"})),
-                            ("html", malformed(f"<html>proxy says: token={KEY}</html>".encode()))):
+        for name, fault in (
+            ("e401", status(401, body=echoed)),
+            ("e400", status(400, body={"error": f"bad request from {KEY}"})),
+            ("html", malformed(f"<html>proxy says: token={KEY}</html>".encode())),
+        ):
             server.script(fault, fault)  # one for the --debug run, one for the plain run
-            argv = ["eval", *common, *data, "--test", "inputs-labelled.jsonl", "--json",
-                    "--method", "zero-shot"]
+            argv = [
+                "eval",
+                *common,
+                *data,
+                "--test",
+                "inputs-labelled.jsonl",
+                "--json",
+                "--method",
+                "zero-shot",
+            ]
             (workdir / "inputs-labelled.jsonl").write_text(
-                json.dumps({"text": f"never scored before {name}", "label": "pos"}) + "\n")
+                json.dumps({"text": f"never scored before {name}", "label": "pos"}) + "\n"
+            )
             assert _cli(argv, workdir / name) == 1
             assert name != "e401" or "HTTP 401" in (workdir / f"{name}.stderr").read_text()
             assert _cli([a for a in argv if a != "--debug"], workdir / f"{name}-plain") == 1
@@ -191,8 +246,13 @@ def no_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("unpickling attempted")
 
-    for module, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
-                         (torch, "load"), (np, "load")):
+    for module, name in (
+        (pickle, "load"),
+        (pickle, "loads"),
+        (pickle, "Unpickler"),
+        (torch, "load"),
+        (np, "load"),
+    ):
         monkeypatch.setattr(module, name, refuse)
 
 

@@ -58,8 +58,12 @@ class ProviderPool(contextlib.AbstractContextManager["ProviderPool"]):
         else:
             base_url, model = str(spec.base_url), spec.model or self._served_model()
         return provider_spec.ProviderSpec(
-            kind="completions", base_url=base_url, model=model, strategy=spec.strategy,
-            top_logprobs=spec.top_logprobs, embeddings=spec.embeddings,
+            kind="completions",
+            base_url=base_url,
+            model=model,
+            strategy=spec.strategy,
+            top_logprobs=spec.top_logprobs,
+            embeddings=spec.embeddings,
             token_features=spec.token_features,
         )
 

@@ -207,8 +207,11 @@ def _provider(where: str, raw: Any) -> ProviderSpec:
     if spec.embeddings and spec.kind == "local":
         raise _fail(where, 'embeddings = true needs a provider of kind "serve" or "http"')
     if spec.token_features is not None and spec.kind == "local":
-        raise _fail(where, 'token_features needs a provider of kind "serve" or "http" (the '
-                    "local model is shared by every block; serve it to ask for token features)")
+        raise _fail(
+            where,
+            'token_features needs a provider of kind "serve" or "http" (the '
+            "local model is shared by every block; serve it to ask for token features)",
+        )
     return spec
 
 

@@ -193,14 +193,19 @@ def _print_summary(results: list[EvalResult], test_budget: QueryBudget) -> None:
     scoring = r0.queries_sent - r0.probe_queries - r0.queries_lost
     per_sample = f"{scoring / r0.samples_sent:.2f}" if r0.samples_sent else "-"
     print(f"provider: {r0.provider}, strategy {r0.strategy}, queries per sample: {per_sample}")
-    print(f"queries sent this run: {r0.queries_sent} (probe {r0.probe_queries}, "
-          f"without a kept answer {r0.queries_lost})   cache hits: {r0.cache_hits}")
+    print(
+        f"queries sent this run: {r0.queries_sent} (probe {r0.probe_queries}, "
+        f"without a kept answer {r0.queries_lost})   cache hits: {r0.cache_hits}"
+    )
     if r0.retries or r0.rate_limited:
-        print(f"retried: {r0.retries} attempts, of which answered 429 (rate limit): "
-              f"{r0.rate_limited}")
+        print(
+            f"retried: {r0.retries} attempts, of which answered 429 (rate limit): {r0.rate_limited}"
+        )
     if r0.floored_share:
-        print(f"label words given the top-k bound, not the model's value: "
-              f"{100 * r0.floored_share:.1f}% (pass --tokenizer to force them exactly)")
+        print(
+            f"label words given the top-k bound, not the model's value: "
+            f"{100 * r0.floored_share:.1f}% (pass --tokenizer to force them exactly)"
+        )
     if r0.cost_sent is not None and r0.price_input_per_million is not None:
         price = Price(r0.price_input_per_million, r0.price_output_per_million or 0.0)
         print(f"cost this run: {format_usd(r0.cost_sent)} at {price} "

@@ -160,13 +160,21 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_money(p: argparse.ArgumentParser, whose: str = "the training budget's",
-               prefix: str = "") -> None:
-    auto = "" if prefix else ("; default for an --api-model listed in maas_tune.pricing.PRICES: "
-                              "its example price")
-    p.add_argument("--max-cost", type=_usd, metavar="USD",
-                   help=f"{prefix}cap in US dollars on {whose} cost: its queries and prompt "
-                   "tokens at the price, reserved before sending (persisted; needs a price)")
+def _add_money(
+    p: argparse.ArgumentParser, whose: str = "the training budget's", prefix: str = ""
+) -> None:
+    auto = (
+        ""
+        if prefix
+        else ("; default for an --api-model listed in maas_tune.pricing.PRICES: its example price")
+    )
+    p.add_argument(
+        "--max-cost",
+        type=_usd,
+        metavar="USD",
+        help=f"{prefix}cap in US dollars on {whose} cost: its queries and prompt "
+        "tokens at the price, reserved before sending (persisted; needs a price)",
+    )
     p.add_argument("--price", type=_price, metavar="INPUT,OUTPUT",
                    help=f"{prefix}US dollars per million input and output tokens (e.g. "
                    f"0.15,0.60), stored with the budget{auto}")  # fmt: skip
@@ -297,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_provider(p)
     _add_data(p)
-    p.add_argument("--method", default="dect", choices=list(METHODS),
-                   help="the method to fit (default dect)")
+    p.add_argument(
+        "--method", default="dect", choices=list(METHODS), help="the method to fit (default dect)"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="where to save the decoder")
     _add_money(p)
     p.set_defaults(func=commands.cmd_fit)
@@ -323,13 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--budget", default=DEFAULT_BUDGET_NAME + ":predict", help="budget name")
     p.add_argument("--max-queries", type=_count, help="cap on that budget's queries")
-    p.add_argument("--allow-provider-mismatch", action="store_true",
-                   help="score with the provider the flags name even where it differs from "
-                   "the one the decoder was fitted with (default: an error)")
+    p.add_argument(
+        "--allow-provider-mismatch",
+        action="store_true",
+        help="score with the provider the flags name even where it differs from "
+        "the one the decoder was fitted with (default: an error)",
+    )
     # None: not given, so the provider recorded at fit fills them (see cli/provider.py).
     _add_money(p, "that budget's")
-    p.set_defaults(func=commands.cmd_predict, model=None, api=None, strategy=None,
-                   top_logprobs=None)
+    p.set_defaults(
+        func=commands.cmd_predict, model=None, api=None, strategy=None, top_logprobs=None
+    )
 
     p = sub.add_parser("cache", help="inspect or clear the answer cache")
     p.add_argument("action", choices=["stats", "export", "clear"])
@@ -358,30 +371,68 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="require `Authorization: Bearer <key>` with the key read from this variable",
     )
-    p.add_argument("--max-batch-size", type=_positive, default=16,
-                   help="most prompts scored in one batched forward pass (default 16)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a prompt waits for others to batch with (default 5 ms)")
+    p.add_argument(
+        "--max-batch-size",
+        type=_positive,
+        default=16,
+        help="most prompts scored in one batched forward pass (default 16)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a prompt waits for others to batch with (default 5 ms)",
+    )
     _add_placement(p)
-    p.add_argument("--max-body-bytes", type=_positive, default=None,
-                   help="largest request body (default 4 MiB); larger ones get 413")
-    p.add_argument("--max-top-logprobs", type=_positive, default=20,
-                   help="most top log-probs per position in completions and chat (default 20; "
-                   "5 mimics a hosted API); more is a 400")
-    p.add_argument("--max-generated-tokens", type=_positive, default=256,
-                   help="most tokens one request may generate, all its prompts together "
-                   "(default 256); more is a 400")
-    p.add_argument("--max-context-tokens", type=_positive, default=4096,
-                   help="most tokens (prompt + generated) one request may hold (default 4096, "
-                   "at most the model's context); bounds memory and time; more is a 400")
-    p.add_argument("--read-timeout", type=_seconds, default=30.0, metavar="SECONDS",
-                   help="time a client gets to send a request's headers, and again its body "
-                   "(default 30); then the connection is closed")
-    p.add_argument("--max-connections", type=_positive, default=128,
-                   help="connections served at once (default 128); a request on one more gets 503")
-    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="also answer requests whose Host header names NAME (repeatable; "
-                   "loopback names always; '*' for any); others get 421")
+    p.add_argument(
+        "--max-body-bytes",
+        type=_positive,
+        default=None,
+        help="largest request body (default 4 MiB); larger ones get 413",
+    )
+    p.add_argument(
+        "--max-top-logprobs",
+        type=_positive,
+        default=20,
+        help="most top log-probs per position in completions and chat (default 20; "
+        "5 mimics a hosted API); more is a 400",
+    )
+    p.add_argument(
+        "--max-generated-tokens",
+        type=_positive,
+        default=256,
+        help="most tokens one request may generate, all its prompts together "
+        "(default 256); more is a 400",
+    )
+    p.add_argument(
+        "--max-context-tokens",
+        type=_positive,
+        default=4096,
+        help="most tokens (prompt + generated) one request may hold (default 4096, "
+        "at most the model's context); bounds memory and time; more is a 400",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="time a client gets to send a request's headers, and again its body "
+        "(default 30); then the connection is closed",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=128,
+        help="connections served at once (default 128); a request on one more gets 503",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header names NAME (repeatable; "
+        "loopback names always; '*' for any); others get 421",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.set_defaults(func=commands.cmd_serve)
 

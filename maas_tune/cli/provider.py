@@ -52,13 +52,17 @@ def add_api_flags(p: argparse.ArgumentParser) -> None:
     """``--header`` and ``--query`` (repeatable), openai-python's ``default_headers`` /
     ``default_query``."""
     p.add_argument(
-        "--header", action="append", metavar="NAME:VALUE",
+        "--header",
+        action="append",
+        metavar="NAME:VALUE",
         help="with --base-url: send this header with every request (repeatable), e.g. "
         "OpenAI-Organization:org-123, HTTP-Referer:https://example.org, api-key:... (Azure); "
         "values of credential-like names (key, token, auth) are masked in logs",
     )
     p.add_argument(
-        "--query", action="append", metavar="NAME=VALUE",
+        "--query",
+        action="append",
+        metavar="NAME=VALUE",
         help="with --base-url: add this query parameter to every request (repeatable), "
         "e.g. api-version=2024-10-21 (Azure OpenAI)",
     )
@@ -84,12 +88,16 @@ def resolve_cli_base_url(args: argparse.Namespace) -> None:
     if given == ENV_BASE_URL:
         args.base_url = resolve_base_url(None)
         source = next(n for n in BASE_URL_ENV if args.base_url == _env(n))
-        print(f"maas-tune: using base URL {public_url(args.base_url)} from ${source}",
-              file=sys.stderr)
+        print(
+            f"maas-tune: using base URL {public_url(args.base_url)} from ${source}", file=sys.stderr
+        )
     elif given is None and any(_env(n) for n in BASE_URL_ENV):
         found = next(n for n in BASE_URL_ENV if _env(n))
-        print(f"maas-tune: note: ${found} is set but not used: without --base-url the local "
-              "model scores; pass --base-url env to use it", file=sys.stderr)
+        print(
+            f"maas-tune: note: ${found} is set but not used: without --base-url the local "
+            "model scores; pass --base-url env to use it",
+            file=sys.stderr,
+        )
 
 
 def _env(name: str) -> str:
@@ -125,24 +133,39 @@ def provider_spec(args: argparse.Namespace, model: str | None = None) -> Provide
     if getattr(args, "embeddings", False) and not base_url:
         raise ConfigurationError("--embeddings needs --base-url (the API to embed prompts with)")
     if base_url and (getattr(args, "device", None) or getattr(args, "dtype", None)):
-        raise ConfigurationError("--device and --dtype place the local model; drop them with "
-                                 "--base-url (the API's server runs its model)")
+        raise ConfigurationError(
+            "--device and --dtype place the local model; drop them with "
+            "--base-url (the API's server runs its model)"
+        )
     tokens = getattr(args, "token_features", None)
     if not base_url:
         where = placement(args)
-        return ProviderSpec(kind="local", model=model or args.model, batch_size=args.batch_size,
-                            device=where.device, dtype=where.dtype, token_features=tokens)
-    http = HTTPOptions(rate_limit=getattr(args, "rate_limit", None),
-                       max_concurrency=getattr(args, "max_concurrency", None),
-                       headers=pairs(extras.get("default_headers")),
-                       query=pairs(extras.get("default_query")))
+        return ProviderSpec(
+            kind="local",
+            model=model or args.model,
+            batch_size=args.batch_size,
+            device=where.device,
+            dtype=where.dtype,
+            token_features=tokens,
+        )
+    http = HTTPOptions(
+        rate_limit=getattr(args, "rate_limit", None),
+        max_concurrency=getattr(args, "max_concurrency", None),
+        headers=pairs(extras.get("default_headers")),
+        query=pairs(extras.get("default_query")),
+    )
     kind = getattr(args, "api", None) or "completions"
     return ProviderSpec(
-        kind=kind, base_url=base_url, model=args.api_model or model or args.model,
-        strategy=args.strategy, top_logprobs=getattr(args, "top_logprobs", DEFAULT_TOP_LOGPROBS),
-        tokenizer=getattr(args, "tokenizer", None), embeddings=getattr(args, "embeddings", False),
+        kind=kind,
+        base_url=base_url,
+        model=args.api_model or model or args.model,
+        strategy=args.strategy,
+        top_logprobs=getattr(args, "top_logprobs", DEFAULT_TOP_LOGPROBS),
+        tokenizer=getattr(args, "tokenizer", None),
+        embeddings=getattr(args, "embeddings", False),
         embeddings_model=getattr(args, "embeddings_model", None),
-        token_features=tokens if kind == "completions" else None, http=http,
+        token_features=tokens if kind == "completions" else None,
+        http=http,
     )
 
 
@@ -151,8 +174,9 @@ def placement(args: argparse.Namespace) -> Placement:
     from ..providers.device import DEFAULT_DEVICE, resolve_placement
 
     device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
-    return resolve_placement(device or DEFAULT_DEVICE, dtype or "auto",
-                             flags=("--device", "--dtype"))
+    return resolve_placement(
+        device or DEFAULT_DEVICE, dtype or "auto", flags=("--device", "--dtype")
+    )
 
 
 # -- the provider recorded by fit, rebuilt by predict -------------------------------------
@@ -172,14 +196,18 @@ def provider_record(args: argparse.Namespace, provider: Provider) -> dict[str, A
         "top_logprobs": args.top_logprobs,
         "tokenizer": getattr(args, "tokenizer", None),
         "embeddings_model": (args.embeddings_model or model)
-        if getattr(args, "embeddings", False) else None,
-        "headers": {k: v for k, v in extras.get("default_headers", {}).items()
-                    if not is_secret_name(k)},
-        "query": {k: v for k, v in extras.get("default_query", {}).items()
-                  if not is_secret_name(k)},
+        if getattr(args, "embeddings", False)
+        else None,
+        "headers": {
+            k: v for k, v in extras.get("default_headers", {}).items() if not is_secret_name(k)
+        },
+        "query": {
+            k: v for k, v in extras.get("default_query", {}).items() if not is_secret_name(k)
+        },
         # pacing, not identity: predict paces as fit did unless its flags say otherwise
-        "rate_limit_per_minute": getattr(getattr(args, "rate_limit", None),
-                                         "requests_per_minute", None),
+        "rate_limit_per_minute": getattr(
+            getattr(args, "rate_limit", None), "requests_per_minute", None
+        ),
         "max_concurrency": getattr(args, "max_concurrency", None),
     }
 
@@ -203,9 +231,11 @@ def apply_record(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, An
         resolve_cli_base_url(args)
     record = meta.get(RECORD_KEY)
     if not isinstance(record, dict):
-        print("maas-tune: warning: this decoder was saved by an older maas-tune and does not "
-              "record its provider; the command line's provider is used (refit to record it)",
-              file=sys.stderr)
+        print(
+            "maas-tune: warning: this decoder was saved by an older maas-tune and does not "
+            "record its provider; the command line's provider is used (refit to record it)",
+            file=sys.stderr,
+        )
         _fill_defaults(args)
         return None
     _check_record(record)
@@ -217,8 +247,9 @@ def apply_record(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, An
             "to score with another one (its scores may not suit the decoder)"
         )
     if problems:
-        print(f"maas-tune: warning: provider mismatch allowed: {'; '.join(problems)}",
-              file=sys.stderr)
+        print(
+            f"maas-tune: warning: provider mismatch allowed: {'; '.join(problems)}", file=sys.stderr
+        )
     if not (record.get("kind") == "local" and getattr(args, "base_url", None)):
         _fill(args, record)  # what the flags leave out; a flag given always wins
     _fill_defaults(args)
@@ -302,8 +333,7 @@ def _fill_defaults(args: argparse.Namespace) -> None:
 def _describe(record: dict[str, Any]) -> str:
     if record.get("kind") == "local":
         return f"the local model {record.get('model')!r}"
-    return (f"{record.get('kind')} API {record.get('base_url')} model "
-            f"{record.get('api_model')!r}")
+    return f"{record.get('kind')} API {record.get('base_url')} model {record.get('api_model')!r}"
 
 
 def check_fingerprint(
@@ -322,5 +352,7 @@ def check_fingerprint(
             "decoder's scores would come from another model — refit, or pass "
             "--allow-provider-mismatch"
         )
-    print("maas-tune: warning: the provider differs from the one the decoder was fitted with",
-          file=sys.stderr)
+    print(
+        "maas-tune: warning: the provider differs from the one the decoder was fitted with",
+        file=sys.stderr,
+    )

@@ -20,7 +20,11 @@ T = TypeVar("T")
 
 
 async def arequest_json(
-    client: httpx.AsyncClient | DirectSender, method: str, url: str, *, json: Any = None,
+    client: httpx.AsyncClient | DirectSender,
+    method: str,
+    url: str,
+    *,
+    json: Any = None,
 ) -> dict[str, Any]:
     """The async twin of :func:`~maas_tune.providers.http.request_json` (same errors);
     the whole answer must arrive within ``TOTAL_TIMEOUT_FACTOR`` x the read timeout."""
@@ -38,7 +42,9 @@ async def _send_within_deadline(
     client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
 ) -> httpx.Response:
     read_timeout = client.timeout.read
-    deadline = None if read_timeout is None else time.monotonic() + TOTAL_TIMEOUT_FACTOR * read_timeout
+    deadline = (
+        None if read_timeout is None else time.monotonic() + TOTAL_TIMEOUT_FACTOR * read_timeout
+    )
     request = client.build_request(method, url, **kwargs)
     response = await client.send(request, stream=True)
     if response.is_stream_consumed:
@@ -50,12 +56,14 @@ async def _send_within_deadline(
             if deadline is not None and time.monotonic() > deadline:
                 raise httpx.ReadTimeout(
                     f"the whole answer took longer than {TOTAL_TIMEOUT_FACTOR} x the "
-                    f"{read_timeout:g} s read timeout", request=request,
+                    f"{read_timeout:g} s read timeout",
+                    request=request,
                 )
     finally:
         await response.aclose()
-    whole = httpx.Response(response.status_code, headers=response.headers,
-                           content=b"".join(parts), request=request)
+    whole = httpx.Response(
+        response.status_code, headers=response.headers, content=b"".join(parts), request=request
+    )
     whole.read()
     return whole
 
@@ -77,8 +85,12 @@ class ThreadedTransport(httpx.AsyncBaseTransport):
             raw = b"".join(response.stream)  # type: ignore[arg-type]  # a sync transport's
         finally:
             response.close()
-        return httpx.Response(response.status_code, headers=response.headers,
-                              stream=httpx.ByteStream(raw), extensions=response.extensions)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(raw),
+            extensions=response.extensions,
+        )
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._transport.close)
@@ -95,8 +107,9 @@ class LoopThread:
         with self._lock:
             if self.loop is None:
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, daemon=True,
-                                 name="maas-tune-http").start()
+                threading.Thread(
+                    target=loop.run_forever, daemon=True, name="maas-tune-http"
+                ).start()
                 self.loop = loop
             return self.loop
 

@@ -91,7 +91,9 @@ class Batch:
     """Thread-safe counters of one batch of requests, and its cancellation switch."""
 
     def __init__(
-        self, events: Events | None = None, max_requests: int | None = None,
+        self,
+        events: Events | None = None,
+        max_requests: int | None = None,
         extend: Callable[[], bool] | None = None,
     ) -> None:
         self.max_requests = max_requests
@@ -198,13 +200,18 @@ class Batch:
         """The outcome so far (frozen at cancellation), with ``results``."""
         with self._lock:
             frozen = self._frozen or self._snapshot({})
-            return BatchOutcome(dict(results), frozen.answered, frozen.unknown,
-                                frozen.prompt_tokens)
+            return BatchOutcome(
+                dict(results), frozen.answered, frozen.unknown, frozen.prompt_tokens
+            )
 
     def _snapshot(self, results: dict[int, Any]) -> BatchOutcome[Any]:
         # In flight now: sent, answer not read; counted as spent, with their token bound.
-        return BatchOutcome(results, self.answered, self.unknown + self.in_flight,
-                            self.prompt_tokens + self.in_flight_tokens)
+        return BatchOutcome(
+            results,
+            self.answered,
+            self.unknown + self.in_flight,
+            self.prompt_tokens + self.in_flight_tokens,
+        )
 
     def keep(self, key: str, body: dict[str, Any]) -> None:
         """Remember an answered body (kept beyond the batch only if the batch fails)."""
@@ -223,4 +230,3 @@ class Batch:
     def item_done(self) -> None:
         if self._events is not None:
             self._events("answered")
-

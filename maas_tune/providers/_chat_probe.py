@@ -95,8 +95,10 @@ def choose_chat(caps: ChatProbeResult | None, ids_known: bool, model: str) -> Pl
     ConfigurationError
         Label words outside the top-k could not be read exactly.
     """
-    fallback = ("or pass --strategy top_logprobs (Python: strategy='top_logprobs') to accept "
-                "the top-k bound for missing words, which is not the model's value")
+    fallback = (
+        "or pass --strategy top_logprobs (Python: strategy='top_logprobs') to accept "
+        "the top-k bound for missing words, which is not the model's value"
+    )
     if not ids_known:
         raise ConfigurationError(
             f"label words outside the chat API's top-k cannot be scored exactly for model "
@@ -110,13 +112,15 @@ def choose_chat(caps: ChatProbeResult | None, ids_known: bool, model: str) -> Pl
             f"label words outside the top {caps.top_logprobs} cannot be scored exactly with "
             f"model {model!r} at this chat API: {BIAS_VERDICTS[caps.bias]}; {fallback}"
         )
-    return Plan("force", "force", f"{caps.top_logprobs} top logprobs; {BIAS_VERDICTS['before']} "
-                "(1 request + 1 per label word missing from the top-k)")
+    return Plan(
+        "force",
+        "force",
+        f"{caps.top_logprobs} top logprobs; {BIAS_VERDICTS['before']} "
+        "(1 request + 1 per label word missing from the top-k)",
+    )
 
 
-def _bias_verdict(
-    post: Post, base: dict[str, Any], probe: Label, top: dict[str, float]
-) -> str:
+def _bias_verdict(post: Post, base: dict[str, Any], probe: Label, top: dict[str, float]) -> str:
     """One forced request: one of :data:`BIAS_VERDICTS` (never ``"untested"``)."""
     body = try_request(post, {**base, "logit_bias": {str(probe.token_id): FORCE_BIAS}})
     if body is None:

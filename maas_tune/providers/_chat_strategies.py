@@ -95,8 +95,9 @@ def score_chat(
     resolve = force_resolver(partial(_forced, request), top, _REMEDY) if force else None
     reading = yield from read_labels(labels, top, resolve)
     tokens = usage_tokens(body) + reading.prompt_tokens
-    answer = ProviderAnswer(reading.values, None, tokens, queries=1 + reading.forced,
-                            floored=reading.floored)
+    answer = ProviderAnswer(
+        reading.values, None, tokens, queries=1 + reading.forced, floored=reading.floored
+    )
     return answer, reading
 
 

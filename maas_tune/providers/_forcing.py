@@ -197,12 +197,16 @@ def _check_forced(
         raise BiasError(
             f"logit_bias did not force label word {label.word!r}: the server generated "
             f"{token!r}; check that it supports logit_bias (chat: and that label_prefix "
-            f"matches how the model writes the word); {remedy}", problem, used,
+            f"matches how the model writes the word); {remedy}",
+            problem,
+            used,
         )
     if problem == "after":
         raise BiasError(
             f"the server reported log-prob {value:.4g} for the forced label word {label.word!r}, "
             "which is not below the top-k it was missing from: it reports log-probs after "
-            f"logit_bias, so they are not the model's; {remedy}", problem, used,
+            f"logit_bias, so they are not the model's; {remedy}",
+            problem,
+            used,
         )
     return float(value)

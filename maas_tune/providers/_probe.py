@@ -187,7 +187,9 @@ def run_probe(
 
 def _bias_verdict(
     send: Callable[[dict[str, Any]], dict[str, Any] | None],
-    base: dict[str, Any], top: dict[str, float], label_for: Callable[[str], Label | None],
+    base: dict[str, Any],
+    top: dict[str, float],
+    label_for: Callable[[str], Label | None],
 ) -> str:
     """One forced request where a token id outside the top-k is known; else ``"untested"``."""
     probe = next(
@@ -216,33 +218,47 @@ def choose(caps: ProbeResult, ids_known: bool, model: str) -> Plan:
         No exact way to read label log-probs exists here (nothing was sent for samples).
     """
     if caps.extension:
-        return Plan("extension", None, "the server answers the maas_tune extension: exact "
-                    "label log-probs and the hidden state, 1 request per sample")
+        return Plan(
+            "extension",
+            None,
+            "the server answers the maas_tune extension: exact "
+            "label log-probs and the hidden state, 1 request per sample",
+        )
     force = ids_known and caps.bias == "before"
     if caps.top_logprobs and (force or caps.echo):
         how = "forced with logit_bias" if force else "echoed"
-        return Plan("top_logprobs", "force" if force else "echo",
-                    f"top-{caps.top_logprobs} log-probs; a label word outside them is {how}: "
-                    "exact, 1 request per sample + 1 per missing word")
+        return Plan(
+            "top_logprobs",
+            "force" if force else "echo",
+            f"top-{caps.top_logprobs} log-probs; a label word outside them is {how}: "
+            "exact, 1 request per sample + 1 per missing word",
+        )
     if caps.echo:
-        return Plan("echo", None, "no top log-probs; echo with log-probs: exact, "
-                    "1 request per label word")
+        return Plan(
+            "echo", None, "no top log-probs; echo with log-probs: exact, 1 request per label word"
+        )
     raise ConfigurationError(_refusal(caps, ids_known, model))
 
 
 def _refusal(caps: ProbeResult, ids_known: bool, model: str) -> str:
     start = f"model {model!r} at this API cannot give exact label log-probs"
     if not caps.top_logprobs:
-        return (f"{start}: it returns no top log-probs and does not echo prompts with "
-                "log-probs; use a completions API that returns logprobs, or --api chat")
+        return (
+            f"{start}: it returns no top log-probs and does not echo prompts with "
+            "log-probs; use a completions API that returns logprobs, or --api chat"
+        )
     if not ids_known:
-        return (f"{start} for label words outside its top {caps.top_logprobs}: it has no echo "
-                "and no tokenizer endpoint, so a missing word cannot be forced; pass "
-                "--tokenizer (tiktoken:MODEL, a Hugging Face tokenizer directory, or 'embedded'; "
-                "Python: tokenizer=) so missing words can be forced with logit_bias")
-    return (f"{start} for label words outside its top {caps.top_logprobs}: it has no echo, and "
-            f"{BIAS_VERDICTS[caps.bias]}; choose label words the model ranks in its top "
-            f"{caps.top_logprobs}, or use an API that echoes prompts with log-probs")
+        return (
+            f"{start} for label words outside its top {caps.top_logprobs}: it has no echo "
+            "and no tokenizer endpoint, so a missing word cannot be forced; pass "
+            "--tokenizer (tiktoken:MODEL, a Hugging Face tokenizer directory, or 'embedded'; "
+            "Python: tokenizer=) so missing words can be forced with logit_bias"
+        )
+    return (
+        f"{start} for label words outside its top {caps.top_logprobs}: it has no echo, and "
+        f"{BIAS_VERDICTS[caps.bias]}; choose label words the model ranks in its top "
+        f"{caps.top_logprobs}, or use an API that echoes prompts with log-probs"
+    )
 
 
 def cached_probe(key: tuple[str, ...], probe: Callable[[], P]) -> tuple[P, bool]:

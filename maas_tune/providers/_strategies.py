@@ -44,9 +44,7 @@ STRATEGIES = ("extension", "top_logprobs", "echo")
 _REMEDY = "use strategy='echo' with this server"
 
 
-def first_choice(
-    body: Mapping[str, Any], what: str, route: str = "/completions"
-) -> dict[str, Any]:
+def first_choice(body: Mapping[str, Any], what: str, route: str = "/completions") -> dict[str, Any]:
     """The first choice of an OpenAI-style answer, or a ProviderResponseError naming ``route``."""
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -107,7 +105,9 @@ def _decode_token_features(ext: Mapping[str, Any], asked: int) -> np.ndarray:
     try:
         raw = base64.b64decode(str(value), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ProviderResponseError(f"the extension's 'token_features' is not valid base64: {exc}") from exc
+        raise ProviderResponseError(
+            f"the extension's 'token_features' is not valid base64: {exc}"
+        ) from exc
     m, d = (int(x) for x in shape)
     if not 1 <= m <= asked or d < 1 or len(raw) != m * d * 2:
         raise ProviderResponseError(
@@ -137,7 +137,11 @@ Resolver = Callable[[dict[str, Any], Mapping[str, float]], "Resolve | None"]
 
 
 def score_top_logprobs(
-    model: str, prompt: str, labels: Sequence[Label], top_k: int, resolver: Resolver,
+    model: str,
+    prompt: str,
+    labels: Sequence[Label],
+    top_k: int,
+    resolver: Resolver,
 ) -> Script[ProviderAnswer]:
     """Label log-probs from the first position's top-k, reading each missing word exactly.
 
@@ -150,8 +154,9 @@ def score_top_logprobs(
     top = _first_top(_logprobs(first_choice(body, "top_logprobs"), "top_logprobs"))
     reading = yield from read_labels(labels, top, resolver(base, top))
     tokens = usage_tokens(body) + reading.prompt_tokens
-    return ProviderAnswer(reading.values, None, tokens, queries=1 + reading.forced,
-                          floored=reading.floored)
+    return ProviderAnswer(
+        reading.values, None, tokens, queries=1 + reading.forced, floored=reading.floored
+    )
 
 
 def forcing(base: dict[str, Any], top: Mapping[str, float]) -> Resolve:
@@ -210,6 +215,8 @@ def echo_one(model: str, prompt: str, label: Label) -> Script[tuple[float, int]]
     body = yield ({"model": model, "prompt": full, "echo": True, "max_tokens": 1, "logprobs": 0})
     logprobs = _logprobs(first_choice(body, "echo"), "echo")
     return _echoed_word(logprobs, len(prompt), len(full), label.word), usage_tokens(body)
+
+
 def _echoed_word(logprobs: Mapping[str, Any], start: int, end: int, word: str) -> float:
     """Sum of the echoed log-probs of the tokens in characters ``[start, end)``."""
     offsets, values = logprobs.get("text_offset"), logprobs.get("token_logprobs")

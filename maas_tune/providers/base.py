@@ -13,7 +13,11 @@ from ..errors import ConfigurationError
 from ..scores import ProviderAnswer
 
 __all__ = [
-    "FactStore", "Provider", "SetupCost", "Spend", "check_token_features",
+    "FactStore",
+    "Provider",
+    "SetupCost",
+    "Spend",
+    "check_token_features",
 ]
 
 
@@ -130,7 +134,9 @@ class Provider(abc.ABC):
 
     @contextlib.contextmanager
     def observed(
-        self, events: Callable[[str], None] | None = None, max_requests: int | None = None,
+        self,
+        events: Callable[[str], None] | None = None,
+        max_requests: int | None = None,
         extend: Callable[[], bool] | None = None,
     ) -> Iterator[Spend]:
         """While inside, this thread's :meth:`score` calls report ``"answered"`` (a prompt
@@ -142,8 +148,12 @@ class Provider(abc.ABC):
         yield Spend()
 
     async def ascore(
-        self, prompts: Sequence[str], token_ids: Sequence[int], *,
-        events: Callable[[str], None] | None = None, max_requests: int | None = None,
+        self,
+        prompts: Sequence[str],
+        token_ids: Sequence[int],
+        *,
+        events: Callable[[str], None] | None = None,
+        max_requests: int | None = None,
         extend: Callable[[], bool] | None = None,
     ) -> tuple[list[ProviderAnswer], Spend]:
         """:meth:`score` for an event loop, observed as by :meth:`observed` (the answers
@@ -190,8 +200,9 @@ def check_token_features(n: int | None) -> None:
     ConfigurationError
         Naming the value and the range.
     """
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int)
-                          or not 1 <= n <= MAX_TOKEN_FEATURES):
+    if n is not None and (
+        isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TOKEN_FEATURES
+    ):
         raise ConfigurationError(
             f"token_features must be None or a number of tokens in 1..{MAX_TOKEN_FEATURES}, "
             f"got {n!r}"

@@ -42,7 +42,6 @@ CHAT_LABEL_PREFIX = ""
 TOKENS_PER_MESSAGE, REPLY_PRIMING_TOKENS = 4, 3
 
 
-
 class OpenAIChatProvider(RemoteProvider):
     """Score label words as the first token of a chat model's answer, via its top log-probs.
 
@@ -128,12 +127,23 @@ class OpenAIChatProvider(RemoteProvider):
         check_count("top_logprobs", top_logprobs)
         _check_chat_options(strategy, chat_format, label_prefix, tokenizer)
         http = HTTPOptions.checked(
-            timeout=timeout, max_retries=max_retries, rate_limit=rate_limit,
-            max_concurrency=max_concurrency, default_headers=default_headers,
+            timeout=timeout,
+            max_retries=max_retries,
+            rate_limit=rate_limit,
+            max_concurrency=max_concurrency,
+            default_headers=default_headers,
             default_query=default_query,
         )
-        super().__init__(base_url, model, strategy, api_key=api_key, http=http,
-                         transport=transport, sleep=sleep, tokenizer=tokenizer)
+        super().__init__(
+            base_url,
+            model,
+            strategy,
+            api_key=api_key,
+            http=http,
+            transport=transport,
+            sleep=sleep,
+            tokenizer=tokenizer,
+        )
         self.top_logprobs = top_logprobs
         self.chat_format = chat_format or ChatFormat()
         self.label_prefix = label_prefix
@@ -164,8 +174,9 @@ class OpenAIChatProvider(RemoteProvider):
             Under ``"auto"``, when label words outside the top-k cannot be read exactly.
         """
         if self._requested != "auto":
-            return Plan(self._requested, "force" if self._requested == "force" else None,
-                        "requested")
+            return Plan(
+                self._requested, "force" if self._requested == "force" else None, "requested"
+            )
         ids_known = self._ids_known()
         return choose_chat(self.probe_result if ids_known else None, ids_known, self.model)
 
@@ -177,7 +188,9 @@ class OpenAIChatProvider(RemoteProvider):
         strategy = self.strategy
         reading_ = "exact" if strategy == "force" else f"top-{self.top_logprobs} bound"
         return self._identity_fingerprint(
-            "openai-chat", reading_, format=self.chat_format.fingerprint(),
+            "openai-chat",
+            reading_,
+            format=self.chat_format.fingerprint(),
             label_prefix=self.label_prefix,
         )
 
@@ -198,7 +211,9 @@ class OpenAIChatProvider(RemoteProvider):
             for p in prompts
         ]
         messages = 2 if self.chat_format.system else 1
-        return [c + messages * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS for c in self._count(texts)]
+        return [
+            c + messages * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS for c in self._count(texts)
+        ]
 
     def max_queries_per_prompt(self, n_tokens: int) -> int:
         return 1 + n_tokens if self.strategy == "force" else 1
@@ -222,8 +237,11 @@ class OpenAIChatProvider(RemoteProvider):
     # -- internals ----------------------------------------------------------------
     def _identity(self) -> tuple[str, ...]:
         """What a fact about this API depends on (never a credential)."""
-        return (*super()._identity(), f"top_logprobs={self.top_logprobs}",
-                f"prefix={self.label_prefix!r}")
+        return (
+            *super()._identity(),
+            f"top_logprobs={self.top_logprobs}",
+            f"prefix={self.label_prefix!r}",
+        )
 
     def _probe_key(self) -> str:
         return "|".join(("chat-probe2", *self._identity()))
@@ -270,6 +288,5 @@ def _check_chat_options(
         raise ConfigurationError(f"label_prefix must be a string, got {label_prefix!r}")
     if tokenizer is not None and not callable(tokenizer):
         raise ConfigurationError(
-            "tokenizer must map a text to its token ids, e.g. tiktoken's encode; "
-            f"got {tokenizer!r}"
+            f"tokenizer must map a text to its token ids, e.g. tiktoken's encode; got {tokenizer!r}"
         )

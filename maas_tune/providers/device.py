@@ -34,7 +34,7 @@ DEFAULT_DEVICE = "cpu"
 #: Gemma-family activations can overflow its range.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: Largest difference of a label log-prob (nats) from CPU float32 that each compute dtype
-#: is expected to stay within (tests/test_device.py and benchmarks/gpu_check.py check it).
+#: is expected to stay within (tests/providers/test_device.py and benchmarks/gpu_check.py check it).
 #: float32 on a GPU differs only by kernel order; bfloat16 keeps 8 mantissa bits (on CPU,
 #: 32 SST-2 prompts of Gemma 3 270M: largest difference 0.12, mean 0.04).
 DTYPE_LOGPROB_TOLERANCE = {"float32": 1e-2, "bfloat16": 0.5, "float16": 0.25}

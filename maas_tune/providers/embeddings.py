@@ -124,8 +124,11 @@ class OpenAIEmbeddingsProvider:
         self._dim: int | None = None  # learnt from the first reply; later replies must match
         self._lock = threading.Lock()
         http = HTTPOptions.checked(
-            timeout=timeout, max_retries=max_retries, rate_limit=rate_limit,
-            max_concurrency=max_concurrency, default_headers=default_headers,
+            timeout=timeout,
+            max_retries=max_retries,
+            rate_limit=rate_limit,
+            max_concurrency=max_concurrency,
+            default_headers=default_headers,
             default_query=default_query,
         )
         self._session = APISession(

@@ -21,7 +21,9 @@ __all__ = ["BASE_URL_ENV", "extra_headers", "extra_query", "parse_pairs", "resol
 BASE_URL_ENV = ("MAAS_TUNE_BASE_URL", "OPENAI_BASE_URL")
 
 # A header name is an RFC 9110 token.
-_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
 
 
 def resolve_base_url(base_url: str | None) -> str:
@@ -107,8 +109,9 @@ def _pairs(what: str, given: Mapping[str, str] | None) -> list[tuple[str, str]]:
     if given is None:
         return []
     if not isinstance(given, Mapping):
-        raise ConfigurationError(f"{what} must be a mapping of names to strings, got "
-                                 f"{type(given).__name__}")
+        raise ConfigurationError(
+            f"{what} must be a mapping of names to strings, got {type(given).__name__}"
+        )
     pairs = []
     for name, value in given.items():
         if not isinstance(name, str) or not isinstance(value, str):

@@ -351,7 +351,9 @@ def _send_within_deadline(
         When the deadline passes mid-body (handled like any read timeout).
     """
     read_timeout = client.timeout.read
-    deadline = None if read_timeout is None else time.monotonic() + TOTAL_TIMEOUT_FACTOR * read_timeout
+    deadline = (
+        None if read_timeout is None else time.monotonic() + TOTAL_TIMEOUT_FACTOR * read_timeout
+    )
     request = client.build_request(method, url, **kwargs)
     response = client.send(request, stream=True)
     if response.is_stream_consumed:  # already read in full (e.g. by a mock transport)
@@ -363,13 +365,15 @@ def _send_within_deadline(
             if deadline is not None and time.monotonic() > deadline:
                 raise httpx.ReadTimeout(
                     f"the whole answer took longer than {TOTAL_TIMEOUT_FACTOR} x the "
-                    f"{read_timeout:g} s read timeout", request=request,
+                    f"{read_timeout:g} s read timeout",
+                    request=request,
                 )
     finally:
         response.close()
     # The raw (still encoded) bytes under the same headers: decoded once, as usual.
-    whole = httpx.Response(response.status_code, headers=response.headers,
-                           content=b"".join(parts), request=request)
+    whole = httpx.Response(
+        response.status_code, headers=response.headers, content=b"".join(parts), request=request
+    )
     whole.read()
     return whole
 

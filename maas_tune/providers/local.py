@@ -250,7 +250,11 @@ class TransformersProvider(Provider):
         return out, captured["h"]
 
     def _answers(
-        self, logits: Any, hidden: Any, token_ids: Any, n_tokens: Sequence[int],
+        self,
+        logits: Any,
+        hidden: Any,
+        token_ids: Any,
+        n_tokens: Sequence[int],
         tails: list[np.ndarray] | None = None,
     ) -> list[ProviderAnswer]:
         """Answers from the (b, V) logits and (b, d) hidden states of the prediction positions
@@ -269,9 +273,7 @@ class TransformersProvider(Provider):
             for j in range(len(n_tokens))
         ]
 
-    def _score_batch(
-        self, prompts: list[str], token_ids: Any, n_last: int
-    ) -> list[ProviderAnswer]:
+    def _score_batch(self, prompts: list[str], token_ids: Any, n_last: int) -> list[ProviderAnswer]:
         """One forward pass over left-padded prompts."""
         enc = self._tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         mask = enc["attention_mask"]
@@ -281,10 +283,16 @@ class TransformersProvider(Provider):
         width = mask.shape[1]
         spans = [max(width - n, width - n_last) for n in lengths]  # left padding comes first
         out, (hidden, tails) = self._forward(
-            {"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": positions,
-                 "logits_to_keep": 1},
-            lambda h: (h[:, -1, :], [_half(h[j, a:]) for j, a in enumerate(spans)] if n_last
-                       else None),
+            {
+                "input_ids": enc["input_ids"],
+                "attention_mask": mask,
+                "position_ids": positions,
+                "logits_to_keep": 1,
+            },
+            lambda h: (
+                h[:, -1, :],
+                [_half(h[j, a:]) for j, a in enumerate(spans)] if n_last else None,
+            ),
         )
         return self._answers(out.logits[:, -1, :], hidden, token_ids, lengths, tails)
 
@@ -313,7 +321,8 @@ def _load(
     bars.disable_progress_bar()  # a sub-second load needs no progress bar
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            resolved.directory, config=_config(transformers, resolved),
+            resolved.directory,
+            config=_config(transformers, resolved),
             dtype=getattr(torch, placement.dtype),
         )
     finally:

@@ -153,12 +153,23 @@ class OpenAICompletionsProvider(RemoteProvider):
         max_concurrency = concurrency_for(max_concurrency, rate_limit)
         _check_options(base_url, model, strategy, top_logprobs, max_concurrency, timeout)
         http = HTTPOptions.checked(
-            timeout=timeout, max_retries=max_retries, rate_limit=rate_limit,
-            max_concurrency=max_concurrency, default_headers=default_headers,
+            timeout=timeout,
+            max_retries=max_retries,
+            rate_limit=rate_limit,
+            max_concurrency=max_concurrency,
+            default_headers=default_headers,
             default_query=default_query,
         )
-        super().__init__(base_url, model, strategy, api_key=api_key, http=http,
-                         transport=transport, sleep=sleep, tokenizer=tokenizer)
+        super().__init__(
+            base_url,
+            model,
+            strategy,
+            api_key=api_key,
+            http=http,
+            transport=transport,
+            sleep=sleep,
+            tokenizer=tokenizer,
+        )
         self.top_logprobs = top_logprobs
         self.token_features = token_features
         self._probe: ProbeResult | None = None
@@ -248,14 +259,17 @@ class OpenAICompletionsProvider(RemoteProvider):
         strategy = self._adapted(plan, labels)
         scorers: dict[str, Callable[..., Script[ProviderAnswer]]] = {
             "extension": partial(score_extension, token_features=self.token_features or 0),
-            "top_logprobs": partial(score_top_logprobs, top_k=self.top_logprobs,
-                                    resolver=self._resolver(plan)),
+            "top_logprobs": partial(
+                score_top_logprobs, top_k=self.top_logprobs, resolver=self._resolver(plan)
+            ),
             "echo": score_echo,
         }
         scorer = scorers[strategy]
 
         def one(prompt: str) -> Script[ProviderAnswer]:
-            return (yield from reading(partial(scorer, self.model, labels=labels), strategy)(prompt))
+            return (
+                yield from reading(partial(scorer, self.model, labels=labels), strategy)(prompt)
+            )
 
         def after(answers: list[ProviderAnswer]) -> None:
             if strategy == "top_logprobs":
@@ -295,13 +309,21 @@ class OpenAICompletionsProvider(RemoteProvider):
                 return
             self._probe = dataclasses.replace(self._probe, bias=exc.problem)
             self._session.remember(self._probe_key(), dataclasses.asdict(self._probe))
-        log.warning("%s: forcing stopped being exact (%s); missing words are echoed from now on",
-                    self.base_url, exc)
+        log.warning(
+            "%s: forcing stopped being exact (%s); missing words are echoed from now on",
+            self.base_url,
+            exc,
+        )
 
     def _adapted(self, plan: Plan, labels: list[Label]) -> str:
         """``echo`` instead of ``top_logprobs`` once the observed misses make it cheaper."""
         caps = self._probe
-        if plan.strategy != "top_logprobs" or self._requested != "auto" or not caps or not caps.echo:
+        if (
+            plan.strategy != "top_logprobs"
+            or self._requested != "auto"
+            or not caps
+            or not caps.echo
+        ):
             return plan.strategy
         words = tuple(dict.fromkeys(label.text for label in labels))
         with self._stats_lock:

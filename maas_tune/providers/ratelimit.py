@@ -46,8 +46,10 @@ DEFAULT_PENALTY_S = 1.0
 def _check_rate(name: str, value: object) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value > 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and value > 0)
     ):
         raise ConfigurationError(
             f"{name} must be a positive number or None (no limit), got {value!r}; "
@@ -315,4 +317,3 @@ def _text_chars(value: Any) -> int:
     if isinstance(value, Mapping):  # e.g. a content part {"type": "text", "text": ...}
         return _text_chars(value.get("text"))
     return 0
-

@@ -123,7 +123,9 @@ class RemoteProvider(Provider):
 
     @contextlib.contextmanager
     def observed(
-        self, events: Events | None = None, max_requests: int | None = None,
+        self,
+        events: Events | None = None,
+        max_requests: int | None = None,
         extend: Callable[[], bool] | None = None,
     ) -> Iterator[Spend]:
         local = self._local
@@ -151,8 +153,12 @@ class RemoteProvider(Provider):
         return answers
 
     async def ascore(
-        self, prompts: Sequence[str], token_ids: Sequence[int], *,
-        events: Events | None = None, max_requests: int | None = None,
+        self,
+        prompts: Sequence[str],
+        token_ids: Sequence[int],
+        *,
+        events: Events | None = None,
+        max_requests: int | None = None,
         extend: Callable[[], bool] | None = None,
     ) -> tuple[list[ProviderAnswer], Spend]:
         """:meth:`score` on the running event loop: the same scripts, sent by
@@ -163,17 +169,25 @@ class RemoteProvider(Provider):
         one, after = self._scoring(prompts, token_ids)
         batch = Batch(events, max_requests, extend)
         try:
-            answers = await self._session.amap(one, prompts, self.route, model=self.model,
-                                               batch=batch)
+            answers = await self._session.amap(
+                one, prompts, self.route, model=self.model, batch=batch
+            )
         finally:  # requests answered or lost: what may be billed
-            spend.requests, spend.prompt_tokens = batch.answered + batch.unknown, batch.prompt_tokens
+            spend.requests, spend.prompt_tokens = (
+                batch.answered + batch.unknown,
+                batch.prompt_tokens,
+            )
         after(answers)
         return answers, spend
 
     def _map(self, one: Callable[[T], Script[R]], prompts: Sequence[T]) -> list[R]:
         """``one(prompt)`` (a script) for each prompt through the session, as observed."""
         events, max_requests, extend, spend = getattr(self._local, "observed", None) or (
-            None, None, None, None)
+            None,
+            None,
+            None,
+            None,
+        )
         batch = Batch(events, max_requests, extend)
         try:
             return self._session.map(one, prompts, self.route, model=self.model, batch=batch)
@@ -202,12 +216,15 @@ class RemoteProvider(Provider):
             raise
         finally:
             self._batch = None
-        return SetupCost(batch.answered + batch.unknown, batch.prompt_tokens, batch.retries,
-                         batch.rate_limited)
+        return SetupCost(
+            batch.answered + batch.unknown, batch.prompt_tokens, batch.retries, batch.rate_limited
+        )
 
     def _probe_known(self) -> bool:
-        return getattr(self, "_probe", None) is not None or self._session.recall(
-            self._probe_key()) is not None
+        return (
+            getattr(self, "_probe", None) is not None
+            or self._session.recall(self._probe_key()) is not None
+        )
 
     def _probe_batch(self) -> Batch:
         return self._batch if self._batch is not None else Batch()
@@ -235,8 +252,7 @@ class RemoteProvider(Provider):
         if self._tokenizer is not None:  # local: nothing to ask, nothing to keep
             result = self._fetch_label_token_ids(words, prefix)
         else:
-            key = "|".join(("label_token_ids2", *self._identity(), repr(prefix),
-                            json.dumps(words)))
+            key = "|".join(("label_token_ids2", *self._identity(), repr(prefix), json.dumps(words)))
             what = f"the token ids of the label words {words}"
             fetch = partial(self._fetch_label_token_ids, words, prefix)
             result = [int(i) for i in self._session.fact(key, what, fetch)]
@@ -262,7 +278,10 @@ class RemoteProvider(Provider):
     def _identity_fingerprint(self, kind: str, reading: str, **options: Any) -> dict[str, Any]:
         """The cache identity: full origin, model asked for and served, what answers hold."""
         found: dict[str, Any] = {
-            "provider": kind, "origin": self.base_url, "model": self.model, "reading": reading,
+            "provider": kind,
+            "origin": self.base_url,
+            "model": self.model,
+            "reading": reading,
         }
         served = getattr(self._probe_or_none(), "served_model", None)
         if served:

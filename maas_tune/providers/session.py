@@ -209,7 +209,8 @@ class APISession:
         self._root, self._timeout = root + "/", timeout
         self._transport = transport
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
         self._runner = LoopThread()  # runs the async core for blocking callers
         self._ssl: Any = None  # one SSL context for every pool
         self._paused_until = 0.0  # after a 429: nothing of this process is sent before
@@ -233,18 +234,28 @@ class APISession:
             else:  # httpcore's pool costs O(connections x waiting requests) per event:
                 # shard it into pools of POOL_CONNECTIONS, each request to the least busy
                 size = min(self.max_concurrency, POOL_CONNECTIONS)
-            options = {"base_url": self._root, "headers": self._headers, "params": self._params,
-                       "verify": self._ssl,
-                       "timeout": httpx.Timeout(self._timeout), "transport": transport,
-                       "limits": httpx.Limits(max_connections=size,
-                                              max_keepalive_connections=size)}
+            options = {
+                "base_url": self._root,
+                "headers": self._headers,
+                "params": self._params,
+                "verify": self._ssl,
+                "timeout": httpx.Timeout(self._timeout),
+                "transport": transport,
+                "limits": httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            }
             state = _LoopState(options, size, [], [], asyncio.Semaphore(self.max_concurrency))
             self._states[loop] = state
         return state
 
     async def apost(
-        self, path: str, payload: dict[str, Any], *, limited: bool = True,
-        batch: Batch | None = None, booked: float | None = None, recall: bool = True,
+        self,
+        path: str,
+        payload: dict[str, Any],
+        *,
+        limited: bool = True,
+        batch: Batch | None = None,
+        booked: float | None = None,
+        recall: bool = True,
     ) -> dict[str, Any]:
         """POST ``payload`` to ``path`` (relative to the API root, or absolute), with retries.
 
@@ -297,7 +308,11 @@ class APISession:
             start = max(start, self._paused_until)
 
     async def _attempt(
-        self, path: str, payload: dict[str, Any], batch: Batch, limiter: RateLimiter | None,
+        self,
+        path: str,
+        payload: dict[str, Any],
+        batch: Batch,
+        limiter: RateLimiter | None,
         bound: int,
     ) -> dict[str, Any]:
         state = self._state()
@@ -333,17 +348,26 @@ class APISession:
     def _explain(self, exc: ProviderStatusError) -> None:
         """Add what to do to a 404 (no version in the URL) or a 401 (no key sent)."""
         if exc.status == 404 and not _VERSIONED.search(self._shown_url):
-            hint = (f"the base URL {self._shown_url} does not end in a version such as "
-                    f"/v1: OpenAI-compatible APIs live under {self._shown_url}/v1")
+            hint = (
+                f"the base URL {self._shown_url} does not end in a version such as "
+                f"/v1: OpenAI-compatible APIs live under {self._shown_url}/v1"
+            )
             exc.args = (f"{exc.args[0]} ({hint})",)
         if exc.status == 401 and self._key_source is None:
             hint = f"no API key was sent: set {' or '.join(API_KEY_ENV)}, or pass api_key="
             exc.args = (f"{exc.args[0]} ({hint})",)
 
     async def amap(
-        self, one: Callable[[T], Script[R]], items: Sequence[T], path: str, *, model: str,
-        events: Events | None = None, max_requests: int | None = None,
-        batch: Batch | None = None, results: dict[int, R] | None = None,
+        self,
+        one: Callable[[T], Script[R]],
+        items: Sequence[T],
+        path: str,
+        *,
+        model: str,
+        events: Events | None = None,
+        max_requests: int | None = None,
+        batch: Batch | None = None,
+        results: dict[int, R] | None = None,
     ) -> list[R]:
         """``one(item)`` (a script of requests) for each item, up to ``max_concurrency``
         requests in flight on this event loop (all chunks together), in order.
@@ -382,17 +406,28 @@ class APISession:
 
     # -- the blocking API: the async core on a private event loop --------------------
     def post(
-        self, path: str, payload: dict[str, Any], *, limited: bool = True,
+        self,
+        path: str,
+        payload: dict[str, Any],
+        *,
+        limited: bool = True,
         batch: Batch | None = None,
     ) -> dict[str, Any]:
         """:meth:`apost`, blocking (the probe and the tokenizer use it)."""
         batch = batch if batch is not None else Batch()
-        return self._runner.run(self.apost(path, payload, limited=limited, batch=batch),
-                                batch.cancel)
+        return self._runner.run(
+            self.apost(path, payload, limited=limited, batch=batch), batch.cancel
+        )
 
     def map(
-        self, one: Callable[[T], Script[R]], items: Sequence[T], path: str, *, model: str,
-        events: Events | None = None, max_requests: int | None = None,
+        self,
+        one: Callable[[T], Script[R]],
+        items: Sequence[T],
+        path: str,
+        *,
+        model: str,
+        events: Events | None = None,
+        max_requests: int | None = None,
         batch: Batch | None = None,
     ) -> list[R]:
         """:meth:`amap`, blocking; a KeyboardInterrupt while waiting cancels the batch (the
@@ -403,8 +438,8 @@ class APISession:
         results: dict[int, R] = {}
         try:
             return self._runner.run(
-                self.amap(one, items, path, model=model, batch=batch, results=results),
-                batch.cancel)
+                self.amap(one, items, path, model=model, batch=batch, results=results), batch.cancel
+            )
         except BaseException as exc:
             if getattr(exc, "outcome", None) is None:  # interrupted here, not in the loop
                 exc.outcome = batch.outcome(results)  # type: ignore[attr-defined]
@@ -449,8 +484,11 @@ class APISession:
             return True
         if not callable(many):
             return False
-        found = {k[len(_ANSWERED_FACT):]: v for k, v in many(_ANSWERED_FACT).items()
-                 if isinstance(v, dict)}
+        found = {
+            k[len(_ANSWERED_FACT) :]: v
+            for k, v in many(_ANSWERED_FACT).items()
+            if isinstance(v, dict)
+        }
         with self._memo_lock:
             self._memo.update(found)
         return True
@@ -568,8 +606,9 @@ class _LoopState:
             client = httpx.AsyncClient(**self.options)
             wire = self.options["transport"]
             self.clients.append(client)
-            self.senders.append(DirectSender(client, wire) if isinstance(wire, WireTransport)
-                                else client)
+            self.senders.append(
+                DirectSender(client, wire) if isinstance(wire, WireTransport) else client
+            )
             self.load.append(0)
             pool = len(self.clients) - 1
         self.load[pool] += 1
@@ -577,8 +616,13 @@ class _LoopState:
 
 
 async def _run_scripts(
-    session: APISession, one: Callable[[T], Script[R]], items: Sequence[T], path: str,
-    model: str, batch: Batch, results: dict[int, R],
+    session: APISession,
+    one: Callable[[T], Script[R]],
+    items: Sequence[T],
+    path: str,
+    model: str,
+    batch: Batch,
+    results: dict[int, R],
 ) -> None:
     """Drive every item's script; each first request's turn is booked in one call."""
     scripts = [one(item) for item in items]
@@ -589,8 +633,11 @@ async def _run_scripts(
         except StopIteration as stop:  # needs no request
             results[index] = stop.value
     limiter = session.rate_limiter
-    waits = book(limiter, [(1, estimate_request_tokens(p)) for p in firsts.values()]) if (
-        limiter is not None and firsts) else None
+    waits = (
+        book(limiter, [(1, estimate_request_tokens(p)) for p in firsts.values()])
+        if (limiter is not None and firsts)
+        else None
+    )
     now = time.monotonic()
     turns = dict(zip(firsts, (now + w for w in waits))) if waits is not None else {}
     gate, failed = session._state().gate, asyncio.Event()
@@ -600,8 +647,9 @@ async def _run_scripts(
         last: list[str] = []  # the key of the request this item sent last
 
         async def post(payload: dict[str, Any]) -> dict[str, Any]:
-            body = await session.apost(path, payload, batch=batch, booked=turns.pop(index, None),
-                                       recall=not loaded)
+            body = await session.apost(
+                path, payload, batch=batch, booked=turns.pop(index, None), recall=not loaded
+            )
             last[:] = [_request_key(path, payload)]
             check_model(body, model)  # never cache another model's answer under this one
             return body

@@ -17,11 +17,11 @@ from typing import Any, cast
 
 from .._constants import DEFAULT_MODEL_NAME, DEFAULT_TOP_LOGPROBS, LOCAL_BATCH_SIZE, MAX_RETRIES
 from ..errors import ConfigurationError
-from .ratelimit import RateLimit, RateLimiter, as_limiter
+from .base import Provider
 from .extras import extra_headers, extra_query
 from .http import is_secret_name, public_url
+from .ratelimit import RateLimit, RateLimiter, as_limiter
 from .session import API_KEY_ENV, DEFAULT_TIMEOUT_S
-from .base import Provider
 
 __all__ = ["HTTP_KINDS", "KINDS", "HTTPOptions", "ProviderSpec", "pairs"]
 #: Kinds of provider reached over HTTP: legacy completions or chat completions.

@@ -27,8 +27,10 @@ __all__ = ["TIKTOKEN_PREFIX", "Tokenizer", "check_single_tokens", "load_tokenize
 Tokenizer = Callable[[str], Sequence[int]]
 #: Prefix of a tiktoken spec.
 TIKTOKEN_PREFIX = "tiktoken:"
-_FORMS = ("tiktoken:NAME (an encoding or an OpenAI model name), a directory holding a "
-          "Hugging Face tokenizer, or 'embedded'")
+_FORMS = (
+    "tiktoken:NAME (an encoding or an OpenAI model name), a directory holding a "
+    "Hugging Face tokenizer, or 'embedded'"
+)
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
@@ -45,7 +47,7 @@ def load_tokenizer(spec: str) -> Tokenizer:
         raise ConfigurationError(f"a tokenizer spec must be one of: {_FORMS}; got {spec!r}")
     spec = spec.strip()
     if spec.startswith(TIKTOKEN_PREFIX):
-        return _tiktoken(spec[len(TIKTOKEN_PREFIX):])
+        return _tiktoken(spec[len(TIKTOKEN_PREFIX) :])
     if spec == "embedded":
         from .._constants import DEFAULT_MODEL_NAME
         from ._model_files import resolve_model

@@ -80,7 +80,9 @@ class WithEmbeddings(Provider):
 
     @contextlib.contextmanager
     def observed(
-        self, events: Callable[[str], None] | None = None, max_requests: int | None = None,
+        self,
+        events: Callable[[str], None] | None = None,
+        max_requests: int | None = None,
         extend: Callable[[], bool] | None = None,
     ) -> Iterator[Spend]:
         # The embeddings requests are not counted against the scorer's cap; the answers'
@@ -111,8 +113,12 @@ class WithEmbeddings(Provider):
         return self._combined(answers, vectors, tokens)
 
     async def ascore(
-        self, prompts: Sequence[str], token_ids: Sequence[int], *,
-        events: Callable[[str], None] | None = None, max_requests: int | None = None,
+        self,
+        prompts: Sequence[str],
+        token_ids: Sequence[int],
+        *,
+        events: Callable[[str], None] | None = None,
+        max_requests: int | None = None,
         extend: Callable[[], bool] | None = None,
     ) -> tuple[list[ProviderAnswer], Spend]:
         # As score, without blocking the loop: the scorer's and the embedder's requests
@@ -137,8 +143,14 @@ class WithEmbeddings(Provider):
         # answer of the batch's first prompt, so the answers' queries sum to what was billed.
         size = self.embedder.batch_size
         return [
-            ProviderAnswer(a.logprobs, vectors[i], a.prompt_tokens + int(tokens[i]),
-                           a.queries + (i % size == 0), a.floored, a.token_features)
+            ProviderAnswer(
+                a.logprobs,
+                vectors[i],
+                a.prompt_tokens + int(tokens[i]),
+                a.queries + (i % size == 0),
+                a.floored,
+                a.token_features,
+            )
             for i, a in enumerate(answers)
         ]
 
@@ -157,6 +169,8 @@ def _charge_scored(exc: BaseException, answers: list[ProviderAnswer]) -> None:
         exc.request_sent = True  # type: ignore[attr-defined]
         lost = getattr(exc, "outcome", None) or BatchOutcome()
         exc.outcome = BatchOutcome(  # type: ignore[attr-defined]
-            {}, lost.answered + sum(a.queries for a in answers), lost.unknown,
+            {},
+            lost.answered + sum(a.queries for a in answers),
+            lost.unknown,
             lost.prompt_tokens + sum(a.prompt_tokens for a in answers),
         )

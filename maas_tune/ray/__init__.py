@@ -117,8 +117,12 @@ class ProviderConfig(ProviderSpec):
         check_api_options(base_url, model, concurrency_for(max_concurrency, None), timeout)
         if kind not in HTTP_KINDS:
             raise ConfigurationError(f"kind must be one of {HTTP_KINDS}, got {kind!r}")
-        http = HTTPOptions(timeout=timeout, max_retries=max_retries,
-                           max_concurrency=max_concurrency, api_key_env=api_key_env)
+        http = HTTPOptions(
+            timeout=timeout,
+            max_retries=max_retries,
+            max_concurrency=max_concurrency,
+            api_key_env=api_key_env,
+        )
         super().__init__(kind=kind, base_url=base_url, model=model, strategy=strategy, http=http)
         if self.carries_credentials():
             raise ConfigurationError(
@@ -264,8 +268,15 @@ def score(
     their reservation is counted as spent, so the ledger may over-count, never
     under-count, what was billed.
     """
-    return _map(dataset, Scorer, (), _setup(task, provider_config, cache_url, budget,
-                rate_limit, chunk_size), num_workers, batch_size, num_cpus)
+    return _map(
+        dataset,
+        Scorer,
+        (),
+        _setup(task, provider_config, cache_url, budget, rate_limit, chunk_size),
+        num_workers,
+        batch_size,
+        num_cpus,
+    )
 
 
 def predict(

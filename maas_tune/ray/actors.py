@@ -25,7 +25,12 @@ from ..storage.cache import ScoreCache
 from ..task import Task
 
 __all__ = [
-    "BucketActor", "Predictor", "ProviderFactory", "Scorer", "SharedRateLimiter", "WorkerSetup",
+    "BucketActor",
+    "Predictor",
+    "ProviderFactory",
+    "Scorer",
+    "SharedRateLimiter",
+    "WorkerSetup",
 ]
 
 Batch = dict[str, np.ndarray]
@@ -172,12 +177,17 @@ class Scorer:
         scored = np.zeros(len(examples), dtype=bool)
         for start in range(0, len(examples), self.chunk_size):
             try:
-                parts.append(self.client.score(self.task, examples[start : start + self.chunk_size]))
+                parts.append(
+                    self.client.score(self.task, examples[start : start + self.chunk_size])
+                )
             except BudgetExceeded:
                 continue
             scored[start : start + len(parts[-1])] = True
-        _LOG.warning("budget reached: %d of %d rows of this batch not scored",
-                     int((~scored).sum()), len(examples))
+        _LOG.warning(
+            "budget reached: %d of %d rows of this batch not scored",
+            int((~scored).sum()),
+            len(examples),
+        )
         return (Scores.concat(parts) if parts else None), scored
 
 
@@ -202,8 +212,12 @@ class Predictor(Scorer):
         if scores is not None:
             predicted[scored] = np.asarray(self.decoder.predict(scores)).astype(str)
             probabilities[scored] = self.decoder.predict_proba(scores)
-        return {**batch, **_score_columns(scores, scored, k),
-                "prediction": predicted.astype(str), "probabilities": probabilities}
+        return {
+            **batch,
+            **_score_columns(scores, scored, k),
+            "prediction": predicted.astype(str),
+            "probabilities": probabilities,
+        }
 
 
 def _examples(batch: Mapping[str, np.ndarray]) -> list[Example]:
@@ -229,5 +243,9 @@ def _score_columns(scores: Scores | None, scored: np.ndarray, k: int) -> Batch:
         label_logprobs[scored] = scores.label_logprobs
         cache_hit[scored] = scores.cache_hit
         prompt_tokens[scored] = scores.prompt_tokens
-    return {"label_logprobs": label_logprobs, "cache_hit": cache_hit,
-            "prompt_tokens": prompt_tokens, "scored": scored}
+    return {
+        "label_logprobs": label_logprobs,
+        "cache_hit": cache_hit,
+        "prompt_tokens": prompt_tokens,
+        "scored": scored,
+    }

@@ -66,8 +66,11 @@ def __getattr__(name: str) -> Any:
 def warn_if_exposed(host: str, api_key: str | None) -> bool:
     """Log a warning (and return True) when ``host`` is beyond loopback and no key is set."""
     if api_key is None and host not in LOOPBACK_HOSTS:
-        logger.warning("serving on %s without an API key: anyone who can reach this port can "
-                       "use the model; pass --api-key-env", host)
+        logger.warning(
+            "serving on %s without an API key: anyone who can reach this port can "
+            "use the model; pass --api-key-env",
+            host,
+        )
         return True
     return False
 
@@ -174,15 +177,26 @@ def run(
         failed.append(exc)
         server.should_exit = True
 
-    app = create_app(load, api_key=api_key, max_batch_size=max_batch_size,
-                     max_wait_ms=max_wait_ms, on_load_failure=stop,
-                     max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
-                     max_top_logprobs=max_top_logprobs,
-                     max_generated_tokens=max_generated_tokens or DEFAULT_MAX_GENERATED_TOKENS,
-                     allowed_hosts=served_hosts(host, allowed_hosts, LOOPBACK_HOSTS))
-    server = uvicorn.Server(server_config(
-        app, host, port, read_timeout_s=read_timeout_s or DEFAULT_READ_TIMEOUT_S,
-        max_connections=max_connections or DEFAULT_MAX_CONNECTIONS))
+    app = create_app(
+        load,
+        api_key=api_key,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        on_load_failure=stop,
+        max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+        max_top_logprobs=max_top_logprobs,
+        max_generated_tokens=max_generated_tokens or DEFAULT_MAX_GENERATED_TOKENS,
+        allowed_hosts=served_hosts(host, allowed_hosts, LOOPBACK_HOSTS),
+    )
+    server = uvicorn.Server(
+        server_config(
+            app,
+            host,
+            port,
+            read_timeout_s=read_timeout_s or DEFAULT_READ_TIMEOUT_S,
+            max_connections=max_connections or DEFAULT_MAX_CONNECTIONS,
+        )
+    )
     try:
         server.run()
     finally:

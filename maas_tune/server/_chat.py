@@ -75,10 +75,11 @@ def render_chat(engine: Engine, messages: list[ChatMessage]) -> str:
     try:
         text = str(tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
     except Exception as exc:  # jinja2.TemplateError and whatever a template raises
-        raise APIError(400, f"the model's chat template refuses these messages: {exc}",
-                       param="messages") from exc
+        raise APIError(
+            400, f"the model's chat template refuses these messages: {exc}", param="messages"
+        ) from exc
     bos = tokenizer.bos_token
-    return text[len(bos):] if bos and text.startswith(bos) else text
+    return text[len(bos) :] if bos and text.startswith(bos) else text
 
 
 def _params(
@@ -93,7 +94,9 @@ def _params(
         max_tokens=limit,
         temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-        logit_bias=token_bias(engine, req.logit_bias), stop=req.stops, seed=req.seed,
+        logit_bias=token_bias(engine, req.logit_bias),
+        stop=req.stops,
+        seed=req.seed,
     )
 
 
@@ -104,8 +107,12 @@ def _top(alternatives: dict[str, float] | None) -> list[TopLogprob]:
 
 def _logprobs(done: Completion) -> ChatLogprobs:
     content = [
-        ChatTokenLogprob(token=token, logprob=float(value if value is not None else 0.0),
-                         bytes=list(token.encode("utf-8")), top_logprobs=_top(top))
+        ChatTokenLogprob(
+            token=token,
+            logprob=float(value if value is not None else 0.0),
+            bytes=list(token.encode("utf-8")),
+            top_logprobs=_top(top),
+        )
         for token, value, top in zip(done.tokens, done.token_logprobs, done.top_logprobs)
     ]
     return ChatLogprobs(content=content)
@@ -117,7 +124,10 @@ def _render(engine: Engine, req: ChatCompletionRequest) -> tuple[str, int]:
 
 
 async def create_chat_completion(
-    engine: Engine, batcher: ScoreBatcher, req: ChatCompletionRequest, max_top_logprobs: int,
+    engine: Engine,
+    batcher: ScoreBatcher,
+    req: ChatCompletionRequest,
+    max_top_logprobs: int,
     max_generated_tokens: int = DEFAULT_MAX_GENERATED_TOKENS,
 ) -> ChatCompletionResponse:
     """Answer one chat request; ``top_logprobs`` above ``max_top_logprobs`` is a 400, as is
@@ -130,15 +140,22 @@ async def create_chat_completion(
     with batcher.admitting(1):  # waits for the model like queued prompts: same bound
         done = await asyncio.to_thread(engine.complete, prompt, params)
     choice = ChatChoice(
-        index=0, message=ChatResponseMessage(content=done.text),
+        index=0,
+        message=ChatResponseMessage(content=done.text),
         logprobs=_logprobs(done) if req.logprobs else None,
         finish_reason=done.finish_reason,  # type: ignore[arg-type]
     )
     return ChatCompletionResponse(
-        id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=engine.model_id,
-        choices=[choice], system_fingerprint=f"maas-tune-{__version__}",
-        usage=Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
-                    total_tokens=done.prompt_tokens + done.completion_tokens),
+        id=f"chatcmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=engine.model_id,
+        choices=[choice],
+        system_fingerprint=f"maas-tune-{__version__}",
+        usage=Usage(
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            total_tokens=done.prompt_tokens + done.completion_tokens,
+        ),
     )
 
 
@@ -149,6 +166,7 @@ def install_chat_route(app: FastAPI, slot: ModelSlot, batcher: ScoreBatcher) -> 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest) -> dict[str, Any]:
         state = app.state
-        done = await create_chat_completion(slot.engine, batcher, req, state.max_top_logprobs,
-                                            state.max_generated_tokens)
+        done = await create_chat_completion(
+            slot.engine, batcher, req, state.max_top_logprobs, state.max_generated_tokens
+        )
         return done.to_json()

@@ -47,8 +47,10 @@ def check_model(engine: Engine, model: str | None) -> None:
     """Raise a 404 :class:`APIError` unless ``model`` is None or the served model."""
     if model is not None and model != engine.model_id:
         raise APIError(
-            404, f"the model {model!r} does not exist; this server serves {engine.model_id!r}",
-            param="model", code="model_not_found",
+            404,
+            f"the model {model!r} does not exist; this server serves {engine.model_id!r}",
+            param="model",
+            code="model_not_found",
         )
 
 
@@ -66,27 +68,38 @@ def encode_token_features(states: np.ndarray) -> tuple[str, list[int]]:
 def check_top_logprobs(value: int | None, cap: int, param: str) -> None:
     """Raise a 400 :class:`APIError` when more top log-probs are asked than the server allows."""
     if value is not None and value > cap:
-        raise APIError(400, f"{param} must be at most {cap} on this server, got {value}; "
-                       f"ask for {cap} or fewer", param=param)
+        raise APIError(
+            400,
+            f"{param} must be at most {cap} on this server, got {value}; ask for {cap} or fewer",
+            param=param,
+        )
 
 
 def check_generated(max_tokens: int, n_prompts: int, cap: int, param: str) -> None:
     """Raise a 400 :class:`APIError` when a request would generate more than ``cap`` tokens."""
     total = max_tokens * n_prompts
     if total > cap:
-        asked = f"{param}={max_tokens}" + (f" for each of {n_prompts} prompts" if n_prompts > 1
-                                           else "")
-        raise APIError(400, f"{asked} asks for up to {total} generated tokens, more than this "
-                       f"server's limit of {cap} per request (--max-generated-tokens); ask for "
-                       "fewer tokens or split the request", param=param,
-                       code="max_tokens_exceeded")
+        asked = f"{param}={max_tokens}" + (
+            f" for each of {n_prompts} prompts" if n_prompts > 1 else ""
+        )
+        raise APIError(
+            400,
+            f"{asked} asks for up to {total} generated tokens, more than this "
+            f"server's limit of {cap} per request (--max-generated-tokens); ask for "
+            "fewer tokens or split the request",
+            param=param,
+            code="max_tokens_exceeded",
+        )
 
 
 def _check_ids(engine: Engine, ids: Iterable[int], param: str) -> None:
     bad = [i for i in ids if i >= engine.vocab_size]
     if bad:
-        raise APIError(400, f"token id {bad[0]} is outside the vocabulary "
-                       f"(size {engine.vocab_size})", param=param)
+        raise APIError(
+            400,
+            f"token id {bad[0]} is outside the vocabulary (size {engine.vocab_size})",
+            param=param,
+        )
 
 
 def token_bias(engine: Engine, logit_bias: dict[str, float] | None) -> dict[int, float]:
@@ -103,7 +116,11 @@ def _params(engine: Engine, req: CompletionRequest) -> GenerationParams:
     return GenerationParams(
         max_tokens=DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens,
         temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
-        logprobs=req.logprobs, echo=req.echo, logit_bias=bias, stop=req.stops, seed=req.seed,
+        logprobs=req.logprobs,
+        echo=req.echo,
+        logit_bias=bias,
+        stop=req.stops,
+        seed=req.seed,
     )
 
 
@@ -120,11 +137,15 @@ async def _extension(
         tokens, shape = (None, None)
         if n_last and a.token_features is not None:
             tokens, shape = encode_token_features(a.token_features)
-        results.append(ExtensionResult(
-            label_logprobs=[float(x) for x in a.logprobs],
-            hidden=encode_hidden(a.hidden) if want_hidden and a.hidden is not None else None,
-            prompt_tokens=a.prompt_tokens, token_features=tokens, token_features_shape=shape,
-        ))
+        results.append(
+            ExtensionResult(
+                label_logprobs=[float(x) for x in a.logprobs],
+                hidden=encode_hidden(a.hidden) if want_hidden and a.hidden is not None else None,
+                prompt_tokens=a.prompt_tokens,
+                token_features=tokens,
+                token_features_shape=shape,
+            )
+        )
     return results
 
 
@@ -133,16 +154,25 @@ def _choice(
 ) -> CompletionChoice:
     logprobs = None
     if with_lp:
-        logprobs = Logprobs(tokens=done.tokens, token_logprobs=done.token_logprobs,
-                            top_logprobs=done.top_logprobs, text_offset=done.text_offset)
+        logprobs = Logprobs(
+            tokens=done.tokens,
+            token_logprobs=done.token_logprobs,
+            top_logprobs=done.top_logprobs,
+            text_offset=done.text_offset,
+        )
     return CompletionChoice(
-        index=index, text=done.text, logprobs=logprobs,
-        finish_reason=done.finish_reason, maas_tune=ext,  # type: ignore[arg-type]
+        index=index,
+        text=done.text,
+        logprobs=logprobs,
+        finish_reason=done.finish_reason,  # type: ignore[arg-type]
+        maas_tune=ext,
     )
 
 
 async def create_completion(
-    engine: Engine, batcher: ScoreBatcher, req: CompletionRequest,
+    engine: Engine,
+    batcher: ScoreBatcher,
+    req: CompletionRequest,
     max_top_logprobs: int = MAX_TOP_LOGPROBS,
     max_generated_tokens: int = DEFAULT_MAX_GENERATED_TOKENS,
 ) -> CompletionResponse:
@@ -171,8 +201,13 @@ async def create_completion(
             completion_tokens += done.completion_tokens
             choices.append(_choice(index, done, ext, req.logprobs is not None))
     return CompletionResponse(
-        id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=engine.model_id,
+        id=f"cmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=engine.model_id,
         choices=choices,
-        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens),
+        usage=Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
     )

@@ -79,23 +79,36 @@ class _DeadlineH11(H11Protocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        if (cycle is not None and not cycle.response_started
-                and self.conn.their_state is h11.SEND_BODY):
+        if (
+            cycle is not None
+            and not cycle.response_started
+            and self.conn.their_state is h11.SEND_BODY
+        ):
             cycle.disconnected = True  # the app's reads now end and its answer is dropped
             cycle.message_event.set()
             self._send_408()
         self.transport.close()
 
     def _send_408(self) -> None:
-        body = json.dumps(APIError(
-            408, f"the request body did not arrive within {self.read_timeout_s:g} s; "
-            "send it at once, or start the server with a larger --read-timeout",
-            code="request_timeout").body()).encode()
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
-                   (VERSION_HEADER.encode(), __version__.encode())]
+        body = json.dumps(
+            APIError(
+                408,
+                f"the request body did not arrive within {self.read_timeout_s:g} s; "
+                "send it at once, or start the server with a larger --read-timeout",
+                code="request_timeout",
+            ).body()
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"connection", b"close"),
+            (VERSION_HEADER.encode(), __version__.encode()),
+        ]
         try:
-            for event in (h11.Response(status_code=408, headers=headers, reason=b"Request Timeout"),
-                          h11.Data(data=body), h11.EndOfMessage()):
+            for event in (
+                h11.Response(status_code=408, headers=headers, reason=b"Request Timeout"),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            ):
                 self.transport.write(self.conn.send(event) or b"")
         except h11.LocalProtocolError:  # the state machine refuses: closing is answer enough
             pass
@@ -109,9 +122,13 @@ def deadline_protocol(read_timeout_s: float) -> type[H11Protocol]:
 
 
 def server_config(
-    app: Callable[..., Any], host: str, port: int, *,
+    app: Callable[..., Any],
+    host: str,
+    port: int,
+    *,
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
-    max_connections: int | None = DEFAULT_MAX_CONNECTIONS, **options: Any,
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+    **options: Any,
 ) -> Any:
     """A ``uvicorn.Config`` with the read deadline and the connection cap.
 
@@ -132,5 +149,11 @@ def server_config(
     if max_connections is not None and max_connections < 1:
         raise ValueError(f"max_connections must be >= 1 or None, got {max_connections}")
     limit = None if max_connections is None else max_connections + 1
-    return uvicorn.Config(app, host=host, port=port, http=deadline_protocol(read_timeout_s),
-                          limit_concurrency=limit, **options)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=deadline_protocol(read_timeout_s),
+        limit_concurrency=limit,
+        **options,
+    )

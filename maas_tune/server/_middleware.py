@@ -63,9 +63,16 @@ class Gate:
         if self._expected is not None and scope["path"] not in PUBLIC_PATHS:
             given = Headers(scope=scope).get("authorization", "").encode()
             if not hmac.compare_digest(given, self._expected):
-                await _send_error(APIError(
-                    401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
-                    code="invalid_api_key"), scope, receive, send)
+                await _send_error(
+                    APIError(
+                        401,
+                        "missing or invalid API key; send 'Authorization: Bearer <key>'",
+                        code="invalid_api_key",
+                    ),
+                    scope,
+                    receive,
+                    send,
+                )
                 return
         started = False
 
@@ -81,8 +88,12 @@ class Gate:
         except Exception:
             logger.exception("unhandled error on %s", scope["path"])
             if not started:
-                await _send_error(APIError(500, "internal server error; see the server log",
-                                           type="server_error"), scope, receive, send)
+                await _send_error(
+                    APIError(500, "internal server error; see the server log", type="server_error"),
+                    scope,
+                    receive,
+                    send,
+                )
 
 
 def host_name(header: str) -> str:
@@ -112,10 +123,18 @@ class HostCheck:
         header = Headers(scope=scope).get("host", "")
         if host_name(header) not in self.allowed:
             shown = header[:100].encode("ascii", "replace").decode() or "(none)"
-            await _send_error(APIError(
-                421, f"this server does not answer for Host {shown!r}; if that name is meant to "
-                "reach it, start it with --allowed-host NAME (repeatable)",
-                param="Host", code="host_not_allowed"), scope, receive, send)
+            await _send_error(
+                APIError(
+                    421,
+                    f"this server does not answer for Host {shown!r}; if that name is meant to "
+                    "reach it, start it with --allowed-host NAME (repeatable)",
+                    param="Host",
+                    code="host_not_allowed",
+                ),
+                scope,
+                receive,
+                send,
+            )
             return
         await self.app(scope, receive, send)
 
@@ -144,8 +163,9 @@ class BodyLimit:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _send_error(APIError(413, self._message(), code="request_too_large"),
-                              scope, receive, send)
+            await _send_error(
+                APIError(413, self._message(), code="request_too_large"), scope, receive, send
+            )
             return
         seen = 0
 
@@ -161,5 +181,7 @@ class BodyLimit:
         await self.app(scope, counted_receive, send)
 
     def _message(self) -> str:
-        return (f"the request body is larger than {self.max_bytes} bytes; "
-                "send fewer or shorter prompts per request")
+        return (
+            f"the request body is larger than {self.max_bytes} bytes; "
+            "send fewer or shorter prompts per request"
+        )

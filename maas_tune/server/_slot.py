@@ -55,11 +55,19 @@ class ModelSlot:
         if self._engine is not None:
             return self._engine
         if self._error is not None:
-            raise APIError(503, f"the model failed to load ({type(self._error).__name__}); "
-                           "see the server log", type="server_error", code="model_load_failed")
-        raise APIError(503, "the model is still loading; retry shortly", type="server_error",
-                       code="model_loading",
-                       headers={"Retry-After": str(LOADING_RETRY_AFTER_S)})
+            raise APIError(
+                503,
+                f"the model failed to load ({type(self._error).__name__}); see the server log",
+                type="server_error",
+                code="model_load_failed",
+            )
+        raise APIError(
+            503,
+            "the model is still loading; retry shortly",
+            type="server_error",
+            code="model_loading",
+            headers={"Retry-After": str(LOADING_RETRY_AFTER_S)},
+        )
 
     def when_ready(self, callback: Callable[[Engine], None]) -> None:
         """Call ``callback(engine)`` now if loaded, else right after loading."""

@@ -67,8 +67,11 @@ def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     if first.get("type") == "json_invalid":
         return _error_response(APIError(400, "the request body is not valid JSON"))
     # Leave out "body" and pydantic's names of union members ("function-after[...]", "str").
-    loc = [str(part) for part in first.get("loc", ())
-           if part != "body" and not (isinstance(part, str) and (part == "str" or "[" in part))]
+    loc = [
+        str(part)
+        for part in first.get("loc", ())
+        if part != "body" and not (isinstance(part, str) and (part == "str" or "[" in part))
+    ]
     param = ".".join(loc) or None
     msg = str(first.get("msg")).removeprefix("Value error, ")
     message = f"{param}: {msg}" if param else msg
@@ -84,17 +87,31 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
         code = "request_too_large" if exc.status_code == 413 else None
-        return _error_response(APIError(exc.status_code, str(exc.detail), type=kind, code=code,
-                                        headers=dict(exc.headers or {})))
+        return _error_response(
+            APIError(
+                exc.status_code,
+                str(exc.detail),
+                type=kind,
+                code=code,
+                headers=dict(exc.headers or {}),
+            )
+        )
 
     async def queue_full(_r: Request, exc: Exception) -> JSONResponse:
-        return _error_response(APIError(429, str(exc), type="rate_limit_error",
-                                        code="queue_full",
-                                        headers={"Retry-After": str(RETRY_AFTER_S)}))
+        return _error_response(
+            APIError(
+                429,
+                str(exc),
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        )
 
     async def too_long(_r: Request, exc: Exception) -> JSONResponse:
-        return _error_response(APIError(400, str(exc), param="prompt",
-                                        code="context_length_exceeded"))
+        return _error_response(
+            APIError(400, str(exc), param="prompt", code="context_length_exceeded")
+        )
 
     async def too_many(_r: Request, exc: Exception) -> JSONResponse:
         return _error_response(APIError(400, str(exc), code="too_many_prompts"))
@@ -118,8 +135,12 @@ def _install_routes(app: FastAPI, slot: ModelSlot, batcher: ScoreBatcher) -> Non
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = {"id": slot.engine.model_id, "object": "model", "created": 0,
-                "owned_by": "maas-tune"}
+        card = {
+            "id": slot.engine.model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "maas-tune",
+        }
         return {"object": "list", "data": [card]}
 
     @app.post("/extras/tokenize")
@@ -132,8 +153,9 @@ def _install_routes(app: FastAPI, slot: ModelSlot, batcher: ScoreBatcher) -> Non
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> dict[str, Any]:
         state = app.state
-        done = await create_completion(slot.engine, batcher, req, state.max_top_logprobs,
-                                       state.max_generated_tokens)
+        done = await create_completion(
+            slot.engine, batcher, req, state.max_top_logprobs, state.max_generated_tokens
+        )
         return done.to_json()
 
     @app.post("/v1/embeddings")
@@ -141,8 +163,11 @@ def _install_routes(app: FastAPI, slot: ModelSlot, batcher: ScoreBatcher) -> Non
         engine = slot.engine
         check_model(engine, req.model)
         if not engine.returns_hidden:
-            raise APIError(400, "this server's provider returns no hidden states; "
-                           "start it with return_hidden=True", param="model")
+            raise APIError(
+                400,
+                "this server's provider returns no hidden states; start it with return_hidden=True",
+                param="model",
+            )
         inputs = req.inputs
         lengths = await asyncio.to_thread(engine.checked_lengths, inputs)
         answers = await batcher.submit(inputs, (), lengths)
@@ -158,13 +183,21 @@ def _install_routes(app: FastAPI, slot: ModelSlot, batcher: ScoreBatcher) -> Non
             for i, a in enumerate(answers)
         ]
         used = sum(a.prompt_tokens for a in answers)
-        return {"object": "list", "data": data, "model": engine.model_id,
-                "usage": {"prompt_tokens": used, "total_tokens": used}}
+        return {
+            "object": "list",
+            "data": data,
+            "model": engine.model_id,
+            "usage": {"prompt_tokens": used, "total_tokens": used},
+        }
 
 
 def create_app(
-    engine: Engine | Callable[[], Engine], *, api_key: str | None = None,
-    max_batch_size: int = 16, max_wait_ms: float = 5, max_queue: int = 256,
+    engine: Engine | Callable[[], Engine],
+    *,
+    api_key: str | None = None,
+    max_batch_size: int = 16,
+    max_wait_ms: float = 5,
+    max_queue: int = 256,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     on_load_failure: Callable[[BaseException], None] | None = None,
     max_top_logprobs: int = MAX_TOP_LOGPROBS,
@@ -205,9 +238,12 @@ def create_app(
         ``app.state.slot`` the model slot (``app.state.slot.engine``).
     """
     slot = ModelSlot(engine, on_failure=on_load_failure)
-    batcher = ScoreBatcher(lambda prompts, ids, *n: slot.engine.score(prompts, ids, *n),
-                           max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                           max_queue=max_queue)
+    batcher = ScoreBatcher(
+        lambda prompts, ids, *n: slot.engine.score(prompts, ids, *n),
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+    )
 
     def size_passes(ready: Engine) -> None:
         batcher.max_pass_size = min(max_batch_size, ready.max_pass_size)

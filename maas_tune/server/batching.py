@@ -36,8 +36,9 @@ class TooManyPrompts(MaasTuneError):
 
 def _check_size(n: int, max_queue: int) -> None:
     if n > max_queue:
-        raise TooManyPrompts(f"this request has {n} prompts; send at most {max_queue} prompts "
-                             "per request")
+        raise TooManyPrompts(
+            f"this request has {n} prompts; send at most {max_queue} prompts per request"
+        )
 
 
 @dataclass
@@ -93,10 +94,16 @@ class ScoreBatcher:
     """
 
     def __init__(
-        self, score: ScoreFn, *, max_batch_size: int = 16, max_wait_ms: float = 5.0,
-        max_queue: int = 256, max_pass_size: int | None = None,
+        self,
+        score: ScoreFn,
+        *,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 256,
+        max_pass_size: int | None = None,
         pass_overhead_tokens: float = DEFAULT_PASS_OVERHEAD_TOKENS,
-        max_delay_ms: float = DEFAULT_MAX_DELAY_MS, max_pass_tokens: int | None = None,
+        max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
+        max_pass_tokens: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_ms >= 0")
@@ -162,8 +169,11 @@ class ScoreBatcher:
             self._generating -= n
 
     async def submit(
-        self, prompts: Sequence[str], token_ids: Sequence[int],
-        lengths: Sequence[int] | None = None, token_features: int = 0,
+        self,
+        prompts: Sequence[str],
+        token_ids: Sequence[int],
+        lengths: Sequence[int] | None = None,
+        token_features: int = 0,
     ) -> list[ProviderAnswer]:
         """Score ``token_ids`` after each prompt; answers come back in prompt order.
 
@@ -271,21 +281,24 @@ class ScoreBatcher:
     def _oldest_run(self, live: list[_Item]) -> list[int]:
         """Packed passes: padding costs nothing, so the oldest prompts that fit go first."""
         order = sorted(range(len(live)), key=lambda i: live[i].arrived)
-        run = pack_runs([live[i].length for i in order], self.max_pass_size,
-                        self.max_pass_tokens or 0)[0]
+        run = pack_runs(
+            [live[i].length for i in order], self.max_pass_size, self.max_pass_tokens or 0
+        )[0]
         return [order[k] for k in run]
 
     def _least_waste(self, live: list[_Item]) -> list[int]:
         """Padded passes: plan the window (:func:`plan_passes`) and take the pass that
         wastes least per prompt, unless a prompt has waited ``max_delay_ms``."""
         lengths = [item.length for item in live]
-        passes = plan_passes(lengths, max_pass_size=self.max_pass_size,
-                             overhead_tokens=self.pass_overhead_tokens)
+        passes = plan_passes(
+            lengths, max_pass_size=self.max_pass_size, overhead_tokens=self.pass_overhead_tokens
+        )
         oldest = min(range(len(live)), key=lambda i: live[i].arrived)
         if asyncio.get_running_loop().time() - live[oldest].arrived >= self.max_delay_s:
             return next(p for p in passes if oldest in p)
-        return min(passes, key=lambda p: pass_waste([lengths[i] for i in p],
-                                                    self.pass_overhead_tokens))
+        return min(
+            passes, key=lambda p: pass_waste([lengths[i] for i in p], self.pass_overhead_tokens)
+        )
 
     async def _score_pass(self, items: list[_Item]) -> None:
         items = [item for item in items if not item.future.done()]
@@ -296,7 +309,10 @@ class ScoreBatcher:
         self.batch_sizes.append(len(items))
         try:
             answers = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._score, [i.prompt for i in items], union,
+                self._executor,
+                self._score,
+                [i.prompt for i in items],
+                union,
                 *((n_last,) if n_last else ()),
             )
         except Exception as exc:  # noqa: BLE001 - handed to each waiting request

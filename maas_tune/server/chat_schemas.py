@@ -27,6 +27,7 @@ __all__ = [
     "TopLogprob",
 ]
 
+
 class ContentPart(BaseModel):
     """One part of a message's content; only text parts are understood."""
 

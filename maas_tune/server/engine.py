@@ -87,7 +87,9 @@ class Engine:
     """
 
     def __init__(
-        self, provider: TransformersProvider, model_id: str = DEFAULT_MODEL_NAME,
+        self,
+        provider: TransformersProvider,
+        model_id: str = DEFAULT_MODEL_NAME,
         max_context_tokens: int | None = DEFAULT_MAX_CONTEXT_TOKENS,
     ) -> None:
         import torch
@@ -127,9 +129,12 @@ class Engine:
         if prompt_tokens + max_tokens <= self.context_length:
             return
         model = getattr(self, "model_context", self.context_length)
-        limit = (f"the model's context of {self.context_length} tokens" if model <= self.context_length
-                 else f"this server's limit of {self.context_length} tokens per request "
-                 f"(--max-context-tokens; the model's context is {model})")
+        limit = (
+            f"the model's context of {self.context_length} tokens"
+            if model <= self.context_length
+            else f"this server's limit of {self.context_length} tokens per request "
+            f"(--max-context-tokens; the model's context is {model})"
+        )
         raise ContextLengthExceeded(
             f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds "
             f"{limit}; shorten the prompt"
@@ -176,8 +181,9 @@ class Engine:
         torch = self._torch
         with torch.inference_mode():
             with self._lock:
-                out = self.provider.model.model(input_ids=torch.tensor([ids], device=self._device),
-                                                use_cache=True)
+                out = self.provider.model.model(
+                    input_ids=torch.tensor([ids], device=self._device), use_cache=True
+                )
                 hidden = out.last_hidden_state[0]  # (L, d)
                 logits = self._logits(hidden[-1:])[0]  # (V,)
             cache = out.past_key_values
@@ -270,7 +276,8 @@ class Engine:
                 with self._lock:  # one token per turn: waiting scoring passes go in between
                     out = self.provider.model(
                         input_ids=torch.tensor([[token]], device=self._device),
-                        past_key_values=cache, use_cache=True,
+                        past_key_values=cache,
+                        use_cache=True,
                     )
                 cache, logits = out.past_key_values, out.logits[0, -1].float()
         self._finish_text(prompt, steps, params, result)
@@ -311,8 +318,12 @@ def needs_forward(params: GenerationParams) -> bool:
 
 def empty_completion(prompt: str, prompt_tokens: int, params: GenerationParams) -> Completion:
     """A completion with nothing generated (the prompt itself when echoing)."""
-    return Completion(text=prompt if params.echo else "", finish_reason="length",
-                      prompt_tokens=prompt_tokens, completion_tokens=0)
+    return Completion(
+        text=prompt if params.echo else "",
+        finish_reason="length",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=0,
+    )
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> int:

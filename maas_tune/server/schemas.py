@@ -79,8 +79,14 @@ class APIError(MaasTuneError):
     """An error answered in OpenAI's shape ``{"error": {message, type, param, code}}``."""
 
     def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error",
-        param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None,
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -92,8 +98,14 @@ class APIError(MaasTuneError):
 
     def body(self) -> dict[str, Any]:
         """The JSON body."""
-        return {"error": {"message": self.message, "type": self.type,
-                          "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 class ExtensionRequest(BaseModel):
@@ -256,4 +268,3 @@ class CompletionResponse(BaseModel):
                 ext = choice["maas_tune"]
                 del ext["token_features"], ext["token_features_shape"]
         return body
-

@@ -32,8 +32,7 @@ _KEY_EXCERPT = 12
 
 # The columns :func:`_decode` reads, in its order.
 _COLUMNS = (
-    "key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored, "
-    "n_tokens, tokens"
+    "key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored, n_tokens, tokens"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM answers WHERE key IN "
 _INSERT = (
@@ -198,8 +197,19 @@ def _row(
     if not 0 <= floored <= n_logprobs:
         raise _malformed(key, f"floored is {floored!r}, not a count of its {n_logprobs} words")
     n_tokens, token_blob = _token_blob(getattr(answer, "token_features", None), key)
-    return (key, model, int(tokens), float(created), n_logprobs, n_hidden, logprobs, hidden,
-            floored, n_tokens, token_blob)
+    return (
+        key,
+        model,
+        int(tokens),
+        float(created),
+        n_logprobs,
+        n_hidden,
+        logprobs,
+        hidden,
+        floored,
+        n_tokens,
+        token_blob,
+    )
 
 
 def _token_blob(feats: Any, key: str) -> tuple[int | None, bytes | None]:
@@ -377,7 +387,7 @@ class ScoreCache:
             rows = conn.execute(
                 "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(start), start)
             ).fetchall()
-        return {str(k)[len(_FACT_PREFIX):]: json.loads(v) for k, v in rows}
+        return {str(k)[len(_FACT_PREFIX) :]: json.loads(v) for k, v in rows}
 
     def __len__(self) -> int:
         with self._store.read() as conn:
@@ -417,7 +427,8 @@ class ScoreCache:
                     "prompt_tokens": answer.prompt_tokens,
                     "created": answer.created,
                     "floored": answer.floored,
-                    "token_features": None if answer.token_features is None
+                    "token_features": None
+                    if answer.token_features is None
                     else answer.token_features.astype(np.float32).tolist(),
                 }
 

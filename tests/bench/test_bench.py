@@ -31,9 +31,9 @@ from maas_tune.experiment import subsample_test
 from maas_tune.persistence import load_decoder, save_decoder
 from maas_tune.scores import Scores
 
-from .fakes import FakeProvider
+from ..fakes import FakeProvider
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

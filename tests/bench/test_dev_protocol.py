@@ -11,7 +11,7 @@ from maas_tune import datasets
 from maas_tune.data import Example
 from maas_tune.errors import DataError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import _dev_data
 
 

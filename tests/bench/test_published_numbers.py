@@ -18,7 +18,7 @@ from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +64,13 @@ def test_every_marker_in_the_pages_names_a_known_block(publish: ModuleType) -> N
 def _dect_agnews(root: Path) -> str:
     """AG News DecT at 16 shots as the README shows it, computed here from the result rows."""
     results = root / "benchmarks" / "results" / "grid" / "results.jsonl"
-    acc = [r["accuracy"] for line in results.read_text("utf-8").splitlines()
-           if (r := json.loads(line))["row"] == "dect" and r["dataset"] == "agnews"
-           and r["shots"] == 16]
+    acc = [
+        r["accuracy"]
+        for line in results.read_text("utf-8").splitlines()
+        if (r := json.loads(line))["row"] == "dect"
+        and r["dataset"] == "agnews"
+        and r["shots"] == 16
+    ]
     return f"{statistics.mean(acc):.3f} ± {statistics.stdev(acc):.3f}"
 
 

@@ -20,8 +20,8 @@ from maas_tune.storage import Store
 from maas_tune.storage.budget import QueryBudget
 from maas_tune.storage.cache import ScoreCache
 
-from .fakes import FakeProvider
-from .test_client import TASK
+from ..fakes import FakeProvider
+from ..test_client import TASK
 
 EVAL = ["eval", "--dataset", "sst2", "--shots", "4", "--seed", "0", "--test-limit", "24", "--quiet"]
 HUGE = "99999999999999999999999"

@@ -272,7 +272,7 @@ def test_dect_weighted_selection_averages_grid_points_by_heldout_likelihood(
     for lam, w in zip(grid, expected):
         assert weights[np.isclose(member_lams, lam)].sum() == pytest.approx(w, abs=1e-3)
     # with one grid point, "weighted" and "best" are the same decoder
-    one = dict(random_state=0, lam_grid=(1.0,), proto_dim=8)
+    one = {"random_state": 0, "lam_grid": (1.0,), "proto_dim": 8}
     a = DecT(**one).fit(X, y).predict_proba(X)
     b = DecT(lam_selection="best", **one).fit(X, y).predict_proba(X)
     np.testing.assert_allclose(a, b, atol=1e-6)

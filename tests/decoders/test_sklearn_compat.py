@@ -187,8 +187,8 @@ def test_the_docs_scikit_learn_example_runs():
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "concepts.md").read_text("utf-8")
-    section = text[text.index("## Decoders"):text.index("## Metrics")]
+    text = (Path(__file__).resolve().parents[2] / "docs" / "concepts.md").read_text("utf-8")
+    section = text[text.index("## Decoders") : text.index("## Metrics")]
     code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     namespace: dict = {}
     exec(compile(code, "docs/concepts.md", "exec"), namespace)  # noqa: S102 - the example is the test

@@ -17,8 +17,8 @@ pytest.importorskip("starlette", reason="needs the 'server' extra")
 
 from maas_tune.providers._forcing import Label, bias_problem
 
-from ._fault_server import FaultServer, next_token_logprobs, ok, set_field, status, token_id
-from ._hosted_api import HostedAPI, HostedConfig
+from .._fault_server import FaultServer, next_token_logprobs, ok, set_field, status, token_id
+from .._hosted_api import HostedAPI, HostedConfig
 
 MODEL = HostedConfig().model
 PROMPT = "Review: a wonderful, moving film.\nSentiment:"
@@ -98,8 +98,10 @@ def test_top_k_caps(hosted_api, cap, chat_cap):
     assert _post(api, "/v1/completions", _completion(logprobs=cap)).status_code == 200
     too_many = _chat(logprobs=True, top_logprobs=chat_cap + 1)
     assert _error(_post(api, "/v1/chat/completions", too_many), 400)["param"] == "top_logprobs"
-    assert _post(api, "/v1/chat/completions", _chat(logprobs=True, top_logprobs=chat_cap)
-                 ).status_code == 200
+    assert (
+        _post(api, "/v1/chat/completions", _chat(logprobs=True, top_logprobs=chat_cap)).status_code
+        == 200
+    )
     assert api.forwarded == api.billable == 2
 
 
@@ -143,9 +145,15 @@ def test_strip_unknown_fields_both_ways(hosted_api, fault):
     strict = hosted_api(HostedConfig(), upstream=fault.base_url)
     choice = _post(strict, "/v1/completions", _completion(maas_tune=extension)).json()["choices"][0]
     assert "maas_tune" not in fault.requests[-1] and set(choice) == {
-        "index", "text", "logprobs", "finish_reason"}
+        "index",
+        "text",
+        "logprobs",
+        "finish_reason",
+    }
     lenient = hosted_api(HostedConfig(strip_unknown=False), upstream=fault.base_url)
-    choice = _post(lenient, "/v1/completions", _completion(maas_tune=extension)).json()["choices"][0]
+    choice = _post(lenient, "/v1/completions", _completion(maas_tune=extension)).json()["choices"][
+        0
+    ]
     assert "maas_tune" in fault.requests[-1] and {"maas_tune", "extra"} <= set(choice)
     refusing = hosted_api(HostedConfig(reject_unknown=True), upstream=fault.base_url)
     error = _error(_post(refusing, "/v1/completions", _completion(maas_tune=extension)), 400)
@@ -186,7 +194,10 @@ def test_logit_bias_ignored_and_rejected(hosted_api, fault):
     lp, top = _forced(ignored, " negative")
     assert "logit_bias" not in fault.requests[-1] and lp["tokens"] == [" the"]
     label = Label(token_id(" negative"), "negative")
-    assert bias_problem(label, lp["tokens"][0], lp["token_logprobs"][0], min(top.values())) == "ignored"
+    assert (
+        bias_problem(label, lp["tokens"][0], lp["token_logprobs"][0], min(top.values()))
+        == "ignored"
+    )
     rejected = hosted_api(HostedConfig(logit_bias="rejected"), upstream=fault.base_url)
     body = _completion(logprobs=2, logit_bias={"13": 100})
     assert _error(_post(rejected, "/v1/completions", body), 400)["param"] == "logit_bias"
@@ -244,8 +255,11 @@ def test_paths_outside_v1_are_404(hosted_api):
     assert error["message"] == "Invalid URL (POST /completions)"
     _error(_post(api, "/chat/completions", _chat()), 404)
     _error(httpx.get(f"{api.base_url}/completions"), 404)
-    assert api.by_route == {"POST /completions": 1, "POST /chat/completions": 1,
-                            "GET /v1/completions": 1}
+    assert api.by_route == {
+        "POST /completions": 1,
+        "POST /chat/completions": 1,
+        "GET /v1/completions": 1,
+    }
 
 
 def test_counts_duplicates_and_serves_stats(hosted_api):
@@ -276,8 +290,7 @@ FEW_SHOT = "Review: terrible plot.\nSentiment: negative\n\n" + PROMPT
 
 
 @pytest.mark.model
-def test_real_model_pre_is_openai_and_post_reports_the_biased_value(hosted_api, real_server,
-                                                                     gemma):
+def test_real_model_pre_is_openai_and_post_reports_the_biased_value(hosted_api, real_server, gemma):
     forced = gemma.label_token_ids(["maybe"])[0]
     label = Label(forced, "maybe")
     body = _completion(prompt=FEW_SHOT, logprobs=5, logit_bias={str(forced): 100})
@@ -296,32 +309,41 @@ def test_real_model_pre_is_openai_and_post_reports_the_biased_value(hosted_api, 
 @pytest.mark.model
 def test_real_model_chat_post_bias_and_caps(hosted_api, real_server, gemma):
     forced = gemma.label_token_ids(["maybe"])[0]
-    api = hosted_api(HostedConfig(logit_bias="post", chat_top_k_cap=5, api_key=KEY),
-                     upstream=real_server)
+    api = hosted_api(
+        HostedConfig(logit_bias="post", chat_top_k_cap=5, api_key=KEY), upstream=real_server
+    )
     body = _chat(logprobs=True, top_logprobs=5, logit_bias={str(forced): 100})
     out = _post(api, "/v1/chat/completions", body, key=KEY).json()
     item = out["choices"][0]["logprobs"]["content"][0]
     assert out["model"] == MODEL and item["logprob"] > -1e-3
     assert item["top_logprobs"][0]["token"] == item["token"]
-    assert _post(api, "/v1/chat/completions", _chat(logprobs=True, top_logprobs=6),
-                 key=KEY).status_code == 400
+    assert (
+        _post(
+            api, "/v1/chat/completions", _chat(logprobs=True, top_logprobs=6), key=KEY
+        ).status_code
+        == 400
+    )
     assert api.billable == 1 and api.upstream_model == "gemma-3-270m"
 
 
-@pytest.mark.parametrize(("config", "strategy", "refused"), [
-    (HostedConfig(api_key=KEY, tokenizer=True, strip_unknown=False), "extension", False),
-    (HostedConfig(api_key=KEY, tokenizer=True), "top_logprobs", False),
-    (HostedConfig(api_key=KEY, tokenizer=True, logit_bias="post"), "top_logprobs", True),
-])
+@pytest.mark.parametrize(
+    ("config", "strategy", "refused"),
+    [
+        (HostedConfig(api_key=KEY, tokenizer=True, strip_unknown=False), "extension", False),
+        (HostedConfig(api_key=KEY, tokenizer=True), "top_logprobs", False),
+        (HostedConfig(api_key=KEY, tokenizer=True, logit_bias="post"), "top_logprobs", True),
+    ],
+)
 def test_the_completions_provider_sees_a_hosted_api(hosted_api, fault, config, strategy, refused):
     from maas_tune.errors import ProviderResponseError
     from maas_tune.providers.openai import OpenAICompletionsProvider
 
     api = hosted_api(config, upstream=fault.base_url)
     # The fake upstream cannot echo or force words it does not know, so `auto` would refuse
-    # (tests/test_hosted_conformance.py covers `auto` on the real model): the strategy is named.
-    provider = OpenAICompletionsProvider(api.base_url, MODEL, api_key=KEY, top_logprobs=2,
-                                         strategy=strategy)
+    # (tests/hosted/test_hosted_conformance.py covers `auto` on the real model): the strategy is named.
+    provider = OpenAICompletionsProvider(
+        api.base_url, MODEL, api_key=KEY, top_logprobs=2, strategy=strategy
+    )
     ids = provider.label_token_ids(["negative", "positive"])
     if refused:  # the forced word comes back at about 0: reported after the bias
         with pytest.raises(ProviderResponseError, match="after logit_bias"):
@@ -329,5 +351,6 @@ def test_the_completions_provider_sees_a_hosted_api(hosted_api, fault, config, s
     else:
         expected = next_token_logprobs(PROMPT)
         assert provider.score([PROMPT], ids)[0].logprobs == pytest.approx(
-            [expected[" negative"], expected[" positive"]], abs=1e-6)
+            [expected[" negative"], expected[" positive"]], abs=1e-6
+        )
     assert api.billable == api.forwarded >= 1

@@ -26,13 +26,14 @@ from maas_tune.providers.openai import OpenAICompletionsProvider
 from maas_tune.storage.budget import QueryBudget
 from maas_tune.task import Task
 
-from ._hosted_api import HostedConfig
+from .._hosted_api import HostedConfig
 
 pytestmark = pytest.mark.model
 
 KEY = "sk-test-hosted-conformance-0123456789"
-TASK = Task("sst2-like", "Review: {text}\nSentiment:",
-            {"negative": ["negative"], "positive": ["positive"]})
+TASK = Task(
+    "sst2-like", "Review: {text}\nSentiment:", {"negative": ["negative"], "positive": ["positive"]}
+)
 TEXTS = ["a gorgeous, witty, seductive movie.", "dull and lifeless", "the plot is a mess."]
 BIAS = ("pre", "post", "ignored", "rejected")
 #: What a refused cell's message must say (the remedy), by the switches that decide it.
@@ -50,17 +51,29 @@ def completions_outcome(tokenizer: bool, echo: bool, bias: str) -> str | None:
     """None when the cell must score exactly, else what the refusal must say."""
     if (tokenizer and bias == "pre") or echo:
         return None
-    return NO_TOKENIZER if not tokenizer else {
-        "post": "after logit_bias", "ignored": "did not change", "rejected": "rejects logit_bias",
-    }[bias]
+    return (
+        NO_TOKENIZER
+        if not tokenizer
+        else {
+            "post": "after logit_bias",
+            "ignored": "did not change",
+            "rejected": "rejects logit_bias",
+        }[bias]
+    )
 
 
 def chat_outcome(tokenizer: bool, bias: str) -> str | None:
     if not tokenizer:
         return NO_TOKENIZER
-    return None if bias == "pre" else {
-        "post": "after logit_bias", "ignored": "did not change", "rejected": "rejects logit_bias",
-    }[bias]
+    return (
+        None
+        if bias == "pre"
+        else {
+            "post": "after logit_bias",
+            "ignored": "did not change",
+            "rejected": "rejects logit_bias",
+        }[bias]
+    )
 
 
 def in_process(gemma: Any, prompts: list[str], words: list[str], prefix: str = " ") -> np.ndarray:
@@ -76,9 +89,12 @@ def chat_prompts(task: Task, texts: list[str]) -> list[str]:
     from maas_tune.server.chat_schemas import ChatMessage
 
     fmt = ChatFormat()
-    return [plain_template([ChatMessage(**m) for m in fmt.messages(task.render({"text": t}),
-                                                                   task.label_words)])
-            for t in texts]
+    return [
+        plain_template(
+            [ChatMessage(**m) for m in fmt.messages(task.render({"text": t}), task.label_words)]
+        )
+        for t in texts
+    ]
 
 
 def run_cell(api: Any, provider: Any, db_path: Any) -> tuple[Client, QueryBudget, Any]:
@@ -98,8 +114,14 @@ def check_refused(api: Any, provider: Any, db_path: Any, says: str) -> None:
     assert budget.status().reserved_queries == 0
 
 
-def check_exact(api: Any, client: Client, budget: QueryBudget, scores: Any,
-                expected: np.ndarray, per_sample_max: int) -> None:
+def check_exact(
+    api: Any,
+    client: Client,
+    budget: QueryBudget,
+    scores: Any,
+    expected: np.ndarray,
+    per_sample_max: int,
+) -> None:
     np.testing.assert_allclose(scores.label_logprobs, expected, atol=1e-4)
     assert budget.status().spent_queries == api.billable == client.usage.queries_sent
     scoring = api.billable - client.usage.probe_queries
@@ -113,15 +135,24 @@ def check_exact(api: Any, client: Client, budget: QueryBudget, scores: Any,
 COMPLETIONS_CELLS = list(itertools.product((5, 20), (True, False), (True, False), BIAS))
 
 
-@pytest.mark.parametrize(("cap", "tokenizer", "echo", "bias"), COMPLETIONS_CELLS,
-                         ids=[f"top{c}-tok{int(t)}-echo{int(e)}-{b}"
-                              for c, t, e, b in COMPLETIONS_CELLS])
+@pytest.mark.parametrize(
+    ("cap", "tokenizer", "echo", "bias"),
+    COMPLETIONS_CELLS,
+    ids=[f"top{c}-tok{int(t)}-echo{int(e)}-{b}" for c, t, e, b in COMPLETIONS_CELLS],
+)
 def test_completions_cell(gemma, real_server, hosted_api, db_path, cap, tokenizer, echo, bias):
-    config = HostedConfig(api_key=KEY, top_k_cap=cap, tokenizer=tokenizer, echo=echo,
-                          logit_bias=bias, embeddings=False)
+    config = HostedConfig(
+        api_key=KEY,
+        top_k_cap=cap,
+        tokenizer=tokenizer,
+        echo=echo,
+        logit_bias=bias,
+        embeddings=False,
+    )
     api = hosted_api(config, upstream=real_server)
-    provider = OpenAICompletionsProvider(api.base_url, config.model, api_key=KEY,
-                                         top_logprobs=cap, sleep=lambda s: None)
+    provider = OpenAICompletionsProvider(
+        api.base_url, config.model, api_key=KEY, top_logprobs=cap, sleep=lambda s: None
+    )
     says = completions_outcome(tokenizer, echo, bias)
     if says is not None:
         check_refused(api, provider, db_path, says)
@@ -135,14 +166,19 @@ def test_completions_cell(gemma, real_server, hosted_api, db_path, cap, tokenize
 CHAT_CELLS = list(itertools.product((5, 20), (True, False), BIAS))
 
 
-@pytest.mark.parametrize(("cap", "tokenizer", "bias"), CHAT_CELLS,
-                         ids=[f"top{c}-tok{int(t)}-{b}" for c, t, b in CHAT_CELLS])
+@pytest.mark.parametrize(
+    ("cap", "tokenizer", "bias"),
+    CHAT_CELLS,
+    ids=[f"top{c}-tok{int(t)}-{b}" for c, t, b in CHAT_CELLS],
+)
 def test_chat_cell(gemma, real_server, hosted_api, db_path, cap, tokenizer, bias):
-    config = HostedConfig(api_key=KEY, chat_top_k_cap=cap, tokenizer=tokenizer,
-                          logit_bias=bias, embeddings=False)
+    config = HostedConfig(
+        api_key=KEY, chat_top_k_cap=cap, tokenizer=tokenizer, logit_bias=bias, embeddings=False
+    )
     api = hosted_api(config, upstream=real_server)
-    provider = OpenAIChatProvider(api.base_url, config.model, api_key=KEY, top_logprobs=cap,
-                                  sleep=lambda s: None)
+    provider = OpenAIChatProvider(
+        api.base_url, config.model, api_key=KEY, top_logprobs=cap, sleep=lambda s: None
+    )
     says = chat_outcome(tokenizer, bias)
     if says is not None:
         check_refused(api, provider, db_path, says)
@@ -160,8 +196,9 @@ def test_chat_without_a_tokenizer_endpoint_is_exact_with_a_local_tokenizer(
     config = HostedConfig(api_key=KEY, chat_top_k_cap=5, tokenizer=False, embeddings=False)
     api = hosted_api(config, upstream=real_server)
     tokenizer = lambda text: gemma.tokenizer(text, add_special_tokens=False)["input_ids"]
-    provider = OpenAIChatProvider(api.base_url, config.model, api_key=KEY, tokenizer=tokenizer,
-                                  sleep=lambda s: None)
+    provider = OpenAIChatProvider(
+        api.base_url, config.model, api_key=KEY, tokenizer=tokenizer, sleep=lambda s: None
+    )
     client, budget, scores = run_cell(api, provider, db_path)
     assert provider.strategy == "force"
     expected = in_process(gemma, chat_prompts(TASK, TEXTS), TASK.label_words, prefix="")
@@ -176,10 +213,12 @@ def test_embeddings_cell(gemma, real_server, hosted_api, db_path, embeddings):
 
     config = HostedConfig(api_key=KEY, tokenizer=False, embeddings=embeddings)
     api = hosted_api(config, upstream=real_server)
-    scorer = OpenAICompletionsProvider(api.base_url, config.model, api_key=KEY,
-                                       sleep=lambda s: None)
-    embedder = OpenAIEmbeddingsProvider(api.base_url, config.model, api_key=KEY,
-                                        sleep=lambda s: None)
+    scorer = OpenAICompletionsProvider(
+        api.base_url, config.model, api_key=KEY, sleep=lambda s: None
+    )
+    embedder = OpenAIEmbeddingsProvider(
+        api.base_url, config.model, api_key=KEY, sleep=lambda s: None
+    )
     provider = WithEmbeddings(scorer, embedder)
     budget = QueryBudget("conformance", max_queries=10_000, store=db_path)
     client = Client(provider, cache=db_path, budget=budget, progress=False)

@@ -35,18 +35,25 @@ from maas_tune.storage import Store
 from maas_tune.storage.budget import QueryBudget
 from maas_tune.task import Task
 
-from ._hosted_api import HostedConfig
+from .._hosted_api import HostedConfig
 
 pytestmark = pytest.mark.model
 
 KEY = "sk-test-hosted-guarantees-0123456789"
-TASK = Task("sst2-like", "Review: {text}\nSentiment:",
-            {"negative": ["negative"], "positive": ["positive"]})
-TEXTS = ["a gorgeous, witty, seductive movie.", "dull and lifeless", "the plot is a mess.",
-         "a delight from start to finish.", "I walked out.", "moving and funny"]
+TASK = Task(
+    "sst2-like", "Review: {text}\nSentiment:", {"negative": ["negative"], "positive": ["positive"]}
+)
+TEXTS = [
+    "a gorgeous, witty, seductive movie.",
+    "dull and lifeless",
+    "the plot is a mess.",
+    "a delight from start to finish.",
+    "I walked out.",
+    "moving and funny",
+]
 #: A strict hosted API: key, top-5, no tokenizer, no extension (fields stripped), echo on.
 STRICT = HostedConfig(api_key=KEY, top_k_cap=5, tokenizer=False, embeddings=False)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -69,9 +76,28 @@ def client_for(provider, db_path, **budget) -> tuple[Client, QueryBudget]:
 
 
 def eval_argv(api, db_path, *extra: str) -> list[str]:
-    return ["eval", "--dataset", "sst2", "--shots", "2", "--test-limit", "6", "--seed", "0",
-            "--method", "zero-shot,dect", "--base-url", api.base_url, "--api-model",
-            api.config.model, "--cache", str(db_path), "--quiet", "--json", *extra]
+    return [
+        "eval",
+        "--dataset",
+        "sst2",
+        "--shots",
+        "2",
+        "--test-limit",
+        "6",
+        "--seed",
+        "0",
+        "--method",
+        "zero-shot,dect",
+        "--base-url",
+        api.base_url,
+        "--api-model",
+        api.config.model,
+        "--cache",
+        str(db_path),
+        "--quiet",
+        "--json",
+        *extra,
+    ]
 
 
 # -- auto, and its cost ------------------------------------------------------------------
@@ -119,8 +145,10 @@ def test_a_run_through_30_percent_503s_resumes_paying_nothing_twice(
     real_server, hosted_api, db_path
 ):
     """Row 4: one request out of retries threw away 30 answered requests, paid again."""
-    api = hosted_api(STRICT.__class__(**{**STRICT.__dict__, "fail_503_rate": 0.3, "seed": 7}),
-                     upstream=real_server)
+    api = hosted_api(
+        STRICT.__class__(**{**STRICT.__dict__, "fail_503_rate": 0.3, "seed": 7}),
+        upstream=real_server,
+    )
     texts = [f"{t} ({i})" for i in range(3) for t in TEXTS]
     failures = 0
     for _ in range(30):  # each try is a fresh process's worth of objects (a rerun)
@@ -166,8 +194,12 @@ def test_ctrl_c_keeps_what_was_answered_charges_what_was_sent_and_exits_at_once(
     api = hosted_api(STRICT, upstream=real_server)
     db = tmp_path / "store.sqlite"
     # faulthandler: a run that does not end gets its threads' stacks into the failure
-    env = {**os.environ, "MAAS_TUNE_API_KEY": KEY, "PYTHONPATH": str(ROOT),
-           "PYTHONFAULTHANDLER": "1"}
+    env = {
+        **os.environ,
+        "MAAS_TUNE_API_KEY": KEY,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONFAULTHANDLER": "1",
+    }
     argv = [sys.executable, "-m", "maas_tune", *eval_argv(api, db)]
     argv[argv.index("--test-limit") + 1] = "400"
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -184,8 +216,9 @@ def test_ctrl_c_keeps_what_was_answered_charges_what_was_sent_and_exits_at_once(
     sent = api.forwarded
     time.sleep(1.0)
     assert api.forwarded == sent  # nothing was sent, or retried, after the interrupt
-    spent = sum(QueryBudget(n, store=db).status().spent_queries
-                for n in ("default", "default:test"))
+    spent = sum(
+        QueryBudget(n, store=db).status().spent_queries for n in ("default", "default:test")
+    )
     # Every answered request is charged; requests in flight at the interrupt are counted
     # as spent too (they may have been billed): at most one per request slot more.
     assert api.billable <= spent <= api.billable + 4
@@ -221,7 +254,10 @@ def _cache(db):
 def test_two_servers_on_one_host_never_share_answers(real_server, hosted_api, db_path):
     """Row 9: the fingerprint had no port, so the second server was answered from the
     first one's cache."""
-    first, second = hosted_api(STRICT, upstream=real_server), hosted_api(STRICT, upstream=real_server)
+    first, second = (
+        hosted_api(STRICT, upstream=real_server),
+        hosted_api(STRICT, upstream=real_server),
+    )
     assert first.base_url != second.base_url
     a, b = completions(first), completions(second)
     client_for(a, db_path)[0].score(TASK, TEXTS[:2])
@@ -245,12 +281,22 @@ def test_a_key_with_a_trailing_crlf_is_stripped_and_never_printed(
 
 
 @pytest.mark.parametrize("bad", [KEY[:10] + "\n" + KEY[10:], KEY + "\u00e9"])
-def test_a_key_a_header_cannot_carry_is_refused_without_showing_it(bad, capsys, monkeypatch,
-                                                                   tmp_path):
+def test_a_key_a_header_cannot_carry_is_refused_without_showing_it(
+    bad, capsys, monkeypatch, tmp_path
+):
     monkeypatch.setenv("OPENAI_API_KEY", bad)
     monkeypatch.delenv("MAAS_TUNE_API_KEY", raising=False)
-    argv = ["--debug", "eval", "--dataset", "sst2", "--base-url", "http://127.0.0.1:9/v1",
-            "--cache", str(tmp_path / "c.sqlite"), "--quiet"]
+    argv = [
+        "--debug",
+        "eval",
+        "--dataset",
+        "sst2",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--cache",
+        str(tmp_path / "c.sqlite"),
+        "--quiet",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "$OPENAI_API_KEY" in err and "position" in err
@@ -277,8 +323,12 @@ def test_a_deeply_nested_200_is_charged_and_reported_not_a_traceback(
 def test_a_prompt_token_cap_is_never_passed_with_cjk_prompts(real_server, hosted_api, db_path):
     """Row 12: the estimate len // 3 + 1 let a 400-token cap be spent to 652."""
     api = hosted_api(STRICT, upstream=real_server)
-    cjk = ["这部电影非常精彩，演员的表演令人难忘。" * 3, "剧情拖沓，令人失望。" * 4,
-           "画面很美，但故事平淡。" * 3, "我会再看一遍！" * 5]
+    cjk = [
+        "这部电影非常精彩，演员的表演令人难忘。" * 3,
+        "剧情拖沓，令人失望。" * 4,
+        "画面很美，但故事平淡。" * 3,
+        "我会再看一遍！" * 5,
+    ]
     client, budget = client_for(completions(api), db_path, max_prompt_tokens=400)
     try:
         client.score(TASK, cjk)
@@ -292,12 +342,14 @@ def test_a_prompt_token_cap_is_never_passed_with_cjk_prompts(real_server, hosted
 def test_a_wrong_model_name_shows_the_servers_message(real_server, hosted_api, db_path):
     """Row 13: the server's 404 'model does not exist' was hidden behind a generic error."""
     api = hosted_api(STRICT, upstream=real_server)
-    provider = OpenAICompletionsProvider(api.base_url, "no-such-model", api_key=KEY,
-                                         sleep=lambda s: None)
+    provider = OpenAICompletionsProvider(
+        api.base_url, "no-such-model", api_key=KEY, sleep=lambda s: None
+    )
     with pytest.raises(ProviderStatusError, match="does not exist"):
         client_for(provider, db_path)[0].score(TASK, TEXTS[:1])
-    chat = OpenAIChatProvider(api.base_url, "no-such-model", api_key=KEY, sleep=lambda s: None,
-                              tokenizer=lambda t: [1])
+    chat = OpenAIChatProvider(
+        api.base_url, "no-such-model", api_key=KEY, sleep=lambda s: None, tokenizer=lambda t: [1]
+    )
     with pytest.raises(ProviderStatusError, match="does not exist") as info:
         chat.probe_result  # noqa: B018
     assert "lower top_logprobs" not in str(info.value)
@@ -311,8 +363,9 @@ def test_a_base_url_without_v1_says_so(real_server, hosted_api, db_path):
         client_for(provider, db_path)[0].score(TASK, TEXTS[:1])
 
 
-def test_a_missing_key_names_the_environment_variables(real_server, hosted_api, db_path,
-                                                       monkeypatch):
+def test_a_missing_key_names_the_environment_variables(
+    real_server, hosted_api, db_path, monkeypatch
+):
     for name in ("MAAS_TUNE_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     api = hosted_api(STRICT, upstream=real_server)
@@ -321,8 +374,9 @@ def test_a_missing_key_names_the_environment_variables(real_server, hosted_api, 
         client_for(provider, db_path)[0].score(TASK, TEXTS[:1])
 
 
-def test_retries_and_429s_show_in_the_summary(real_server, hosted_api, db_path, capsys,
-                                              monkeypatch):
+def test_retries_and_429s_show_in_the_summary(
+    real_server, hosted_api, db_path, capsys, monkeypatch
+):
     """Row 15: 93 x 503 and 9 x 429 were retried invisibly."""
     config = HostedConfig(api_key=KEY, tokenizer=False, embeddings=False, fail_503_first_n=2)
     api = hosted_api(config, upstream=real_server)
@@ -335,8 +389,9 @@ def test_retries_and_429s_show_in_the_summary(real_server, hosted_api, db_path, 
 
 
 # -- chat from the CLI ------------------------------------------------------------------------
-def test_hosted_chat_from_the_cli_with_a_local_tokenizer(real_server, hosted_api, db_path,
-                                                         capsys, monkeypatch):
+def test_hosted_chat_from_the_cli_with_a_local_tokenizer(
+    real_server, hosted_api, db_path, capsys, monkeypatch
+):
     """Rows 5-6: chat scored at chance with floored words; --strategy force had no way to
     get a tokenizer from the CLI."""
     api = hosted_api(STRICT, upstream=real_server)
@@ -366,8 +421,7 @@ def test_an_unreachable_api_is_named_by_the_url_given():
     """Row 13: the error named our /extras/tokenize, not the URL the user gave."""
     from maas_tune.errors import ProviderConnectionError
 
-    provider = OpenAICompletionsProvider("http://127.0.0.1:9/v1", "m", api_key=KEY,
-                                         max_retries=0)
+    provider = OpenAICompletionsProvider("http://127.0.0.1:9/v1", "m", api_key=KEY, max_retries=0)
     with pytest.raises(ProviderConnectionError) as info:
         provider.label_token_ids(["positive"])
     assert "the API at http://127.0.0.1:9/v1" in str(info.value)

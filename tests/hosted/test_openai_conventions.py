@@ -27,7 +27,7 @@ from maas_tune.providers.openai import OpenAICompletionsProvider
 from tests._det_server import DetServer
 
 openai = pytest.importorskip("openai")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STATUSES = {
     400: "BadRequestError",
     401: "AuthenticationError",
@@ -53,8 +53,12 @@ def test_each_status_raises_the_class_openai_python_raises(status):
     client = httpx.Client(base_url="http://api.test/v1/", transport=_answering(status))
     with client, pytest.raises(ProviderStatusError) as ours:
         request_json(client, "POST", "completions", json={})
-    sdk = openai.OpenAI(api_key="sk-test", base_url="http://api.test/v1", max_retries=0,
-                        http_client=httpx.Client(transport=_answering(status)))
+    sdk = openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://api.test/v1",
+        max_retries=0,
+        http_client=httpx.Client(transport=_answering(status)),
+    )
     with pytest.raises(openai.APIStatusError) as theirs:
         sdk.completions.create(model="m", prompt="x")
     assert type(ours.value).__name__ == type(theirs.value).__name__ == STATUSES[status]
@@ -76,8 +80,9 @@ def test_other_statuses_stay_plain_and_errors_survive_pickling():
 
 
 def test_a_provider_raises_the_subclass_through_its_retries():
-    provider = OpenAIEmbeddingsProvider("http://api.test/v1", "m", api_key="sk-test",
-                                        transport=_answering(401), max_retries=0)
+    provider = OpenAIEmbeddingsProvider(
+        "http://api.test/v1", "m", api_key="sk-test", transport=_answering(401), max_retries=0
+    )
     with pytest.raises(maas_tune.AuthenticationError) as err:
         provider.embed(["hello"])
     assert isinstance(err.value, maas_tune.ProviderError) and err.value.status_code == 401
@@ -110,11 +115,18 @@ class _Recorder(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
-        self.seen.append(({k.lower(): v for k, v in self.headers.items()},
-                          dict(parse_qsl(urlsplit(self.path).query))))
-        reply = {"object": "list", "model": body.get("model"),
-                 "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}],
-                 "usage": {"prompt_tokens": 1, "total_tokens": 1}}
+        self.seen.append(
+            (
+                {k.lower(): v for k, v in self.headers.items()},
+                dict(parse_qsl(urlsplit(self.path).query)),
+            )
+        )
+        reply = {
+            "object": "list",
+            "model": body.get("model"),
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}],
+            "usage": {"prompt_tokens": 1, "total_tokens": 1},
+        }
         payload = json.dumps(reply).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -142,11 +154,13 @@ def test_headers_and_query_reach_the_server_as_with_openai_python(recorder):
     url, seen = recorder
     headers = {"OpenAI-Organization": "org-123", "HTTP-Referer": "https://example.org"}
     query = {"api-version": "2024-10-21"}
-    sdk = openai.OpenAI(api_key="sk-test", base_url=url, default_headers=headers,
-                        default_query=query, max_retries=0)
+    sdk = openai.OpenAI(
+        api_key="sk-test", base_url=url, default_headers=headers, default_query=query, max_retries=0
+    )
     sdk.embeddings.create(model="m", input=["hello"])
-    OpenAIEmbeddingsProvider(url, "m", api_key="sk-test", default_headers=headers,
-                             default_query=query).embed(["hello"])
+    OpenAIEmbeddingsProvider(
+        url, "m", api_key="sk-test", default_headers=headers, default_query=query
+    ).embed(["hello"])
     (theirs_h, theirs_q), (ours_h, ours_q) = seen
     assert ours_q == theirs_q == query
     for name, value in headers.items():
@@ -163,18 +177,32 @@ def test_scoring_providers_send_them_with_every_request(cls):
         text = json.loads(request.content).get("input")
         return httpx.Response(200, json={"tokens": [7] if text else []})
 
-    provider = cls("http://api.test/v1", "m", api_key="sk-test", transport=httpx.MockTransport(
-        answer), default_headers={"OpenAI-Project": "proj-1"}, default_query={"api-version": "1"})
+    provider = cls(
+        "http://api.test/v1",
+        "m",
+        api_key="sk-test",
+        transport=httpx.MockTransport(answer),
+        default_headers={"OpenAI-Project": "proj-1"},
+        default_query={"api-version": "1"},
+    )
     provider.label_token_ids(["good"])  # asks the tokenizer endpoint
     assert requests and all(r.headers["openai-project"] == "proj-1" for r in requests)
     assert all(r.url.params["api-version"] == "1" for r in requests)
 
 
 def test_a_credential_header_never_reaches_messages_or_logs(caplog):
-    echo = httpx.MockTransport(lambda request: httpx.Response(
-        401, json={"error": {"message": f"bad key {request.headers['api-key']}"}}))
-    provider = OpenAIEmbeddingsProvider("http://api.test/v1", "m", transport=echo,
-                                        default_headers={"api-key": SECRET}, max_retries=0)
+    echo = httpx.MockTransport(
+        lambda request: httpx.Response(
+            401, json={"error": {"message": f"bad key {request.headers['api-key']}"}}
+        )
+    )
+    provider = OpenAIEmbeddingsProvider(
+        "http://api.test/v1",
+        "m",
+        transport=echo,
+        default_headers={"api-key": SECRET},
+        max_retries=0,
+    )
     with caplog.at_level(logging.DEBUG), pytest.raises(maas_tune.AuthenticationError) as err:
         provider.embed(["hello"])
     logging.getLogger("maas_tune.test").warning("header was %s", SECRET)
@@ -186,8 +214,9 @@ def test_bad_headers_are_refused_without_showing_a_credential():
     with pytest.raises(ConfigurationError, match="not a valid HTTP header name"):
         OpenAIEmbeddingsProvider("http://api.test/v1", "m", default_headers={"a b": "x"})
     with pytest.raises(ConfigurationError) as err:
-        OpenAIEmbeddingsProvider("http://api.test/v1", "m",
-                                 default_headers={"api-key": SECRET + "\r\nX: y"})
+        OpenAIEmbeddingsProvider(
+            "http://api.test/v1", "m", default_headers={"api-key": SECRET + "\r\nX: y"}
+        )
     assert SECRET not in str(err.value) and "line breaks" in str(err.value)
 
 
@@ -200,8 +229,21 @@ def det():
 
 def _fit(tmp_path: Path, *flags: str) -> Path:
     out = tmp_path / "decoder"
-    argv = ["fit", "--dataset", "sst2", "--shots", "2", "--cache", str(tmp_path / "fit.sqlite"),
-            "--out", str(out), "--quiet", "--api-model", "det", *flags]
+    argv = [
+        "fit",
+        "--dataset",
+        "sst2",
+        "--shots",
+        "2",
+        "--cache",
+        str(tmp_path / "fit.sqlite"),
+        "--out",
+        str(out),
+        "--quiet",
+        "--api-model",
+        "det",
+        *flags,
+    ]
     assert main(argv) == 0
     return out
 
@@ -209,8 +251,19 @@ def _fit(tmp_path: Path, *flags: str) -> Path:
 def _predict(tmp_path: Path, decoder: Path, *flags: str) -> int:
     inputs = tmp_path / "in.jsonl"
     inputs.write_text('{"text": "a joyous film"}\n', encoding="utf-8")
-    return main(["predict", "--decoder", str(decoder), "--input", str(inputs), "--quiet",
-                 "--cache", str(tmp_path / "predict.sqlite"), *flags])
+    return main(
+        [
+            "predict",
+            "--decoder",
+            str(decoder),
+            "--input",
+            str(inputs),
+            "--quiet",
+            "--cache",
+            str(tmp_path / "predict.sqlite"),
+            *flags,
+        ]
+    )
 
 
 def test_cli_base_url_env_says_which_url_and_predict_reuses_the_fitted_api(
@@ -268,7 +321,8 @@ def test_a_locally_fitted_decoder_refuses_an_api():
     from maas_tune.cli.provider import apply_record
 
     args = build_parser().parse_args(
-        ["predict", "--decoder", "d", "--input", "i", "--base-url", "http://127.0.0.1:9/v1"])
+        ["predict", "--decoder", "d", "--input", "i", "--base-url", "http://127.0.0.1:9/v1"]
+    )
     meta = {"provider_config": {"kind": "local", "model": "gemma3-270m"}}
     with pytest.raises(ConfigurationError, match="fitted with the local model 'gemma3-270m'"):
         apply_record(args, meta)
@@ -303,7 +357,7 @@ def test_cli_header_and_query_flags_are_checked():
 def test_http_docs_example_runs(recorder, monkeypatch):
     url, seen = recorder
     text = (ROOT / "docs" / "http.md").read_text(encoding="utf-8")
-    section = text[text.index("## Headers, query parameters"):]
+    section = text[text.index("## Headers, query parameters") :]
     block = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     monkeypatch.setenv("OPENAI_BASE_URL", url)
     monkeypatch.delenv("MAAS_TUNE_BASE_URL", raising=False)
@@ -323,16 +377,18 @@ def test_predict_paces_as_fit_did_unless_told_otherwise(det, tmp_path):
     """--rate-limit and --max-concurrency are kept with the fitted provider (issue 18)."""
     from maas_tune.cli.provider import apply_record
 
-    decoder = _fit(tmp_path, "--base-url", det.base_url, "--rate-limit", "3000/min",
-                   "--max-concurrency", "32")
+    decoder = _fit(
+        tmp_path, "--base-url", det.base_url, "--rate-limit", "3000/min", "--max-concurrency", "32"
+    )
     meta = json.loads((decoder / "decoder.json").read_text())["metadata"]
     assert meta["provider_config"]["rate_limit_per_minute"] == 3000.0
     assert meta["provider_config"]["max_concurrency"] == 32
     args = build_parser().parse_args(["predict", "--decoder", "d", "--input", "i"])
     apply_record(args, meta)
     assert args.rate_limit.requests_per_minute == 3000.0 and args.max_concurrency == 32
-    args = build_parser().parse_args(["predict", "--decoder", "d", "--input", "i",
-                                      "--rate-limit", "10/s"])
+    args = build_parser().parse_args(
+        ["predict", "--decoder", "d", "--input", "i", "--rate-limit", "10/s"]
+    )
     apply_record(args, meta)
     assert args.rate_limit.requests_per_minute == 600.0  # a flag given wins
     assert _predict(tmp_path, decoder) == 0

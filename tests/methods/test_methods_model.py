@@ -24,7 +24,7 @@ from maas_tune.storage.cache import ScoreCache
 
 pytestmark = pytest.mark.model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _data(name: str, shots: int, n_test: int):

@@ -68,8 +68,10 @@ def test_batcher_scores_a_gathered_batch_in_length_sorted_passes():
 
     def score(prompts, token_ids):
         calls.append(list(prompts))
-        return [ProviderAnswer(np.asarray([float(len(p))], dtype=np.float32), None, len(p))
-                for p in prompts]
+        return [
+            ProviderAnswer(np.asarray([float(len(p))], dtype=np.float32), None, len(p))
+            for p in prompts
+        ]
 
     prompts = ["long " * 12, "s", "long " * 13, "t", "long " * 11, "u"]
 
@@ -99,8 +101,9 @@ def test_packed_batcher_takes_the_oldest_prompts_that_fit_the_token_cap():
         return [ProviderAnswer(np.zeros(1, dtype=np.float32), None, 1) for _ in prompts]
 
     async def main():
-        batcher = ScoreBatcher(score, max_batch_size=16, max_wait_ms=20, max_pass_size=3,
-                               max_pass_tokens=10)
+        batcher = ScoreBatcher(
+            score, max_batch_size=16, max_wait_ms=20, max_pass_size=3, max_pass_tokens=10
+        )
         sizes = {"a": 4, "b": 4, "c": 4, "d": 1, "e": 9}
         await asyncio.gather(*(batcher.submit([p], [1], [n]) for p, n in sizes.items()))
         await batcher.aclose()

@@ -22,17 +22,21 @@ from maas_tune.providers.chat_format import ChatFormat
 from maas_tune.storage.budget import QueryBudget
 from maas_tune.task import Task
 
-from ._servers import serve_in_thread
+from .._servers import serve_in_thread
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "gemma-3-270m"
 CAP = 5
 CHAT = "/v1/chat/completions"
 #: Request timeout against the loopback server: the test machine may be loaded, and a
 #: timed-out request is retried, which the server would count twice.
 PATIENT_S = 600.0
-TEXTS = ["a gorgeous, witty, seductive movie.", "dull and lifeless", "the plot is a mess.",
-         "a delight from start to finish."]
+TEXTS = [
+    "a gorgeous, witty, seductive movie.",
+    "dull and lifeless",
+    "the plot is a mess.",
+    "a delight from start to finish.",
+]
 
 
 def task_with(*words: str) -> Task:
@@ -74,8 +78,9 @@ def top_k(url: str, task: Task, text: str) -> dict[str, float]:
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=PATIENT_S)
     messages = ChatFormat().messages(task.render({"text": text}), task.label_words)
-    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1,
-                                         temperature=0, logprobs=True, top_logprobs=CAP)
+    out = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=1, temperature=0, logprobs=True, top_logprobs=CAP
+    )
     return {t.token: t.logprob for t in out.choices[0].logprobs.content[0].top_logprobs}
 
 
@@ -84,8 +89,12 @@ def expected_logprobs(gemma, task: Task, ids: list[int]) -> np.ndarray:
     from maas_tune.server.chat_schemas import ChatMessage
 
     prompts = [
-        plain_template([ChatMessage(**m) for m in
-                        ChatFormat().messages(task.render({"text": t}), task.label_words)])
+        plain_template(
+            [
+                ChatMessage(**m)
+                for m in ChatFormat().messages(task.render({"text": t}), task.label_words)
+            ]
+        )
         for t in TEXTS
     ]
     return np.stack([a.logprobs for a in gemma.score(prompts, ids)])  # (n, t)
@@ -155,9 +164,27 @@ def test_dect_through_chat_from_the_cli_then_offline(served, capsys, tmp_path, m
 
     url, hits = served
     monkeypatch.setitem(OpenAIChatProvider.__init__.__kwdefaults__, "timeout", PATIENT_S)
-    argv = ["eval", "--dataset", "sst2", "--shots", "2", "--seed", "0", "--test-limit", "6",
-            "--method", "dect", "--api", "chat", "--base-url", url, "--quiet", "--json",
-            "--cache", str(tmp_path / "c.sqlite")]
+    argv = [
+        "eval",
+        "--dataset",
+        "sst2",
+        "--shots",
+        "2",
+        "--seed",
+        "0",
+        "--test-limit",
+        "6",
+        "--method",
+        "dect",
+        "--api",
+        "chat",
+        "--base-url",
+        url,
+        "--quiet",
+        "--json",
+        "--cache",
+        str(tmp_path / "c.sqlite"),
+    ]
     before = hits[CHAT]
     assert main(argv) == 0
     online = json.loads(capsys.readouterr().out)
@@ -179,8 +206,8 @@ def test_docs_example_runs(served, tmp_path, monkeypatch):
     text = (ROOT / "docs" / "chat.md").read_text(encoding="utf-8")
     block = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
     namespace: dict[str, Any] = {}
-    exec(compile(block.replace("http://127.0.0.1:8000/v1", url), "docs/chat.md", "exec"),
-         namespace)
+    code = compile(block.replace("http://127.0.0.1:8000/v1", url), "docs/chat.md", "exec")
+    exec(code, namespace)  # noqa: S102 - the page's example, run as written
     assert namespace["provider"].strategy == "force"
     assert namespace["scores"].label_logprobs.shape == (2, 2)
 
@@ -194,8 +221,9 @@ UNSHOWN = -6.0  # the model's log-prob of every word outside TOP
 class FakeChat:
     """A chat-completions API (httpx.MockTransport handler) without a tokenizer endpoint."""
 
-    def __init__(self, faults: list[httpx.Response] | None = None, model: str = "m",
-                 biased: bool = False) -> None:
+    def __init__(
+        self, faults: list[httpx.Response] | None = None, model: str = "m", biased: bool = False
+    ) -> None:
         self.faults, self.model, self.biased = list(faults or []), model, biased
         self.requests: list[dict[str, Any]] = []
 
@@ -210,19 +238,35 @@ class FakeChat:
         word = next((w for w, i in VOCAB.items() if str(i) in bias), "Positive")
         top = [{"token": t, "logprob": v, "bytes": None} for t, v in TOP.items()]
         value = -1e-5 if bias and self.biased else TOP.get(word, UNSHOWN)
-        first = {"token": word, "logprob": value, "bytes": None,
-                 "top_logprobs": top[: body["top_logprobs"]]}
-        choice = {"index": 0, "message": {"role": "assistant", "content": word},
-                  "logprobs": {"content": [first]}, "finish_reason": "length"}
-        return httpx.Response(200, json={"id": "x", "object": "chat.completion",
-                                         "model": self.model, "choices": [choice],
-                                         "usage": {"prompt_tokens": 7, "total_tokens": 8}})
+        first = {
+            "token": word,
+            "logprob": value,
+            "bytes": None,
+            "top_logprobs": top[: body["top_logprobs"]],
+        }
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": word},
+            "logprobs": {"content": [first]},
+            "finish_reason": "length",
+        }
+        return httpx.Response(
+            200,
+            json={
+                "id": "x",
+                "object": "chat.completion",
+                "model": self.model,
+                "choices": [choice],
+                "usage": {"prompt_tokens": 7, "total_tokens": 8},
+            },
+        )
 
 
 def fake(server: FakeChat, **kwargs: Any) -> OpenAIChatProvider:
     kwargs.setdefault("sleep", lambda s: None)
-    return OpenAIChatProvider("http://fake.test/v1", "m", api_key="k",
-                              transport=httpx.MockTransport(server), **kwargs)
+    return OpenAIChatProvider(
+        "http://fake.test/v1", "m", api_key="k", transport=httpx.MockTransport(server), **kwargs
+    )
 
 
 def test_force_without_a_known_tokenizer_is_a_clear_error():
@@ -262,8 +306,9 @@ def test_a_given_tokenizer_enables_exact_forcing():
     forced = server.requests[-1]
     assert forced["logit_bias"] == {str(VOCAB["Negative"]): 100}
     assert (forced["max_tokens"], forced["temperature"], forced["top_logprobs"]) == (1, 0, 5)
-    assert forced["messages"][1]["content"].startswith("Classify the text. Answer with one "
-                                                       "word: Negative, Positive.")
+    assert forced["messages"][1]["content"].startswith(
+        "Classify the text. Answer with one word: Negative, Positive."
+    )
     with pytest.raises(TaskError, match="'very good' is 2 tokens"):
         provider.label_token_ids(["very good", "Positive"])
 
@@ -296,13 +341,27 @@ def test_429_is_retried_after_retry_after():
 @pytest.mark.parametrize(
     ("reply", "match"),
     [
-        ({"choices": [{"index": 0, "message": {"content": "I"}, "logprobs": None}]},
-         "carries no 'logprobs.content'"),
-        ({"choices": [{"logprobs": {"content": [{"token": "I", "top_logprobs": "x"}]}}]},
-         "no 'top_logprobs'"),
+        (
+            {"choices": [{"index": 0, "message": {"content": "I"}, "logprobs": None}]},
+            "carries no 'logprobs.content'",
+        ),
+        (
+            {"choices": [{"logprobs": {"content": [{"token": "I", "top_logprobs": "x"}]}}]},
+            "no 'top_logprobs'",
+        ),
         ({"model": "gpt-4o", "choices": []}, "answered for model 'gpt-4o'"),
-        ({"choices": [{"logprobs": {"content": [{"top_logprobs": [
-            {"token": "I", "logprob": "high"}]}]}}]}, "field of the wrong type"),
+        (
+            {
+                "choices": [
+                    {
+                        "logprobs": {
+                            "content": [{"top_logprobs": [{"token": "I", "logprob": "high"}]}]
+                        }
+                    }
+                ]
+            },
+            "field of the wrong type",
+        ),
     ],
 )
 def test_malformed_replies_are_response_errors(reply, match):

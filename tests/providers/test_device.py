@@ -32,10 +32,16 @@ PROMPTS = [
 
 def test_documented_spellings_are_accepted():
     assert [check_device(d) for d in ("auto", "CPU", "cuda", " cuda:1 ")] == [
-        "auto", "cpu", "cuda", "cuda:1"
+        "auto",
+        "cpu",
+        "cuda",
+        "cuda:1",
     ]
     assert [check_dtype(d) for d in ("auto", "float32", "BFloat16", "float16")] == [
-        "auto", "float32", "bfloat16", "float16"
+        "auto",
+        "float32",
+        "bfloat16",
+        "float16",
     ]
 
 
@@ -78,14 +84,28 @@ def test_cuda_without_a_gpu_is_one_clear_error():
     ("argv", "needle"),
     [
         (["eval", "--dataset", "sst2", "--device", "gpu"], "--device gpu is not a device"),
-        (["fit", "--dataset", "sst2", "--out", "x", "--dtype", "half"],
-         "--dtype half is not a dtype; give auto, float32, bfloat16 or float16"),
-        (["eval", "--dataset", "sst2", "--device", "cpu", "--dtype", "float16"],
-         "--dtype float16 is a GPU dtype (slow and lossy on CPU); on CPU give float32 or bfloat16"),
+        (
+            ["fit", "--dataset", "sst2", "--out", "x", "--dtype", "half"],
+            "--dtype half is not a dtype; give auto, float32, bfloat16 or float16",
+        ),
+        (
+            ["eval", "--dataset", "sst2", "--device", "cpu", "--dtype", "float16"],
+            "--dtype float16 is a GPU dtype (slow and lossy on CPU); on CPU give float32 or bfloat16",
+        ),
         (["serve", "--device", "tpu"], "--device tpu is not a device"),
         (["serve", "--dtype", "int8"], "--dtype int8 is not a dtype"),
-        (["eval", "--dataset", "sst2", "--base-url", "http://127.0.0.1:9/v1", "--dtype",
-          "bfloat16"], "--device and --dtype place the local model; drop them with --base-url"),
+        (
+            [
+                "eval",
+                "--dataset",
+                "sst2",
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+                "--dtype",
+                "bfloat16",
+            ],
+            "--device and --dtype place the local model; drop them with --base-url",
+        ),
     ],
 )
 def test_the_cli_names_the_flag_in_one_line_and_exits_1(argv, needle, capsys, tmp_path):

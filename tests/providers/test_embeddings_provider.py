@@ -23,8 +23,8 @@ from maas_tune.providers.with_embeddings import WithEmbeddings
 from maas_tune.storage.budget import QueryBudget
 from maas_tune.storage.cache import ScoreCache
 
-from ._servers import serve_in_thread
-from .fakes import FakeProvider
+from .._servers import serve_in_thread
+from ..fakes import FakeProvider
 
 KEY = "sk-test-SECRETKEY123456"
 BASE = "http://fake.test/v1"
@@ -339,11 +339,12 @@ def test_with_embeddings_scores_without_blocking_the_event_loop():
     score, and nothing else ran until it returned)."""
     import asyncio
 
-    from ._det_server import DetServer
+    from .._det_server import DetServer
 
     with DetServer(latency=0.3) as det:
-        scorer = OpenAICompletionsProvider(det.base_url, "det", strategy="top_logprobs",
-                                           api_key=KEY)
+        scorer = OpenAICompletionsProvider(
+            det.base_url, "det", strategy="top_logprobs", api_key=KEY
+        )
         provider = WithEmbeddings(scorer, _embedder(FakeEmbeddings()))
         ticks: list[int] = []
 

@@ -139,9 +139,11 @@ def test_custom_key_shape_is_scrubbed_via_the_request_header() -> None:
 
 
 def test_key_in_query_string_is_not_shown() -> None:
-    with make_client(fail_with(404, {"error": {"message": "no such model"}})) as client:
-        with pytest.raises(ProviderStatusError) as info:
-            request_json(client, "GET", f"/models?key={KEY}")
+    with (
+        make_client(fail_with(404, {"error": {"message": "no such model"}})) as client,
+        pytest.raises(ProviderStatusError) as info,
+    ):
+        request_json(client, "GET", f"/models?key={KEY}")
     assert_no_key(info.value)
     assert "/v1/models" in str(info.value) and "base URL" in str(info.value)
 
@@ -208,8 +210,12 @@ def test_status_error_factory_directly() -> None:
 
 @pytest.mark.parametrize(
     ("exc_type", "sent"),
-    [(httpx.ReadTimeout, True), (httpx.WriteTimeout, True), (httpx.ConnectTimeout, False),
-     (httpx.PoolTimeout, False)],
+    [
+        (httpx.ReadTimeout, True),
+        (httpx.WriteTimeout, True),
+        (httpx.ConnectTimeout, False),
+        (httpx.PoolTimeout, False),
+    ],
 )
 def test_timeouts(exc_type: type[httpx.TransportError], sent: bool) -> None:
     err = catch(raise_(exc_type, "timed out"), ProviderTimeoutError)
@@ -237,8 +243,10 @@ def test_transport_error_text_is_redacted() -> None:
 
 
 def test_non_http_scheme_is_a_configuration_error() -> None:
-    err = catch(raise_(httpx.UnsupportedProtocol, "Request URL has an unsupported protocol"),
-                ConfigurationError)
+    err = catch(
+        raise_(httpx.UnsupportedProtocol, "Request URL has an unsupported protocol"),
+        ConfigurationError,
+    )
     assert "http:// or https://" in str(err)
     assert not is_retryable(err)
 

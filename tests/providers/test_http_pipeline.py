@@ -15,7 +15,7 @@ from maas_tune.cli import commands as _cli_commands
 from maas_tune.cli import main
 from maas_tune.providers.openai import OpenAICompletionsProvider
 
-from ._servers import free_port, serve_in_thread, wait_until_up
+from .._servers import free_port, serve_in_thread, wait_until_up
 
 pytestmark = pytest.mark.model
 

@@ -14,6 +14,7 @@ from maas_tune.providers.local import ContextLengthExceeded
 def test_a_prompt_past_the_context_is_refused_before_the_forward_pass(gemma: Any) -> None:
     limit = gemma.context_length
     assert limit == 32_768
+
     def no_forward(*_: Any) -> None:  # past the context, a pass costs GBs and minutes
         raise AssertionError("a forward pass started")
 

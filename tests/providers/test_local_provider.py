@@ -52,7 +52,10 @@ def test_pack_runs_respects_prompt_and_token_caps():
     from maas_tune.providers.packing import pack_runs
 
     assert pack_runs([10, 10, 10, 700, 5, 5], max_prompts=2, max_tokens=25) == [
-        [0, 1], [2], [3], [4, 5]
+        [0, 1],
+        [2],
+        [3],
+        [4, 5],
     ]
     assert pack_runs([], max_prompts=4, max_tokens=10) == []
 

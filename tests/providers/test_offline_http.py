@@ -10,7 +10,7 @@ from maas_tune.errors import OfflineCacheMiss
 from maas_tune.providers._probe import clear_probe_cache
 from maas_tune.providers.openai import OpenAICompletionsProvider
 
-from ._servers import serve_in_thread
+from .._servers import serve_in_thread
 
 pytestmark = pytest.mark.model
 

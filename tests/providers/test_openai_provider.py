@@ -22,14 +22,22 @@ from maas_tune.errors import (
 from maas_tune.providers._probe import clear_probe_cache
 from maas_tune.providers.openai import OpenAICompletionsProvider
 
-from ._servers import serve_in_thread
+from .._servers import serve_in_thread
 
 KEY = "sk-test-SECRETKEY123456"
 BASE = "http://fake.test/v1"
 WORDS = ["positive", "negative"]
 # The fake model's next-token distribution (unnormalised weights, made log-probs below).
-_WEIGHTS = {" the": 8.0, " a": 4.0, " positive": 3.0, " it": 2.0, " very": 1.5, " so": 1.0,
-            " negative": 0.25, " ok": 0.25}
+_WEIGHTS = {
+    " the": 8.0,
+    " a": 4.0,
+    " positive": 3.0,
+    " it": 2.0,
+    " very": 1.5,
+    " so": 1.0,
+    " negative": 0.25,
+    " ok": 0.25,
+}
 NEXT = {tok: math.log(w / sum(_WEIGHTS.values())) for tok, w in _WEIGHTS.items()}
 
 
@@ -102,16 +110,24 @@ class FakeServer:
             forced = int(next(iter(body["logit_bias"])))
             token = next(t for t, i in self.vocab.items() if i == forced)
             value = -1e-5 if self.biased else NEXT.get(token, -12.0)
-        return {"tokens": [token], "token_logprobs": [value], "top_logprobs": [top],
-                "text_offset": [len(body["prompt"])]}
+        return {
+            "tokens": [token],
+            "token_logprobs": [value],
+            "top_logprobs": [top],
+            "text_offset": [len(body["prompt"])],
+        }
 
     def echoed(self, prompt: str) -> dict[str, Any]:
         # The fake splits an echoed prompt at its last word: "<context>" + " <word>".
         cut = prompt.rstrip().rfind(" ")
         head, word = prompt[:cut], prompt[cut:]
         values = [None, NEXT.get(word, -9.0), -1.0]
-        return {"tokens": [head, word, " the"], "token_logprobs": values,
-                "top_logprobs": None, "text_offset": [0, cut, len(prompt)]}
+        return {
+            "tokens": [head, word, " the"],
+            "token_logprobs": values,
+            "top_logprobs": None,
+            "text_offset": [0, cut, len(prompt)],
+        }
 
 
 @pytest.fixture(autouse=True)
@@ -124,8 +140,9 @@ def _fresh_probe_cache():
 def make(server: FakeServer, **kwargs: Any) -> OpenAICompletionsProvider:
     kwargs.setdefault("api_key", KEY)
     kwargs.setdefault("sleep", lambda s: None)
-    return OpenAICompletionsProvider(BASE, "fake-model", transport=httpx.MockTransport(server),
-                                     **kwargs)
+    return OpenAICompletionsProvider(
+        BASE, "fake-model", transport=httpx.MockTransport(server), **kwargs
+    )
 
 
 def completions(server: FakeServer) -> list[dict[str, Any]]:
@@ -201,8 +218,10 @@ def test_echo_sums_the_word_tokens_after_the_prompt():
     np.testing.assert_allclose(answer.logprobs, [NEXT[" positive"], NEXT[" negative"]], atol=1e-6)
     assert answer.queries == 2 == provider.max_queries_per_prompt(2)
     sent = completions(server)
-    assert [r["prompt"] for r in sent] == ["Review: fine. Sentiment: positive",
-                                          "Review: fine. Sentiment: negative"]
+    assert [r["prompt"] for r in sent] == [
+        "Review: fine. Sentiment: positive",
+        "Review: fine. Sentiment: negative",
+    ]
     assert all(r["echo"] is True and r["max_tokens"] == 1 and r["logprobs"] == 0 for r in sent)
 
 
@@ -239,8 +258,9 @@ def test_auto_picks_the_cheapest_exact_plan(flags, expected, missing):
     assert (provider.strategy, plan.missing) == (expected, missing) and plan.reason
     assert provider.probe_result.requests == provider.probe_requests <= 4
     # Every plan is exact, so the cache identity names what answers hold, not the strategy.
-    assert provider.fingerprint()["reading"] == ("exact+hidden" if expected == "extension"
-                                                 else "exact")
+    assert provider.fingerprint()["reading"] == (
+        "exact+hidden" if expected == "extension" else "exact"
+    )
 
 
 @pytest.mark.parametrize(
@@ -333,8 +353,9 @@ def test_api_key_is_sent_but_never_shown(monkeypatch, caplog):
     monkeypatch.setenv("MAAS_TUNE_API_KEY", KEY)
     echoing = httpx.Response(401, json={"error": {"message": f"bad key Bearer {KEY}"}})
     server = FakeServer(faults=[echoing])
-    provider = OpenAICompletionsProvider(BASE, "m", strategy="extension",
-                                         transport=httpx.MockTransport(server))
+    provider = OpenAICompletionsProvider(
+        BASE, "m", strategy="extension", transport=httpx.MockTransport(server)
+    )
     caplog.set_level(logging.DEBUG)
     with pytest.raises(ProviderStatusError) as info:
         provider.score(["x:"], [10])

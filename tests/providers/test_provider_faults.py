@@ -40,7 +40,7 @@ from maas_tune.storage.budget import QueryBudget
 from maas_tune.storage.cache import ScoreCache
 from maas_tune.task import Task
 
-from ._fault_server import (
+from .._fault_server import (
     Action,
     FaultServer,
     drop_field,
@@ -107,18 +107,26 @@ def make_rig(server: FaultServer, tmp_path, request) -> Iterator[RigFactory]:
     kind = Client if request.param == "sync" else AsyncClient
     opened: list[tuple[OpenAICompletionsProvider, ScoreCache, QueryBudget]] = []
 
-    def make(strategy: str = "extension", *, timeout: float = 10.0, real_sleep: bool = False) -> Rig:
+    def make(
+        strategy: str = "extension", *, timeout: float = 10.0, real_sleep: bool = False
+    ) -> Rig:
         slept: list[float] = []
         provider = OpenAICompletionsProvider(
-            server.base_url, MODEL, api_key="sk-test-faults", strategy=strategy,
-            max_concurrency=1, timeout=timeout, max_retries=MAX_RETRIES,
+            server.base_url,
+            MODEL,
+            api_key="sk-test-faults",
+            strategy=strategy,
+            max_concurrency=1,
+            timeout=timeout,
+            max_retries=MAX_RETRIES,
             sleep=time.sleep if real_sleep else slept.append,
         )
         db = tmp_path / "store.sqlite"
         cache, budget = ScoreCache(db), QueryBudget("faults", max_queries=1000, store=db)
         opened.append((provider, cache, budget))
-        return Rig(server, kind(provider, cache=cache, budget=budget, progress=False),
-                   cache, budget, slept)
+        return Rig(
+            server, kind(provider, cache=cache, budget=budget, progress=False), cache, budget, slept
+        )
 
     yield make
     for provider, cache, budget in opened:
@@ -178,8 +186,9 @@ def _http_date(seconds_ahead: float) -> str:
         # An HTTP date has whole seconds: 3 s ahead is a wait in (2, 3], less the time taken.
         pytest.param(lambda: {"Retry-After": _http_date(3)}, 1.0, 3.0, id="http-date"),
         pytest.param(lambda: {"retry-after-ms": "150"}, 0.15, 0.15, id="milliseconds"),
-        pytest.param(lambda: {"Retry-After": "3600"}, MAX_RETRY_AFTER_S, MAX_RETRY_AFTER_S,
-                     id="capped"),
+        pytest.param(
+            lambda: {"Retry-After": "3600"}, MAX_RETRY_AFTER_S, MAX_RETRY_AFTER_S, id="capped"
+        ),
         pytest.param(dict, 0.75 * INITIAL_RETRY_DELAY_S, INITIAL_RETRY_DELAY_S, id="absent"),
     ],
 )
@@ -244,10 +253,18 @@ def test_persistent_5xx_ends_in_one_error_and_charges_nothing(make_rig: RigFacto
 TRANSPORT_FAULTS = [
     pytest.param(stall(STALL_S), ProviderTimeoutError, "ReadTimeout", id="timeout"),
     pytest.param(stall_mid_body(STALL_S), ProviderTimeoutError, "ReadTimeout", id="stall-mid-body"),
-    pytest.param(reset(), ProviderConnectionError, "broke before.*(ReadError|RemoteProtocolError)",
-                 id="reset"),
-    pytest.param(truncated(), ProviderConnectionError,
-                 "broke before.*RemoteProtocolError: peer closed connection", id="truncated-body"),
+    pytest.param(
+        reset(),
+        ProviderConnectionError,
+        "broke before.*(ReadError|RemoteProtocolError)",
+        id="reset",
+    ),
+    pytest.param(
+        truncated(),
+        ProviderConnectionError,
+        "broke before.*RemoteProtocolError: peer closed connection",
+        id="truncated-body",
+    ),
 ]
 
 
@@ -302,50 +319,117 @@ RESPONSE_FAULTS = [
     pytest.param("extension", [malformed()], "not valid JSON", id="malformed-json"),
     pytest.param("extension", [malformed(b"")], "not valid JSON.*empty body", id="empty-body"),
     pytest.param("extension", [malformed(b"[1, 2]")], "JSON list, not an object", id="json-list"),
-    pytest.param("extension", [ok(drop_field("choices"))], "no 'choices' list",
-                 id="missing-choices"),
-    pytest.param("extension", [ok(drop_field(EXT))], "ignored the 'maas_tune' request extension",
-                 id="missing-extension"),
-    pytest.param("extension", [ok(set_field(f"{EXT}.label_logprobs", [-1.0]))],
-                 "1 label logprobs for 2 label tokens", id="too-few-logprobs"),
-    pytest.param("extension", [ok(set_field(f"{EXT}.label_logprobs", ["high", "low"]))],
-                 "wrong type.*could not convert", id="logprobs-wrong-type"),
-    pytest.param("extension", [ok(set_field(f"{EXT}.prompt_tokens", "many"))],
-                 "wrong type.*'many'", id="prompt-tokens-wrong-type"),
-    pytest.param("extension", [ok(set_field(f"{EXT}.prompt_tokens", -3))],
-                 "prompt_tokens=-3", id="negative-prompt-tokens"),
-    pytest.param("extension", [ok(set_field(f"{EXT}.hidden", 12345))], "not valid base64",
-                 id="hidden-wrong-type"),
-    pytest.param("extension", [ok(set_field(f"{EXT}.label_logprobs", [math.nan, -1.0]))],
-                 r"\[nan, -1\.0\].*NaN", id="nan-logprob"),
-    pytest.param("extension", [ok(set_field(f"{EXT}.label_logprobs", [-math.inf, -1.0]))],
-                 r"\[-inf, -1\.0\].*top-k/top-p", id="-inf-logprob"),
-    pytest.param("extension", [ok(set_field(f"{EXT}.label_logprobs", [0.5, -1.0]))],
-                 r"\[0\.5, -1\.0\]", id="positive-logprob"),
-    pytest.param("extension", [ok(set_field(f"{EXT}.hidden", NAN_HIDDEN))],
-                 "hidden state holds 4 NaN", id="nan-hidden"),
-    pytest.param("extension", [ok(set_field("model", "other-model"))],
-                 "model 'other-model', not the 'fake-model'", id="wrong-model"),
-    pytest.param("top_logprobs", [ok(drop_field("choices.0.logprobs"))], "no 'logprobs'",
-                 id="missing-logprobs"),
-    pytest.param("top_logprobs",
-                 [ok(set_field("choices.0.logprobs.top_logprobs.0. positive", "high"))],
-                 "wrong type.*'high'", id="top-logprob-wrong-type"),
-    pytest.param("top_logprobs",
-                 [ok(set_field("choices.0.logprobs.top_logprobs.0. positive", math.nan))],
-                 "NaN", id="nan-top-logprob"),
-    pytest.param("top_logprobs",
-                 [ok(set_field("choices.0.logprobs.top_logprobs.0. negative", -math.inf))],
-                 "-inf", id="-inf-top-logprob"),
-    pytest.param("top_logprobs",
-                 [ok(top_without(" negative")), ok(set_field("choices.0.logprobs.tokens", [" a"]))],
-                 "did not force label word 'negative'", id="logit-bias-ignored"),
-    pytest.param("top_logprobs",
-                 [ok(top_without(" negative")),
-                  ok(set_field("choices.0.logprobs.token_logprobs", [-1e-5]))],
-                 "after logit_bias", id="logprob-reported-after-bias"),
-    pytest.param("top_logprobs", [ok(set_field("model", "gpt-other"))],
-                 "model 'gpt-other', not the 'fake-model'", id="wrong-model-top-logprobs"),
+    pytest.param(
+        "extension", [ok(drop_field("choices"))], "no 'choices' list", id="missing-choices"
+    ),
+    pytest.param(
+        "extension",
+        [ok(drop_field(EXT))],
+        "ignored the 'maas_tune' request extension",
+        id="missing-extension",
+    ),
+    pytest.param(
+        "extension",
+        [ok(set_field(f"{EXT}.label_logprobs", [-1.0]))],
+        "1 label logprobs for 2 label tokens",
+        id="too-few-logprobs",
+    ),
+    pytest.param(
+        "extension",
+        [ok(set_field(f"{EXT}.label_logprobs", ["high", "low"]))],
+        "wrong type.*could not convert",
+        id="logprobs-wrong-type",
+    ),
+    pytest.param(
+        "extension",
+        [ok(set_field(f"{EXT}.prompt_tokens", "many"))],
+        "wrong type.*'many'",
+        id="prompt-tokens-wrong-type",
+    ),
+    pytest.param(
+        "extension",
+        [ok(set_field(f"{EXT}.prompt_tokens", -3))],
+        "prompt_tokens=-3",
+        id="negative-prompt-tokens",
+    ),
+    pytest.param(
+        "extension",
+        [ok(set_field(f"{EXT}.hidden", 12345))],
+        "not valid base64",
+        id="hidden-wrong-type",
+    ),
+    pytest.param(
+        "extension",
+        [ok(set_field(f"{EXT}.label_logprobs", [math.nan, -1.0]))],
+        r"\[nan, -1\.0\].*NaN",
+        id="nan-logprob",
+    ),
+    pytest.param(
+        "extension",
+        [ok(set_field(f"{EXT}.label_logprobs", [-math.inf, -1.0]))],
+        r"\[-inf, -1\.0\].*top-k/top-p",
+        id="-inf-logprob",
+    ),
+    pytest.param(
+        "extension",
+        [ok(set_field(f"{EXT}.label_logprobs", [0.5, -1.0]))],
+        r"\[0\.5, -1\.0\]",
+        id="positive-logprob",
+    ),
+    pytest.param(
+        "extension",
+        [ok(set_field(f"{EXT}.hidden", NAN_HIDDEN))],
+        "hidden state holds 4 NaN",
+        id="nan-hidden",
+    ),
+    pytest.param(
+        "extension",
+        [ok(set_field("model", "other-model"))],
+        "model 'other-model', not the 'fake-model'",
+        id="wrong-model",
+    ),
+    pytest.param(
+        "top_logprobs",
+        [ok(drop_field("choices.0.logprobs"))],
+        "no 'logprobs'",
+        id="missing-logprobs",
+    ),
+    pytest.param(
+        "top_logprobs",
+        [ok(set_field("choices.0.logprobs.top_logprobs.0. positive", "high"))],
+        "wrong type.*'high'",
+        id="top-logprob-wrong-type",
+    ),
+    pytest.param(
+        "top_logprobs",
+        [ok(set_field("choices.0.logprobs.top_logprobs.0. positive", math.nan))],
+        "NaN",
+        id="nan-top-logprob",
+    ),
+    pytest.param(
+        "top_logprobs",
+        [ok(set_field("choices.0.logprobs.top_logprobs.0. negative", -math.inf))],
+        "-inf",
+        id="-inf-top-logprob",
+    ),
+    pytest.param(
+        "top_logprobs",
+        [ok(top_without(" negative")), ok(set_field("choices.0.logprobs.tokens", [" a"]))],
+        "did not force label word 'negative'",
+        id="logit-bias-ignored",
+    ),
+    pytest.param(
+        "top_logprobs",
+        [ok(top_without(" negative")), ok(set_field("choices.0.logprobs.token_logprobs", [-1e-5]))],
+        "after logit_bias",
+        id="logprob-reported-after-bias",
+    ),
+    pytest.param(
+        "top_logprobs",
+        [ok(set_field("model", "gpt-other"))],
+        "model 'gpt-other', not the 'fake-model'",
+        id="wrong-model-top-logprobs",
+    ),
 ]
 
 

@@ -25,7 +25,9 @@ from tests._det_server import DetServer
 from tests._fault_server import FaultServer, status
 from tests._ray_cluster import local_ray_cluster
 
-TASK = Task("sent", "Review: {text} Sentiment:", {"positive": ["positive"], "negative": ["negative"]})
+TASK = Task(
+    "sent", "Review: {text} Sentiment:", {"positive": ["positive"], "negative": ["negative"]}
+)
 
 
 @pytest.fixture(scope="session")
@@ -144,8 +146,9 @@ def test_the_shared_bucket_actor_books_and_pauses_like_the_bucket():
 # -- local limiter ------------------------------------------------------------------------
 def test_local_limiter_sleeps_for_the_booked_wait():
     clock = FakeClock()
-    limiter = LocalRateLimiter(RateLimit(requests_per_minute=60, burst_seconds=2), clock=clock,
-                               sleep=clock.sleep)
+    limiter = LocalRateLimiter(
+        RateLimit(requests_per_minute=60, burst_seconds=2), clock=clock, sleep=clock.sleep
+    )
     for _ in range(4):
         limiter.acquire()
     assert clock.now == pytest.approx(2.0)  # 2 in the burst, then 1/s
@@ -170,9 +173,15 @@ def test_local_limiter_is_shared_safely_by_threads():
 
 # -- token estimate -----------------------------------------------------------------------
 def test_token_estimate_counts_prompt_messages_input_and_max_tokens():
-    assert estimate_request_tokens({"prompt": "x" * 30, "max_tokens": 1}) == 30 // CHARS_PER_TOKEN + 2
-    chat = {"messages": [{"role": "user", "content": "a" * 9},
-                         {"role": "user", "content": [{"type": "text", "text": "b" * 3}]}]}
+    assert (
+        estimate_request_tokens({"prompt": "x" * 30, "max_tokens": 1}) == 30 // CHARS_PER_TOKEN + 2
+    )
+    chat = {
+        "messages": [
+            {"role": "user", "content": "a" * 9},
+            {"role": "user", "content": [{"type": "text", "text": "b" * 3}]},
+        ]
+    }
     assert estimate_request_tokens(chat) == 12 // CHARS_PER_TOKEN + 1
     assert estimate_request_tokens({"input": ["abc", "def"]}) == 3
 
@@ -192,8 +201,9 @@ def test_a_429_pauses_the_limiter_for_the_retry_after_delay():
     limiter, slept = RecordingLimiter(), []
     with FaultServer() as server:
         server.script(status(429, headers={"Retry-After": "0.25"}))
-        provider = OpenAICompletionsProvider(server.base_url, "m", strategy="top_logprobs",
-                                             rate_limit=limiter, sleep=slept.append)
+        provider = OpenAICompletionsProvider(
+            server.base_url, "m", strategy="top_logprobs", rate_limit=limiter, sleep=slept.append
+        )
         provider._session.post("completions", {"model": "m", "prompt": "hi", "logprobs": 5})
     assert limiter.penalties == [0.25]
     assert len(limiter.acquired) == 2  # the retry waits its turn too
@@ -203,7 +213,10 @@ def test_a_429_pauses_the_limiter_for_the_retry_after_delay():
 def test_local_rate_limit_caps_the_rate_the_server_sees():
     with DetServer(tokenizer=False) as server:
         provider = OpenAICompletionsProvider(  # the label words are always in its top-5
-            server.base_url, "det", strategy="top_logprobs", max_concurrency=8,
+            server.base_url,
+            "det",
+            strategy="top_logprobs",
+            max_concurrency=8,
             rate_limit=RateLimit(requests_per_minute=1200),  # 20/s, burst 20
         )
         ids = provider.label_token_ids(["positive", "negative"])
@@ -221,9 +234,13 @@ def test_shared_limiter_caps_the_rate_of_two_ray_workers(ray_cluster, tmp_path):
     rows = [{"text": f"shared limiter sample {i}"} for i in range(120)]
     with DetServer(latency=0.002, tokenizer=False) as server:
         scored = score(
-            ray_cluster.data.from_items(rows), TASK,
+            ray_cluster.data.from_items(rows),
+            TASK,
             ProviderConfig(server.base_url, "det", strategy="top_logprobs"),
-            str(tmp_path / "store.sqlite"), BudgetSpec("rate"), num_workers=2, batch_size=30,
+            str(tmp_path / "store.sqlite"),
+            BudgetSpec("rate"),
+            num_workers=2,
+            batch_size=30,
             rate_limit=RateLimit(requests_per_minute=1200),  # 20/s, burst 20
         ).take_all()
         arrivals = list(server.arrivals)

@@ -235,8 +235,9 @@ def test_backoff_grows_and_caps_across_attempts() -> None:
     script = Script(status(503))
     slept: list[float] = []
     policy = RetryPolicy(max_retries=6, sleep=slept.append, rng=random.Random(1))
-    with httpx.Client(transport=httpx.MockTransport(script)) as client, pytest.raises(
-        ProviderStatusError
+    with (
+        httpx.Client(transport=httpx.MockTransport(script)) as client,
+        pytest.raises(ProviderStatusError),
     ):
         policy.call(lambda: request_json(client, "GET", "https://api.example.test/v1/models"))
     assert script.requests == 7 and len(slept) == 6

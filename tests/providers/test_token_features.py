@@ -23,8 +23,8 @@ from maas_tune.storage.migrations import STEPS
 from maas_tune.storage.url import backend_of, sqlite_path
 from maas_tune.task import Task
 
-from .conftest import REAL_MODEL
-from .fakes import FakeProvider
+from ..conftest import REAL_MODEL
+from ..fakes import FakeProvider
 
 TASK = Task(
     name="toy",

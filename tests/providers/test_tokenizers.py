@@ -15,8 +15,9 @@ def byte_encoding(monkeypatch):
     """A real tiktoken Encoding (byte-level ranks, no download) under the name 'toy'."""
     tiktoken = pytest.importorskip("tiktoken")
     ranks = {bytes([i]): i for i in range(256)} | {b" positive": 256}
-    toy = tiktoken.Encoding("toy", pat_str=r"\s?\S+|\s+", mergeable_ranks=ranks,
-                            special_tokens={"<|endoftext|>": 300})
+    toy = tiktoken.Encoding(
+        "toy", pat_str=r"\s?\S+|\s+", mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 300}
+    )
     real = tiktoken.get_encoding
 
     def get_encoding(name: str):
@@ -45,8 +46,10 @@ def test_a_hugging_face_directory_and_the_embedded_tokenizer(gemma):
     directory = resolve_model(DEFAULT_MODEL_NAME).directory
     for spec in (str(directory), "embedded"):
         encode = load_tokenizer(spec)
-        assert list(encode(" positive")) == gemma.tokenizer(" positive",
-                                                            add_special_tokens=False)["input_ids"]
+        assert (
+            list(encode(" positive"))
+            == gemma.tokenizer(" positive", add_special_tokens=False)["input_ids"]
+        )
 
 
 @pytest.mark.parametrize("spec", ["", "nowhere/at/all", "tiktok:x"])

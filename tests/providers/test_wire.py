@@ -67,7 +67,11 @@ class RawServer:
 def ok(body: bytes = b'{"ok": true}', extra: bytes = b"") -> Reply:
     return lambda _request: (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-        + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body
+        + str(len(body)).encode()
+        + b"\r\n"
+        + extra
+        + b"\r\n"
+        + body
     )
 
 
@@ -94,9 +98,11 @@ def test_keep_alive_reuses_one_connection_and_sends_the_body():
 
 
 def test_chunked_and_close_delimited_bodies_and_interim_answers():
-    chunked = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-               b"4\r\n{\"a\"\r\n5;ext=1\r\n: 12}\r\n0\r\nTrailer: x\r\n\r\n")
-    delimited = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"b\": 3}"
+    chunked = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'4\r\n{"a"\r\n5;ext=1\r\n: 12}\r\n0\r\nTrailer: x\r\n\r\n'
+    )
+    delimited = b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"b": 3}'
 
     async def go() -> None:
         for raw, want in ((chunked, {"a": 12}), (delimited, {"b": 3})):
@@ -136,7 +142,8 @@ def test_the_pool_bounds_connections_per_origin():
         server = RawServer(ok())
         async with server as url, httpx.AsyncClient(transport=WireTransport(2)) as client:
             answers = await asyncio.gather(
-                *(client.post(url + "/v1/x", json={"i": i}) for i in range(8)))
+                *(client.post(url + "/v1/x", json={"i": i}) for i in range(8))
+            )
         assert all(a.status_code == 200 for a in answers)
         assert server.most_open <= 2 and len(server.requests) == 8
 
@@ -147,11 +154,17 @@ def test_the_pool_bounds_connections_per_origin():
     ("answer", "error", "match"),
     [
         (None, httpx.RemoteProtocolError, "without sending a response"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"cut", httpx.RemoteProtocolError,
-         "peer closed connection without sending complete message body"),
+        (
+            b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"cut',
+            httpx.RemoteProtocolError,
+            "peer closed connection without sending complete message body",
+        ),
         (b"SMTP ready\r\n\r\n", httpx.RemoteProtocolError, "not an HTTP/1.x answer"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", httpx.RemoteProtocolError,
-         "malformed number"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            httpx.RemoteProtocolError,
+            "malformed number",
+        ),
     ],
     ids=["closed-before-answer", "cut-body", "not-http", "bad-length"],
 )
@@ -193,9 +206,12 @@ def test_the_direct_sender_sends_what_the_client_would():
         server = RawServer(ok())
         async with server as url:
             wire = WireTransport(2)
-            async with httpx.AsyncClient(base_url=url + "/v1/", transport=wire,
-                                         headers={"Authorization": "Bearer k"},
-                                         params={"api-version": "2"}) as client:
+            async with httpx.AsyncClient(
+                base_url=url + "/v1/",
+                transport=wire,
+                headers={"Authorization": "Bearer k"},
+                params={"api-version": "2"},
+            ) as client:
                 direct = DirectSender(client, wire)
                 for i in range(2):
                     answer = await direct.send("POST", "completions", json={"i": i})
@@ -224,8 +240,7 @@ def test_a_dribbled_answer_is_cut_off_at_the_deadline_not_when_it_ends():
         server = await asyncio.start_server(dribble, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         with pytest.raises(httpx.ReadTimeout, match="whole answer took longer than 3 x"):
-            await post(f"http://127.0.0.1:{port}", WireTransport(1, deadline_factor=3),
-                       timeout=0.2)
+            await post(f"http://127.0.0.1:{port}", WireTransport(1, deadline_factor=3), timeout=0.2)
         assert len(dribbled) < 100  # cut off mid-dribble, not when the body was complete
         server.close()
 

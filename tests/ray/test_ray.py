@@ -30,13 +30,17 @@ from tests._ray_cluster import local_ray_cluster
 
 pytestmark = pytest.mark.slow
 
-TASK = Task("sent", "Review: {text} Sentiment:", {"positive": ["positive"], "negative": ["negative"]})
+TASK = Task(
+    "sent", "Review: {text} Sentiment:", {"positive": ["positive"], "negative": ["negative"]}
+)
 
 
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray cluster, shared by the modules that need one."""
     yield from local_ray_cluster()
+
+
 N_ROWS = 300
 
 
@@ -60,12 +64,14 @@ def ray_api(ray_cluster):
 def _score(api, ray, server, store, rows, budget, **kwargs):
     dataset = ray.data.from_items(rows)
     config = api.ProviderConfig(server.base_url, "det")
-    return api.score(dataset, TASK, config, str(store), budget, num_workers=2, batch_size=50,
-                     **kwargs).take_all()
+    return api.score(
+        dataset, TASK, config, str(store), budget, num_workers=2, batch_size=50, **kwargs
+    ).take_all()
 
 
-def test_every_sample_is_scored_and_sent_once_then_rerun_is_free(ray_api, ray_cluster, server,
-                                                                 tmp_path):
+def test_every_sample_is_scored_and_sent_once_then_rerun_is_free(
+    ray_api, ray_cluster, server, tmp_path
+):
     store, rows = tmp_path / "store.sqlite", _rows(N_ROWS)
     before = server.received
     out = sorted(_score(ray_api, ray_cluster, server, store, rows, "first"), key=lambda r: r["row"])
@@ -84,14 +90,18 @@ def test_every_sample_is_scored_and_sent_once_then_rerun_is_free(ray_api, ray_cl
     assert all(r["cache_hit"] for r in again)
 
     # The same numbers as one process with its own client (and a fresh cache).
-    local = Client(OpenAICompletionsProvider(server.base_url, "det"),
-                   cache=ScoreCache(tmp_path / "local.sqlite"), progress=False)
+    local = Client(
+        OpenAICompletionsProvider(server.base_url, "det"),
+        cache=ScoreCache(tmp_path / "local.sqlite"),
+        progress=False,
+    )
     expected = local.score(TASK, [r["text"] for r in rows]).label_logprobs
     np.testing.assert_allclose(np.stack([r["label_logprobs"] for r in out]), expected, rtol=1e-6)
 
 
-def test_a_budget_smaller_than_the_dataset_is_never_overshot(ray_api, ray_cluster, server,
-                                                             tmp_path):
+def test_a_budget_smaller_than_the_dataset_is_never_overshot(
+    ray_api, ray_cluster, server, tmp_path
+):
     store, limit = tmp_path / "store.sqlite", 100
     rows = _rows(N_ROWS, prefix="budgeted")
     before = server.received
@@ -108,27 +118,40 @@ def test_a_budget_smaller_than_the_dataset_is_never_overshot(ray_api, ray_cluste
     assert np.isnan(lp[~scored]).all() and np.isfinite(lp[scored]).all()
 
 
-def test_predictions_match_a_single_process_client_and_decoder(ray_api, ray_cluster, server,
-                                                               tmp_path):
+def test_predictions_match_a_single_process_client_and_decoder(
+    ray_api, ray_cluster, server, tmp_path
+):
     store = tmp_path / "store.sqlite"
     train = _rows(40, prefix="train")
     labels = ["positive" if len(r["text"]) % 3 else "negative" for r in train]  # type: ignore[arg-type]
-    client = Client(OpenAICompletionsProvider(server.base_url, "det"),
-                    cache=ScoreCache(store), progress=False)
+    client = Client(
+        OpenAICompletionsProvider(server.base_url, "det"), cache=ScoreCache(store), progress=False
+    )
     decoder = ScoreLogisticRegression().fit(client.score(TASK, [r["text"] for r in train]), labels)
     save_decoder(decoder, tmp_path / "decoder")
 
     rows = _rows(200, prefix="predict")
     dataset = ray_cluster.data.from_items(rows)
-    out = ray_api.predict(dataset, TASK, ray_api.ProviderConfig(server.base_url, "det"),
-                          str(store), None, tmp_path / "decoder", num_workers=2,
-                          batch_size=50).take_all()
+    out = ray_api.predict(
+        dataset,
+        TASK,
+        ray_api.ProviderConfig(server.base_url, "det"),
+        str(store),
+        None,
+        tmp_path / "decoder",
+        num_workers=2,
+        batch_size=50,
+    ).take_all()
     out.sort(key=lambda r: r["row"])
     local = client.score(TASK, [r["text"] for r in rows])  # all cache hits now
     assert local.cache_hit.all()
     assert [r["prediction"] for r in out] == decoder.predict(local).tolist()
-    np.testing.assert_allclose(np.stack([r["probabilities"] for r in out]),
-                               decoder.predict_proba(local), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack([r["probabilities"] for r in out]),
+        decoder.predict_proba(local),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def _kill_one_scoring_actor(
@@ -143,8 +166,11 @@ def _kill_one_scoring_actor(
         deadline = time.monotonic() + 120
         while server.received < after and time.monotonic() < deadline:
             time.sleep(0.01)
-        pids = [a["Pid"] for a in state.actors().values()
-                if a["State"] == "ALIVE" and "MapWorker" in str(a.get("ActorClassName"))]
+        pids = [
+            a["Pid"]
+            for a in state.actors().values()
+            if a["State"] == "ALIVE" and "MapWorker" in str(a.get("ActorClassName"))
+        ]
         if pids:
             ports = client_ports(pids[0])  # its connections to the server, requests in flight
             os.kill(pids[0], signal.SIGKILL)
@@ -160,10 +186,18 @@ def test_a_killed_worker_is_replaced_and_the_result_is_complete_within_the_cap(
     limit = n + chunk * 4  # room for the reservations in flight and the dead worker's
     rows, killed = _rows(n, prefix="killed"), []
     with DetServer(latency=0.02, tokenizer=True, hold_after=n // 4) as server:
-        threading.Thread(target=_kill_one_scoring_actor, args=(server, n // 4, killed),
-                         daemon=True).start()
-        out = _score(ray_api, ray_cluster, server, store, rows,
-                     ray_api.BudgetSpec("killed", limit), chunk_size=chunk)
+        threading.Thread(
+            target=_kill_one_scoring_actor, args=(server, n // 4, killed), daemon=True
+        ).start()
+        out = _score(
+            ray_api,
+            ray_cluster,
+            server,
+            store,
+            rows,
+            ray_api.BudgetSpec("killed", limit),
+            chunk_size=chunk,
+        )
         sent = [server.per_prompt[TASK.render({"text": r["text"]})] for r in rows]
         resent_by_port = server.duplicates_by_first_port()
         probes = server.per_prompt.get(PROBE_PROMPT, 0)  # capability probes, charged too

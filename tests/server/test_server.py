@@ -13,7 +13,7 @@ uvicorn = pytest.importorskip("uvicorn", reason="needs the 'server' extra")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from ._servers import serve_in_thread
+from .._servers import serve_in_thread
 
 pytestmark = pytest.mark.model
 
@@ -63,8 +63,9 @@ def test_health_models_and_version_header(base_url, client):
 
 
 def test_completion_with_logprobs(client):
-    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0,
-                                    logprobs=5)
+    out = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0, logprobs=5
+    )
     choice = out.choices[0]
     assert out.object == "text_completion" and out.model == MODEL
     assert choice.finish_reason in {"length", "stop"}
@@ -76,8 +77,7 @@ def test_completion_with_logprobs(client):
 
 
 def test_echo_without_generation(client, engine):
-    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=0, echo=True,
-                                    logprobs=2)
+    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=0, echo=True, logprobs=2)
     lp = out.choices[0].logprobs
     assert out.choices[0].text == PROMPT
     assert len(lp.tokens) == len(engine.tokenize(PROMPT)) == out.usage.prompt_tokens - 1
@@ -87,8 +87,9 @@ def test_echo_without_generation(client, engine):
 
 
 def test_list_of_prompts(client):
-    out = client.completions.create(model=MODEL, prompt=["1, 2, 3,", "a, b, c,"], max_tokens=2,
-                                    temperature=0)
+    out = client.completions.create(
+        model=MODEL, prompt=["1, 2, 3,", "a, b, c,"], max_tokens=2, temperature=0
+    )
     assert [c.index for c in out.choices] == [0, 1]
     assert out.usage.completion_tokens == 4
 
@@ -102,14 +103,19 @@ def test_errors_in_openai_shape(client, base_url):
     response = httpx.post(f"{base_url}/v1/completions", json={"model": MODEL, "prompt": 3})
     assert response.status_code == 400
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
-    too_long = httpx.post(f"{base_url}/v1/completions",
-                          json={"model": MODEL, "prompt": "hi", "max_tokens": 10**6})
+    too_long = httpx.post(
+        f"{base_url}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 10**6}
+    )
     assert too_long.json()["error"]["code"] == "context_length_exceeded"
 
 
 def _extension(base_url, prompt, label_ids, hidden=True):
-    body = {"model": MODEL, "prompt": prompt, "max_tokens": 0,
-            "maas_tune": {"label_token_ids": label_ids, "return_hidden": hidden}}
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": 0,
+        "maas_tune": {"label_token_ids": label_ids, "return_hidden": hidden},
+    }
     response = httpx.post(f"{base_url}/v1/completions", json=body, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()["choices"][0]
@@ -128,16 +134,24 @@ def test_extension_matches_provider_score(base_url, gemma, label_ids):
 def test_top_logprobs_unchanged_by_logit_bias(client, gemma, engine, label_ids):
     expected = gemma.score([FEW_SHOT], label_ids)[0].logprobs
     forced = engine.tokenize(" maybe")[0]
-    plain = client.completions.create(model=MODEL, prompt=FEW_SHOT, max_tokens=1, temperature=0,
-                                      logprobs=20)
-    biased = client.completions.create(model=MODEL, prompt=FEW_SHOT, max_tokens=1, temperature=0,
-                                       logprobs=20, logit_bias={str(forced): 100})
+    plain = client.completions.create(
+        model=MODEL, prompt=FEW_SHOT, max_tokens=1, temperature=0, logprobs=20
+    )
+    biased = client.completions.create(
+        model=MODEL,
+        prompt=FEW_SHOT,
+        max_tokens=1,
+        temperature=0,
+        logprobs=20,
+        logit_bias={str(forced): 100},
+    )
     for out in (plain, biased):
         top = out.choices[0].logprobs.top_logprobs[0]
         np.testing.assert_allclose([top[" positive"], top[" negative"]], expected, atol=1e-3)
     assert biased.choices[0].text == " maybe"
     assert biased.choices[0].logprobs.top_logprobs[0] == pytest.approx(
-        plain.choices[0].logprobs.top_logprobs[0], abs=1e-4)
+        plain.choices[0].logprobs.top_logprobs[0], abs=1e-4
+    )
 
 
 def test_tokenize_and_embeddings(base_url, client, engine, gemma):
@@ -145,13 +159,16 @@ def test_tokenize_and_embeddings(base_url, client, engine, gemma):
     assert response.json() == {"tokens": engine.tokenize(" positive")}
     emb = client.embeddings.create(model=MODEL, input=[PROMPT, "N/A"])
     assert [len(d.embedding) for d in emb.data] == [640, 640]
-    np.testing.assert_allclose(emb.data[0].embedding, gemma.score([PROMPT], [])[0].hidden,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        emb.data[0].embedding, gemma.score([PROMPT], [])[0].hidden, atol=1e-4
+    )
 
 
 def test_concurrent_extension_requests_are_batched(app, base_url, gemma, label_ids):
-    prompts = [f"Review: movie number {i} was {'great' if i % 2 else 'awful'}.\nSentiment:"
-               for i in range(8)]
+    prompts = [
+        f"Review: movie number {i} was {'great' if i % 2 else 'awful'}.\nSentiment:"
+        for i in range(8)
+    ]
     before = len(app.state.batcher.batch_sizes)
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda p: _extension(base_url, p, label_ids, False), prompts))
@@ -177,13 +194,18 @@ def test_api_key_required(engine):
 
 
 def test_stop_string_and_seeded_sampling(client):
-    out = client.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=8,
-                                    temperature=0, stop=[" 7"], logprobs=0)
+    out = client.completions.create(
+        model=MODEL, prompt="1, 2, 3, 4,", max_tokens=8, temperature=0, stop=[" 7"], logprobs=0
+    )
     choice = out.choices[0]
     assert choice.finish_reason == "stop" and " 7" not in choice.text
     assert "".join(choice.logprobs.tokens) == choice.text
-    texts = {client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0.8,
-                                       seed=7).choices[0].text for _ in range(2)}
+    texts = {
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0.8, seed=7)
+        .choices[0]
+        .text
+        for _ in range(2)
+    }
     assert len(texts) == 1
 
 
@@ -193,10 +215,14 @@ def test_unknown_route_and_full_queue(engine, base_url, label_ids):
     missing = httpx.get(f"{base_url}/v1/nope")
     assert missing.status_code == 404 and "error" in missing.json()
     with serve_in_thread(create_app(engine, max_queue=1)) as url:
-        body = {"model": MODEL, "prompt": ["a", "b"], "max_tokens": 0,
-                "maas_tune": {"label_token_ids": label_ids}}
+        body = {
+            "model": MODEL,
+            "prompt": ["a", "b"],
+            "max_tokens": 0,
+            "maas_tune": {"label_token_ids": label_ids},
+        }
         # more prompts than the queue ever holds: a 400, since retrying cannot help
-        # (a full queue's 429: tests/test_server_hardening.py, the flood tests)
+        # (a full queue's 429: tests/server/test_server_hardening.py, the flood tests)
         full = httpx.post(f"{url}/v1/completions", json=body)
         assert full.status_code == 400 and "retry-after" not in full.headers
         assert full.json()["error"]["code"] == "too_many_prompts"
@@ -212,8 +238,10 @@ def test_batcher_scores_union_of_label_ids_in_request_order():
 
     def score(prompts, token_ids):
         calls.append((list(prompts), list(token_ids)))
-        return [ProviderAnswer(np.asarray(token_ids, dtype=np.float32) + i, None, 1)
-                for i in range(len(prompts))]
+        return [
+            ProviderAnswer(np.asarray(token_ids, dtype=np.float32) + i, None, 1)
+            for i in range(len(prompts))
+        ]
 
     async def main():
         batcher = ScoreBatcher(score, max_batch_size=8, max_wait_ms=20)

@@ -24,8 +24,8 @@ from maas_tune.cli import build_parser
 from maas_tune.server import LOOPBACK_HOSTS, create_app, served_hosts
 from maas_tune.server.engine import ECHO_CHUNK_POSITIONS, Engine
 
-from ._fake_engine import MODEL, FakeEngine
-from ._servers import serve_in_thread
+from .._fake_engine import MODEL, FakeEngine
+from .._servers import serve_in_thread
 
 #: Hang guard (seconds) for waits that end at once when the code is right.
 GUARD_S = 30
@@ -34,8 +34,12 @@ EOS_IDS = (1, 106)  # Gemma 3's <eos> and <end_of_turn>
 
 def post_json(url: str, body: dict[str, Any], timeout: float = GUARD_S) -> httpx.Response:
     """POST ``body`` as JSON with non-ASCII escaped (a lone surrogate stays a valid escape)."""
-    return httpx.post(url, content=json.dumps(body).encode(), timeout=timeout,
-                      headers={"content-type": "application/json"})
+    return httpx.post(
+        url,
+        content=json.dumps(body).encode(),
+        timeout=timeout,
+        headers={"content-type": "application/json"},
+    )
 
 
 @pytest.fixture()
@@ -57,8 +61,10 @@ def test_echo_logprobs_go_through_the_lm_head_a_chunk_at_a_time(gemma: Any) -> N
     hook = head.register_forward_hook(lambda _m, inp, _o: rows.append(inp[0].numel() // 640))
     with serve_in_thread(create_app(engine)) as url:
         try:
-            answer = post_json(f"{url}/v1/completions", {"model": MODEL, "prompt": prompt,
-                               "max_tokens": 0, "echo": True, "logprobs": 2})
+            answer = post_json(
+                f"{url}/v1/completions",
+                {"model": MODEL, "prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 2},
+            )
         finally:
             hook.remove()
     assert answer.status_code == 200, answer.text
@@ -77,12 +83,23 @@ def test_a_request_past_the_server_token_limit_is_a_400_naming_the_flag(gemma: A
     engine = Engine(gemma, MODEL, max_context_tokens=32)
     with serve_in_thread(create_app(engine)) as url:
         long = " the" * 40
-        echo = post_json(f"{url}/v1/completions", {"model": MODEL, "prompt": long,
-                         "max_tokens": 0, "echo": True, "logprobs": 0})
-        score = post_json(f"{url}/v1/completions", {"model": MODEL, "prompt": long,
-                          "max_tokens": 0, "maas_tune": {"label_token_ids": [1]}})
-        fits = post_json(f"{url}/v1/completions", {"model": MODEL, "prompt": " the" * 20,
-                         "max_tokens": 0, "echo": True, "logprobs": 0})
+        echo = post_json(
+            f"{url}/v1/completions",
+            {"model": MODEL, "prompt": long, "max_tokens": 0, "echo": True, "logprobs": 0},
+        )
+        score = post_json(
+            f"{url}/v1/completions",
+            {
+                "model": MODEL,
+                "prompt": long,
+                "max_tokens": 0,
+                "maas_tune": {"label_token_ids": [1]},
+            },
+        )
+        fits = post_json(
+            f"{url}/v1/completions",
+            {"model": MODEL, "prompt": " the" * 20, "max_tokens": 0, "echo": True, "logprobs": 0},
+        )
     for refused in (echo, score):
         assert refused.status_code == 400, refused.text
         error = refused.json()["error"]
@@ -92,12 +109,17 @@ def test_a_request_past_the_server_token_limit_is_a_400_naming_the_flag(gemma: A
 
 
 # -- 2. time: a cap on generated tokens, and scoring between generated tokens ----------
-@pytest.mark.parametrize(("route", "body"), [
-    ("/v1/completions", {"prompt": "hi", "max_tokens": 9}),
-    ("/v1/completions", {"prompt": ["a", "b"], "max_tokens": 5}),  # 10 in all
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
-                              "max_tokens": 9}),
-])
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 9}),
+        ("/v1/completions", {"prompt": ["a", "b"], "max_tokens": 5}),  # 10 in all
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 9},
+        ),
+    ],
+)
 def test_generating_more_than_the_cap_is_a_400_naming_the_flag(
     fake_url: str, route: str, body: dict[str, Any]
 ) -> None:
@@ -109,12 +131,14 @@ def test_generating_more_than_the_cap_is_a_400_naming_the_flag(
 
 
 def test_the_cap_allows_up_to_it_and_bounds_the_chat_default(fake_url: str) -> None:
-    one = post_json(f"{fake_url}/v1/completions", {"model": MODEL, "prompt": "hi",
-                                                   "max_tokens": 8})
-    two = post_json(f"{fake_url}/v1/completions", {"model": MODEL, "prompt": ["a", "b"],
-                                                   "max_tokens": 4})
-    chat = post_json(f"{fake_url}/v1/chat/completions",
-                     {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    one = post_json(f"{fake_url}/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 8})
+    two = post_json(
+        f"{fake_url}/v1/completions", {"model": MODEL, "prompt": ["a", "b"], "max_tokens": 4}
+    )
+    chat = post_json(
+        f"{fake_url}/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert [r.status_code for r in (one, two, chat)] == [200, 200, 200]
     assert one.json()["usage"]["completion_tokens"] == 8
     assert chat.json()["usage"]["completion_tokens"] == 8  # default 256, capped at 8
@@ -130,13 +154,24 @@ def test_scoring_runs_between_the_tokens_of_a_long_generation(gemma: Any) -> Non
             two_steps.set()
 
     hook = gemma.model.model.register_forward_pre_hook(record, with_kwargs=True)
-    generate = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 40,
-                "temperature": 0, "logit_bias": {str(i): -100 for i in EOS_IDS}}
-    score = {"model": MODEL, "prompt": "Review: great film. Sentiment:", "max_tokens": 0,
-             "maas_tune": {"label_token_ids": [1, 2]}}
+    generate = {
+        "model": MODEL,
+        "prompt": "Once upon a time",
+        "max_tokens": 40,
+        "temperature": 0,
+        "logit_bias": {str(i): -100 for i in EOS_IDS},
+    }
+    score = {
+        "model": MODEL,
+        "prompt": "Review: great film. Sentiment:",
+        "max_tokens": 0,
+        "maas_tune": {"label_token_ids": [1, 2]},
+    }
     try:
-        with serve_in_thread(create_app(Engine(gemma, MODEL), max_wait_ms=0)) as url, \
-                ThreadPoolExecutor(1) as pool:
+        with (
+            serve_in_thread(create_app(Engine(gemma, MODEL), max_wait_ms=0)) as url,
+            ThreadPoolExecutor(1) as pool,
+        ):
             generation = pool.submit(post_json, f"{url}/v1/completions", generate, 120)
             assert two_steps.wait(GUARD_S)  # the generation holds the model, token by token
             scored = post_json(f"{url}/v1/completions", score, 120)
@@ -167,13 +202,18 @@ class BlockingTokenizer(FakeEngine):
         return super().tokenize(text)
 
 
-@pytest.mark.parametrize(("route", "body"), [
-    ("/extras/tokenize", {"input": "BLOCK"}),
-    ("/v1/completions", {"prompt": "BLOCK", "max_tokens": 1}),
-    ("/v1/embeddings", {"input": ["BLOCK"]}),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "BLOCK"}],
-                              "max_tokens": 1}),
-])
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/extras/tokenize", {"input": "BLOCK"}),
+        ("/v1/completions", {"prompt": "BLOCK", "max_tokens": 1}),
+        ("/v1/embeddings", {"input": ["BLOCK"]}),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "BLOCK"}], "max_tokens": 1},
+        ),
+    ],
+)
 def test_health_is_answered_while_a_request_is_being_tokenized(
     route: str, body: dict[str, Any]
 ) -> None:
@@ -191,17 +231,26 @@ def test_health_is_answered_while_a_request_is_being_tokenized(
 
 
 # -- 4. lone surrogates: a 400 at validation, on every route ----------------------------
-@pytest.mark.parametrize(("route", "body", "param"), [
-    ("/v1/completions", {"prompt": "bad \ud800 text", "max_tokens": 1}, "prompt"),
-    ("/v1/completions", {"prompt": ["fine", "\udfff"], "max_tokens": 1}, "prompt.1"),
-    ("/v1/completions", {"prompt": "hi", "stop": "\ud800", "max_tokens": 1}, "stop"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]},
-     "messages.0.content"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "a\ud800"}]}]}, "messages.0.content.0.text"),
-    ("/extras/tokenize", {"input": "\ud800"}, "input"),
-    ("/v1/embeddings", {"input": ["\ud800"]}, "input.0"),
-])
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        ("/v1/completions", {"prompt": "bad \ud800 text", "max_tokens": 1}, "prompt"),
+        ("/v1/completions", {"prompt": ["fine", "\udfff"], "max_tokens": 1}, "prompt.1"),
+        ("/v1/completions", {"prompt": "hi", "stop": "\ud800", "max_tokens": 1}, "stop"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "\ud800"}]},
+            "messages.0.content",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "a\ud800"}]}]},
+            "messages.0.content.0.text",
+        ),
+        ("/extras/tokenize", {"input": "\ud800"}, "input"),
+        ("/v1/embeddings", {"input": ["\ud800"]}, "input.0"),
+    ],
+)
 def test_a_lone_surrogate_is_a_400_naming_the_field(
     fake_url: str, route: str, body: dict[str, Any], param: str
 ) -> None:
@@ -214,18 +263,30 @@ def test_a_lone_surrogate_is_a_400_naming_the_field(
 
 def test_a_lone_surrogate_never_reaches_the_real_tokenizer(gemma: Any) -> None:
     with serve_in_thread(create_app(Engine(gemma, MODEL))) as url:
-        answers = [post_json(f"{url}/extras/tokenize", {"input": "x\ud800"}),
-                   post_json(f"{url}/v1/completions", {"model": MODEL, "prompt": "\ud800",
-                             "max_tokens": 0, "maas_tune": {"label_token_ids": [1]}})]
+        answers = [
+            post_json(f"{url}/extras/tokenize", {"input": "x\ud800"}),
+            post_json(
+                f"{url}/v1/completions",
+                {
+                    "model": MODEL,
+                    "prompt": "\ud800",
+                    "max_tokens": 0,
+                    "maas_tune": {"label_token_ids": [1]},
+                },
+            ),
+        ]
     assert [a.status_code for a in answers] == [400, 400], [a.text for a in answers]
 
 
 # -- 5. more prompts than the queue holds: a 400, not a 429 -----------------------------
-@pytest.mark.parametrize(("route", "body"), [
-    ("/v1/completions", {"max_tokens": 0, "maas_tune": {"label_token_ids": [3]}}),
-    ("/v1/completions", {"max_tokens": 0, "echo": True, "logprobs": 0}),  # forward passes
-    ("/v1/embeddings", {}),
-])
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/completions", {"max_tokens": 0, "maas_tune": {"label_token_ids": [3]}}),
+        ("/v1/completions", {"max_tokens": 0, "echo": True, "logprobs": 0}),  # forward passes
+        ("/v1/embeddings", {}),
+    ],
+)
 def test_more_prompts_than_the_queue_holds_is_a_400(
     fake_url: str, route: str, body: dict[str, Any]
 ) -> None:
@@ -272,8 +333,10 @@ def test_trickled_headers_and_bodies_are_cut_off_at_the_read_timeout() -> None:
         with socket.create_connection(address) as body:
             for sock in headers:
                 sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            body.sendall(b"POST /extras/tokenize HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+            body.sendall(
+                b"POST /extras/tokenize HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            )
             answers = [_closed_while_trickling(s, b"X-Slow: 1\r\n") for s in headers]
             answered = _closed_while_trickling(body, b" ")
         for sock in headers:
@@ -305,20 +368,22 @@ def test_requests_past_the_connection_cap_get_503() -> None:
     assert again.status_code == 200
 
 
-@pytest.mark.parametrize(("allowed", "host", "status"), [
-    (None, "127.0.0.1:{port}", 200),
-    (None, "localhost:{port}", 200),
-    (None, "[::1]:{port}", 200),
-    (None, "LOCALHOST", 200),
-    (None, "evil.example:{port}", 421),
-    (None, "127.0.0.1.evil.example", 421),
-    (None, "", 421),
-    (["api.example"], "api.example:{port}", 200),
-    (["api.example"], "evil.example", 421),
-    (["*"], "anything.example", 200),
-])
-def test_the_host_header_must_be_allowed(allowed: list[str] | None, host: str,
-                                         status: int) -> None:
+@pytest.mark.parametrize(
+    ("allowed", "host", "status"),
+    [
+        (None, "127.0.0.1:{port}", 200),
+        (None, "localhost:{port}", 200),
+        (None, "[::1]:{port}", 200),
+        (None, "LOCALHOST", 200),
+        (None, "evil.example:{port}", 421),
+        (None, "127.0.0.1.evil.example", 421),
+        (None, "", 421),
+        (["api.example"], "api.example:{port}", 200),
+        (["api.example"], "evil.example", 421),
+        (["*"], "anything.example", 200),
+    ],
+)
+def test_the_host_header_must_be_allowed(allowed: list[str] | None, host: str, status: int) -> None:
     options = {} if allowed is None else {"allowed_hosts": [*LOOPBACK_HOSTS, *allowed]}
     with serve_in_thread(create_app(FakeEngine(), **options)) as url:
         header = host.format(port=_address(url)[1])
@@ -335,17 +400,48 @@ def test_serve_flags_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(server, "run", lambda *a, **kw: calls.append(kw))
-    assert main(["serve", "--allowed-host", "a.example", "--allowed-host", "b.example",
-                 "--max-generated-tokens", "64", "--max-context-tokens", "1024",
-                 "--read-timeout", "2.5", "--max-connections", "8"]) == 0
-    assert {k: calls[0][k] for k in ("allowed_hosts", "max_generated_tokens",
-                                     "max_context_tokens", "read_timeout_s",
-                                     "max_connections")} == {
-        "allowed_hosts": ["a.example", "b.example"], "max_generated_tokens": 64,
-        "max_context_tokens": 1024, "read_timeout_s": 2.5, "max_connections": 8}
+    assert (
+        main(
+            [
+                "serve",
+                "--allowed-host",
+                "a.example",
+                "--allowed-host",
+                "b.example",
+                "--max-generated-tokens",
+                "64",
+                "--max-context-tokens",
+                "1024",
+                "--read-timeout",
+                "2.5",
+                "--max-connections",
+                "8",
+            ]
+        )
+        == 0
+    )
+    assert {
+        k: calls[0][k]
+        for k in (
+            "allowed_hosts",
+            "max_generated_tokens",
+            "max_context_tokens",
+            "read_timeout_s",
+            "max_connections",
+        )
+    } == {
+        "allowed_hosts": ["a.example", "b.example"],
+        "max_generated_tokens": 64,
+        "max_context_tokens": 1024,
+        "read_timeout_s": 2.5,
+        "max_connections": 8,
+    }
     defaults = build_parser().parse_args(["serve"])
     assert (defaults.max_generated_tokens, defaults.max_context_tokens) == (256, 4096)
     # the bind address is an allowed Host when it names one address, not when a wildcard
     assert served_hosts("0.0.0.0", [], LOOPBACK_HOSTS) == LOOPBACK_HOSTS
     assert served_hosts("10.1.2.3", ["x.example"], LOOPBACK_HOSTS) == {
-        *LOOPBACK_HOSTS, "10.1.2.3", "x.example"}
+        *LOOPBACK_HOSTS,
+        "10.1.2.3",
+        "x.example",
+    }

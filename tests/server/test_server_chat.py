@@ -16,7 +16,7 @@ openai = pytest.importorskip("openai")
 from maas_tune.server._chat import plain_template, render_chat
 from maas_tune.server.chat_schemas import ChatMessage
 
-from ._servers import serve_in_thread
+from .._servers import serve_in_thread
 
 pytestmark = pytest.mark.model
 
@@ -24,8 +24,11 @@ MODEL = "gemma-3-270m"
 CAP = 5
 MESSAGES = [
     {"role": "system", "content": "You are a text classifier."},
-    {"role": "user", "content": "Answer with one word: negative, positive.\n\n"
-                                "Review: a wonderful, moving film.\nSentiment:"},
+    {
+        "role": "user",
+        "content": "Answer with one word: negative, positive.\n\n"
+        "Review: a wonderful, moving film.\nSentiment:",
+    },
 ]
 #: A template in the shape of Gemma's, whose text starts with the BOS token.
 GEMMA_LIKE_TEMPLATE = (
@@ -60,8 +63,9 @@ def _prompt() -> str:
 
 
 def test_official_client_parses_chat_logprobs(client, gemma):
-    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3,
-                                         temperature=0, logprobs=True, top_logprobs=CAP)
+    out = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=3, temperature=0, logprobs=True, top_logprobs=CAP
+    )
     choice = out.choices[0]
     assert out.object == "chat.completion" and out.model == MODEL and out.id.startswith("chatcmpl-")
     assert choice.message.role == "assistant" and choice.finish_reason in {"length", "stop"}
@@ -81,35 +85,45 @@ def test_official_client_parses_chat_logprobs(client, gemma):
 
 def test_logit_bias_forces_a_token_and_leaves_its_logprob_unbiased(client, gemma, engine):
     [forced] = engine.tokenize("zebra")
-    plain = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1,
-                                           temperature=0, logprobs=True, top_logprobs=CAP)
-    biased = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1,
-                                            temperature=0, logprobs=True, top_logprobs=CAP,
-                                            logit_bias={str(forced): 100})
+    plain = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=1, temperature=0, logprobs=True, top_logprobs=CAP
+    )
+    biased = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=1,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=CAP,
+        logit_bias={str(forced): 100},
+    )
     token = biased.choices[0].logprobs.content[0]
     assert biased.choices[0].message.content == token.token == "zebra"
     expected = float(gemma.score([_prompt()], [forced])[0].logprobs[0])
     assert token.logprob == pytest.approx(expected, abs=1e-3)
     assert token.logprob < plain.choices[0].logprobs.content[0].top_logprobs[-1].logprob
     top = [(t.token, t.logprob) for t in token.top_logprobs]
-    assert top == [(t.token, pytest.approx(t.logprob, abs=1e-4))
-                   for t in plain.choices[0].logprobs.content[0].top_logprobs]
+    assert top == [
+        (t.token, pytest.approx(t.logprob, abs=1e-4))
+        for t in plain.choices[0].logprobs.content[0].top_logprobs
+    ]
 
 
 def test_top_logprobs_cap_applies_to_chat_and_completions(client):
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1,
-                                       logprobs=True, top_logprobs=CAP + 1)
+        client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=1, logprobs=True, top_logprobs=CAP + 1
+        )
     assert info.value.body["param"] == "top_logprobs" and f"at most {CAP}" in info.value.message
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model=MODEL, prompt="The sky is", max_tokens=1,
-                                  logprobs=CAP + 1)
+        client.completions.create(model=MODEL, prompt="The sky is", max_tokens=1, logprobs=CAP + 1)
     assert info.value.body["param"] == "logprobs"
 
 
 def test_without_logprobs_the_reply_has_none(client):
-    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=2,
-                                         temperature=0)
+    out = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_completion_tokens=2, temperature=0
+    )
     assert out.choices[0].logprobs is None and out.usage.completion_tokens <= 2
 
 
@@ -139,11 +153,16 @@ def test_unknown_model_is_404(client):
 
 
 def test_content_parts_and_developer_role_are_accepted(client):
-    messages = [{"role": "developer", "content": "Be brief."},
-                {"role": "user", "content": [{"type": "text", "text": "Name a "},
-                                             {"type": "text", "text": "colour."}]}]
-    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1,
-                                         temperature=0)
+    messages = [
+        {"role": "developer", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Name a "}, {"type": "text", "text": "colour."}],
+        },
+    ]
+    out = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=1, temperature=0
+    )
     assert out.usage.completion_tokens == 1
 
 
@@ -156,10 +175,13 @@ def test_a_models_chat_template_is_used_without_a_second_bos(gemma):
     tokenizer = copy.deepcopy(gemma.tokenizer)
     tokenizer.chat_template = GEMMA_LIKE_TEMPLATE
     engine = SimpleNamespace(provider=SimpleNamespace(tokenizer=tokenizer))
-    text = render_chat(engine, [ChatMessage(role="developer", content="S"),
-                                ChatMessage(role="user", content="U")])
-    assert text == ("<start_of_turn>system\nS<end_of_turn>\n"
-                    "<start_of_turn>user\nU<end_of_turn>\n<start_of_turn>model\n")
+    text = render_chat(
+        engine, [ChatMessage(role="developer", content="S"), ChatMessage(role="user", content="U")]
+    )
+    assert text == (
+        "<start_of_turn>system\nS<end_of_turn>\n"
+        "<start_of_turn>user\nU<end_of_turn>\n<start_of_turn>model\n"
+    )
     tokenizer.chat_template = "{{ raise_exception('roles must alternate') }}"
     from maas_tune.server.schemas import APIError
 

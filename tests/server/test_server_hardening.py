@@ -37,9 +37,9 @@ from maas_tune.cli import build_parser
 from maas_tune.server import _middleware as middleware
 from maas_tune.server import create_app, run
 
-from ._fake_engine import MODEL, FakeEngine, expected_logprobs
-from ._figures import report
-from ._servers import serve_in_thread
+from .._fake_engine import MODEL, FakeEngine, expected_logprobs
+from .._figures import report
+from .._servers import serve_in_thread
 
 KEY = "sk-hardening-0123456789"
 LABEL_IDS = [11, 22]
@@ -50,8 +50,12 @@ FUZZ_EXAMPLES_REAL = 15
 
 
 def extension(prompt: str | list[str], ids: list[int] = LABEL_IDS) -> dict[str, Any]:
-    return {"model": MODEL, "prompt": prompt, "max_tokens": 0,
-            "maas_tune": {"label_token_ids": ids, "return_hidden": False}}
+    return {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": 0,
+        "maas_tune": {"label_token_ids": ids, "return_hidden": False},
+    }
 
 
 @pytest.fixture()
@@ -82,8 +86,15 @@ def test_the_api_key_is_compared_in_constant_time_and_never_echoed(
         return real(given, expected)
 
     monkeypatch.setattr(middleware.hmac, "compare_digest", spy)
-    wrong = ["", "Bearer", f"Bearer {KEY[:-1]}", f"Bearer {KEY}x", f"bearer {KEY}",
-             f"Bearer {KEY[:-1]}X", f"Basic {KEY}"]
+    wrong = [
+        "",
+        "Bearer",
+        f"Bearer {KEY[:-1]}",
+        f"Bearer {KEY}x",
+        f"bearer {KEY}",
+        f"Bearer {KEY[:-1]}X",
+        f"Basic {KEY}",
+    ]
     with serve_in_thread(create_app(engine, api_key=KEY)) as url:
         for header in wrong:
             denied = httpx.get(f"{url}/v1/models", headers={"Authorization": header})
@@ -106,8 +117,9 @@ def test_prompts_past_the_context_are_refused_before_any_work(url: str, engine: 
     error = batch.json()["error"]
     assert (error["code"], error["param"]) == ("context_length_exceeded", "prompt")
     assert f"context of {engine.context_length} tokens; shorten the prompt" in error["message"]
-    generate = httpx.post(f"{url}/v1/completions",
-                          json={"model": MODEL, "prompt": "hi", "max_tokens": 10**9})
+    generate = httpx.post(
+        f"{url}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 10**9}
+    )
     assert generate.json()["error"]["code"] == "context_length_exceeded"
     embed = httpx.post(f"{url}/v1/embeddings", json={"model": MODEL, "input": [long_prompt]})
     assert embed.json()["error"]["code"] == "context_length_exceeded"
@@ -132,8 +144,9 @@ def test_hostile_values_get_a_400_that_names_the_field(
 ) -> None:
     body = {"model": MODEL, "prompt": "hi", "max_tokens": 1, **change}
     content = json.dumps(body, allow_nan=True).encode()
-    response = httpx.post(f"{url}/v1/completions", content=content,
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{url}/v1/completions", content=content, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param or (param is None and "not valid JSON" in error["message"])
@@ -143,8 +156,11 @@ def test_hostile_values_get_a_400_that_names_the_field(
 async def _flood(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=len(bodies))
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        return list(await asyncio.gather(
-            *(client.post(f"{url}/v1/completions", json=body) for body in bodies)))
+        return list(
+            await asyncio.gather(
+                *(client.post(f"{url}/v1/completions", json=body) for body in bodies)
+            )
+        )
 
 
 @pytest.mark.parametrize("kind", ["scoring", "generation"])
@@ -155,8 +171,9 @@ def test_a_flood_gets_429s_not_a_crash_and_memory_stays_bounded(kind: str) -> No
     if kind == "scoring":
         bodies = [extension(f"flood {i}") for i in range(n_requests)]
     else:
-        bodies = [{"model": MODEL, "prompt": f"flood {i}", "max_tokens": 2}
-                  for i in range(n_requests)]
+        bodies = [
+            {"model": MODEL, "prompt": f"flood {i}", "max_tokens": 2} for i in range(n_requests)
+        ]
     batcher, peak, stop = app.state.batcher, [0], threading.Event()
 
     def watch() -> None:  # the prompts the server holds, waiting for the model
@@ -182,8 +199,14 @@ def test_a_flood_gets_429s_not_a_crash_and_memory_stays_bounded(kind: str) -> No
         assert refused.json()["error"]["type"] == "rate_limit_error"
     assert after.status_code == 200
     assert 0 < peak[0] <= max_queue, peak[0]
-    report(f"flood_{kind}_429", statuses[429], requests=n_requests, ok=statuses[200],
-           peak_waiting=peak[0], max_queue=max_queue)
+    report(
+        f"flood_{kind}_429",
+        statuses[429],
+        requests=n_requests,
+        ok=statuses[200],
+        peak_waiting=peak[0],
+        max_queue=max_queue,
+    )
 
 
 def test_a_client_that_hangs_up_does_not_break_the_batch_for_others() -> None:
@@ -216,14 +239,21 @@ def _hang_up_mid_body(url: str) -> None:
     """Promise a 1000-byte body, send 10 bytes of it, and close the connection."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-                     b'{"model": ')
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            b'{"model": '
+        )
 
 
 # -- fuzzing ---------------------------------------------------------------------------
-def _fuzz(url: str, max_examples: int, *, operations: tuple[str, ...] | None = None,
-          cap_generation: bool = False) -> Counter[int]:
+def _fuzz(
+    url: str,
+    max_examples: int,
+    *,
+    operations: tuple[str, ...] | None = None,
+    cap_generation: bool = False,
+) -> Counter[int]:
     """Run schemathesis against the server's own /openapi.json; return the status counts."""
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, given, settings
@@ -235,8 +265,13 @@ def _fuzz(url: str, max_examples: int, *, operations: tuple[str, ...] | None = N
     failures: list[str] = []
 
     @given(case=schema.as_strategy())
-    @settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def fuzz(case: Any) -> None:
         if isinstance(case.body, dict):
             # Most bodies name the served model, or nearly all would stop at a 404.
@@ -247,8 +282,10 @@ def _fuzz(url: str, max_examples: int, *, operations: tuple[str, ...] | None = N
         response = case.call(base_url=url, timeout=60)
         statuses[response.status_code] += 1
         if response.status_code >= 500:
-            failures.append(f"{case.method} {case.path} {case.body!r} -> "
-                            f"{response.status_code} {response.text[:200]}")
+            failures.append(
+                f"{case.method} {case.path} {case.body!r} -> "
+                f"{response.status_code} {response.text[:200]}"
+            )
 
     fuzz()
     assert failures == [], "\n".join(failures[:10])
@@ -257,9 +294,10 @@ def _fuzz(url: str, max_examples: int, *, operations: tuple[str, ...] | None = N
 
 def _cap(body: dict[str, Any]) -> None:
     """Keep one real-model request to a few short forward passes (CPU time, not coverage)."""
-    if "prompt" in body and (body.get("max_tokens") is None or (
-        isinstance(body["max_tokens"], int) and body["max_tokens"] > 2
-    )):
+    if "prompt" in body and (
+        body.get("max_tokens") is None
+        or (isinstance(body["max_tokens"], int) and body["max_tokens"] > 2)
+    ):
         body["max_tokens"] = 2  # unset means 16
     if isinstance(body.get("logprobs"), int) and body["logprobs"] > 5:
         body["logprobs"] = 5
@@ -273,8 +311,13 @@ def _cap(body: dict[str, Any]) -> None:
 def test_schemathesis_finds_no_5xx(url: str) -> None:
     statuses = _fuzz(url, FUZZ_EXAMPLES)
     server_errors = sum(n for code, n in statuses.items() if code >= 500)
-    report("schemathesis_5xx", server_errors, requests=sum(statuses.values()),
-           statuses=dict(sorted(statuses.items())), engine="fake")
+    report(
+        "schemathesis_5xx",
+        server_errors,
+        requests=sum(statuses.values()),
+        statuses=dict(sorted(statuses.items())),
+        engine="fake",
+    )
     assert server_errors == 0
     assert statuses[200] > 0 and sum(n for code, n in statuses.items() if code >= 400) > 0
 
@@ -285,9 +328,18 @@ def test_schemathesis_finds_no_5xx_with_the_real_model(gemma: Any) -> None:
     from maas_tune.server.engine import Engine
 
     with serve_in_thread(create_app(Engine(gemma, MODEL))) as url:
-        statuses = _fuzz(url, FUZZ_EXAMPLES_REAL, cap_generation=True,
-                         operations=("/v1/completions", "/v1/embeddings", "/extras/tokenize"))
+        statuses = _fuzz(
+            url,
+            FUZZ_EXAMPLES_REAL,
+            cap_generation=True,
+            operations=("/v1/completions", "/v1/embeddings", "/extras/tokenize"),
+        )
     server_errors = sum(n for code, n in statuses.items() if code >= 500)
-    report("schemathesis_5xx", server_errors, requests=sum(statuses.values()),
-           statuses=dict(sorted(statuses.items())), engine="gemma-3-270m")
+    report(
+        "schemathesis_5xx",
+        server_errors,
+        requests=sum(statuses.values()),
+        statuses=dict(sorted(statuses.items())),
+        engine="gemma-3-270m",
+    )
     assert server_errors == 0

@@ -16,15 +16,19 @@ pytest.importorskip("fastapi", reason="needs the 'server' extra")
 uvicorn = pytest.importorskip("uvicorn", reason="needs the 'server' extra")
 httpx = pytest.importorskip("httpx")
 
-from ._servers import free_port, serve_in_thread, wait_until_up
+from .._servers import free_port, serve_in_thread, wait_until_up
 
 MODEL = "gemma-3-270m"
 PROMPT = "Review: a wonderful, moving film.\nSentiment:"
 
 
 def _extension_body(label_ids):
-    return {"model": MODEL, "prompt": PROMPT, "max_tokens": 0,
-            "maas_tune": {"label_token_ids": label_ids, "return_hidden": False}}
+    return {
+        "model": MODEL,
+        "prompt": PROMPT,
+        "max_tokens": 0,
+        "maas_tune": {"label_token_ids": label_ids, "return_hidden": False},
+    }
 
 
 @pytest.mark.model
@@ -86,8 +90,9 @@ def test_bodies_over_the_limit_get_413_declared_or_streamed():
             for _ in range(20):
                 yield b" " * 100
 
-        streamed = httpx.post(f"{url}/v1/completions", content=chunks(),
-                              headers={"content-type": "application/json"})
+        streamed = httpx.post(
+            f"{url}/v1/completions", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert streamed.status_code == 413
         assert streamed.json()["error"]["code"] == "request_too_large"
         small = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "hi"})
@@ -107,8 +112,15 @@ def test_shutdown_lets_in_flight_requests_finish(gemma):
     thread.start()
     wait_until_up(f"http://127.0.0.1:{port}/health", timeout=30)
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(httpx.post, f"http://127.0.0.1:{port}/v1/completions",
-                               json=_extension_body(label_ids), timeout=60) for _ in range(8)]
+        futures = [
+            pool.submit(
+                httpx.post,
+                f"http://127.0.0.1:{port}/v1/completions",
+                json=_extension_body(label_ids),
+                timeout=60,
+            )
+            for _ in range(8)
+        ]
         deadline = time.monotonic() + 20
         while app.state.batcher.pending < 8:  # all eight wait in the batcher
             assert time.monotonic() < deadline, "requests did not reach the batcher"
@@ -125,15 +137,31 @@ def test_sigterm_stops_maas_tune_serve_cleanly_with_a_request_in_flight(gemma):
     label_ids = gemma.label_token_ids(["positive", "negative"])
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "maas_tune", "serve", "--port", str(port), "--max-wait-ms", "2000",
-         "--max-batch-size", "64"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "maas_tune",
+            "serve",
+            "--port",
+            str(port),
+            "--max-wait-ms",
+            "2000",
+            "--max-batch-size",
+            "64",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/health", proc, timeout=120)
         with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(httpx.post, f"http://127.0.0.1:{port}/v1/completions",
-                                  json=_extension_body(label_ids), timeout=60)
+            pending = pool.submit(
+                httpx.post,
+                f"http://127.0.0.1:{port}/v1/completions",
+                json=_extension_body(label_ids),
+                timeout=60,
+            )
             time.sleep(0.8)  # the request now waits up to 2 s in the batcher
             os.kill(proc.pid, signal.SIGTERM)
             response = pending.result()

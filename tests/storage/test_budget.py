@@ -24,7 +24,7 @@ from maas_tune.storage import Store
 from maas_tune.storage.budget import KEEP, QueryBudget, list_budgets, reset_budget
 from maas_tune.storage.cache import ScoreCache
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_TIMEOUT_S = 60
 RACE_PROCESSES, RACE_THREADS, RACE_LIMIT, RACE_MAX_REQUEST = 8, 8, 240, 3
 

@@ -16,7 +16,7 @@ from maas_tune.errors import BudgetExceeded, ConfigurationError
 from maas_tune.storage import Store
 from maas_tune.storage.budget import QueryBudget, list_budgets
 
-from ._concurrency import run_at_once
+from .._concurrency import run_at_once
 
 LEASE_S = 0.05
 

@@ -22,7 +22,7 @@ from maas_tune.scores import ProviderAnswer
 from maas_tune.storage import Store
 from maas_tune.storage.cache import CachedAnswer, ScoreCache, cache_key
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_TIMEOUT_S = 60
 FINGERPRINT = {"provider": "local", "model": "gemma-3-270m", "strategy": "next-token"}
 

@@ -24,8 +24,8 @@ from maas_tune.storage.cache import ScoreCache, cache_key
 from maas_tune.storage.claims import Claims
 from maas_tune.task import Task
 
-from ._concurrency import run_at_once
-from .fakes import FakeProvider
+from .._concurrency import run_at_once
+from ..fakes import FakeProvider
 from .test_budget import SUBPROCESS_TIMEOUT_S, _python
 
 TASK = Task("claims", "Review: {text}\nSentiment:", {"neg": ["bad"], "pos": ["good"]})

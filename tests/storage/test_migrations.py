@@ -21,7 +21,7 @@ from maas_tune.storage.cache import ScoreCache
 from maas_tune.storage.migrations import STEPS
 from maas_tune.storage.url import backend_of, sqlite_path
 
-from ._concurrency import run_at_once
+from .._concurrency import run_at_once
 
 # The schema maas-tune 0.x wrote (schema 1), verbatim: real files of that release exist.
 _SQLITE_V1 = (

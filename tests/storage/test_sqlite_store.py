@@ -28,7 +28,7 @@ from maas_tune.storage import Store, borrowed_store
 from maas_tune.storage import sqlite as sqlite_store
 from maas_tune.storage.sqlite import default_db_path, translate_sqlite_errors
 
-from ._concurrency import THREAD_TIMEOUT_S
+from .._concurrency import THREAD_TIMEOUT_S
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from maas_tune.storage import Store, open_store
 from maas_tune.storage.sqlite import SQLiteStore
 from maas_tune.storage.url import backend_of, redact, sqlite_path
 
-from ._servers import free_port
+from .._servers import free_port
 
 
 @pytest.fixture

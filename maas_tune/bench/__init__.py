@@ -8,17 +8,17 @@ markdown table and the plots. Plots need ``pip install 'maas-tune[bench]'``.
 from __future__ import annotations
 
 from ._providers import ProviderPool
-from .config import BenchConfig, Block, ProviderSpec, load_config, parse_config
+from .config import BenchConfig, Block, BlockProvider, load_config, parse_config
 from .grid import Cell, GridRun, cells, read_results, run_grid
 from .report import Summary, render_markdown, summarize, write_report
 
 __all__ = [
     "BenchConfig",
     "Block",
+    "BlockProvider",
     "Cell",
     "GridRun",
     "ProviderPool",
-    "ProviderSpec",
     "Summary",
     "cells",
     "load_config",

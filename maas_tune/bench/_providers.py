@@ -6,13 +6,13 @@ import contextlib
 
 from ..providers import spec as provider_spec
 from ..providers.base import Provider
-from .config import ProviderSpec
+from .config import BlockProvider
 
 __all__ = ["ProviderPool"]
 
 
 class ProviderPool(contextlib.AbstractContextManager["ProviderPool"]):
-    """Providers by :class:`ProviderSpec`; one local model for all of them.
+    """Providers by :class:`BlockProvider`; one local model for all of them.
 
     Parameters
     ----------
@@ -25,7 +25,7 @@ class ProviderPool(contextlib.AbstractContextManager["ProviderPool"]):
     def __init__(self, model: str | None = None, *, local: Provider | None = None) -> None:
         self._model = model
         self._local = local
-        self._built: dict[ProviderSpec, Provider] = {}
+        self._built: dict[BlockProvider, Provider] = {}
         self._servers = contextlib.ExitStack()
         self._served_url: str | None = None
 
@@ -39,18 +39,18 @@ class ProviderPool(contextlib.AbstractContextManager["ProviderPool"]):
             )
         return self._local
 
-    def get(self, spec: ProviderSpec) -> Provider:
+    def get(self, spec: BlockProvider) -> Provider:
         """The provider for ``spec`` (built on first use)."""
         if spec not in self._built:
             self._built[spec] = self._build(spec)
         return self._built[spec]
 
-    def _build(self, spec: ProviderSpec) -> Provider:
+    def _build(self, spec: BlockProvider) -> Provider:
         if spec.kind == "local":
             return self.local()
         return self.spec_of(spec).build()
 
-    def spec_of(self, spec: ProviderSpec) -> provider_spec.ProviderSpec:
+    def spec_of(self, spec: BlockProvider) -> provider_spec.ProviderSpec:
         """The :class:`~maas_tune.providers.spec.ProviderSpec` a block's HTTP provider is
         built from (``serve``: starts the loopback server on first use)."""
         if spec.kind == "serve":

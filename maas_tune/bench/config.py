@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["BenchConfig", "Block", "ProviderSpec", "load_config", "parse_config"]
+__all__ = ["BenchConfig", "Block", "BlockProvider", "load_config", "parse_config"]
 
 #: Keys a block may override from the top level.
 _GRID_KEYS = ("datasets", "shots", "seeds", "test_cap")
@@ -33,7 +33,7 @@ _PROVIDER_KEYS = frozenset(
 
 
 @dataclass(frozen=True)
-class ProviderSpec:
+class BlockProvider:
     """Which provider a block scores through.
 
     Attributes
@@ -82,7 +82,7 @@ class Block:
     test_cap: int | None
     suffix: str = ""
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    provider: ProviderSpec = ProviderSpec()
+    provider: BlockProvider = BlockProvider()
     plot: bool = True
 
     def row_name(self, method: str) -> str:
@@ -188,18 +188,18 @@ def _grid(where: str, raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> di
     }
 
 
-def _provider(where: str, raw: Any) -> ProviderSpec:
+def _provider(where: str, raw: Any) -> BlockProvider:
     if raw is None or raw == "local":
-        return ProviderSpec()
+        return BlockProvider()
     if raw == "serve":
-        return ProviderSpec(kind="serve")
+        return BlockProvider(kind="serve")
     if not isinstance(raw, dict):
         raise _fail(where, f'provider must be "local", "serve" or a table, got {raw!r}')
     unknown = set(raw) - _PROVIDER_KEYS
     if unknown:
         raise _fail(where, f"unknown provider key(s) {sorted(unknown)}; known: "
                     f"{', '.join(sorted(_PROVIDER_KEYS))}")  # fmt: skip
-    spec = ProviderSpec(**raw)
+    spec = BlockProvider(**raw)
     if spec.kind not in ("local", "serve", "http"):
         raise _fail(where, f'provider kind must be "local", "serve" or "http", got {spec.kind!r}')
     if spec.kind == "http" and not spec.base_url:

@@ -8,8 +8,7 @@ import pickle
 import pytest
 
 from maas_tune import Client, QueryBudget, ScoreCache, Task
-from maas_tune.bench import ProviderPool
-from maas_tune.bench import ProviderSpec as BlockProvider
+from maas_tune.bench import BlockProvider, ProviderPool
 from maas_tune.cli import build_parser
 from maas_tune.errors import ConfigurationError
 from maas_tune.providers._probe import clear_probe_cache

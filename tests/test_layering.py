@@ -191,3 +191,11 @@ def test_no_module_imports_another_packages_private_module() -> None:
 )
 def test_the_cycle_finder_finds_cycles(edges: set[tuple[str, str]], has_cycle: bool) -> None:
     assert (_cycle(edges) is not None) == has_cycle
+
+
+def test_the_layout_page_names_every_public_room():
+    """docs/architecture.md is the newcomer's map: it must name every public room."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    public = {m for room in ROOMS.values() for m in room if not m.startswith("_")}
+    missing = sorted(m for m in public if f"`{m}" not in page)
+    assert not missing, f"add {missing} to docs/architecture.md"

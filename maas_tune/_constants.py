@@ -86,3 +86,7 @@ MAX_RETRY_AFTER_S = 60.0
 RETRY_JITTER_FRACTION = 0.25
 #: HTTP statuses worth retrying: timeout, conflict, rate limit and transient server errors.
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+#: Seconds a cancelled run (Ctrl-C) gives its tasks to finish what they were doing (a
+#: commit of what was answered) before it cancels them again and exits.
+CANCEL_GRACE_S = 5.0

@@ -17,6 +17,7 @@ import numpy as np
 
 from ._constants import CLAIM_POLL_MAX_S, CLAIM_POLL_S, CONTENT_FREE_TEXT
 from ._hold import ChunkHold
+from ._runner import run_interruptibly
 from .data import Example
 from .errors import BudgetExceeded, OfflineCacheMiss, ProviderError, ProviderResponseError
 from .frames import as_examples
@@ -558,7 +559,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        return run_interruptibly(coro)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="maas-tune") as pool:
         return pool.submit(asyncio.run, coro).result()
 

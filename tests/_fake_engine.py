@@ -107,7 +107,11 @@ class FakeEngine(Engine):
     def token_text(self, token_id: int) -> str:
         return self._texts.get(token_id, f"<{token_id}>")
 
-    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
+    def score(
+        self, prompts: Sequence[str], token_ids: Sequence[int], token_features: int = 0
+    ) -> list[ProviderAnswer]:
+        """As the real engine's; ``token_features``: the last N of a prompt's tokens get
+        deterministic 4-wide states (float16)."""
         with self._lock:
             time.sleep(self.delay_s)
             self.passes.append(len(prompts))
@@ -119,6 +123,7 @@ class FakeEngine(Engine):
                 logprobs=expected_logprobs(p, token_ids),
                 hidden=np.array([len(p), 1.0, -1.0, 0.5], dtype=np.float32),
                 prompt_tokens=len(self.encode_prompt(p)),
+                token_features=_token_states(self.encode_prompt(p), token_features),
             )
             for p in prompts
         ]
@@ -180,3 +185,11 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _token_states(ids: list[int], n_last: int) -> np.ndarray | None:
+    """States of the last ``n_last`` of ``ids`` (None for 0): row i is (id, i, 1, -1)."""
+    if not n_last:
+        return None
+    last = ids[-n_last:]
+    return np.array([[t % 997, i, 1.0, -1.0] for i, t in enumerate(last)], dtype=np.float16)

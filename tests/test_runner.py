@@ -23,8 +23,11 @@ GUARD_S = 60
 
 STUCK = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, signal, sys
     from maas_tune._runner import run_interruptibly
+
+    # Ctrl-C as in a terminal (a background job of a non-interactive shell ignores SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     async def stubborn_cleanup():
         try:
@@ -83,6 +86,8 @@ def test_a_task_left_behind_does_not_hold_up_the_result(caplog):
 
 
 def test_an_error_and_a_plain_cancellation_pass_through():
+    before = signal.getsignal(signal.SIGINT)
+
     async def fails() -> None:
         raise ValueError("boom")
 
@@ -94,4 +99,4 @@ def test_an_error_and_a_plain_cancellation_pass_through():
 
     with pytest.raises(asyncio.CancelledError):
         run_interruptibly(cancelled())
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # restored (or never replaced)

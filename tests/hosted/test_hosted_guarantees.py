@@ -54,6 +54,17 @@ TEXTS = [
 #: A strict hosted API: key, top-5, no tokenizer, no extension (fields stripped), echo on.
 STRICT = HostedConfig(api_key=KEY, top_k_cap=5, tokenizer=False, embeddings=False)
 ROOT = Path(__file__).resolve().parents[2]
+#: ``python -m maas_tune`` with Ctrl-C handled as in a terminal. A job started in the
+#: background of a non-interactive shell (CI often is one) inherits SIGINT *ignored*, and
+#: Python then leaves it ignored: the SIGINT this test sends would do nothing at all.
+AS_FROM_A_TERMINAL = [
+    sys.executable,
+    "-c",
+    (
+        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('maas_tune', run_name='__main__')"
+    ),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -200,7 +211,7 @@ def test_ctrl_c_keeps_what_was_answered_charges_what_was_sent_and_exits_at_once(
         "PYTHONPATH": str(ROOT),
         "PYTHONFAULTHANDLER": "1",
     }
-    argv = [sys.executable, "-m", "maas_tune", *eval_argv(api, db)]
+    argv = [*AS_FROM_A_TERMINAL, *eval_argv(api, db)]
     argv[argv.index("--test-limit") + 1] = "400"
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

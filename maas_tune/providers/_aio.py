@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import httpx
 
 from ._wire import DirectSender
-from .http import TOTAL_TIMEOUT_FACTOR, json_answer, transport_failure
+from .http import AnswerDeadline, json_answer, transport_failure, whole_answer
 
 __all__ = ["LoopThread", "ThreadedTransport", "arequest_json"]
 
@@ -41,11 +40,8 @@ async def arequest_json(
 async def _send_within_deadline(
     client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
 ) -> httpx.Response:
-    read_timeout = client.timeout.read
-    deadline = (
-        None if read_timeout is None else time.monotonic() + TOTAL_TIMEOUT_FACTOR * read_timeout
-    )
     request = client.build_request(method, url, **kwargs)
+    check = AnswerDeadline(client.timeout.read, request)
     response = await client.send(request, stream=True)
     if response.is_stream_consumed:
         return response
@@ -53,19 +49,10 @@ async def _send_within_deadline(
         parts = []
         async for part in response.aiter_raw():
             parts.append(part)
-            if deadline is not None and time.monotonic() > deadline:
-                raise httpx.ReadTimeout(
-                    f"the whole answer took longer than {TOTAL_TIMEOUT_FACTOR} x the "
-                    f"{read_timeout:g} s read timeout",
-                    request=request,
-                )
+            check()
     finally:
         await response.aclose()
-    whole = httpx.Response(
-        response.status_code, headers=response.headers, content=b"".join(parts), request=request
-    )
-    whole.read()
-    return whole
+    return whole_answer(response, parts)
 
 
 class ThreadedTransport(httpx.AsyncBaseTransport):

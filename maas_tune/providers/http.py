@@ -31,6 +31,7 @@ from ._retry import RETRYABLE_STATUSES, parse_retry_after
 __all__ = [
     "BODY_EXCERPT_CHARS",
     "STATUS_ERRORS",
+    "AnswerDeadline",
     "is_secret_name",
     "json_answer",
     "public_url",
@@ -38,6 +39,7 @@ __all__ = [
     "request_json",
     "status_error",
     "transport_failure",
+    "whole_answer",
 ]
 
 _LOG = logging.getLogger("maas_tune.providers")
@@ -350,11 +352,8 @@ def _send_within_deadline(
     httpx.ReadTimeout
         When the deadline passes mid-body (handled like any read timeout).
     """
-    read_timeout = client.timeout.read
-    deadline = (
-        None if read_timeout is None else time.monotonic() + TOTAL_TIMEOUT_FACTOR * read_timeout
-    )
     request = client.build_request(method, url, **kwargs)
+    check = AnswerDeadline(client.timeout.read, request)
     response = client.send(request, stream=True)
     if response.is_stream_consumed:  # already read in full (e.g. by a mock transport)
         return response
@@ -362,17 +361,40 @@ def _send_within_deadline(
         parts = []
         for part in response.iter_raw():
             parts.append(part)
-            if deadline is not None and time.monotonic() > deadline:
-                raise httpx.ReadTimeout(
-                    f"the whole answer took longer than {TOTAL_TIMEOUT_FACTOR} x the "
-                    f"{read_timeout:g} s read timeout",
-                    request=request,
-                )
+            check()
     finally:
         response.close()
-    # The raw (still encoded) bytes under the same headers: decoded once, as usual.
+    return whole_answer(response, parts)
+
+
+class AnswerDeadline:
+    """Raises :class:`httpx.ReadTimeout` once ``TOTAL_TIMEOUT_FACTOR`` x ``read_timeout``
+    seconds have passed since it was made (never for a None read timeout); called as
+    each part of an answer arrives (sync and async readers alike)."""
+
+    def __init__(self, read_timeout: float | None, request: httpx.Request) -> None:
+        self.read_timeout, self.request = read_timeout, request
+        self.deadline = (
+            None if read_timeout is None else time.monotonic() + TOTAL_TIMEOUT_FACTOR * read_timeout
+        )
+
+    def __call__(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise httpx.ReadTimeout(
+                f"the whole answer took longer than {TOTAL_TIMEOUT_FACTOR} x the "
+                f"{self.read_timeout:g} s read timeout",
+                request=self.request,
+            )
+
+
+def whole_answer(response: httpx.Response, parts: list[bytes]) -> httpx.Response:
+    """The raw (still encoded) ``parts`` of ``response`` under its headers, decoded once
+    as usual."""
     whole = httpx.Response(
-        response.status_code, headers=response.headers, content=b"".join(parts), request=request
+        response.status_code,
+        headers=response.headers,
+        content=b"".join(parts),
+        request=response.request,
     )
     whole.read()
     return whole

@@ -29,6 +29,7 @@ __all__ = [
     "AnyEstimator",
     "MethodSpec",
     "decoder_classes",
+    "is_white_box",
     "make_decoder",
     "method_classes",
     "needs_content_free",
@@ -116,6 +117,12 @@ def make_decoder(method: str, *, shots: int, random_state: int | None = 0) -> An
 def needs_content_free(methods: Iterable[str]) -> bool:
     """Whether any of ``methods`` (names in :data:`METHODS`) uses the content-free query."""
     return any(_spec(m).needs_content_free for m in methods)
+
+
+def is_white_box(method: str) -> bool:
+    """Whether ``method`` (a name in :data:`METHODS`) needs the model's weights (prompt
+    tuning), read from its class (nothing is built)."""
+    return bool(getattr(_spec(method).cls, "white_box", False))
 
 
 def decoder_classes() -> dict[str, type[BaseDecoder]]:

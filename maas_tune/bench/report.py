@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
-from ..registry import make_decoder
+from ..registry import is_white_box
 from .config import BenchConfig
 from .grid import read_results
 
@@ -95,11 +95,6 @@ def _stats(rs: Sequence[dict[str, Any]], key: str) -> tuple[float | None, float 
         return None, None
     xs = [float(v) for v in values]  # type: ignore[arg-type]
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
-def is_white_box(method: str) -> bool:
-    """Whether ``method`` needs the model's weights (prompt tuning)."""
-    return bool(getattr(make_decoder(method, shots=1), "white_box", False))
 
 
 def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:

@@ -555,13 +555,14 @@ class Client(_Core):
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to its end from blocking code: on a fresh event loop here (Ctrl-C
-    cancels it), or on a helper thread where this thread runs a loop already (a notebook)."""
+    cancels it), or on a helper thread where this thread runs a loop already (a notebook);
+    either way with :func:`~maas_tune._runner.run_interruptibly`'s bounded teardown."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return run_interruptibly(coro)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="maas-tune") as pool:
-        return pool.submit(asyncio.run, coro).result()
+        return pool.submit(run_interruptibly, coro).result()
 
 
 async def _off_loop(step: Callable[[], T], undo: Callable[[T], Any] | None = None) -> T:

@@ -23,7 +23,7 @@ from tests._servers import serve_in_thread
 
 
 def logprobs(provider: mt.Provider, prompts: list[str], words: list[str]) -> np.ndarray:
-    return np.stack([a.logprobs for a in provider.score(prompts, provider.label_token_ids(words))])
+    return np.stack([a.logprobs for a in provider.score(prompts, words)])
 
 
 def main() -> None:

@@ -40,10 +40,9 @@ def _run(device: str, dtype: str, prompts: list[str], words: list[str], batch: i
     start = time.perf_counter()
     provider = TransformersProvider(device=device, dtype=dtype, batch_size=batch)
     load_s = time.perf_counter() - start
-    ids = provider.label_token_ids(words)
-    provider.score(prompts[: min(8, len(prompts))], ids)  # warm-up (kernels, allocator)
+    provider.score(prompts[: min(8, len(prompts))], words)  # warm-up (kernels, allocator)
     start = time.perf_counter()
-    answers = provider.score(prompts, ids)  # numpy out: the device has finished
+    answers = provider.score(prompts, words)  # numpy out: the device has finished
     seconds = time.perf_counter() - start
     hidden = answers[0].hidden
     out = {

@@ -25,13 +25,12 @@ FIT_REPEATS = 7
 
 def scoring_throughput(provider: mt.Provider, task: mt.Task, examples: list[mt.Example]) -> dict:
     prompts = [task.render(e) for e in examples[:N_PROMPTS]]
-    ids = provider.label_token_ids(task.label_words)
-    provider.score(prompts[:8], ids)  # warm-up
+    provider.score(prompts[:8], task.label_words)  # warm-up
     out = {}
     for bs in BATCH_SIZES:
         provider.batch_size = bs
         start = time.perf_counter()
-        provider.score(prompts, ids)
+        provider.score(prompts, task.label_words)
         out[str(bs)] = round(len(prompts) / (time.perf_counter() - start), 2)
     provider.batch_size = 16
     return out

@@ -127,9 +127,10 @@ class _Core:
     # -- the core, async ----------------------------------------------------------
     async def _score(self, task: Task, examples: Any) -> Scores:
         prompts = [task.render(e) for e in as_examples(examples)]
-        token_ids = self.provider.label_token_ids(task.label_words)
+        labels = list(task.label_words)
+        token_ids = self.provider.label_token_ids(labels)  # checked single tokens; cache keys
         self._setup()
-        answers, hits = await self._answers(prompts, token_ids)
+        answers, hits = await self._answers(prompts, labels, token_ids)
         return _to_scores(task, answers, hits)
 
     def prepare(self, task: Task) -> None:
@@ -176,8 +177,10 @@ class _Core:
         self.usage.prompt_tokens_sent += tokens
 
     async def _answers(
-        self, prompts: list[str], token_ids: list[int]
+        self, prompts: list[str], labels: list[str], token_ids: list[int]
     ) -> tuple[list[ProviderAnswer], np.ndarray]:
+        """Each prompt's answer, from the cache (keyed by the label words' token ids) or
+        sent (the provider is given the label words), and which were cache hits."""
         fingerprint = self.provider.fingerprint()
         keys = [cache_key(fingerprint, p, token_ids) for p in prompts]
         found: dict[str, Any] = self.cache.get_many(list(dict.fromkeys(keys)))
@@ -186,8 +189,8 @@ class _Core:
         if todo:
             if self.offline:
                 raise OfflineCacheMiss(missing=sum(k in todo for k in keys), total=len(prompts))
-            self._check_budget(len(todo) * self.provider.max_queries_per_prompt(len(token_ids)))
-            sent = await self._fetch(todo, token_ids, fingerprint)
+            self._check_budget(len(todo) * self.provider.max_queries_per_prompt(len(labels)))
+            sent = await self._fetch(todo, labels, fingerprint)
             # What another worker sent meanwhile landed in the cache: a hit for us.
             found.update(self.cache.get_many([k for k in todo if k not in sent]))
             found.update(sent)
@@ -212,7 +215,7 @@ class _Core:
             raise BudgetExceeded(status.name, "queries", status.max_queries, used, needed)
 
     async def _fetch(
-        self, todo: dict[str, str], token_ids: list[int], fingerprint: Mapping[str, Any]
+        self, todo: dict[str, str], labels: list[str], fingerprint: Mapping[str, Any]
     ) -> dict[str, ProviderAnswer]:
         """Send the keys of ``todo`` no other worker is sending; wait for the others.
 
@@ -230,7 +233,7 @@ class _Core:
             while pending:
                 blocked: list[str] = []
                 chunks = self._chunks(pending, todo, claims, blocked)
-                await self._pipeline(chunks, token_ids, model, claims, event, bar, out)
+                await self._pipeline(chunks, labels, model, claims, event, bar, out)
                 landed = set(self.cache.get_many(blocked)) if blocked else set()
                 bar.update(len(landed))
                 if len(blocked) == len(pending) and not landed:  # no progress: wait
@@ -269,7 +272,7 @@ class _Core:
     async def _pipeline(
         self,
         chunks: AsyncIterator[dict[str, str]],
-        token_ids: list[int],
+        labels: list[str],
         model: str,
         claims: Claims,
         event: Callable[[str], None],
@@ -291,7 +294,7 @@ class _Core:
                 event(kind)
 
             try:
-                out.update(await self._fetch_chunk(chunk, token_ids, model, claims, seen))
+                out.update(await self._fetch_chunk(chunk, labels, model, claims, seen))
             finally:
                 bar.update(max(0, len(chunk) - shown[0]))  # what the events did not show
 
@@ -356,7 +359,7 @@ class _Core:
     async def _fetch_chunk(
         self,
         chunk: dict[str, str],
-        token_ids: list[int],
+        labels: list[str],
         model: str,
         claims: Claims,
         event: Callable[[str], None] | None = None,
@@ -364,7 +367,7 @@ class _Core:
         """Reserve, send and commit one claimed chunk; its claims are dropped either way."""
         committed: list[bool] = []  # the commit's transaction dropped the claims
         try:
-            return await self._send_chunk(chunk, token_ids, model, claims, event, committed)
+            return await self._send_chunk(chunk, labels, model, claims, event, committed)
         except BaseException:
             if committed:  # an error after the commit: nothing left to drop
                 raise
@@ -377,7 +380,7 @@ class _Core:
     async def _send_chunk(
         self,
         chunk: dict[str, str],
-        token_ids: list[int],
+        labels: list[str],
         model: str,
         claims: Claims,
         event: Callable[[str], None] | None = None,
@@ -388,7 +391,7 @@ class _Core:
         appending True to ``committed`` once the commit has dropped the chunk's claims)."""
         keys, prompts = list(chunk), list(chunk.values())
         hold = await _off_loop(
-            partial(self._hold, prompts, len(token_ids)),
+            partial(self._hold, prompts, labels),
             undo=lambda held: (
                 held.settle_failed(request_sent=False) if self.budget is not None else None
             ),
@@ -396,7 +399,7 @@ class _Core:
         error: BaseException | None = None
         try:
             got, seen = await self.provider.ascore(
-                prompts, token_ids, events=event, max_requests=hold.queries, extend=hold.extend
+                prompts, labels, events=event, max_requests=hold.queries, extend=hold.extend
             )
             answers = dict(enumerate(got))
             spent = (
@@ -422,7 +425,7 @@ class _Core:
                 (outcome.billable, outcome.prompt_tokens),
                 exc,
             )
-        kept, problem = _checked(answers, len(token_ids))
+        kept, problem = _checked(answers, len(labels))
         result = {keys[i]: a for i, a in kept.items()}
         await _off_loop(partial(self._commit_chunk, result, hold, spent, claims, keys, model))
         if committed is not None:
@@ -438,13 +441,13 @@ class _Core:
             raise problem
         return result
 
-    def _hold(self, prompts: list[str], n_tokens: int) -> ChunkHold:
+    def _hold(self, prompts: list[str], labels: list[str]) -> ChunkHold:
         """The chunk's worst case, reserved before sending (nothing without a budget);
         a retry of a lost answer reserves one request more, or is not sent."""
         if self.budget is None:
             return ChunkHold(None, 0, 0, 0)
-        per_prompt = self.provider.max_queries_per_prompt(n_tokens)
-        tokens = self.provider.max_prompt_tokens(prompts, n_tokens)
+        per_prompt = self.provider.max_queries_per_prompt(len(labels))
+        tokens = self.provider.max_prompt_tokens(prompts, labels)
         per_request = -(-tokens // max(1, len(prompts) * per_prompt))
         return ChunkHold(self.budget, len(prompts) * per_prompt, tokens, per_request)
 

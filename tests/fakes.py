@@ -40,7 +40,7 @@ class FakeProvider(Provider):
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
         return [len(p.split()) + 1 for p in prompts]
 
-    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
+    def score(self, prompts: Sequence[str], labels: Sequence[str]) -> list[ProviderAnswer]:
         with self._lock:
             if self.fail_after is not None and len(self.sent) + len(prompts) > self.fail_after:
                 raise ProviderError("fake provider: scripted failure")
@@ -49,7 +49,7 @@ class FakeProvider(Provider):
         for p, n in zip(prompts, self.count_tokens(prompts)):
             seed = int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)
             rng = np.random.default_rng(seed)
-            lp = -rng.uniform(0.1, 8.0, size=len(token_ids)).astype(np.float32)
+            lp = -rng.uniform(0.1, 8.0, size=len(labels)).astype(np.float32)
             h = rng.normal(size=self.dim).astype(np.float32)
             tokens = None
             if self.token_features:  # the last row is the prediction position's state

@@ -38,9 +38,7 @@ def test_scores_shape_and_logsumexp_over_label_words(db_path):
     assert scores.label_logprobs.shape == (5, 2)
     assert scores.hidden.shape == (5, 8)
     assert scores.labels == ("negative", "positive")
-    raw = client.provider.score(
-        [TASK.render(EXAMPLES[0])], client.provider.label_token_ids(TASK.label_words)
-    )[0]
+    raw = client.provider.score([TASK.render(EXAMPLES[0])], TASK.label_words)[0]
     assert scores.label_logprobs[0, 0] == pytest.approx(
         np.logaddexp(raw.logprobs[0], raw.logprobs[1]), rel=1e-6
     )
@@ -141,8 +139,8 @@ def test_answer_that_cannot_be_cached_is_still_counted_as_spent(db_path):
     from maas_tune.scores import ProviderAnswer
 
     class NaNHidden(FakeProvider):
-        def score(self, prompts, token_ids):
-            good = super().score(prompts, token_ids)
+        def score(self, prompts, labels):
+            good = super().score(prompts, labels)
             return [
                 ProviderAnswer(a.logprobs, np.full(self.dim, np.nan), a.prompt_tokens) for a in good
             ]

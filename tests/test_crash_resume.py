@@ -33,9 +33,9 @@ SCORER = textwrap.dedent(
     from tests.test_client import TASK
 
     class Slow(FakeProvider):
-        def score(self, prompts, token_ids):
+        def score(self, prompts, labels):
             time.sleep(0.05)
-            return super().score(prompts, token_ids)
+            return super().score(prompts, labels)
 
     store = Store({db!r})
     budget = QueryBudget("crash", max_queries={n} + 8, store=store)  # room for one lost chunk

@@ -211,7 +211,7 @@ def test_a_key_inside_the_base_url_stays_out_of_the_cache_and_the_messages(
         with OpenAICompletionsProvider(url, MODEL) as offline:
             Client(offline, cache=tmp_path / "other.sqlite", offline=True)
             with pytest.raises(OfflineCacheMiss, match="probe of http://127.0.0.1") as info:
-                _ = offline.strategy  # the probe would be sent: refused, naming the server
+                offline.select_strategy()  # the probe would be sent: refused, naming the server
         shown.append(str(info.value))
     credentials = base64.b64encode(f"user:{KEY}".encode()).decode()
     assert server.authorizations == [f"Basic {credentials}"]  # the key did its job

@@ -67,11 +67,13 @@ class SetupCost:
 
 
 class Provider(abc.ABC):
-    """A model backend that scores label tokens after a prompt.
+    """A model backend that scores label words as the next token after a prompt.
 
     Subclasses implement :meth:`fingerprint`, :meth:`label_token_ids`,
-    :meth:`count_tokens` and :meth:`score`. The fingerprint goes into every cache
-    key, so two providers with equal fingerprints must give equal answers.
+    :meth:`count_tokens` and :meth:`score`. :meth:`score` is given the label words
+    themselves; their token ids (:meth:`label_token_ids`) only key the cache. The
+    fingerprint goes into every cache key, so two providers with equal fingerprints
+    must give equal answers.
     """
 
     #: Whether :meth:`score` returns hidden states.
@@ -90,6 +92,10 @@ class Provider(abc.ABC):
     def label_token_ids(self, words: Sequence[str]) -> list[int]:
         """Token id of each label word (as it follows the prompt, prefix included).
 
+        The client keys its cache with them, and checks here, before anything is sent,
+        that each word is one token. A provider without a tokenizer may return stable
+        synthetic ids (negative).
+
         Raises
         ------
         TaskError
@@ -102,35 +108,42 @@ class Provider(abc.ABC):
         """Number of prompt tokens each prompt will cost (exact or an upper estimate)."""
 
     @abc.abstractmethod
-    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
-        """Score ``token_ids`` as the next token after each prompt.
+    def score(self, prompts: Sequence[str], labels: Sequence[str]) -> list[ProviderAnswer]:
+        """Score each label word as the next token after each prompt.
 
         Parameters
         ----------
         prompts : sequence of str, length n
-        token_ids : sequence of int, length t
-            The same tokens are scored for every prompt.
+        labels : sequence of str, length t
+            The label words (as the task lists them, without the prefix that joins them
+            to the prompt); the same words are scored for every prompt.
 
         Returns
         -------
         list of ProviderAnswer, length n
-            In the order of ``prompts``.
+            In the order of ``prompts``; ``logprobs`` has one value per label word.
+
+        Raises
+        ------
+        TaskError
+            If a word is not exactly one token (as :meth:`label_token_ids`).
         """
 
-    def max_queries_per_prompt(self, n_tokens: int) -> int:
-        """Upper bound on the requests one prompt may cost when ``n_tokens`` are scored.
+    def max_queries_per_prompt(self, n_labels: int) -> int:
+        """Upper bound on the requests one prompt may cost when ``n_labels`` are scored.
 
         The client reserves this much budget before sending; the default (1) suits
         providers that answer any number of label tokens in one request.
         """
         return 1
 
-    def max_prompt_tokens(self, prompts: Sequence[str], n_tokens: int) -> int:
-        """Upper bound on the prompt tokens scoring ``prompts`` may cost (reserved first).
+    def max_prompt_tokens(self, prompts: Sequence[str], labels: Sequence[str]) -> int:
+        """Upper bound on the prompt tokens scoring ``labels`` after ``prompts`` may cost
+        (reserved first).
 
         Default: each prompt's :meth:`count_tokens` times :meth:`max_queries_per_prompt`.
         """
-        return sum(self.count_tokens(prompts)) * self.max_queries_per_prompt(n_tokens)
+        return sum(self.count_tokens(prompts)) * self.max_queries_per_prompt(len(labels))
 
     @contextlib.contextmanager
     def observed(
@@ -150,7 +163,7 @@ class Provider(abc.ABC):
     async def ascore(
         self,
         prompts: Sequence[str],
-        token_ids: Sequence[int],
+        labels: Sequence[str],
         *,
         events: Callable[[str], None] | None = None,
         max_requests: int | None = None,
@@ -160,7 +173,7 @@ class Provider(abc.ABC):
         and what was spent). Default: :meth:`score`, blocking the loop (a local model
         computes; it does not wait). The HTTP providers send without blocking."""
         with self.observed(events, max_requests, extend) as spend:
-            return self.score(prompts, token_ids), spend
+            return self.score(prompts, labels), spend
 
     def setup_requests(self) -> int:
         """Most requests :meth:`prepare` may still send (reserved from the budget first)."""

@@ -25,10 +25,7 @@ from .ratelimit import RateLimit, RateLimiter
 from .remote import RemoteProvider, Tokenizer
 from .session import (
     DEFAULT_TIMEOUT_S,
-    check_api_options,
     check_count,
-    concurrency_for,
-    resolve_base_url,
 )
 from .spec import HTTPOptions
 
@@ -121,19 +118,12 @@ class OpenAIChatProvider(RemoteProvider):
         default_headers: Mapping[str, str] | None = None,
         default_query: Mapping[str, str] | None = None,
     ) -> None:
-        base_url = resolve_base_url(base_url)
-        max_concurrency = concurrency_for(max_concurrency, rate_limit)
-        check_api_options(base_url, model, max_concurrency, timeout)
+        base_url, http = HTTPOptions.for_api(
+            base_url, model, timeout, max_retries, rate_limit, max_concurrency,
+            default_headers, default_query,
+        )  # fmt: skip
         check_count("top_logprobs", top_logprobs)
         _check_chat_options(strategy, chat_format, label_prefix, tokenizer)
-        http = HTTPOptions.checked(
-            timeout=timeout,
-            max_retries=max_retries,
-            rate_limit=rate_limit,
-            max_concurrency=max_concurrency,
-            default_headers=default_headers,
-            default_query=default_query,
-        )
         super().__init__(
             base_url,
             model,
@@ -155,9 +145,8 @@ class OpenAIChatProvider(RemoteProvider):
     route = CHAT_ROUTE
 
     # -- strategy -----------------------------------------------------------------
-    @property
-    def probe_result(self) -> ChatProbeResult:
-        """What the probe found (once per cache: kept in the client's cache)."""
+    def _load_probe(self) -> ChatProbeResult:
+        """What the probe found (sent at most once per cache: kept in the client's cache)."""
         with self._lock:
             if self._probe is None:
                 what = f"the chat capability probe of {self.base_url}"
@@ -165,20 +154,14 @@ class OpenAIChatProvider(RemoteProvider):
                 self._probe = ChatProbeResult(**kept)
             return self._probe
 
-    def select_strategy(self) -> Plan:
-        """How samples are scored (under ``"auto"``: probes, or refuses when not exact).
-
-        Raises
-        ------
-        ConfigurationError
-            Under ``"auto"``, when label words outside the top-k cannot be read exactly.
-        """
+    def _choose_plan(self) -> Plan:
+        # Under "auto", refuses when label words outside the top-k cannot be read exactly.
         if self._requested != "auto":
             return Plan(
                 self._requested, "force" if self._requested == "force" else None, "requested"
             )
         ids_known = self._ids_known()
-        return choose_chat(self.probe_result if ids_known else None, ids_known, self.model)
+        return choose_chat(self._load_probe() if ids_known else None, ids_known, self.model)
 
     def setup_requests(self) -> int:
         return super().setup_requests() if self._ids_known() else 0
@@ -215,14 +198,14 @@ class OpenAIChatProvider(RemoteProvider):
             c + messages * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS for c in self._count(texts)
         ]
 
-    def max_queries_per_prompt(self, n_tokens: int) -> int:
-        return 1 + n_tokens if self.strategy == "force" else 1
+    def max_queries_per_prompt(self, n_labels: int) -> int:
+        return 1 + n_labels if self.strategy == "force" else 1
 
     def _scoring(
-        self, prompts: list[str], token_ids: Sequence[int]
+        self, prompts: list[str], words: Sequence[str]
     ) -> tuple[Callable[[str], Script[ProviderAnswer]], Callable[[list[ProviderAnswer]], None]]:
-        strategy = self.strategy
-        labels = self._labels(token_ids)
+        strategy = self.select_strategy().strategy
+        labels = self._labels(words)
 
         def one(prompt: str) -> Script[ProviderAnswer]:
             scorer = partial(self._score_one, labels, strategy == "force")
@@ -257,14 +240,10 @@ class OpenAIChatProvider(RemoteProvider):
         ids = self._token_ids(self.label_prefix + word)
         return Label(ids[0], word, self.label_prefix) if ids and len(ids) == 1 else None
 
-    def _labels(self, token_ids: Sequence[int]) -> list[Label]:
-        ids = [int(i) for i in token_ids]
-        if any(i not in self._words for i in ids):
-            raise ConfigurationError(
-                f"token ids {ids} were not all returned by this provider's label_token_ids; "
-                "chat scoring matches words by text — call label_token_ids first"
-            )
-        return [Label(i, self._words[i], self.label_prefix) for i in ids]
+    def _labels(self, words: Sequence[str]) -> list[Label]:
+        """The label words with their token ids (learnt once; ``force`` needs real ones)."""
+        ids = self.label_token_ids(words)
+        return [Label(i, w, self.label_prefix) for i, w in zip(ids, words)]
 
     def _score_one(
         self, labels: list[Label], force: bool, prompt: str

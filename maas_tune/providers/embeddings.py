@@ -22,9 +22,6 @@ from .session import (
     CHARS_PER_TOKEN_ESTIMATE,
     DEFAULT_TIMEOUT_S,
     APISession,
-    check_api_options,
-    concurrency_for,
-    resolve_base_url,
 )
 from .spec import HTTPOptions
 
@@ -107,9 +104,10 @@ class OpenAIEmbeddingsProvider:
         default_headers: Mapping[str, str] | None = None,
         default_query: Mapping[str, str] | None = None,
     ) -> None:
-        base_url = resolve_base_url(base_url)
-        max_concurrency = concurrency_for(max_concurrency, rate_limit)
-        check_api_options(base_url, model, max_concurrency, timeout)
+        base_url, http = HTTPOptions.for_api(
+            base_url, model, timeout, max_retries, rate_limit, max_concurrency,
+            default_headers, default_query,
+        )  # fmt: skip
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if encoding_format not in ENCODING_FORMATS:
@@ -120,17 +118,9 @@ class OpenAIEmbeddingsProvider:
         self.model = model
         self.encoding_format = encoding_format
         self.batch_size = batch_size
-        self.max_concurrency = max_concurrency
+        self.max_concurrency = int(http.max_concurrency or 0)
         self._dim: int | None = None  # learnt from the first reply; later replies must match
         self._lock = threading.Lock()
-        http = HTTPOptions.checked(
-            timeout=timeout,
-            max_retries=max_retries,
-            rate_limit=rate_limit,
-            max_concurrency=max_concurrency,
-            default_headers=default_headers,
-            default_query=default_query,
-        )
         self._session = APISession(
             base_url, api_key=api_key, http=http, transport=transport, sleep=sleep
         )

@@ -154,21 +154,26 @@ class TransformersProvider(Provider):
         """Most tokens the model attends to (its ``max_position_embeddings``)."""
         return int(self._model.config.get_text_config().max_position_embeddings)
 
-    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
-        """Label log-probs after each prompt (and the states this provider was asked for).
+    def score(self, prompts: Sequence[str], labels: Sequence[str]) -> list[ProviderAnswer]:
+        """The label words' log-probs after each prompt (and the states this provider was
+        asked for).
 
         Raises
         ------
+        TaskError
+            If a label word is not one token.
         ContextLengthExceeded
             As :meth:`score_with_tokens`.
         """
-        return self.score_with_tokens(prompts, token_ids, self.token_features or 0)
+        ids = self.label_token_ids(labels)
+        return self.score_with_tokens(prompts, ids, self.token_features or 0)
 
     def score_with_tokens(
         self, prompts: Sequence[str], token_ids: Sequence[int], token_features: int
     ) -> list[ProviderAnswer]:
-        """:meth:`score` with the states of each prompt's last ``token_features`` tokens
-        (0: none), whatever this provider was built with (the server's per-request field).
+        """:meth:`score` of token ids (the server's wire field), with the states of each
+        prompt's last ``token_features`` tokens (0: none), whatever this provider was built
+        with (the server's per-request field).
 
         Raises
         ------

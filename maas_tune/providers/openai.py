@@ -37,10 +37,7 @@ from .session import (
     API_KEY_ENV,
     CHARS_PER_TOKEN_ESTIMATE,
     DEFAULT_TIMEOUT_S,
-    check_api_options,
     check_count,
-    concurrency_for,
-    resolve_base_url,
 )
 from .spec import HTTPOptions
 
@@ -149,17 +146,11 @@ class OpenAICompletionsProvider(RemoteProvider):
         token_features: int | None = None,
     ) -> None:
         check_token_features(token_features)
-        base_url = resolve_base_url(base_url)
-        max_concurrency = concurrency_for(max_concurrency, rate_limit)
-        _check_options(base_url, model, strategy, top_logprobs, max_concurrency, timeout)
-        http = HTTPOptions.checked(
-            timeout=timeout,
-            max_retries=max_retries,
-            rate_limit=rate_limit,
-            max_concurrency=max_concurrency,
-            default_headers=default_headers,
-            default_query=default_query,
-        )
+        base_url, http = HTTPOptions.for_api(
+            base_url, model, timeout, max_retries, rate_limit, max_concurrency,
+            default_headers, default_query,
+        )  # fmt: skip
+        _check_options(strategy, top_logprobs)
         super().__init__(
             base_url,
             model,
@@ -180,10 +171,9 @@ class OpenAICompletionsProvider(RemoteProvider):
     route = "completions"
 
     # -- strategy -----------------------------------------------------------------
-    @property
-    def probe_result(self) -> ProbeResult:
-        """What the capability probe found (runs it on first access; kept in the client's
-        cache when one is attached, so it runs once per cache)."""
+    def _load_probe(self) -> ProbeResult:
+        """What the capability probe found (sent at most once per cache: kept in the
+        client's cache when one is attached)."""
         with self._lock:
             if self._probe is None:
                 what = f"the capability probe of {self.base_url}"
@@ -205,18 +195,11 @@ class OpenAICompletionsProvider(RemoteProvider):
         ids = self._token_ids(LABEL_WORD_PREFIX + word)
         return Label(ids[0], word) if ids and len(ids) == 1 else None
 
-    def select_strategy(self) -> Plan:
-        """How samples are scored now (probes the API first under ``"auto"``, once per cache).
-
-        Raises
-        ------
-        ConfigurationError
-            Under ``"auto"``, when no exact plan exists on this API.
-        """
+    def _choose_plan(self) -> Plan:
         if self._requested != "auto":
             missing = "force" if self._requested == "top_logprobs" else None
             return Plan(self._requested, missing, "requested")
-        return choose(self.probe_result, self._ids_known(), self.model)
+        return choose(self._load_probe(), self._ids_known(), self.model)
 
     @property
     def returns_hidden(self) -> bool:  # type: ignore[override]
@@ -237,25 +220,25 @@ class OpenAICompletionsProvider(RemoteProvider):
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
         return self._count(prompts)
 
-    def max_prompt_tokens(self, prompts: Sequence[str], n_tokens: int) -> int:
+    def max_prompt_tokens(self, prompts: Sequence[str], labels: Sequence[str]) -> int:
         # An echo request holds the prompt and a label word: bound the word too.
-        word = max((bound_tokens(LABEL_WORD_PREFIX + w) for w in self._choices), default=0)
-        per_prompt = self.max_queries_per_prompt(n_tokens)
+        word = max((bound_tokens(LABEL_WORD_PREFIX + w) for w in labels), default=0)
+        per_prompt = self.max_queries_per_prompt(len(labels))
         return sum(n * per_prompt + word * (per_prompt - 1) for n in self._count(prompts))
 
-    def max_queries_per_prompt(self, n_tokens: int) -> int:
+    def max_queries_per_prompt(self, n_labels: int) -> int:
         strategy = self.strategy
         if strategy == "top_logprobs":
-            return 1 + n_tokens
+            return 1 + n_labels
         if strategy == "echo":
-            return max(1, n_tokens)
+            return max(1, n_labels)
         return 1
 
     def _scoring(
-        self, prompts: list[str], token_ids: Sequence[int]
+        self, prompts: list[str], words: Sequence[str]
     ) -> tuple[Callable[[str], Script[ProviderAnswer]], Callable[[list[ProviderAnswer]], None]]:
         plan = self.select_strategy()
-        labels = self._labels(token_ids, plan.strategy)
+        labels = self._labels(words, plan.strategy)
         strategy = self._adapted(plan, labels)
         scorers: dict[str, Callable[..., Script[ProviderAnswer]]] = {
             "extension": partial(score_extension, token_features=self.token_features or 0),
@@ -349,26 +332,19 @@ class OpenAICompletionsProvider(RemoteProvider):
             return list(kept)
         return [0, 0]
 
-    def _labels(self, token_ids: Sequence[int], strategy: str) -> list[Label]:
-        ids = [int(i) for i in token_ids]
+    def _labels(self, words: Sequence[str], strategy: str) -> list[Label]:
+        """The label words with their token ids (learnt once, checked single tokens)."""
+        ids = self.label_token_ids(words)
         if strategy == "extension" and any(i < 0 for i in ids):
             raise ConfigurationError(
-                f"token ids {ids} include synthetic ids (no tokenizer endpoint was reachable); "
-                "the extension strategy needs real ids from the server's /extras/tokenize"
+                f"the label words {list(words)} have no real token ids (no tokenizer endpoint "
+                "was reachable); the extension strategy needs the ids from the server's "
+                "/extras/tokenize"
             )
-        unknown = [i for i in ids if i not in self._words]
-        if unknown and strategy != "extension":
-            raise ConfigurationError(
-                f"token ids {unknown} were not returned by this provider's label_token_ids; "
-                f"the {strategy} strategy matches words by text — call label_token_ids first"
-            )
-        return [Label(i, self._words.get(i, "")) for i in ids]
+        return [Label(i, w) for i, w in zip(ids, words)]
 
 
-def _check_options(
-    base_url: str, model: str, strategy: str, top_logprobs: int, concurrency: int, timeout: float
-) -> None:
-    check_api_options(base_url, model, concurrency, timeout)
+def _check_options(strategy: str, top_logprobs: int) -> None:
     if strategy not in ("auto", *STRATEGIES):
         raise ConfigurationError(
             f"unknown strategy {strategy!r}; use one of {['auto', *STRATEGIES]}"

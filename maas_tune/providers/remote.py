@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from ..errors import ConfigurationError
 from ..scores import ProviderAnswer
 from ._batch import Batch, BatchOutcome, Events
 from ._forcing import synthetic_token_id
@@ -38,13 +39,14 @@ class RemoteProvider(Provider):
     """A provider behind an OpenAI-style API whose ``"auto"`` strategy is found by a probe.
 
     Subclasses validate their options, call ``super().__init__`` and implement
-    :attr:`probe_result`, :meth:`select_strategy` and the contract; they set
+    :meth:`_load_probe`, :meth:`_choose_plan` and the contract; they set
     :attr:`max_probe_requests` (the most requests their probe sends).
 
     Choosing the strategy is an explicit step: :meth:`select_strategy`, which
     :meth:`prepare` runs for the :class:`~maas_tune.client.Client` (so a probe is charged
-    to its budget). Reading :attr:`strategy`, :attr:`plan` or :meth:`fingerprint` on a
-    provider that was never prepared selects first, without a budget to charge.
+    to its budget). Reading :attr:`strategy`, :attr:`plan`, :attr:`probe_result` or
+    :meth:`fingerprint` sends nothing: under ``"auto"`` they refuse until a strategy was
+    selected.
 
     Attributes
     ----------
@@ -79,10 +81,12 @@ class RemoteProvider(Provider):
         self._local = threading.local()  # events and request cap of this thread's scoring
         self._requested = strategy
         self._tokenizer = tokenizer
-        self._words: dict[int, str] = {}  # label token id -> word, from label_token_ids
-        self._choices: list[str] = []  # the last task's label words
+        self._label_ids: dict[tuple[str, tuple[str, ...]], list[int]] = {}  # (prefix, words)
+        self._choices: list[str] = []  # the last task's label words (chat prompts list them)
         self._lock = threading.RLock()
         self._batch: Batch | None = None
+        self._probe: Any = None  # what the capability probe found (subclasses' type)
+        self._plan: Any = None  # the plan select_strategy() chose last
         self._session = APISession(
             base_url, api_key=api_key, http=http, transport=transport, sleep=sleep
         )
@@ -95,27 +99,77 @@ class RemoteProvider(Provider):
 
     @property
     def strategy(self) -> str:
-        """The strategy in use (:meth:`select_strategy`'s; selects first if not prepared)."""
-        return str(self.select_strategy().strategy)
+        """The strategy in use: the one requested, or the one :meth:`select_strategy`
+        chose. Reading it sends nothing.
+
+        Raises
+        ------
+        ConfigurationError
+            Under ``"auto"`` before a strategy was selected.
+        """
+        return str(self.plan.strategy)
 
     @property
     def plan(self) -> Any:
-        """How samples are scored now (:meth:`select_strategy`; selects first if not prepared)."""
-        return self.select_strategy()
+        """How samples are scored (the requested strategy's plan, or the one
+        :meth:`select_strategy` chose last). Reading it sends nothing.
+
+        Raises
+        ------
+        ConfigurationError
+            Under ``"auto"`` before a strategy was selected.
+        """
+        if self._requested != "auto":
+            return self._choose_plan()  # no request: nothing to probe
+        with self._lock:
+            plan = self._plan
+        if plan is None:
+            raise ConfigurationError(_not_selected(self, "strategy"))
+        return plan
 
     @property
-    @abc.abstractmethod
     def probe_result(self) -> Any:
-        """What the capability probe found."""
+        """What the capability probe found (read from the cache or sent by
+        :meth:`select_strategy`). Reading it sends nothing.
 
-    @abc.abstractmethod
+        Raises
+        ------
+        ConfigurationError
+            When no probe result is known yet.
+        """
+        with self._lock:
+            probe = self._probe
+        if probe is None:
+            raise ConfigurationError(_not_selected(self, "capability probe result"))
+        return probe
+
     def select_strategy(self) -> Any:
         """Choose how samples are scored, and return the plan (its ``strategy`` names it).
 
         Under ``"auto"`` this is where the capability probe is sent, once per cache (kept
         in the attached fact store); a requested strategy needs no request. Call it
         through :meth:`prepare` (the client does), so the probe is charged to a budget.
+
+        Raises
+        ------
+        ConfigurationError
+            Under ``"auto"``, when no exact plan exists on this API.
+        OfflineCacheMiss
+            Offline, when the probe result is not in the cache.
         """
+        plan = self._choose_plan()
+        with self._lock:
+            self._plan = plan
+        return plan
+
+    @abc.abstractmethod
+    def _choose_plan(self) -> Any:
+        """The plan for the requested strategy, or under ``"auto"`` the one the probe
+        result allows (loading it with :meth:`_load_probe`)."""
+
+    @abc.abstractmethod
+    def _load_probe(self) -> Any:
+        """The probe result: this object's, the fact store's, or the probe's (sent now)."""
 
     @abc.abstractmethod
     def _probe_key(self) -> str:
@@ -138,16 +192,18 @@ class RemoteProvider(Provider):
 
     @abc.abstractmethod
     def _scoring(
-        self, prompts: list[str], token_ids: Sequence[int]
+        self, prompts: list[str], labels: Sequence[str]
     ) -> tuple[Callable[[str], Script[ProviderAnswer]], Callable[[list[ProviderAnswer]], None]]:
-        """How to score ``prompts``: each prompt's script of requests, and what to do with
-        the answers once all came back (learn from them)."""
+        """How to score ``labels`` after ``prompts``: each prompt's script of requests, and
+        what to do with the answers once all came back (learn from them)."""
 
-    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
+    def score(self, prompts: Sequence[str], labels: Sequence[str]) -> list[ProviderAnswer]:
+        """:meth:`Provider.score`; selects the strategy first where none was (under
+        ``"auto"`` the probe is then among the requests sent, uncharged: no budget here)."""
         prompts = list(prompts)
         if not prompts:
             return []
-        one, after = self._scoring(prompts, token_ids)
+        one, after = self._scoring(prompts, labels)
         answers = self._map(one, prompts)
         after(answers)
         return answers
@@ -155,7 +211,7 @@ class RemoteProvider(Provider):
     async def ascore(
         self,
         prompts: Sequence[str],
-        token_ids: Sequence[int],
+        labels: Sequence[str],
         *,
         events: Events | None = None,
         max_requests: int | None = None,
@@ -166,7 +222,7 @@ class RemoteProvider(Provider):
         prompts, spend = list(prompts), Spend(0, 0)
         if not prompts:
             return [], spend
-        one, after = self._scoring(prompts, token_ids)
+        one, after = self._scoring(prompts, labels)
         batch = Batch(events, max_requests, extend)
         try:
             answers = await self._session.amap(
@@ -221,10 +277,7 @@ class RemoteProvider(Provider):
         )
 
     def _probe_known(self) -> bool:
-        return (
-            getattr(self, "_probe", None) is not None
-            or self._session.recall(self._probe_key()) is not None
-        )
+        return self._probe is not None or self._session.recall(self._probe_key()) is not None
 
     def _probe_batch(self) -> Batch:
         return self._batch if self._batch is not None else Batch()
@@ -238,8 +291,10 @@ class RemoteProvider(Provider):
     def _ids_known(self) -> bool:
         if self._tokenizer is not None:
             return True
-        if self._words:  # the label words' ids were learnt (kept in the cache offline)
-            return all(i >= 0 for i in self._words)
+        with self._lock:  # the label words' ids were learnt (kept in the cache offline)
+            learnt = [i for ids in self._label_ids.values() for i in ids]
+        if learnt:
+            return all(i >= 0 for i in learnt)
         return self._session.has_tokenizer
 
     def _count(self, texts: Sequence[str]) -> list[int]:
@@ -248,7 +303,14 @@ class RemoteProvider(Provider):
         return self._session.count_tokens(texts)
 
     def _label_token_ids(self, words: Sequence[str], prefix: str) -> list[int]:
+        """Each word's token id after ``prefix``: learnt once per process (and kept in the
+        fact store, so an offline rerun knows them), checked to be single tokens."""
         words = list(words)
+        with self._lock:
+            learnt = self._label_ids.get((prefix, tuple(words)))
+            if learnt is not None:
+                self._choices = words
+                return list(learnt)
         if self._tokenizer is not None:  # local: nothing to ask, nothing to keep
             result = self._fetch_label_token_ids(words, prefix)
         else:
@@ -257,9 +319,9 @@ class RemoteProvider(Provider):
             fetch = partial(self._fetch_label_token_ids, words, prefix)
             result = [int(i) for i in self._session.fact(key, what, fetch)]
         with self._lock:
-            self._words.update(zip(result, words))
+            self._label_ids[(prefix, tuple(words))] = result
             self._choices = words
-        return result
+        return list(result)
 
     def _fetch_label_token_ids(self, words: list[str], prefix: str) -> list[int]:
         found = {w: self._token_ids(prefix + w) for w in dict.fromkeys(words)}
@@ -291,7 +353,8 @@ class RemoteProvider(Provider):
         return found
 
     def _probe_or_none(self) -> Any:
-        return getattr(self, "_probe", None) if self._requested != "auto" else self.probe_result
+        with self._lock:
+            return self._probe
 
     # -- plumbing -----------------------------------------------------------------
     def attach_facts(self, facts: FactStore, *, offline: bool = False) -> None:
@@ -305,6 +368,14 @@ class RemoteProvider(Provider):
     async def aclose(self) -> None:
         """Close the connections of the running event loop."""
         await self._session.aclose()
+
+
+def _not_selected(provider: RemoteProvider, what: str) -> str:
+    return (
+        f"{provider.base_url} (strategy='auto'): no {what} yet — call "
+        "provider.select_strategy() (it may send the capability probe), or let the client "
+        "do it with client.prepare(task), which charges the probe to the budget"
+    )
 
 
 def charge_of(exc: BaseException) -> BatchOutcome[Any] | None:

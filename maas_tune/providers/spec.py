@@ -21,7 +21,13 @@ from .base import Provider
 from .extras import extra_headers, extra_query
 from .http import is_secret_name, public_url
 from .ratelimit import RateLimit, RateLimiter, as_limiter
-from .session import API_KEY_ENV, DEFAULT_TIMEOUT_S
+from .session import (
+    API_KEY_ENV,
+    DEFAULT_TIMEOUT_S,
+    check_api_options,
+    concurrency_for,
+    resolve_base_url,
+)
 
 __all__ = ["HTTP_KINDS", "KINDS", "HTTPOptions", "ProviderSpec", "pairs"]
 #: Kinds of provider reached over HTTP: legacy completions or chat completions.
@@ -110,33 +116,40 @@ class HTTPOptions:
         return found
 
     @classmethod
-    def checked(
+    def for_api(
         cls,
-        *,
+        base_url: str | None,
+        model: str,
         timeout: float,
         max_retries: int,
         rate_limit: RateLimit | RateLimiter | None,
-        max_concurrency: int,
+        max_concurrency: int | None,
         default_headers: Mapping[str, str] | None,
         default_query: Mapping[str, str] | None,
-    ) -> HTTPOptions:
-        """The options an HTTP provider's constructor was given, its headers and query
-        checked (:func:`~maas_tune.providers.extras.extra_headers`), as its session takes
-        them.
+    ) -> tuple[str, HTTPOptions]:
+        """What every HTTP provider's constructor does with the arguments they share
+        (openai-python's): the base URL (``base_url=None`` reads ``MAAS_TUNE_BASE_URL``,
+        else ``OPENAI_BASE_URL``) and the options its session takes, checked — the
+        requests-in-flight cap follows the rate limit when not given, and headers and query
+        parameters are checked by :func:`~maas_tune.providers.extras.extra_headers`.
 
         Raises
         ------
         ConfigurationError
-            A header or query parameter that cannot be sent (a credential is not shown).
+            Naming the argument that is wrong and what to pass (a credential is not shown).
         """
-        return cls(
+        base_url = resolve_base_url(base_url)
+        concurrency = concurrency_for(max_concurrency, rate_limit)
+        check_api_options(base_url, model, concurrency, timeout)
+        options = cls(
             timeout=timeout,
             max_retries=max_retries,
             rate_limit=rate_limit,
-            max_concurrency=max_concurrency,
+            max_concurrency=concurrency,
             headers=tuple(extra_headers(default_headers)),
             query=tuple(extra_query(default_query)),
         )
+        return base_url, options
 
     def carries_credentials(self) -> bool:
         """Whether a header or query parameter has a credential-like name."""

@@ -72,11 +72,11 @@ class WithEmbeddings(Provider):
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
         return self.scorer.count_tokens(prompts)
 
-    def max_queries_per_prompt(self, n_tokens: int) -> int:
-        return self.scorer.max_queries_per_prompt(n_tokens) + 1
+    def max_queries_per_prompt(self, n_labels: int) -> int:
+        return self.scorer.max_queries_per_prompt(n_labels) + 1
 
-    def max_prompt_tokens(self, prompts: Sequence[str], n_tokens: int) -> int:
-        return self.scorer.max_prompt_tokens(prompts, n_tokens) + sum(map(bound_tokens, prompts))
+    def max_prompt_tokens(self, prompts: Sequence[str], labels: Sequence[str]) -> int:
+        return self.scorer.max_prompt_tokens(prompts, labels) + sum(map(bound_tokens, prompts))
 
     @contextlib.contextmanager
     def observed(
@@ -100,9 +100,9 @@ class WithEmbeddings(Provider):
         # Only the scorer asks its server things before scoring (probe, tokenizer).
         self.scorer.attach_facts(facts, offline=offline)
 
-    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
+    def score(self, prompts: Sequence[str], labels: Sequence[str]) -> list[ProviderAnswer]:
         prompts = list(prompts)
-        answers = self.scorer.score(prompts, token_ids)
+        answers = self.scorer.score(prompts, labels)
         if not prompts:
             return answers
         try:
@@ -115,7 +115,7 @@ class WithEmbeddings(Provider):
     async def ascore(
         self,
         prompts: Sequence[str],
-        token_ids: Sequence[int],
+        labels: Sequence[str],
         *,
         events: Callable[[str], None] | None = None,
         max_requests: int | None = None,
@@ -125,7 +125,7 @@ class WithEmbeddings(Provider):
         # overlap other chunks'. The spend is the answers' (see observed).
         prompts = list(prompts)
         answers, _ = await self.scorer.ascore(
-            prompts, token_ids, events=events, max_requests=max_requests, extend=extend
+            prompts, labels, events=events, max_requests=max_requests, extend=extend
         )
         if not prompts:
             return answers, Spend()

@@ -80,7 +80,7 @@ class Engine:
     Notes
     -----
     Methods are blocking (torch); the HTTP layer runs them with ``asyncio.to_thread``.
-    The lock serialises forward passes because ``provider.score`` captures the hidden
+    The lock serialises forward passes because ``provider.score_with_tokens`` captures the hidden
     state with a forward hook that a concurrent pass would also trigger. It is granted
     first come, first served, and generation takes it once per token, so a scoring pass
     waits for one decoding step, not for a whole generation.
@@ -161,7 +161,7 @@ class Engine:
     def score(
         self, prompts: Sequence[str], token_ids: Sequence[int], token_features: int = 0
     ) -> list[ProviderAnswer]:
-        """``provider.score`` under the engine lock (log-softmax over the full vocabulary),
+        """``provider.score_with_tokens`` under the engine lock (log-softmax over the full vocabulary),
         with the states of each prompt's last ``token_features`` tokens (0: none)."""
         with self._lock:
             return self.provider.score_with_tokens(prompts, token_ids, token_features)

@@ -344,13 +344,12 @@ def test_the_completions_provider_sees_a_hosted_api(hosted_api, fault, config, s
     provider = OpenAICompletionsProvider(
         api.base_url, MODEL, api_key=KEY, top_logprobs=2, strategy=strategy
     )
-    ids = provider.label_token_ids(["negative", "positive"])
     if refused:  # the forced word comes back at about 0: reported after the bias
         with pytest.raises(ProviderResponseError, match="after logit_bias"):
-            provider.score([PROMPT], ids)
+            provider.score([PROMPT], ["negative", "positive"])
     else:
         expected = next_token_logprobs(PROMPT)
-        assert provider.score([PROMPT], ids)[0].logprobs == pytest.approx(
+        assert provider.score([PROMPT], ["negative", "positive"])[0].logprobs == pytest.approx(
             [expected[" negative"], expected[" positive"]], abs=1e-6
         )
     assert api.billable == api.forwarded >= 1

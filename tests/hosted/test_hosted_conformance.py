@@ -80,7 +80,7 @@ def in_process(gemma: Any, prompts: list[str], words: list[str], prefix: str = "
     """The in-process model's log-probs of ``words`` (after ``prefix``) after each prompt,
     shape (n, t)."""
     ids = [gemma.tokenizer(prefix + w, add_special_tokens=False)["input_ids"][0] for w in words]
-    return np.stack([a.logprobs for a in gemma.score(prompts, ids)])
+    return np.stack([a.logprobs for a in gemma.score_with_tokens(prompts, ids, 0)])
 
 
 def chat_prompts(task: Task, texts: list[str]) -> list[str]:

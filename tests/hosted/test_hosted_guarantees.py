@@ -362,7 +362,7 @@ def test_a_wrong_model_name_shows_the_servers_message(real_server, hosted_api, d
         api.base_url, "no-such-model", api_key=KEY, sleep=lambda s: None, tokenizer=lambda t: [1]
     )
     with pytest.raises(ProviderStatusError, match="does not exist") as info:
-        chat.probe_result  # noqa: B018
+        chat.select_strategy()
     assert "lower top_logprobs" not in str(info.value)
 
 

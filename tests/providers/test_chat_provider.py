@@ -97,7 +97,7 @@ def expected_logprobs(gemma, task: Task, ids: list[int]) -> np.ndarray:
         )
         for t in TEXTS
     ]
-    return np.stack([a.logprobs for a in gemma.score(prompts, ids)])  # (n, t)
+    return np.stack([a.logprobs for a in gemma.score_with_tokens(prompts, ids, 0)])  # (n, t)
 
 
 @pytest.mark.model
@@ -105,12 +105,17 @@ def test_probe_finds_logprobs_before_the_bias_and_picks_force(served):
     url, hits = served
     before = hits[CHAT]
     provider = OpenAIChatProvider(url, MODEL, timeout=PATIENT_S)
+    provider.select_strategy()
     result = provider.probe_result
     assert (result.top_logprobs, result.bias, provider.strategy) == (CAP, "before", "force")
     assert result.served_model == MODEL
     assert result.requests == provider.probe_requests == hits[CHAT] - before == 2
     again = OpenAIChatProvider(url, MODEL, timeout=PATIENT_S)
-    assert again.strategy == "force" and again.probe_requests == 0 and hits[CHAT] - before == 2
+    assert (
+        again.select_strategy().strategy == "force"
+        and again.probe_requests == 0
+        and hits[CHAT] - before == 2
+    )
 
 
 @pytest.mark.model
@@ -146,9 +151,8 @@ def test_top_logprobs_strategy_costs_one_request_and_bounds_missing_words(served
     task = task_with("Negative", "Positive")
     tops = [top_k(url, task, t) for t in TEXTS]
     provider = OpenAIChatProvider(url, MODEL, strategy="top_logprobs", timeout=PATIENT_S)
-    ids = provider.label_token_ids(task.label_words)
     before = hits[CHAT]
-    answers = provider.score([task.render({"text": t}) for t in TEXTS], ids)
+    answers = provider.score([task.render({"text": t}) for t in TEXTS], task.label_words)
     assert hits[CHAT] - before == len(TEXTS) and provider.max_queries_per_prompt(2) == 1
     for answer, top in zip(answers, tops):
         want = [top.get(w, missing_bound(top)) for w in task.label_words]
@@ -281,14 +285,13 @@ def test_auto_without_a_tokenizer_refuses_before_sending_anything():
     provider.label_token_ids(["Negative", "Positive"])
     assert provider.setup_requests() == 0  # nothing to probe: no plan could be exact
     with pytest.raises(ConfigurationError, match="pass --tokenizer.*--strategy top_logprobs"):
-        provider.strategy  # noqa: B018
+        provider.select_strategy()
     assert [r for r in server.requests if r["path"] == CHAT] == []
 
 
 def test_top_logprobs_on_request_bounds_missing_words_and_says_so():
     provider = fake(FakeChat(), strategy="top_logprobs")
-    ids = provider.label_token_ids(["Negative", "Positive"])
-    [answer] = provider.score(["Review: ok.\nSentiment:"], ids)
+    [answer] = provider.score(["Review: ok.\nSentiment:"], ["Negative", "Positive"])
     np.testing.assert_allclose(answer.logprobs, [missing_bound(TOP), -1.0], rtol=1e-6)
     assert answer.queries == 1 and answer.floored == 1 and provider.floored_words == 1
     assert provider.fingerprint()["reading"] == "top-5 bound"
@@ -297,10 +300,11 @@ def test_top_logprobs_on_request_bounds_missing_words_and_says_so():
 def test_a_given_tokenizer_enables_exact_forcing():
     server = FakeChat()
     provider = fake(server, tokenizer=lambda text: [VOCAB[text]] if text in VOCAB else [1, 2])
-    assert provider.strategy == "force" and provider.probe_result.bias == "before"
+    assert provider.select_strategy().strategy == "force"
+    assert provider.probe_result.bias == "before"
     ids = provider.label_token_ids(["Negative", "Positive"])
     assert ids == [VOCAB["Negative"], VOCAB["Positive"]]
-    [answer] = provider.score(["Review: ok.\nSentiment:"], ids)
+    [answer] = provider.score(["Review: ok.\nSentiment:"], ["Negative", "Positive"])
     np.testing.assert_allclose(answer.logprobs, [UNSHOWN, -1.0])
     assert answer.queries == 2 and answer.prompt_tokens == 14 and provider.forced_words == 1
     forced = server.requests[-1]
@@ -319,21 +323,20 @@ def test_logprobs_reported_after_the_bias_rule_forcing_out():
 
     auto = fake(FakeChat(biased=True), tokenizer=tokenizer)
     with pytest.raises(ConfigurationError, match="after logit_bias.*--strategy top_logprobs"):
-        auto.strategy  # noqa: B018
+        auto.select_strategy()
     assert auto.probe_result.bias == "after"
     forced = fake(FakeChat(biased=True), tokenizer=tokenizer, strategy="force")
-    ids = forced.label_token_ids(["Negative", "Positive"])
     with pytest.raises(ProviderResponseError, match="after logit_bias.*strategy='top_logprobs'"):
-        forced.score(["x"], ids)
+        forced.score(["x"], ["Negative", "Positive"])
 
 
 def test_429_is_retried_after_retry_after():
     slept: list[float] = []
     server = FakeChat()
     provider = fake(server, strategy="top_logprobs", sleep=slept.append)
-    ids = provider.label_token_ids(["I", "Positive"])
+    provider.label_token_ids(["I", "Positive"])  # learnt before the fault is armed
     server.faults.append(httpx.Response(429, headers={"retry-after": "3"}, json={"error": "slow"}))
-    [answer] = provider.score(["x"], ids)
+    [answer] = provider.score(["x"], ["I", "Positive"])
     assert slept == [3.0] and answer.queries == 1
     assert [r["path"] for r in server.requests[-2:]] == [CHAT, CHAT]
 
@@ -367,10 +370,10 @@ def test_429_is_retried_after_retry_after():
 def test_malformed_replies_are_response_errors(reply, match):
     server = FakeChat()
     provider = fake(server, strategy="top_logprobs")
-    ids = provider.label_token_ids(["I", "Positive"])
+    provider.label_token_ids(["I", "Positive"])  # learnt before the fault is armed
     server.faults.append(httpx.Response(200, json=reply))
     with pytest.raises(ProviderResponseError, match=match) as info:
-        provider.score(["x"], ids)
+        provider.score(["x"], ["I", "Positive"])
     assert info.value.request_sent  # it was answered, hence billed
 
 

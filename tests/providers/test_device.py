@@ -149,8 +149,10 @@ def test_bfloat16_on_cpu_agrees_with_float32_within_its_tolerance(gemma):
         assert (bf16.device, bf16.dtype) == ("cpu", "bfloat16")
         assert (gemma.device, gemma.dtype) == ("cpu", "float32")  # the defaults
         assert next(bf16.model.parameters()).dtype == torch.bfloat16
-        ids = gemma.label_token_ids(["negative", "positive"])
-        ref, low = gemma.score(PROMPTS, ids), bf16.score(PROMPTS, ids)
+        ref, low = (
+            gemma.score(PROMPTS, ["negative", "positive"]),
+            bf16.score(PROMPTS, ["negative", "positive"]),
+        )
         fp_ref, fp_low = gemma.fingerprint(), bf16.fingerprint()
     finally:
         bf16.close()

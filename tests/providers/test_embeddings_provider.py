@@ -50,8 +50,9 @@ def served(gemma):
 @pytest.mark.parametrize("encoding", ["float", "base64"])
 def test_embeddings_equal_the_extension_hidden_state(served, encoding):
     with OpenAICompletionsProvider(served, MODEL, strategy="extension") as scorer:
-        ids = scorer.label_token_ids(["negative", "positive"])
-        expected = np.stack([a.hidden for a in scorer.score(PROMPTS, ids)])  # (3, d)
+        expected = np.stack(
+            [a.hidden for a in scorer.score(PROMPTS, ["negative", "positive"])]
+        )  # (3, d)
     # batch_size 2: the three prompts go out in two requests and come back in order
     with OpenAIEmbeddingsProvider(served, MODEL, encoding_format=encoding, batch_size=2) as emb:
         got = emb.embed(PROMPTS)
@@ -294,7 +295,7 @@ def test_with_embeddings_contract(db_path, monkeypatch):
     assert provider.max_queries_per_prompt(3) == 2
     assert provider.label_token_ids(["a"]) == scorer.label_token_ids(["a"])
     assert provider.count_tokens(["a b"]) == [3]
-    answers = provider.score(["x y", "z"], [1, 2])
+    answers = provider.score(["x y", "z"], ["a", "b"])
     assert [a.queries for a in answers] == [2, 1]  # one embeddings request for the batch
     assert [a.hidden.tolist() for a in answers] == [_vec(0), _vec(1)]  # embeddings win
     assert sum(a.prompt_tokens for a in answers) == 3 + 2 + 12  # scorer's + embedding usage
@@ -359,8 +360,7 @@ def test_with_embeddings_scores_without_blocking_the_event_loop():
             await asyncio.sleep(0)  # the ticker's first tick
             first = len(ticks)
             try:
-                ids = provider.label_token_ids(["positive", "negative"])
-                return await provider.ascore(["a b", "c"], ids), first
+                return await provider.ascore(["a b", "c"], ["positive", "negative"]), first
             finally:
                 done.set()
                 await ticking
@@ -377,8 +377,8 @@ def test_with_embeddings_keeps_the_scorers_token_features():
     rebuilt without them."""
     scorer = FakeProvider(dim=8, token_features=4)
     provider = WithEmbeddings(scorer, _embedder(FakeEmbeddings()))
-    answers = provider.score(["x y", "z"], [1, 2])
-    expected = scorer.score(["x y", "z"], [1, 2])
+    answers = provider.score(["x y", "z"], ["a", "b"])
+    expected = scorer.score(["x y", "z"], ["a", "b"])
     for got, want in zip(answers, expected):
         assert got.token_features is not None
         np.testing.assert_array_equal(got.token_features, want.token_features)

@@ -105,11 +105,13 @@ def test_auto_finds_a_correct_strategy_on_llama_cpp(gemma):
     proc, url = _llama_cpp_server()
     try:
         with OpenAICompletionsProvider(url, "gemma", api_key="unused") as remote:
-            assert remote.strategy == "top_logprobs"  # no extension; logprobs before the bias
+            assert (
+                remote.select_strategy().strategy == "top_logprobs"
+            )  # no extension; logprobs before the bias
             ids = remote.label_token_ids(WORDS)
             assert ids == gemma.label_token_ids(WORDS)  # BOS that llama.cpp adds is stripped
-            got = np.stack([a.logprobs for a in remote.score(PROMPTS, ids)])
-        expected = np.stack([a.logprobs for a in gemma.score(PROMPTS, ids)])
+            got = np.stack([a.logprobs for a in remote.score(PROMPTS, WORDS)])
+        expected = np.stack([a.logprobs for a in gemma.score(PROMPTS, WORDS)])
         # llama.cpp computes with the Q4_K_M weights, we with them dequantised to float32
         assert np.abs(got - expected).max() < 0.5
         assert (np.argmax(got, 1) == np.argmax(expected, 1)).mean() >= 2 / 3

@@ -22,7 +22,7 @@ def test_a_prompt_past_the_context_is_refused_before_the_forward_pass(gemma: Any
     too_long = " the" * limit  # + BOS: one token past the context
     try:
         with pytest.raises(ContextLengthExceeded) as caught:
-            gemma.score(["a short one", too_long], [1, 2])
+            gemma.score(["a short one", too_long], ["yes", "no"])
     finally:
         hook.remove()
     # no pass at all: not even the short prompt was scored
@@ -30,5 +30,5 @@ def test_a_prompt_past_the_context_is_refused_before_the_forward_pass(gemma: Any
     message = str(caught.value)
     assert f"prompt 1 has {limit + 1} tokens" in message
     assert f"context of {limit} tokens" in message and "shorten" in message
-    fits = gemma.score(["a short one"], [1, 2])
+    fits = gemma.score(["a short one"], ["yes", "no"])
     assert fits[0].prompt_tokens > 0

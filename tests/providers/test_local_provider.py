@@ -36,7 +36,9 @@ def test_answers_match_a_plain_unbatched_forward_pass(gemma, monkeypatch, pack_t
 
     monkeypatch.setattr(gemma, "pack_tokens", pack_tokens)
     ids = gemma.label_token_ids(["negative", "positive"])
-    answers = gemma.score(PROMPTS, ids)  # one packed row / runs of <= 40 tokens / a padded batch
+    answers = gemma.score(
+        PROMPTS, ["negative", "positive"]
+    )  # one packed row / runs of <= 40 tokens / a padded batch
     for prompt, answer in zip(PROMPTS, answers):
         enc = gemma.tokenizer(prompt, return_tensors="pt")
         with torch.inference_mode():
@@ -62,13 +64,12 @@ def test_pack_runs_respects_prompt_and_token_caps():
 
 def test_logprobs_are_normalised_over_the_full_vocabulary(gemma):
     ids = list(range(gemma.tokenizer.vocab_size))
-    (answer,) = gemma.score(PROMPTS[:1], ids)
+    (answer,) = gemma.score_with_tokens(PROMPTS[:1], ids, 0)
     assert np.logaddexp.reduce(answer.logprobs.astype(np.float64)) == pytest.approx(0.0, abs=1e-3)
 
 
 def test_sentiment_direction_is_sensible(gemma):
-    ids = gemma.label_token_ids(["negative", "positive"])
-    good, _, bad = gemma.score(PROMPTS, ids)
+    good, _, bad = gemma.score(PROMPTS, ["negative", "positive"])
     margin_good = good.logprobs[1] - good.logprobs[0]
     margin_bad = bad.logprobs[1] - bad.logprobs[0]
     assert margin_good > margin_bad
@@ -95,8 +96,10 @@ def test_cold_conversion_from_gguf_gives_the_same_model(gemma, tmp_path, monkeyp
     assert resolve_model("gemma-3-270m").directory == resolved.directory  # second call: no work
     fresh = TransformersProvider()
     assert fresh.fingerprint() == gemma.fingerprint()
-    ids = gemma.label_token_ids(["negative", "positive"])
-    a, b = fresh.score(PROMPTS, ids), gemma.score(PROMPTS, ids)
+    a, b = (
+        fresh.score(PROMPTS, ["negative", "positive"]),
+        gemma.score(PROMPTS, ["negative", "positive"]),
+    )
     for x, y in zip(a, b):
         np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-5)
         np.testing.assert_allclose(x.hidden, y.hidden, atol=1e-4)
@@ -108,10 +111,13 @@ def test_concurrent_calls_get_their_own_hidden_states(gemma):
     """Threads share one model: each call must get its own batch's answers."""
     from concurrent.futures import ThreadPoolExecutor
 
-    ids = gemma.label_token_ids(["negative", "positive"])
-    expected = [gemma.score([p], ids)[0] for p in PROMPTS]
+    expected = [gemma.score([p], ["negative", "positive"])[0] for p in PROMPTS]
     with ThreadPoolExecutor(6) as pool:
-        got = list(pool.map(lambda i: gemma.score([PROMPTS[i % 3]], ids)[0], range(12)))
+        got = list(
+            pool.map(
+                lambda i: gemma.score([PROMPTS[i % 3]], ["negative", "positive"])[0], range(12)
+            )
+        )
     for i, answer in enumerate(got):
         np.testing.assert_allclose(answer.logprobs, expected[i % 3].logprobs, atol=1e-5)
         np.testing.assert_allclose(answer.hidden, expected[i % 3].hidden, atol=1e-4)

@@ -49,9 +49,10 @@ def test_the_probe_result_is_kept_in_the_cache_across_processes(gemma, tmp_path)
         clear_probe_cache()
         first = OpenAICompletionsProvider(f"{url}/v1", "gemma-3-270m")
         first.attach_facts(cache)
-        assert first.strategy == "extension" and first.probe_requests > 0
+        assert first.select_strategy().strategy == "extension" and first.probe_requests > 0
         clear_probe_cache()  # as in a new process
         second = OpenAICompletionsProvider(f"{url}/v1", "gemma-3-270m")
         second.attach_facts(cache)
+        second.select_strategy()  # from the cache: no request
         assert second.probe_result == first.probe_result
         assert second.probe_requests == 0

@@ -155,7 +155,7 @@ def test_extension_happy_path_is_exact_with_hidden():
     provider = make(server, strategy="extension")
     ids = provider.label_token_ids(WORDS)
     assert ids == [server.vocab[" positive"], server.vocab[" negative"]]
-    [answer] = provider.score(["Review: great. Sentiment:"], ids)
+    [answer] = provider.score(["Review: great. Sentiment:"], WORDS)
     np.testing.assert_allclose(answer.logprobs, [NEXT[" positive"], NEXT[" negative"]], atol=1e-6)
     np.testing.assert_array_equal(answer.hidden, np.arange(4, dtype=np.float32))
     assert answer.queries == 1 and answer.prompt_tokens == 3
@@ -167,8 +167,7 @@ def test_extension_happy_path_is_exact_with_hidden():
 def test_top_logprobs_words_in_top_k_cost_one_request():
     server = FakeServer()
     provider = make(server, strategy="top_logprobs", top_logprobs=5)
-    ids = provider.label_token_ids(["positive", "it"])
-    answers = provider.score(["a b:", "c d:"], ids)
+    answers = provider.score(["a b:", "c d:"], ["positive", "it"])
     for answer in answers:
         np.testing.assert_allclose(answer.logprobs, [NEXT[" positive"], NEXT[" it"]], atol=1e-6)
         assert answer.queries == 1 and answer.hidden is None
@@ -180,7 +179,7 @@ def test_top_logprobs_recovers_a_missing_word_with_one_forced_request():
     server = FakeServer()
     provider = make(server, strategy="top_logprobs")
     ids = provider.label_token_ids(WORDS)
-    [answer] = provider.score(["Review: meh. Sentiment:"], ids)
+    [answer] = provider.score(["Review: meh. Sentiment:"], WORDS)
     np.testing.assert_allclose(answer.logprobs, [NEXT[" positive"], NEXT[" negative"]], atol=1e-6)
     assert answer.queries == 2 and answer.prompt_tokens == 2 * 3
     forced = completions(server)[1]
@@ -190,9 +189,8 @@ def test_top_logprobs_recovers_a_missing_word_with_one_forced_request():
 
 def test_top_logprobs_refuses_logprobs_reported_after_the_bias():
     provider = make(FakeServer(biased=True), strategy="top_logprobs")
-    ids = provider.label_token_ids(WORDS)
     with pytest.raises(ProviderResponseError, match="after logit_bias") as info:
-        provider.score(["x:"], ids)
+        provider.score(["x:"], WORDS)
     assert info.value.request_sent  # the first request was answered, hence billed
 
 
@@ -201,10 +199,10 @@ def test_top_logprobs_without_tokenizer_matches_by_text_and_uses_synthetic_ids()
     provider = make(server, strategy="top_logprobs")
     ids = provider.label_token_ids(["positive", "it"])
     assert all(i < 0 for i in ids) and ids == provider.label_token_ids(["positive", "it"])
-    [answer] = provider.score(["x:"], ids)
+    [answer] = provider.score(["x:"], ["positive", "it"])
     np.testing.assert_allclose(answer.logprobs, [NEXT[" positive"], NEXT[" it"]], atol=1e-6)
     with pytest.raises(ProviderResponseError, match="cannot be forced"):
-        provider.score(["x:"], provider.label_token_ids(["negative"]))
+        provider.score(["x:"], ["negative"])
     # No tokenizer: a bound no tokenizer can pass (UTF-8 bytes + special tokens), so a
     # prompt-token cap holds for any script: CJK characters are 3 bytes each.
     assert provider.count_tokens(["abcdefg", "日本語"]) == [7 + 8, 9 + 8]
@@ -213,8 +211,7 @@ def test_top_logprobs_without_tokenizer_matches_by_text_and_uses_synthetic_ids()
 def test_echo_sums_the_word_tokens_after_the_prompt():
     server = FakeServer(top=False)
     provider = make(server, strategy="echo")
-    ids = provider.label_token_ids(WORDS)
-    [answer] = provider.score(["Review: fine. Sentiment:"], ids)
+    [answer] = provider.score(["Review: fine. Sentiment:"], WORDS)
     np.testing.assert_allclose(answer.logprobs, [NEXT[" positive"], NEXT[" negative"]], atol=1e-6)
     assert answer.queries == 2 == provider.max_queries_per_prompt(2)
     sent = completions(server)
@@ -234,9 +231,8 @@ def test_label_words_must_be_single_tokens():
 def test_score_keeps_prompt_order_under_concurrency():
     server = FakeServer(extension=True)
     provider = make(server, strategy="extension", max_concurrency=4)
-    ids = provider.label_token_ids(WORDS)
     prompts = [f"p {'x ' * i}:" for i in range(12)]
-    answers = provider.score(prompts, ids)
+    answers = provider.score(prompts, WORDS)
     assert [a.prompt_tokens for a in answers] == [len(server.ids(p)) for p in prompts]
 
 
@@ -254,7 +250,7 @@ def test_score_keeps_prompt_order_under_concurrency():
 )
 def test_auto_picks_the_cheapest_exact_plan(flags, expected, missing):
     provider = make(FakeServer(**flags))
-    plan = provider.plan
+    plan = provider.select_strategy()
     assert (provider.strategy, plan.missing) == (expected, missing) and plan.reason
     assert provider.probe_result.requests == provider.probe_requests <= 4
     # Every plan is exact, so the cache identity names what answers hold, not the strategy.
@@ -276,31 +272,29 @@ def test_auto_refuses_before_scoring_when_no_plan_is_exact(flags, says):
     provider = make(server)
     provider.label_token_ids(WORDS)
     with pytest.raises(ConfigurationError, match=says):
-        provider.strategy  # noqa: B018
+        provider.select_strategy()
     probed = len(completions(server))
     with pytest.raises(ConfigurationError, match=says):  # decided again, never kept
-        provider.score(["x y:"], provider.label_token_ids(WORDS))
+        provider.score(["x y:"], WORDS)
     assert len(completions(server)) == probed  # no sample was sent
 
 
 def test_probe_requests_are_counted_once_per_process():
     server = FakeServer(top=False)
     provider = make(server)
-    ids = provider.label_token_ids(WORDS)
-    [answer] = provider.score(["x y:"], ids)
+    [answer] = provider.score(["x y:"], WORDS)
     assert provider.probe_requests == 2 and answer.queries == 2  # extension+top, echo
     again = make(server)
-    assert again.strategy == "echo" and again.probe_requests == 0
+    assert again.select_strategy().strategy == "echo" and again.probe_requests == 0
 
 
 def test_auto_switches_to_echo_when_the_label_words_are_mostly_missing():
     server = FakeServer(tokenizer=False)  # " negative" and " zebra" are never in the top-5
     provider = make(server)
-    ids = provider.label_token_ids(["negative", "zebra"])
-    first = provider.score([f"p{i}:" for i in range(8)], ids)
+    first = provider.score([f"p{i}:" for i in range(8)], ["negative", "zebra"])
     assert all(a.queries == 3 for a in first)  # top-k, then both words echoed
     before = len(completions(server))
-    second = provider.score([f"q{i}:" for i in range(4)], ids)
+    second = provider.score([f"q{i}:" for i in range(4)], ["negative", "zebra"])
     assert all(a.queries == 2 for a in second)  # echo only: 2 < 1 + 2
     assert len(completions(server)) - before == 8
     np.testing.assert_allclose(first[0].logprobs, second[0].logprobs, atol=1e-6)
@@ -329,24 +323,26 @@ def test_429_is_retried_after_the_servers_retry_after():
     slept: list[float] = []
     limited = httpx.Response(429, headers={"retry-after": "7"}, json={"error": "slow down"})
     server = FakeServer(extension=True, faults=[limited])
-    provider = make(server, strategy="extension", sleep=slept.append)
-    [answer] = provider.score(["x:"], [10])
+    provider = make(server, strategy="extension", sleep=slept.append, tokenizer=server.ids)
+    [answer] = provider.score(["x:"], ["the"])
     assert slept == [7.0] and answer.queries == 1
 
 
 def test_persistent_500_gives_up_after_bounded_retries():
     slept: list[float] = []
     server = FakeServer(faults=[httpx.Response(500, json={"error": "boom"}) for _ in range(5)])
-    provider = make(server, strategy="extension", max_retries=4, sleep=slept.append)
+    provider = make(
+        server, strategy="extension", max_retries=4, sleep=slept.append, tokenizer=server.ids
+    )
     with pytest.raises(ProviderStatusError) as info:
-        provider.score(["x:"], [10])
+        provider.score(["x:"], ["the"])
     assert info.value.status == 500 and len(server.requests) == 5 and len(slept) == 4
 
 
 def test_malformed_json_is_a_response_error():
     server = FakeServer(faults=[httpx.Response(200, content=b"{not json")])
     with pytest.raises(ProviderResponseError, match="not valid JSON"):
-        make(server, strategy="extension").score(["x:"], [10])
+        make(server, strategy="extension", tokenizer=server.ids).score(["x:"], ["the"])
 
 
 def test_api_key_is_sent_but_never_shown(monkeypatch, caplog):
@@ -354,11 +350,11 @@ def test_api_key_is_sent_but_never_shown(monkeypatch, caplog):
     echoing = httpx.Response(401, json={"error": {"message": f"bad key Bearer {KEY}"}})
     server = FakeServer(faults=[echoing])
     provider = OpenAICompletionsProvider(
-        BASE, "m", strategy="extension", transport=httpx.MockTransport(server)
+        BASE, "m", strategy="extension", transport=httpx.MockTransport(server), tokenizer=server.ids
     )
     caplog.set_level(logging.DEBUG)
     with pytest.raises(ProviderStatusError) as info:
-        provider.score(["x:"], [10])
+        provider.score(["x:"], ["the"])
     assert server.headers[0]["authorization"] == f"Bearer {KEY}"
     shown = [str(info.value), repr(provider), json.dumps(provider.fingerprint()), caplog.text]
     assert all(KEY not in text for text in shown)
@@ -385,12 +381,12 @@ def served_gemma(gemma):
 def test_real_server_auto_and_top_logprobs_match_the_local_model(gemma, served_gemma):
     prompts = ["Review: a delight from start to finish. Sentiment:", "Review: dull. Sentiment:"]
     ids = gemma.label_token_ids(WORDS)
-    expected = np.stack([a.logprobs for a in gemma.score(prompts, ids)])
+    expected = np.stack([a.logprobs for a in gemma.score(prompts, WORDS)])
     with OpenAICompletionsProvider(served_gemma, "gemma-3-270m") as auto:
         assert auto.label_token_ids(WORDS) == ids
-        assert auto.strategy == "extension"
-        got = np.stack([a.logprobs for a in auto.score(prompts, ids)])
+        assert auto.select_strategy().strategy == "extension"
+        got = np.stack([a.logprobs for a in auto.score(prompts, WORDS)])
         np.testing.assert_allclose(got, expected, atol=1e-4)
     with OpenAICompletionsProvider(served_gemma, "gemma-3-270m", strategy="top_logprobs") as top:
-        got = np.stack([a.logprobs for a in top.score(prompts, top.label_token_ids(WORDS))])
+        got = np.stack([a.logprobs for a in top.score(prompts, WORDS)])
         np.testing.assert_allclose(got, expected, atol=1e-3)

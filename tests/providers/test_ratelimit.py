@@ -191,8 +191,9 @@ def test_provider_acquires_before_each_scoring_request_but_not_for_the_tokenizer
     limiter = RecordingLimiter()
     with DetServer(tokenizer=True) as server:
         provider = OpenAICompletionsProvider(server.base_url, "det", rate_limit=limiter)
-        ids = provider.label_token_ids(["positive", "negative"])
-        provider.score(["Review: good Sentiment:", "Review: bad Sentiment:"], ids)
+        provider.score(
+            ["Review: good Sentiment:", "Review: bad Sentiment:"], ["positive", "negative"]
+        )
         assert len(limiter.acquired) == server.received  # probe + 2 samples; tokenize is free
     assert all(requests == 1 and tokens > 0 for requests, tokens in limiter.acquired)
 
@@ -219,8 +220,9 @@ def test_local_rate_limit_caps_the_rate_the_server_sees():
             max_concurrency=8,
             rate_limit=RateLimit(requests_per_minute=1200),  # 20/s, burst 20
         )
-        ids = provider.label_token_ids(["positive", "negative"])
-        provider.score([f"Review: text {i} Sentiment:" for i in range(50)], ids)
+        provider.score(
+            [f"Review: text {i} Sentiment:" for i in range(50)], ["positive", "negative"]
+        )
         arrivals = list(server.arrivals)
     assert _max_in_window(arrivals, 1.0) <= 20 + 20 + 2  # burst + 1 s of rate, 2 of jitter
     assert max(arrivals) - min(arrivals) >= (51 - 20) / 20 * 0.9

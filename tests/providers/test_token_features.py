@@ -125,7 +125,7 @@ def test_the_serve_extension_returns_token_features(gemma, real_server):
     with OpenAICompletionsProvider(
         f"{real_server}/v1", REAL_MODEL, strategy="extension", token_features=4
     ) as remote:
-        answers = remote.score(prompts, ids)
+        answers = remote.score(prompts, ["bad", "good"])
         assert "tokens@last-4" in remote.fingerprint()["reading"]
     for got, want in zip(answers, local):
         assert got.token_features.shape == (4, 640) and got.token_features.dtype == np.float16

@@ -48,9 +48,13 @@ def client(base_url):
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0)
 
 
+#: The label words the tests score (their ids go in the server's wire field).
+WORDS = ["positive", "negative"]
+
+
 @pytest.fixture(scope="module")
 def label_ids(gemma):
-    return gemma.label_token_ids(["positive", "negative"])
+    return gemma.label_token_ids(WORDS)
 
 
 def test_health_models_and_version_header(base_url, client):
@@ -123,7 +127,7 @@ def _extension(base_url, prompt, label_ids, hidden=True):
 
 def test_extension_matches_provider_score(base_url, gemma, label_ids):
     ext = _extension(base_url, PROMPT, label_ids)["maas_tune"]
-    expected = gemma.score([PROMPT], label_ids)[0]
+    expected = gemma.score([PROMPT], WORDS)[0]
     np.testing.assert_allclose(ext["label_logprobs"], expected.logprobs, atol=1e-4)
     hidden = np.frombuffer(base64.b64decode(ext["hidden"]), dtype="<f4")
     assert hidden.shape == (640,)
@@ -132,7 +136,7 @@ def test_extension_matches_provider_score(base_url, gemma, label_ids):
 
 
 def test_top_logprobs_unchanged_by_logit_bias(client, gemma, engine, label_ids):
-    expected = gemma.score([FEW_SHOT], label_ids)[0].logprobs
+    expected = gemma.score([FEW_SHOT], WORDS)[0].logprobs
     forced = engine.tokenize(" maybe")[0]
     plain = client.completions.create(
         model=MODEL, prompt=FEW_SHOT, max_tokens=1, temperature=0, logprobs=20
@@ -172,7 +176,7 @@ def test_concurrent_extension_requests_are_batched(app, base_url, gemma, label_i
     before = len(app.state.batcher.batch_sizes)
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda p: _extension(base_url, p, label_ids, False), prompts))
-    expected = gemma.score(prompts, label_ids)
+    expected = gemma.score(prompts, WORDS)
     for answer, want in zip(answers, expected):
         np.testing.assert_allclose(answer["maas_tune"]["label_logprobs"], want.logprobs, atol=1e-4)
         assert answer["maas_tune"]["hidden"] is None

@@ -79,7 +79,7 @@ def test_official_client_parses_chat_logprobs(client, gemma):
     assert values == sorted(values, reverse=True) and first.logprob == values[0]  # greedy
     # The reported top-k is the model's next-token distribution after the rendered prompt.
     ids = [gemma.tokenizer.convert_tokens_to_ids(t.token) for t in first.top_logprobs[:2]]
-    expected = gemma.score([_prompt()], ids)[0].logprobs
+    expected = gemma.score_with_tokens([_prompt()], ids, 0)[0].logprobs
     np.testing.assert_allclose(values[:2], expected, atol=1e-3)
 
 
@@ -99,7 +99,7 @@ def test_logit_bias_forces_a_token_and_leaves_its_logprob_unbiased(client, gemma
     )
     token = biased.choices[0].logprobs.content[0]
     assert biased.choices[0].message.content == token.token == "zebra"
-    expected = float(gemma.score([_prompt()], [forced])[0].logprobs[0])
+    expected = float(gemma.score_with_tokens([_prompt()], [forced], 0)[0].logprobs[0])
     assert token.logprob == pytest.approx(expected, abs=1e-3)
     assert token.logprob < plain.choices[0].logprobs.content[0].top_logprobs[-1].logprob
     top = [(t.token, t.logprob) for t in token.top_logprobs]

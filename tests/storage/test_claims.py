@@ -36,9 +36,9 @@ SLOW_CALL_S = 0.15
 class SlowProvider(FakeProvider):
     """The fake provider, taking ``SLOW_CALL_S`` per call (as a hosted API would)."""
 
-    def score(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[ProviderAnswer]:
+    def score(self, prompts: Sequence[str], labels: Sequence[str]) -> list[ProviderAnswer]:
         time.sleep(SLOW_CALL_S)
-        return super().score(prompts, token_ids)
+        return super().score(prompts, labels)
 
 
 @pytest.fixture

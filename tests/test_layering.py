@@ -27,7 +27,7 @@ ROOMS: dict[str, frozenset[str]] = {
     "data": frozenset({"data", "frames"}),
     "datasets": frozenset({"datasets"}),
     "estimators": frozenset({"decoders", "estimator", "_artefact", "_artefact_schema"}),
-    "client": frozenset({"client", "_hold", "_runner"}),
+    "client": frozenset({"client"}),
     "methods": frozenset({"methods"}),
     "registry": frozenset({"registry", "persistence", "_saved_schema"}),
     "experiment": frozenset({"experiment"}),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from maas_tune._runner import run_interruptibly
+from maas_tune.client._runner import run_interruptibly
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A hang guard, not a timing goal: the run below gives up after 0.5 s of grace.
@@ -24,7 +24,7 @@ GUARD_S = 60
 STUCK = textwrap.dedent(
     """
     import asyncio, signal, sys
-    from maas_tune._runner import run_interruptibly
+    from maas_tune.client._runner import run_interruptibly
 
     # Ctrl-C as in a terminal (a background job of a non-interactive shell ignores SIGINT)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -80,7 +80,7 @@ def test_a_task_left_behind_does_not_hold_up_the_result(caplog):
         await asyncio.sleep(0)
         return 7
 
-    with caplog.at_level(logging.WARNING, logger="maas_tune._runner"):
+    with caplog.at_level(logging.WARNING, logger="maas_tune.client._runner"):
         assert run_interruptibly(main(), grace_s=0.2) == 7
     assert "did not end" in caplog.text and "ignores_cancellation" in caplog.text
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import BudgetExceeded
-from .storage.budget import QueryBudget, Reservation
+from ..errors import BudgetExceeded
+from ..storage.budget import QueryBudget, Reservation
 
 __all__ = ["ChunkHold"]
 

@@ -20,7 +20,7 @@ from collections.abc import Coroutine
 from types import FrameType
 from typing import Any, TypeVar
 
-from ._constants import CANCEL_GRACE_S
+from .._constants import CANCEL_GRACE_S
 
 __all__ = ["run_interruptibly"]
 

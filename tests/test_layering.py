@@ -24,7 +24,7 @@ ROOMS: dict[str, frozenset[str]] = {
     "storage": frozenset({"storage"}),
     "providers": frozenset({"providers"}),
     "task": frozenset({"task", "_task_file", "_template"}),
-    "data": frozenset({"data", "frames"}),
+    "data": frozenset({"data", "frames", "_records"}),
     "datasets": frozenset({"datasets"}),
     "estimators": frozenset({"decoders", "estimator", "_artefact", "_artefact_schema"}),
     "client": frozenset({"client", "_hold", "_runner"}),

@@ -23,6 +23,17 @@ ENVIRONMENT_HELP = (
 )
 
 
+def _scoring_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
+) -> argparse.ArgumentParser:
+    """A subcommand that scores through a provider: the common and provider flags, and
+    the environment variables it reads in its ``--help``."""
+    p = sub.add_parser(name, help=help, epilog=ENVIRONMENT_HELP)
+    add_common(p)
+    add_provider(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``maas-tune`` (also used to document the CLI)."""
     parser = argparse.ArgumentParser(
@@ -45,13 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
-        "eval",
-        help="fit methods on k shots and report test accuracy",
-        epilog=ENVIRONMENT_HELP,
-    )
-    add_common(p)
-    add_provider(p)
+    p = _scoring_command(sub, "eval", "fit methods on k shots and report test accuracy")
     add_data(p)
     p.add_argument(
         "--method",
@@ -70,13 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per method, one per line")
     p.set_defaults(func=commands.cmd_eval)
 
-    p = sub.add_parser(
-        "fit",
-        help="fit a decoder on k shots and save it (safetensors + JSON)",
-        epilog=ENVIRONMENT_HELP,
-    )
-    add_common(p)
-    add_provider(p)
+    p = _scoring_command(sub, "fit", "fit a decoder on k shots and save it (safetensors + JSON)")
     add_data(p)
     p.add_argument(
         "--method", default="dect", choices=list(METHODS), help="the method to fit (default dect)"
@@ -85,13 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_money(p)
     p.set_defaults(func=commands.cmd_fit)
 
-    p = sub.add_parser(
-        "predict",
-        help="predict labels for a file with a saved decoder",
-        epilog=ENVIRONMENT_HELP,
-    )
-    add_common(p)
-    add_provider(p)
+    p = _scoring_command(sub, "predict", "predict labels for a file with a saved decoder")
     p.add_argument("--decoder", required=True, metavar="DIR", help="a decoder saved by `fit`")
     p.add_argument(
         "--input",

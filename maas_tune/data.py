@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from ._files import file_errors
 from ._records import LABEL_FIELD, PAIR_FIELD, TEXT_FIELD, records_csv, records_jsonl
 from .errors import ConfigurationError, DataError
 
@@ -206,15 +207,8 @@ def load_examples(
             f"{str(path)!r}: unsupported file suffix {path.suffix!r}; "
             f"use one of {sorted(DATA_FORMATS)}"
         )
-    try:
+    with file_errors(path, "data", DataError):
         raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise DataError(f"data file {str(path)!r} does not exist; check the path") from exc
-    except OSError as exc:  # a directory, no permission, ...
-        raise DataError(
-            f"cannot read data file {str(path)!r} ({exc.strerror or exc}); check the path "
-            "and its permissions"
-        ) from exc
     return parse_examples(
         raw, fmt=fmt, source=str(path), labels=labels, require_label=require_label,
         columns=columns,

@@ -19,7 +19,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "maas_tune"
 #: hold several root modules that import each other (``data`` and ``frames``); rooms may not.
 ROOMS: dict[str, frozenset[str]] = {
     "values": frozenset(
-        {"_constants", "_lazy", "_money", "_version", "errors", "metrics", "pricing", "scores"}
+        {
+            "_constants",
+            "_files",
+            "_lazy",
+            "_money",
+            "_version",
+            "errors",
+            "metrics",
+            "pricing",
+            "scores",
+        }
     ),
     "storage": frozenset({"storage"}),
     "providers": frozenset({"providers"}),

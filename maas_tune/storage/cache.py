@@ -16,7 +16,7 @@ from .._constants import CACHE_READ_CHUNK, CACHE_SCHEMA_VERSION
 from ..errors import ConfigurationError
 from ..scores import ProviderAnswer
 from ._rows import COLUMNS, INSERT, SELECT, CachedAnswer, decode_row, encode_row
-from .base import Connection, Store, coerce_store
+from .base import Connection, Store, StoreHolder, coerce_store
 
 __all__ = ["CacheStats", "CachedAnswer", "ScoreCache", "cache_key"]
 
@@ -103,7 +103,7 @@ class CacheStats:
 _FACT_PREFIX = "fact:"
 
 
-class ScoreCache:
+class ScoreCache(StoreHolder):
     """Answers keyed by :func:`cache_key`, in the store shared with the budget ledger.
 
     Parameters
@@ -123,18 +123,8 @@ class ScoreCache:
     def __init__(self, store: Store | str | Path | None = None) -> None:
         self._store, self._owned = coerce_store(store)
 
-    @property
-    def store(self) -> Store:
-        """The underlying store."""
-        return self._store
-
     def __repr__(self) -> str:
         return f"ScoreCache({self._store.location!r})"
-
-    def close(self) -> None:
-        """Close the store if this cache opened it."""
-        if self._owned:
-            self._store.close()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, CachedAnswer]:
         """Look keys up; a key that is not cached is simply absent from the result.

@@ -27,6 +27,7 @@ class TokenizerAccess:
     _special_prefix: list[int] | None  # what tokenize adds to any text (BOS)
 
     def post(self, path: str, payload: dict[str, Any], *, limited: bool = True) -> dict[str, Any]:
+        """Send one request (the session's :meth:`~maas_tune.providers.session.APISession.post`)."""
         raise NotImplementedError
 
     def tokenize(self, text: str) -> list[int] | None:

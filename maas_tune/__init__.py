@@ -14,6 +14,7 @@ from ._lazy import lazy_attributes as _lazy_attributes
 from ._version import __version__
 from .client import AsyncClient, Client
 from .data import Dataset, Example, load_examples, sample_k_shot
+from .decoders import __all__ as _DECODERS  # the names only: the package itself is lazy
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -67,18 +68,7 @@ if _typing.TYPE_CHECKING:  # type checkers and IDEs see the lazy names as ordina
 #: need torch (about 1.5 s to import), which the cache, the budget and the HTTP
 #: providers do not: ``import maas_tune`` stays light until a decoder is asked for.
 _LAZY = {
-    **dict.fromkeys(
-        (
-            "BaseDecoder",
-            "ContextualCalibration",
-            "DecT",
-            "LinearProbe",
-            "ScoreLogisticRegression",
-            "YTuning",
-            "ZeroShot",
-        ),
-        ".decoders",
-    ),
+    **dict.fromkeys(_DECODERS, ".decoders"),  # every decoder class, as decoders lists them
     "load_decoder": ".persistence",
     "save_decoder": ".persistence",
     "OpenAIChatProvider": ".providers.chat",

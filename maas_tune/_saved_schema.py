@@ -8,16 +8,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, create_model
 
 from ._artefact_schema import STRICT, ArtefactHeader
-from .decoders import (
-    ContextualCalibration,
-    DecT,
-    LinearProbe,
-    ScoreLogisticRegression,
-    YTuning,
-    ZeroShot,
-)
+from .decoders import DecT
 from .estimator import Estimator
 from .methods import BDPL, InContextLearning, PromptTuning
+from .registry import METHODS
 
 __all__ = ["STATE_MODELS", "TENSOR_DTYPES", "DecoderHeader", "MethodHeader"]
 
@@ -35,14 +29,10 @@ class _Demonstration(BaseModel):
     label: str
 
 
-#: The learned JSON values (``_meta_attrs``) of each bundled class; a decoder class
-#: registered with :func:`~maas_tune.registry.register_decoder` is checked by its ``_restore``.
+#: The learned JSON values (``_meta_attrs``) of the bundled classes that have any (the
+#: others have none); a decoder class registered with
+#: :func:`~maas_tune.registry.register_decoder` is checked by its ``_restore``.
 _STATE_FIELDS: dict[type[Estimator], dict[str, Any]] = {
-    ContextualCalibration: {},
-    LinearProbe: {},
-    ScoreLogisticRegression: {},
-    YTuning: {},
-    ZeroShot: {},
     DecT: {
         "lam_": (Annotated[float, Field(ge=0, le=1e6)], ...),
         "cv_loss_": (_LOSSES, ...),
@@ -60,9 +50,11 @@ _STATE_FIELDS: dict[type[Estimator], dict[str, Any]] = {
         "model_fingerprint_": (dict[str, Any], ...),
     },
 }
+#: The schema of each bundled class's learned JSON values: every class of
+#: :data:`~maas_tune.registry.METHODS`.
 STATE_MODELS: dict[type[Estimator], type[BaseModel]] = {
-    cls: create_model(f"{cls.__name__}State", __config__=STRICT, **fields)
-    for cls, fields in _STATE_FIELDS.items()
+    cls: create_model(f"{cls.__name__}State", __config__=STRICT, **_STATE_FIELDS.get(cls, {}))
+    for cls in dict.fromkeys(spec.cls for spec in METHODS.values())
 }
 #: The dtype of each learned tensor of a bundled class, where it is not float32.
 TENSOR_DTYPES: dict[type[Estimator], dict[str, str]] = {

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ._constants import LABEL_WORD_PREFIX
+from ._files import file_errors
 from ._task_file import parse_task_text, refuse_surrogates
 from ._template import PLACEHOLDERS, Segment, Slot, validate_template
 from .errors import TaskError
@@ -264,14 +265,8 @@ class Task:
                 f"use one of {sorted(TASK_FORMATS)}"
             )
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError as exc:
-            raise TaskError(f"task file {str(path)!r} does not exist; check the path") from exc
-        except OSError as exc:  # a directory, no permission, ...
-            raise TaskError(
-                f"cannot read task file {str(path)!r} ({exc.strerror or exc}); check the path "
-                "and its permissions"
-            ) from exc
+            with file_errors(path, "task", TaskError):
+                text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise TaskError(f"task file {str(path)!r} is not valid UTF-8; save as UTF-8") from exc
         return cls.from_text(text, fmt=fmt, source=str(path))

@@ -19,12 +19,22 @@ PACKAGE = Path(__file__).resolve().parent.parent / "maas_tune"
 #: hold several root modules that import each other (``data`` and ``frames``); rooms may not.
 ROOMS: dict[str, frozenset[str]] = {
     "values": frozenset(
-        {"_constants", "_lazy", "_money", "_version", "errors", "metrics", "pricing", "scores"}
+        {
+            "_constants",
+            "_files",
+            "_lazy",
+            "_money",
+            "_version",
+            "errors",
+            "metrics",
+            "pricing",
+            "scores",
+        }
     ),
     "storage": frozenset({"storage"}),
     "providers": frozenset({"providers"}),
     "task": frozenset({"task", "_task_file", "_template"}),
-    "data": frozenset({"data", "frames"}),
+    "data": frozenset({"data", "frames", "_records"}),
     "datasets": frozenset({"datasets"}),
     "estimators": frozenset({"decoders", "estimator", "_artefact", "_artefact_schema"}),
     "client": frozenset({"client"}),

@@ -27,6 +27,7 @@ from ..frames import resolve_columns
 from ..methods import PromptMethod
 from ..persistence import load_estimator, save_estimator
 from ..pricing import Price, format_usd, price_for
+from ..providers.base import Provider
 from ..registry import make_decoder
 from ..storage import Store
 from ..storage.budget import QueryBudget
@@ -124,6 +125,20 @@ def _budget(
     if max_cost is not None:
         budget.set_limits(max_cost=max_cost)
     return budget
+
+
+def _client(
+    args: argparse.Namespace, provider: Provider, store: Store, budget: QueryBudget
+) -> Client:
+    """The client of ``fit`` and ``predict``: the store's cache, ``budget``, the flags'
+    offline mode and progress bars."""
+    return Client(
+        provider,
+        cache=ScoreCache(store),
+        offline=args.offline,
+        progress=_progress(args),
+        budget=budget,
+    )
 
 
 def _methods(raw: Sequence[str] | None) -> list[str]:
@@ -246,13 +261,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     budget = _budget(
         store, args.budget, args.max_queries, args.max_prompt_tokens, args.max_cost, _pricing(args)
     )
-    client = Client(
-        provider,
-        cache=ScoreCache(store),
-        offline=args.offline,
-        progress=_progress(args),
-        budget=budget,
-    )
+    client = _client(args, provider, store, budget)
     shots = sample_k_shot(train, args.shots, labels=task.labels, seed=args.seed)
     decoder = make_decoder(args.method, shots=args.shots, random_state=args.seed)
     client.prepare(task)  # a probe is charged to the budget before the identity is read
@@ -297,13 +306,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     store = Store(args.cache)
     pricing = _pricing(args, model=meta.get("model"))
     budget = _budget(store, args.budget, args.max_queries, None, args.max_cost, pricing)
-    client = Client(
-        provider,
-        cache=ScoreCache(store),
-        offline=args.offline,
-        progress=_progress(args),
-        budget=budget,
-    )
+    client = _client(args, provider, store, budget)
     client.prepare(task)  # a probe is charged to the budget before the identity is read
     check_fingerprint(args, provider, meta, record)
     preds, proba = predict_method(estimator, client=client, task=task, examples=examples)

@@ -32,12 +32,12 @@ from typing import Any
 
 import httpx
 
+from ._http11 import Connection, read_response, request_head
+
 __all__ = ["DirectSender", "WireTransport", "wire_applies"]
 
 #: Environment variables that route requests through a proxy (httpx honours them).
 PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
-_MAX_HEAD = 64 * 1024  # bytes of status line + headers accepted
-_NO_BODY = frozenset({204, 304})
 
 
 def wire_applies(env: dict[str, str] | None = None) -> bool:
@@ -45,82 +45,6 @@ def wire_applies(env: dict[str, str] | None = None) -> bool:
     in the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, any case)."""
     env = dict(os.environ) if env is None else env
     return not any(env.get(name) or env.get(name.lower()) for name in PROXY_ENV)
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection: the bytes received so far and a waiter for more."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.closed = False
-        self.in_body = False  # the current answer's headers have arrived
-        self.deadline: float | None = None  # the whole current answer must be in by then
-        self.deadline_message = ""
-        self.error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    # -- asyncio.Protocol ---------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.closed = True
-        self._wake()
-        return False  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed, self.error = True, exc
-        self._wake()
-
-    # -- reading ------------------------------------------------------------------
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def more(self, timeout: float | None, request: httpx.Request) -> None:
-        """Wait until more bytes arrive (or the peer closes): at most ``timeout`` seconds,
-        and never past the answer's deadline (:attr:`deadline`, loop time)."""
-        if self.deadline is not None:
-            left = self.deadline - self.loop.time()
-            if left <= 0:
-                raise httpx.ReadTimeout(self.deadline_message, request=request)
-            timeout = left if timeout is None else min(timeout, left)
-        if self.closed:
-            raise httpx.RemoteProtocolError(
-                "peer closed connection without sending complete message body"
-                if self.in_body
-                else "Server disconnected without sending a response.",
-                request=request,
-            )
-        waiter = self._waiter = self.loop.create_future()
-        timer = None if timeout is None else self.loop.call_later(timeout, _expire, waiter)
-        try:
-            await waiter
-        except asyncio.TimeoutError:
-            if self.deadline is not None and self.loop.time() >= self.deadline:
-                raise httpx.ReadTimeout(self.deadline_message, request=request) from None
-            raise
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(asyncio.TimeoutError())
 
 
 class WireTransport(httpx.AsyncBaseTransport):
@@ -146,21 +70,21 @@ class WireTransport(httpx.AsyncBaseTransport):
         self.max_connections = max_connections
         self.deadline_factor = deadline_factor
         self._ssl = ssl_context
-        self._idle: dict[tuple[bytes, bytes, int], deque[_Connection]] = {}
+        self._idle: dict[tuple[bytes, bytes, int], deque[Connection]] = {}
         self._open: dict[tuple[bytes, bytes, int], int] = {}
         self._waiting: dict[tuple[bytes, bytes, int], deque[asyncio.Future[None]]] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
         origin = _origin(request.url)
-        head = _head(request)
+        head = request_head(request)
         body = await request.aread()
         conn = await self._acquire(origin, request, timeouts)
         reusable = False
         self._set_deadline(conn, timeouts.get("read"))
         try:
             conn.transport.write(head + body if body else head)  # type: ignore[union-attr]
-            status, headers, content, keep = await _read_response(
+            status, headers, content, keep = await read_response(
                 conn, request, timeouts.get("read")
             )
             reusable = keep and not conn.closed
@@ -177,7 +101,7 @@ class WireTransport(httpx.AsyncBaseTransport):
             extensions={"http_version": b"HTTP/1.1"},
         )
 
-    def _set_deadline(self, conn: _Connection, read_timeout: float | None) -> None:
+    def _set_deadline(self, conn: Connection, read_timeout: float | None) -> None:
         """A server that dribbles bytes, each within the read timeout, cannot hold a
         request open for ever: the whole answer must arrive within ``deadline_factor``
         read timeouts."""
@@ -199,7 +123,7 @@ class WireTransport(httpx.AsyncBaseTransport):
     # -- the pool -------------------------------------------------------------------
     async def _acquire(
         self, origin: tuple[bytes, bytes, int], request: httpx.Request, timeouts: dict[str, Any]
-    ) -> _Connection:
+    ) -> Connection:
         idle = self._idle.setdefault(origin, deque())
         while True:
             while idle:
@@ -230,7 +154,7 @@ class WireTransport(httpx.AsyncBaseTransport):
             if freed in waiting:
                 waiting.remove(freed)
 
-    def _release(self, origin: tuple[bytes, bytes, int], conn: _Connection, reusable: bool) -> None:
+    def _release(self, origin: tuple[bytes, bytes, int], conn: Connection, reusable: bool) -> None:
         if reusable:
             self._idle[origin].append(conn)
         else:
@@ -245,7 +169,7 @@ class WireTransport(httpx.AsyncBaseTransport):
 
     async def _connect(
         self, origin: tuple[bytes, bytes, int], request: httpx.Request, timeout: float | None
-    ) -> _Connection:
+    ) -> Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         secure = scheme == b"https"
@@ -255,7 +179,7 @@ class WireTransport(httpx.AsyncBaseTransport):
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop),
+                    lambda: Connection(loop),
                     name,
                     port,
                     ssl=self._ssl if secure else None,
@@ -278,101 +202,6 @@ def _origin(url: httpx.URL) -> tuple[bytes, bytes, int]:
         raise httpx.UnsupportedProtocol(f"the URL scheme {url.scheme!r} is not http(s)")
     port = url.port or (443 if scheme == b"https" else 80)
     return scheme, url.raw_host, port
-
-
-def _head(request: httpx.Request) -> bytes:
-    """The request line and headers (httpx has set Host and Content-Length)."""
-    lines = [request.method.encode("ascii") + b" " + request.url.raw_path + b" HTTP/1.1"]
-    lines.extend(name + b": " + value for name, value in request.headers.raw)
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-async def _read_response(
-    conn: _Connection, request: httpx.Request, timeout: float | None
-) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
-    """Status, headers, the whole body and whether the connection can be reused."""
-    conn.in_body = False
-    while True:  # skip interim (1xx) answers
-        status, headers, keep = await _read_head(conn, request, timeout)
-        if status >= 200 or status == 101:
-            break
-    conn.in_body = True
-    fields = {name.lower(): value for name, value in headers}
-    if status in _NO_BODY or request.method == "HEAD":
-        return status, headers, b"", keep
-    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-        return status, headers, await _read_chunked(conn, request, timeout), keep
-    length = fields.get(b"content-length")
-    if length is not None:
-        size = _int(length, request)
-        while len(conn.buffer) < size:
-            await conn.more(timeout, request)
-        body = bytes(conn.buffer[:size])
-        del conn.buffer[:size]
-        return status, headers, body, keep
-    while not conn.closed:  # delimited by the end of the connection
-        await conn.more(timeout, request)
-    body = bytes(conn.buffer)
-    conn.buffer.clear()
-    return status, headers, body, False
-
-
-async def _read_head(
-    conn: _Connection, request: httpx.Request, timeout: float | None
-) -> tuple[int, list[tuple[bytes, bytes]], bool]:
-    while (end := conn.buffer.find(b"\r\n\r\n")) < 0:
-        if len(conn.buffer) > _MAX_HEAD:
-            raise httpx.RemoteProtocolError("the answer's headers are too long", request=request)
-        await conn.more(timeout, request)
-    lines = bytes(conn.buffer[:end]).split(b"\r\n")
-    del conn.buffer[: end + 4]
-    parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-        raise httpx.RemoteProtocolError(
-            f"not an HTTP/1.x answer: {lines[0][:80]!r}", request=request
-        )
-    headers = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep:
-            raise httpx.RemoteProtocolError(f"malformed header line {line[:80]!r}", request=request)
-        headers.append((name.strip(), value.strip()))
-    connection = b",".join(v for n, v in headers if n.lower() == b"connection").lower()
-    keep = b"close" not in connection and (parts[0] == b"HTTP/1.1" or b"keep-alive" in connection)
-    return _int(parts[1], request), headers, keep
-
-
-async def _read_chunked(conn: _Connection, request: httpx.Request, timeout: float | None) -> bytes:
-    body = bytearray()
-    while True:
-        while (end := conn.buffer.find(b"\r\n")) < 0:
-            await conn.more(timeout, request)
-        size = _int(bytes(conn.buffer[:end]).split(b";", 1)[0], request, base=16)
-        del conn.buffer[: end + 2]
-        if size == 0:  # the last chunk, then optional trailers and an empty line
-            while (end := conn.buffer.find(b"\r\n")) != 0:
-                if end > 0:
-                    del conn.buffer[: end + 2]
-                else:
-                    await conn.more(timeout, request)
-            del conn.buffer[:2]
-            return bytes(body)
-        while len(conn.buffer) < size + 2:
-            await conn.more(timeout, request)
-        body += conn.buffer[:size]
-        del conn.buffer[: size + 2]
-
-
-def _int(text: bytes, request: httpx.Request, base: int = 10) -> int:
-    try:
-        value = int(text.strip(), base)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise httpx.RemoteProtocolError(
-            f"malformed number in the answer: {text[:40]!r}", request=request
-        )
-    return value
 
 
 class DirectSender:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol
 from ..errors import ConfigurationError
 from .url import backend_of
 
-__all__ = ["Connection", "Cursor", "Store", "borrowed_store", "coerce_store"]
+__all__ = ["Connection", "Cursor", "Store", "StoreHolder", "borrowed_store", "coerce_store"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -274,6 +274,25 @@ def coerce_store(store: Store | str | os.PathLike[str] | None) -> tuple[Store, b
     if isinstance(store, Store):
         return store, False
     return Store(store), True
+
+
+class StoreHolder:
+    """A store given to an object (borrowed) or opened by it (owned, closed by :meth:`close`):
+    what :class:`~maas_tune.storage.cache.ScoreCache` and
+    :class:`~maas_tune.storage.budget.QueryBudget` share."""
+
+    _store: Store
+    _owned: bool
+
+    @property
+    def store(self) -> Store:
+        """The underlying store."""
+        return self._store
+
+    def close(self) -> None:
+        """Close the store if this object opened it (a store it was given stays open)."""
+        if self._owned:
+            self._store.close()
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from ._ledger import statuses as _statuses
 from ._liveness import hostname
 from ._reclaim import ADD_SPENT_SQL as _ADD_SPENT_SQL
 from ._reclaim import reclaim_dead as _reclaim_dead
-from .base import Connection, Store, borrowed_store, coerce_store
+from .base import Connection, Store, StoreHolder, borrowed_store, coerce_store
 
 __all__ = [
     "KEEP",
@@ -77,7 +77,7 @@ class Reservation:
     prompt_tokens: int
 
 
-class QueryBudget:
+class QueryBudget(StoreHolder):
     """Named caps on queries, prompt tokens and cost, persisted and shared by processes.
 
     Parameters
@@ -155,18 +155,8 @@ class QueryBudget:
         """The budget's name."""
         return self._name
 
-    @property
-    def store(self) -> Store:
-        """The underlying store."""
-        return self._store
-
     def __repr__(self) -> str:
         return f"QueryBudget({self._name!r}, store={self._store.location!r})"
-
-    def close(self) -> None:
-        """Close the store if this budget opened it."""
-        if self._owned:
-            self._store.close()
 
     def set_limits(
         self,

@@ -13,37 +13,12 @@ from typing import Any, TextIO
 import numpy as np
 
 from .._constants import CACHE_READ_CHUNK, CACHE_SCHEMA_VERSION
-from ..errors import CacheCorruptionError, ConfigurationError, ProviderResponseError
+from ..errors import ConfigurationError
 from ..scores import ProviderAnswer
-from .base import Connection, Store, coerce_store
+from ._rows import COLUMNS, INSERT, SELECT, CachedAnswer, decode_row, encode_row
+from .base import Connection, Store, StoreHolder, coerce_store
 
 __all__ = ["CacheStats", "CachedAnswer", "ScoreCache", "cache_key"]
-
-#: On-disk layout of logprobs and hidden states: little-endian float32, whatever the host.
-BLOB_DTYPE = np.dtype("<f4")
-#: Bytes per stored value.
-_ITEM_BYTES = BLOB_DTYPE.itemsize
-#: On-disk layout of token features: little-endian float16 (they are inputs to a decoder
-#: that standardises them; half the bytes of float32 for ~3 significant digits).
-TOKENS_DTYPE = np.dtype("<f2")
-_HALF_BYTES = TOKENS_DTYPE.itemsize
-#: How many characters of a key an error message shows.
-_KEY_EXCERPT = 12
-
-# The columns :func:`_decode` reads, in its order.
-_COLUMNS = (
-    "key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored, n_tokens, tokens"
-)
-_SELECT = f"SELECT {_COLUMNS} FROM answers WHERE key IN "
-_INSERT = (
-    "INSERT INTO answers "
-    "(key, model, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored, "
-    "n_tokens, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
-    "model = excluded.model, prompt_tokens = excluded.prompt_tokens, created = excluded.created, "
-    "n_logprobs = excluded.n_logprobs, n_hidden = excluded.n_hidden, "
-    "logprobs = excluded.logprobs, hidden = excluded.hidden, floored = excluded.floored, "
-    "n_tokens = excluded.n_tokens, tokens = excluded.tokens"
-)
 
 
 def cache_key(
@@ -97,35 +72,6 @@ def cache_key(
 
 
 @dataclass(frozen=True)
-class CachedAnswer:
-    """One stored answer.
-
-    Attributes
-    ----------
-    logprobs : np.ndarray, shape (t,), float32
-        Log-probabilities of the requested tokens (read-only when read from the cache).
-    hidden : np.ndarray of shape (d,), float32, or None
-        Hidden state at the prediction position, where the provider gave one.
-    prompt_tokens : int
-        Prompt tokens the query cost when it was sent.
-    created : float
-        Unix time at which the answer was first stored.
-    floored : int, default 0
-        Label words given the top-k bound rather than read exactly (see
-        :class:`~maas_tune.providers.base.ProviderAnswer`).
-    token_features : np.ndarray of shape (m, d), float16, or None
-        States of the prompt's last m tokens, where they were asked for.
-    """
-
-    logprobs: np.ndarray
-    hidden: np.ndarray | None
-    prompt_tokens: int
-    created: float
-    floored: int = 0
-    token_features: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
 class CacheStats:
     """What a store holds: see :meth:`ScoreCache.stats`.
 
@@ -153,114 +99,11 @@ class CacheStats:
     location: str = ""
 
 
-def _malformed(key: str, problem: str) -> ProviderResponseError:
-    return ProviderResponseError(
-        f"the answer for cache key {key[:_KEY_EXCERPT]}… was not cached: {problem}; the provider "
-        "returned a malformed answer, retry the request or report it"
-    )
-
-
-def _as_blob(values: Any, what: str, key: str, *, allow_neg_inf: bool) -> tuple[int, bytes]:
-    """Validate one array and return (length, little-endian float32 bytes)."""
-    try:
-        array = np.asarray(values, dtype=BLOB_DTYPE)
-    except (TypeError, ValueError) as exc:
-        raise _malformed(key, f"its {what} is not numeric ({exc})") from exc
-    bad = np.isnan(array) | np.isposinf(array)
-    if not allow_neg_inf:
-        bad |= np.isneginf(array)
-    if array.ndim != 1:
-        raise _malformed(key, f"its {what} has shape {array.shape}, not one dimension")
-    if bad.any():
-        kinds = "NaN or +inf" if allow_neg_inf else "NaN or infinite"
-        raise _malformed(key, f"its {what} holds {int(bad.sum())} {kinds} values")
-    return array.size, array.tobytes()
-
-
-def _row(
-    key: str, answer: ProviderAnswer | CachedAnswer, model: str, now: float
-) -> tuple[Any, ...]:
-    if not isinstance(key, str) or not key:
-        raise ConfigurationError(
-            f"cache keys must be non-empty strings, got {key!r}; build them with cache_key()"
-        )
-    # -inf is a legitimate log-probability (a token the model rules out); +inf and NaN are not.
-    n_logprobs, logprobs = _as_blob(answer.logprobs, "logprobs", key, allow_neg_inf=True)
-    n_hidden, hidden = (None, None)
-    if answer.hidden is not None:
-        n_hidden, hidden = _as_blob(answer.hidden, "hidden state", key, allow_neg_inf=False)
-    tokens = answer.prompt_tokens
-    if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 0:
-        raise _malformed(key, f"prompt_tokens is {tokens!r}, not a non-negative integer")
-    created = answer.created if isinstance(answer, CachedAnswer) else now
-    floored = int(getattr(answer, "floored", 0) or 0)
-    if not 0 <= floored <= n_logprobs:
-        raise _malformed(key, f"floored is {floored!r}, not a count of its {n_logprobs} words")
-    n_tokens, token_blob = _token_blob(getattr(answer, "token_features", None), key)
-    return (
-        key,
-        model,
-        int(tokens),
-        float(created),
-        n_logprobs,
-        n_hidden,
-        logprobs,
-        hidden,
-        floored,
-        n_tokens,
-        token_blob,
-    )
-
-
-def _token_blob(feats: Any, key: str) -> tuple[int | None, bytes | None]:
-    """(tokens, little-endian float16 bytes) of an (m, d) array of token states."""
-    if feats is None:
-        return None, None
-    array = np.asarray(feats)
-    if array.ndim != 2 or not array.shape[0] or not array.shape[1]:
-        raise _malformed(key, f"its token features have shape {array.shape}, not (tokens, width)")
-    if not np.isfinite(array).all():
-        raise _malformed(key, "its token features hold NaN or infinite values")
-    return array.shape[0], np.ascontiguousarray(array, dtype=TOKENS_DTYPE).tobytes()
-
-
-def _floats(blob: bytes) -> np.ndarray:
-    # A read-only view of the row's bytes on little-endian hosts; a native copy elsewhere.
-    return np.frombuffer(blob, BLOB_DTYPE).astype(np.float32, copy=False)
-
-
-def _decode(location: str, row: tuple[Any, ...]) -> CachedAnswer:
-    key, prompt_tokens, created, n_logprobs, n_hidden, logprobs, hidden, floored = row[:8]
-    n_tokens, tokens = row[8:10]
-    if (
-        len(logprobs) != n_logprobs * _ITEM_BYTES
-        or (hidden is not None and (n_hidden is None or len(hidden) != n_hidden * _ITEM_BYTES))
-        or (tokens is not None and (not n_tokens or len(tokens) % (n_tokens * _HALF_BYTES)))
-    ):
-        raise CacheCorruptionError(
-            f"{location} is damaged: the entry {key[:_KEY_EXCERPT]}… has blobs of the wrong length; "
-            "run `maas-tune cache clear` or delete the file (answers are fetched again)"
-        )
-    return CachedAnswer(
-        logprobs=_floats(bytes(logprobs)),
-        hidden=None if hidden is None else _floats(bytes(hidden)),
-        prompt_tokens=prompt_tokens,
-        created=created,
-        floored=int(floored or 0),
-        token_features=None if tokens is None else _halves(bytes(tokens), n_tokens),
-    )
-
-
-def _halves(blob: bytes, n_tokens: int) -> np.ndarray:
-    """The (m, d) float16 token states of a blob (a read-only view on little-endian hosts)."""
-    return np.frombuffer(blob, TOKENS_DTYPE).astype(np.float16, copy=False).reshape(n_tokens, -1)
-
-
 #: Prefix of provider facts in the store's ``meta`` table.
 _FACT_PREFIX = "fact:"
 
 
-class ScoreCache:
+class ScoreCache(StoreHolder):
     """Answers keyed by :func:`cache_key`, in the store shared with the budget ledger.
 
     Parameters
@@ -280,18 +123,8 @@ class ScoreCache:
     def __init__(self, store: Store | str | Path | None = None) -> None:
         self._store, self._owned = coerce_store(store)
 
-    @property
-    def store(self) -> Store:
-        """The underlying store."""
-        return self._store
-
     def __repr__(self) -> str:
         return f"ScoreCache({self._store.location!r})"
-
-    def close(self) -> None:
-        """Close the store if this cache opened it."""
-        if self._owned:
-            self._store.close()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, CachedAnswer]:
         """Look keys up; a key that is not cached is simply absent from the result.
@@ -312,8 +145,8 @@ class ScoreCache:
             for start in range(0, len(unique), CACHE_READ_CHUNK):
                 chunk = unique[start : start + CACHE_READ_CHUNK]
                 # Equal SQL text for equal chunk sizes: sqlite3 reuses the prepared statement.
-                for row in conn.execute(f"{_SELECT}({','.join('?' * len(chunk))})", chunk):
-                    found[row[0]] = _decode(self._store.location, row)
+                for row in conn.execute(f"{SELECT}({','.join('?' * len(chunk))})", chunk):
+                    found[row[0]] = decode_row(self._store.location, row)
         return found
 
     def put_many(
@@ -344,11 +177,11 @@ class ScoreCache:
         """
         now = time.time()
         # Validate all first. Sorted: concurrent writers lock rows in one order (no deadlock).
-        rows = sorted(_row(key, answer, model, now) for key, answer in items.items())
+        rows = sorted(encode_row(key, answer, model, now) for key, answer in items.items())
         if not rows:
             return
         with self._store.joining(conn) as c:
-            c.executemany(_INSERT, rows)
+            c.executemany(INSERT, rows)
 
     def remember(self, key: str, value: Any) -> None:
         """Keep a small JSON fact a provider learnt about its server (see :class:`FactStore`)."""
@@ -415,10 +248,10 @@ class ScoreCache:
         )
 
     def _iter_records(self) -> Iterator[dict[str, Any]]:
-        sql = f"SELECT {_COLUMNS}, model FROM answers ORDER BY created, key"
+        sql = f"SELECT {COLUMNS}, model FROM answers ORDER BY created, key"
         with self._store.read() as conn:
             for row in conn.execute(sql):
-                answer = _decode(self._store.location, row[:-1])
+                answer = decode_row(self._store.location, row[:-1])
                 yield {
                     "key": row[0],
                     "model": row[-1],

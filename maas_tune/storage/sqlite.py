@@ -7,7 +7,7 @@ import os
 import sqlite3
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,21 +54,21 @@ class _Connection(sqlite3.Connection):
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         """Run one statement (see ``sqlite3.Connection.execute``)."""
-        start = time.monotonic()
-        try:
-            return super().execute(sql, parameters)
-        except sqlite3.Error as exc:
-            _note_wait(exc, start)
-            raise
+        return _timed(super().execute, sql, parameters)
 
     def executemany(self, sql: str, seq_of_parameters: Any, /) -> sqlite3.Cursor:
         """Run one statement per row (see ``sqlite3.Connection.executemany``)."""
-        start = time.monotonic()
-        try:
-            return super().executemany(sql, seq_of_parameters)
-        except sqlite3.Error as exc:
-            _note_wait(exc, start)
-            raise
+        return _timed(super().executemany, sql, seq_of_parameters)
+
+
+def _timed(run: Callable[[str, Any], sqlite3.Cursor], sql: str, parameters: Any) -> sqlite3.Cursor:
+    """``run(sql, parameters)``; an error it raises notes how long it waited (:func:`_note_wait`)."""
+    start = time.monotonic()
+    try:
+        return run(sql, parameters)
+    except sqlite3.Error as exc:
+        _note_wait(exc, start)
+        raise
 
 
 def _note_wait(exc: sqlite3.Error, start: float) -> None:

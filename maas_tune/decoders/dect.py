@@ -436,4 +436,4 @@ class DecT(BaseDecoder):
             "member_weights_": (e,),
             "member_temps_": (e,),
         }
-        check_shapes(expected, self)
+        check_shapes(expected, vars(self))

@@ -146,7 +146,7 @@ class ScoreLogisticRegression(BaseDecoder):
         return (label_scores(X) - self.offset_) @ self.coef_ + self.intercept_  # (n, K)
 
     def _check_state(self, k: int) -> None:
-        check_shapes({"offset_": (k,), "coef_": (k, k), "intercept_": (k,)}, self)
+        check_shapes({"offset_": (k,), "coef_": (k, k), "intercept_": (k,)}, vars(self))
 
 
 class LinearProbe(BaseDecoder):
@@ -247,4 +247,6 @@ class LinearProbe(BaseDecoder):
 
     def _check_state(self, k: int) -> None:
         d = self.coef_.shape[0]
-        check_shapes({"mean_": (d,), "scale_": (d,), "coef_": (d, k), "intercept_": (k,)}, self)
+        check_shapes(
+            {"mean_": (d,), "scale_": (d,), "coef_": (d, k), "intercept_": (k,)}, vars(self)
+        )

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigurationError
-from ..estimator import torch_seed
+from ..estimator import check_at_least_one, torch_seed
 from ..scores import Scores
 from . import _math
 from ._inputs import features, standardizer
@@ -411,9 +411,7 @@ class DecT(BaseDecoder):
                 )
         if self.lam is None and len(self.lam_grid) == 0:
             raise ConfigurationError("lam_grid must not be empty when lam is None")
-        for name in ("proto_dim", "epochs", "n_folds"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        check_at_least_one(self, ("proto_dim", "epochs", "n_folds"))
         if not self.lr > 0 or self.weight_decay < 0 or self.scale_prior < 0:
             raise ConfigurationError("lr must be > 0, weight_decay and scale_prior >= 0")
 

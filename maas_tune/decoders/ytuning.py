@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigurationError
-from ..estimator import state_tensors, torch_seed
+from ..estimator import check_at_least_one, state_tensors, torch_seed
 from ..scores import Scores
 from ._label_attention import init_label_network, label_network_logits, layer_names
 from ._math import shrunk_variance
@@ -248,9 +248,7 @@ class YTuning(BaseDecoder):
         return self._logits(self.params_, (feats - self.mean_) / self.scale_, mask)  # (n, K)
 
     def _check_params(self) -> None:
-        for name in ("d_model", "n_heads", "n_layers", "epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_at_least_one(self, ("d_model", "n_heads", "n_layers", "epochs"))
         if self.d_model % self.n_heads:
             raise ConfigurationError(
                 f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})"

@@ -16,7 +16,16 @@ from ..errors import ConfigurationError
 from ..estimator import Estimator
 from ..task import Task
 
-__all__ = ["PromptMethod", "class_log_probs", "fit_kwargs", "quiet", "usage_since"]
+__all__ = [
+    "PromptMethod",
+    "batches",
+    "class_log_probs",
+    "fit_kwargs",
+    "joined_text",
+    "quiet",
+    "step_bar",
+    "usage_since",
+]
 
 
 def usage_since(client: Client, before: Usage) -> Usage:
@@ -168,7 +177,30 @@ def fit_kwargs(method: PromptMethod, pool: Sequence[Example]) -> dict[str, Any]:
     """
     if not method.uses_corpus:
         return {}
-    return {"corpus": [e.text if e.text_b is None else f"{e.text} {e.text_b}" for e in pool]}
+    return {"corpus": [joined_text(e) for e in pool]}
+
+
+def joined_text(example: Example) -> str:
+    """The example's text, and its second text (of a pair) after a space."""
+    return example.text if example.text_b is None else f"{example.text} {example.text_b}"
+
+
+def step_bar(desc: str, epochs: int, n: int, batch_size: int, progress: bool | None) -> Any:
+    """A tqdm bar over the ``epochs * ceil(n / batch_size)`` steps of a training loop.
+
+    ``progress`` None shows it on terminals only; use it as a context manager.
+    """
+    from tqdm.auto import tqdm
+
+    steps = epochs * -(-n // batch_size)
+    disable = None if progress is None else not progress
+    return tqdm(total=steps, desc=desc, unit="step", disable=disable)
+
+
+def batches(order: Sequence[int] | np.ndarray | torch.Tensor, size: int) -> Iterator[Any]:
+    """Consecutive slices of ``order`` (an epoch's row order), ``size`` rows each but the last."""
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
 
 
 @contextlib.contextmanager

@@ -234,19 +234,22 @@ def hidden_states(X: Scores) -> torch.Tensor:
     return torch.as_tensor(X.hidden, dtype=torch.float32)
 
 
-def check_width(feats: torch.Tensor, width: int, decoder: str) -> torch.Tensor:
-    """``feats`` (n, d), after checking that d is the width the decoder was fitted on.
+def check_width(
+    feats: torch.Tensor, width: int, decoder: str, what: str = "hidden states"
+) -> torch.Tensor:
+    """``feats`` (n, ..., d), after checking that d is the width the decoder was fitted on.
 
     Raises
     ------
     ConfigurationError
-        The features come from another model (another hidden size): without this
-        check, torch fails deep inside the decoder with a shape mismatch.
+        The features (``what``: hidden states, token states) come from another model
+        (another hidden size): without this check, torch fails deep inside the decoder
+        with a shape mismatch.
     """
-    if feats.shape[1] != width:
+    if feats.shape[-1] != width:
         raise ConfigurationError(
-            f"X has features of width {feats.shape[1]} but this {decoder} was fitted on width "
-            f"{width} (hidden states of another model?); score X with the provider and task "
+            f"X has features of width {feats.shape[-1]} but this {decoder} was fitted on width "
+            f"{width} ({what} of another model?); score X with the provider and task "
             "the decoder was fitted with"
         )
     return feats

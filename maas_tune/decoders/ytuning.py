@@ -13,9 +13,9 @@ from ..errors import ConfigurationError
 from ..estimator import check_at_least_one, state_tensors, torch_seed
 from ..scores import Scores
 from ._label_attention import init_label_network, label_network_logits, layer_names
-from ._math import shrunk_variance
+from ._math import descend, shrunk_variance
 from ._select import choose_value
-from .base import BaseDecoder, check_shapes, torch_threads
+from .base import BaseDecoder, check_shapes, check_width, torch_threads
 
 __all__ = ["YTuning", "feature_scale", "position_features"]
 
@@ -213,11 +213,11 @@ class YTuning(BaseDecoder):
         optimizer = torch.optim.AdamW(
             list(params.values()), lr=self.learning_rate, weight_decay=self.weight_decay_
         )
-        for _ in range(self.epochs):
-            optimizer.zero_grad(set_to_none=True)
-            logits = self._logits(params, feats, mask, generator)
-            F.cross_entropy(logits, target).backward()
-            optimizer.step()
+        descend(
+            optimizer,
+            lambda: F.cross_entropy(self._logits(params, feats, mask, generator), target),
+            self.epochs,
+        )
         return {name: p.detach() for name, p in params.items()}
 
     def _logits(
@@ -239,12 +239,7 @@ class YTuning(BaseDecoder):
 
     def _decision_function(self, X: Scores) -> torch.Tensor:
         feats, mask = position_features(X)
-        if feats.shape[-1] != self.mean_.shape[0]:
-            raise ConfigurationError(
-                f"X has features of width {feats.shape[-1]} but this YTuning was fitted on "
-                f"width {self.mean_.shape[0]} (token states of another model?); score X with "
-                "the provider and task it was fitted with"
-            )
+        check_width(feats, self.mean_.shape[0], type(self).__name__, "token states")
         return self._logits(self.params_, (feats - self.mean_) / self.scale_, mask)  # (n, K)
 
     def _check_params(self) -> None:

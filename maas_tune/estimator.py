@@ -107,7 +107,6 @@ class Estimator:
         ]
         return f"{type(self).__name__}({', '.join(changed)})"
 
-    # ------------------------------------------------------------------ saving hooks
     def _check_fitted(self, doing: str = "using it") -> None:
         """Raise :class:`NotFittedError` unless ``fit`` has run (``classes_`` is set)."""
         if not hasattr(self, "classes_"):
@@ -115,6 +114,7 @@ class Estimator:
                 f"this {type(self).__name__} is not fitted yet; call {self._fit_call} before {doing}"
             )
 
+    # ------------------------------------------------------------------ saving hooks
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         """Learned tensors by name, for saving (contiguous, on CPU)."""
         self._check_fitted("saving it")
@@ -128,7 +128,8 @@ class Estimator:
     def _check_tensor_names(
         self, tensors: Mapping[str, torch.Tensor], expected: Iterable[str] | None = None
     ) -> None:
-        """``ValueError`` unless the saved tensors are exactly ``expected`` (``_tensor_attrs``)."""
+        """``ValueError`` unless the saved tensors are exactly ``expected`` (``_tensor_attrs``
+        by default)."""
         names = set(self._tensor_attrs if expected is None else expected)
         if set(tensors) != names:
             raise ValueError(f"tensors expected {sorted(names)}, got {sorted(tensors)}")

@@ -14,24 +14,42 @@ Every estimator of maas-tune (a decoder in :mod:`maas_tune.decoders`, a prompt m
   ``fit`` uses ``content_free`` (the scores of the content-free input), so a caller
   can skip that query.
 
-:func:`torch_seed` is the one place a seed is derived from ``random_state``.
+The saving hooks (:meth:`~Estimator._state_tensors`, :meth:`~Estimator._state_meta` and
+the pieces of ``_restore``) are here too, as are the hyper-parameter checks both families
+make. :func:`torch_seed` is the one place a seed is derived from ``random_state``.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, NotFittedError
 
-__all__ = ["Estimator", "torch_seed"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Estimator", "check_at_least_one", "check_positive", "state_tensors", "torch_seed"]
 
 
 class Estimator:
     """Base of every estimator: hyper-parameters as ``__init__`` arguments, stored under the
-    same names (scikit-learn's convention), and the content-free question."""
+    same names (scikit-learn's convention), the content-free question and the saving hooks.
+
+    A subclass lists its learned tensors in ``_tensor_attrs`` and its learned JSON-able
+    values in ``_meta_attrs``; :mod:`maas_tune.persistence` saves them through
+    :meth:`_state_tensors` and :meth:`_state_meta` and restores them through ``_restore``.
+    """
+
+    #: Learned attributes saved as tensors (each a ``torch.Tensor``).
+    _tensor_attrs: ClassVar[tuple[str, ...]] = ()
+    #: Learned attributes saved in the JSON metadata (plain JSON values).
+    _meta_attrs: ClassVar[tuple[str, ...]] = ()
+    #: ``fit``'s call as the not-fitted error shows it (each family says its own).
+    _fit_call: ClassVar[str] = "fit(...)"
 
     @property
     def needs_content_free(self) -> bool:
@@ -88,6 +106,67 @@ class Estimator:
             if defaults.get(name, inspect.Parameter.empty) != value
         ]
         return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _check_fitted(self, doing: str = "using it") -> None:
+        """Raise :class:`NotFittedError` unless ``fit`` has run (``classes_`` is set)."""
+        if not hasattr(self, "classes_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet; call {self._fit_call} before {doing}"
+            )
+
+    # ------------------------------------------------------------------ saving hooks
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        """Learned tensors by name, for saving (contiguous, on CPU)."""
+        self._check_fitted("saving it")
+        return state_tensors({name: getattr(self, name) for name in self._tensor_attrs})
+
+    def _state_meta(self) -> dict[str, Any]:
+        """Learned JSON values by name, for saving (the caller saves ``classes_``, ``task_``)."""
+        self._check_fitted("saving it")
+        return {name: getattr(self, name) for name in self._meta_attrs}
+
+    def _check_tensor_names(
+        self, tensors: Mapping[str, torch.Tensor], expected: Iterable[str] | None = None
+    ) -> None:
+        """``ValueError`` unless the saved tensors are exactly ``expected`` (``_tensor_attrs``
+        by default)."""
+        names = set(self._tensor_attrs if expected is None else expected)
+        if set(tensors) != names:
+            raise ValueError(f"tensors expected {sorted(names)}, got {sorted(tensors)}")
+
+    def _set_learned(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Set ``_meta_attrs`` from ``meta`` and ``_tensor_attrs`` from ``tensors``.
+
+        Raises
+        ------
+        ValueError
+            If ``meta`` lacks a learned value.
+        """
+        for name in self._meta_attrs:
+            if name not in meta:
+                raise ValueError(f"metadata lacks the learned value {name!r}")
+            setattr(self, name, meta[name])
+        for name in self._tensor_attrs:
+            setattr(self, name, tensors[name])
+
+
+def state_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` as they are saved: detached, on CPU, contiguous."""
+    return {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+
+
+def check_at_least_one(est: object, names: Iterable[str]) -> None:
+    """Raise a :class:`ConfigurationError` naming the first of ``est``'s ``names`` below 1."""
+    for name in names:
+        value = getattr(est, name)
+        if value < 1:
+            raise ConfigurationError(f"{name} must be >= 1, got {value}")
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise a :class:`ConfigurationError` unless ``value`` (the parameter ``name``) is > 0."""
+    if not value > 0:
+        raise ConfigurationError(f"{name} must be > 0, got {value!r}")
 
 
 def torch_seed(random_state: int | None, *, drawn: bool = False) -> int:

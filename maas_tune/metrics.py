@@ -71,14 +71,20 @@ class ReliabilityBins(NamedTuple):
     accuracy: np.ndarray  # (B,) share of the bin's predictions that are right
 
 
-def _labels(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, ...]:
-    """Validate two index vectors of one length; return them as int64, shape (n,)."""
+def _pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``y_true`` and ``y_pred`` as arrays, after checking they are 1-D, non-empty, one length."""
     t, p = np.asarray(y_true), np.asarray(y_pred)
     if t.ndim != 1 or t.shape != p.shape or t.size == 0:
         raise ValueError(
             f"y_true and y_pred must be non-empty 1-D arrays of one length, got shapes "
             f"{t.shape} and {p.shape}"
         )
+    return t, p
+
+
+def _labels(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, ...]:
+    """Validate two index vectors of one length; return them as int64, shape (n,)."""
+    t, p = _pair(y_true, y_pred)
     for name, a in (("y_true", t), ("y_pred", p)):
         if a.dtype.kind not in "iu" or a.min() < 0 or a.max() >= n_classes:
             raise ValueError(f"{name} must hold class indices in [0, {n_classes}); got {a[:5]}")
@@ -112,10 +118,7 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     y_true, y_pred : np.ndarray of int, shape (n,)
         Class indices.
     """
-    t, p = np.asarray(y_true), np.asarray(y_pred)
-    if t.ndim != 1 or t.shape != p.shape or t.size == 0:
-        raise ValueError(f"y_true and y_pred must be non-empty 1-D arrays of one length, "
-                         f"got shapes {t.shape} and {p.shape}")  # fmt: skip
+    t, p = _pair(y_true, y_pred)
     return float(np.mean(t == p))
 
 

@@ -7,6 +7,7 @@ import torch
 from ..errors import ConfigurationError
 from ..scores import Scores
 from . import _math
+from .base import hidden_states
 
 __all__ = ["features", "standardizer"]
 
@@ -23,7 +24,7 @@ def features(
         raise ConfigurationError(
             "this DecT was fitted on hidden states but X has none; score X with the same provider"
         )
-    return torch.as_tensor(X.hidden, dtype=torch.float32), True
+    return hidden_states(X), True
 
 
 def standardizer(

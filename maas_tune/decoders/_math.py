@@ -9,6 +9,7 @@ training ``B`` models together gives exactly what ``B`` separate runs would.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ __all__ = [
     "batched_cross_entropy",
     "class_mean_distance",
     "dect_logits",
+    "descend",
     "fit_logistic_regression",
     "fit_standardizer",
     "heldout_nll",
@@ -28,6 +30,7 @@ __all__ = [
     "prototype_distances",
     "stratified_folds",
     "train_dect",
+    "true_class_nll",
 ]
 
 
@@ -219,9 +222,7 @@ def batched_cross_entropy(
     -------
     Tensor, shape (B,)
     """
-    logp = torch.log_softmax(logits, dim=-1)  # (n, B, K)
-    index = y.view(-1, 1, 1).expand(-1, logp.shape[1], 1)  # (n, B, 1)
-    nll = -logp.gather(-1, index).squeeze(-1)  # (n, B)
+    nll = true_class_nll(logits, y)  # (n, B)
     return (weights * nll).sum(dim=0) / weights.sum(dim=0).clamp_min(1.0)  # (B,)
 
 
@@ -272,13 +273,22 @@ def train_dect(
         {"params": [radii]},
     ]
     optimizer = torch.optim.Adam(groups, lr=lr)
-    for _ in range(epochs):
-        optimizer.zero_grad(set_to_none=True)
+
+    def loss() -> torch.Tensor:
         logits = dect_logits(project(h, weight), prototypes, radii, scores, lam)  # (n, B, K)
         # summing independent per-model losses gives each model exactly its own gradient
-        batched_cross_entropy(logits, y, weights).sum().backward()
-        optimizer.step()
+        return batched_cross_entropy(logits, y, weights).sum()
+
+    descend(optimizer, loss, epochs)
     return weight.detach(), radii.detach()
+
+
+def descend(optimizer: torch.optim.Optimizer, loss: Callable[[], torch.Tensor], steps: int) -> None:
+    """Take ``steps`` full-batch steps of ``optimizer`` on ``loss()``, recomputed each step."""
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss().backward()
+        optimizer.step()
 
 
 def heldout_nll(
@@ -301,10 +311,14 @@ def heldout_nll(
         0 where ``heldout`` is 0.
     """
     scaled = logits.unsqueeze(-2) * temperatures.view(-1, 1)  # (n, B, T, K)
-    logp = torch.log_softmax(scaled, dim=-1)  # (n, B, T, K)
-    index = y.view(-1, 1, 1, 1).expand(-1, logp.shape[1], logp.shape[2], 1)  # (n, B, T, 1)
-    nll = -logp.gather(-1, index).squeeze(-1)  # (n, B, T)
-    return heldout.unsqueeze(-1) * nll  # (n, B, T)
+    return heldout.unsqueeze(-1) * true_class_nll(scaled, y)  # (n, B, T)
+
+
+def true_class_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``-log_softmax(logits)`` at each row's class: logits (n, ..., K), y (n,) -> (n, ...)."""
+    logp = torch.log_softmax(logits, dim=-1)  # (n, ..., K)
+    index = y.view(-1, *[1] * (logp.dim() - 1)).expand(*logp.shape[:-1], 1)  # (n, ..., 1)
+    return -logp.gather(-1, index).squeeze(-1)  # (n, ...)
 
 
 def stratified_folds(y: torch.Tensor, n_folds: int, generator: torch.Generator) -> torch.Tensor:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ..errors import ConfigurationError, NotFittedError
+from ..errors import ConfigurationError
 from ..estimator import Estimator
 from ..scores import Scores
 from ._math import normalize_scores
@@ -39,10 +39,7 @@ class BaseDecoder(Estimator):
     ``_tensor_attrs`` and its learned JSON-able values in ``_meta_attrs``.
     """
 
-    #: Learned attributes saved as tensors (each a ``torch.Tensor``).
-    _tensor_attrs: ClassVar[tuple[str, ...]] = ()
-    #: Learned attributes saved in the JSON metadata (plain JSON values).
-    _meta_attrs: ClassVar[tuple[str, ...]] = ()
+    _fit_call: ClassVar[str] = "fit(X, y)"
     #: Whether ``fit`` needs labels ``y`` (scikit-learn's ``target_tags.required``).
     _requires_y: ClassVar[bool] = True
     #: What scikit-learn < 1.6 reads instead of :meth:`__sklearn_tags__`.
@@ -100,10 +97,7 @@ class BaseDecoder(Estimator):
     def _check_X(self, X: Scores) -> None:
         """Raise unless fitted and ``X`` has this decoder's classes."""
         check_scores(X, type(self).__name__)
-        if not hasattr(self, "classes_"):
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet; call fit(X, y) before using it"
-            )
+        self._check_fitted()
         if tuple(X.labels) != tuple(self.classes_.tolist()):
             raise ConfigurationError(
                 f"X has labels {list(X.labels)} but the decoder was fitted on "
@@ -160,18 +154,6 @@ class BaseDecoder(Estimator):
         return float(np.mean(self.classes_[truth] == self.predict(X)))
 
     # ------------------------------------------------------------------ persistence hooks
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        """Learned tensors by name, for saving (contiguous, on CPU)."""
-        self._check_fitted()
-        return {
-            name: getattr(self, name).detach().cpu().contiguous() for name in self._tensor_attrs
-        }
-
-    def _state_meta(self) -> dict[str, Any]:
-        """Learned JSON values by name, for saving (``classes_`` is saved by the caller)."""
-        self._check_fitted()
-        return {name: getattr(self, name) for name in self._meta_attrs}
-
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Set the learned state from saved tensors and metadata.
 
@@ -187,18 +169,9 @@ class BaseDecoder(Estimator):
         ValueError
             If a tensor or value is missing or inconsistent with the classes.
         """
-        missing = set(self._tensor_attrs) ^ set(tensors)
-        if missing:
-            raise ValueError(
-                f"tensors expected {sorted(self._tensor_attrs)}, got {sorted(tensors)}"
-            )
+        self._check_tensor_names(tensors)
         classes = self._saved_classes(meta)
-        for name in self._meta_attrs:
-            if name not in meta:
-                raise ValueError(f"metadata lacks the learned value {name!r}")
-            setattr(self, name, meta[name])
-        for name in self._tensor_attrs:
-            setattr(self, name, tensors[name])
+        self._set_learned(tensors, meta)
         self.classes_ = np.array(classes)
         self._check_state(len(classes))
 
@@ -216,12 +189,6 @@ class BaseDecoder(Estimator):
 
     def _check_state(self, k: int) -> None:
         """Raise ``ValueError`` if the learned tensors do not fit ``k`` classes."""
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "classes_"):
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet; call fit(X, y) before saving it"
-            )
 
 
 def check_scores(X: object, decoder: str) -> None:
@@ -267,30 +234,36 @@ def hidden_states(X: Scores) -> torch.Tensor:
     return torch.as_tensor(X.hidden, dtype=torch.float32)
 
 
-def check_width(feats: torch.Tensor, width: int, decoder: str) -> torch.Tensor:
-    """``feats`` (n, d), after checking that d is the width the decoder was fitted on.
+def check_width(
+    feats: torch.Tensor, width: int, decoder: str, what: str = "hidden states"
+) -> torch.Tensor:
+    """``feats`` (n, ..., d), after checking that d is the width the decoder was fitted on.
 
     Raises
     ------
     ConfigurationError
-        The features come from another model (another hidden size): without this
-        check, torch fails deep inside the decoder with a shape mismatch.
+        The features (``what``: hidden states, token states) come from another model
+        (another hidden size): without this check, torch fails deep inside the decoder
+        with a shape mismatch.
     """
-    if feats.shape[1] != width:
+    if feats.shape[-1] != width:
         raise ConfigurationError(
-            f"X has features of width {feats.shape[1]} but this {decoder} was fitted on width "
-            f"{width} (hidden states of another model?); score X with the provider and task "
+            f"X has features of width {feats.shape[-1]} but this {decoder} was fitted on width "
+            f"{width} ({what} of another model?); score X with the provider and task "
             "the decoder was fitted with"
         )
     return feats
 
 
-def check_shapes(expected: dict[str, tuple[int, ...]], obj: object) -> None:
-    """Raise ValueError if a learned tensor of ``obj`` has an unexpected shape."""
+def check_shapes(
+    expected: Mapping[str, tuple[int, ...]], tensors: Mapping[str, Any], prefix: str = ""
+) -> None:
+    """Raise ValueError if a tensor of ``tensors`` (e.g. ``vars(decoder)``) has an unexpected
+    shape; ``prefix`` is put before its name in the message."""
     for name, shape in expected.items():
-        got = tuple(getattr(obj, name).shape)
-        if got != shape:
-            raise ValueError(f"{name} has shape {got}, expected {shape}")
+        got = tuple(tensors[name].shape)
+        if got != tuple(shape):
+            raise ValueError(f"{prefix}{name} has shape {got}, expected {tuple(shape)}")
 
 
 @contextlib.contextmanager

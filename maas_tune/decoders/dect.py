@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigurationError
-from ..estimator import torch_seed
+from ..estimator import check_at_least_one, torch_seed
 from ..scores import Scores
 from . import _math
 from ._inputs import features, standardizer
@@ -43,6 +43,16 @@ _CHOICES = {
 }
 #: Ensemble members lighter than this are dropped (and the rest renormalised).
 _MIN_MEMBER_WEIGHT = 1e-4
+
+
+class _Problem(NamedTuple):
+    """What every DecT model of one fit trains on, and starts from."""
+
+    h: torch.Tensor  # (n, p) standardised features
+    scores: torch.Tensor  # (n, K) calibrated label scores
+    target: torch.Tensor  # (n,) class indices
+    weight0: torch.Tensor  # (p, m) initial projection, shared by every model
+    prototypes: torch.Tensor  # (K, m) fixed
 
 
 class _Members(NamedTuple):
@@ -280,11 +290,12 @@ class DecT(BaseDecoder):
         h = (feats - mean) / scale  # (n, p)
         prototypes = _math.init_prototypes(k, self.proto_dim, generator)  # (K, m)
         weight0 = _math.init_projection(h.shape[1], self.proto_dim, generator)  # (p, m)
-        members = self._fit_members(h, scores, target, weight0, prototypes, generator)
+        problem = _Problem(h, scores, target, weight0, prototypes)
+        members = self._fit_members(problem, generator)
         lam, weight, radii = members.lam, members.weight, members.radii
         member_lams, member_weights, member_temps = members.lams, members.weights, members.temps
         if self.refit or not members.cv_loss:
-            weight, radii = self._train(h, scores, target, weight0.unsqueeze(1), prototypes, [lam])
+            weight, radii = self._train(problem, [lam])
             member_lams, member_weights, member_temps = torch.tensor([lam]), *torch.ones(2, 1)
         self.lam_, self.cv_loss_, self.uses_hidden_ = lam, members.cv_loss, uses_hidden
         self.member_lams_, self.member_weights_ = member_lams, member_weights  # (E,), (E,)
@@ -309,19 +320,13 @@ class DecT(BaseDecoder):
 
     # ------------------------------------------------------------------ training
     def _train(
-        self,
-        h: torch.Tensor,
-        scores: torch.Tensor,
-        target: torch.Tensor,
-        weight0: torch.Tensor,
-        prototypes: torch.Tensor,
-        lams: list[float],
-        weights: torch.Tensor | None = None,
+        self, problem: _Problem, lams: list[float], weights: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Train ``len(lams)`` models (one per column of ``weights``, all rows if None)."""
+        h, scores, target, weight0, prototypes = problem
         b = len(lams)
         weights = torch.ones(h.shape[0], b) if weights is None else weights  # (n, B)
-        weight0 = weight0.expand(-1, b, -1)  # (p, B, m)
+        weight0 = weight0.unsqueeze(1).expand(-1, b, -1)  # (p, B, m)
         normalize = self.radius_init == "normalized"
         u = _math.project(h, weight0, normalize=normalize)  # (n, B, m)
         radii0 = _math.class_mean_distance(u, target, weights, prototypes.shape[0])  # (B, K)
@@ -340,15 +345,7 @@ class DecT(BaseDecoder):
             weight_decay=self.weight_decay,
         )
 
-    def _fit_members(
-        self,
-        h: torch.Tensor,
-        scores: torch.Tensor,
-        target: torch.Tensor,
-        weight0: torch.Tensor,
-        prototypes: torch.Tensor,
-        generator: torch.Generator,
-    ) -> _Members:
+    def _fit_members(self, problem: _Problem, generator: torch.Generator) -> _Members:
         """Cross-validate ``lam``; return the best, the CV losses and the ensemble members.
 
         Every (grid point, fold) model trains at once. The members kept (E of them)
@@ -358,6 +355,7 @@ class DecT(BaseDecoder):
         """
         if self.lam is not None:
             return _Members.empty(float(self.lam))
+        h, scores, target, _, prototypes = problem
         grid = [float(v) for v in self.lam_grid]
         n, n_folds = h.shape[0], n_cv_folds(target, prototypes.shape[0], self.n_folds)
         if n_folds < 2:
@@ -365,9 +363,7 @@ class DecT(BaseDecoder):
         fold = _math.stratified_folds(target, n_folds, generator)  # (n,)
         heldout = F.one_hot(fold, n_folds).float().repeat(1, len(grid))  # (n, G*F), grid-major
         lams = torch.tensor([lam for lam in grid for _ in range(n_folds)])  # (G*F,)
-        weight, radii = self._train(
-            h, scores, target, weight0.unsqueeze(1), prototypes, lams.tolist(), 1.0 - heldout
-        )
+        weight, radii = self._train(problem, lams.tolist(), 1.0 - heldout)
         temps = CV_TEMPERATURES if self.cv_metric == "scaled_log_loss" else (1.0,)
         with torch.no_grad():
             logits = _math.dect_logits(_math.project(h, weight), prototypes, radii, scores, lams)
@@ -411,9 +407,7 @@ class DecT(BaseDecoder):
                 )
         if self.lam is None and len(self.lam_grid) == 0:
             raise ConfigurationError("lam_grid must not be empty when lam is None")
-        for name in ("proto_dim", "epochs", "n_folds"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        check_at_least_one(self, ("proto_dim", "epochs", "n_folds"))
         if not self.lr > 0 or self.weight_decay < 0 or self.scale_prior < 0:
             raise ConfigurationError("lr must be > 0, weight_decay and scale_prior >= 0")
 
@@ -436,4 +430,4 @@ class DecT(BaseDecoder):
             "member_weights_": (e,),
             "member_temps_": (e,),
         }
-        check_shapes(expected, self)
+        check_shapes(expected, vars(self))

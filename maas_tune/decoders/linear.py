@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigurationError
+from ..estimator import check_positive
 from ..scores import Scores
 from ._math import fit_logistic_regression, fit_standardizer
 from ._select import choose_value
@@ -30,19 +31,33 @@ SCORE_LR_ALPHA_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
 PROBE_ALPHA_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigurationError(f"{name} must be > 0, got {value!r}")
+def _fit_head(
+    est: ScoreLogisticRegression | LinearProbe,
+    X: Scores,
+    target: torch.Tensor,
+    feats: torch.Tensor,
+    **fit_kwargs: Any,
+) -> tuple[float, list[float], torch.Tensor, torch.Tensor]:
+    """Fit ``est``'s logistic regression on ``feats`` (n, p), float64.
 
-
-def _choose_alpha(
-    est: ScoreLogisticRegression | LinearProbe, X: Scores, target: torch.Tensor, **fit_kwargs: Any
-) -> tuple[float, list[float]]:
-    """``est.alpha``, or the candidate of ``est.alpha_grid`` that cross-validates best."""
+    Returns
+    -------
+    alpha, cv_loss : float, list of float
+        ``est.alpha``, or the candidate of ``est.alpha_grid`` that cross-validates best
+        (each fold fitted with ``fit_kwargs``), and the CV losses behind it.
+    coef, intercept : Tensor, shape (p, K) and (K,), float32
+    """
     for value in (est.alpha, *est.alpha_grid, est.alpha_fallback):
         if value is not None:
-            _check_positive("alpha (and each alpha_grid value, alpha_fallback)", value)
-    return choose_value(est, "alpha", est.alpha_grid, est.alpha_fallback, X, target, **fit_kwargs)
+            check_positive("alpha (and each alpha_grid value, alpha_fallback)", value)
+    with torch_threads(est.n_threads):
+        alpha, cv_loss = choose_value(
+            est, "alpha", est.alpha_grid, est.alpha_fallback, X, target, **fit_kwargs
+        )
+        coef, intercept = fit_logistic_regression(
+            feats, target, len(X.labels), alpha=alpha, max_iter=est.max_iter
+        )
+    return alpha, cv_loss, coef.float(), intercept.float()
 
 
 class ScoreLogisticRegression(BaseDecoder):
@@ -132,13 +147,9 @@ class ScoreLogisticRegression(BaseDecoder):
         k = len(X.labels)
         offset = torch.zeros(k) if content_free is None else content_free_tensor(content_free, k)
         feats = (label_scores(X) - offset).double()  # (n, K)
-        with torch_threads(self.n_threads):
-            self.alpha_, self.cv_loss_ = _choose_alpha(self, X, target, content_free=content_free)
-            coef, intercept = fit_logistic_regression(
-                feats, target, k, alpha=self.alpha_, max_iter=self.max_iter
-            )
+        fitted = _fit_head(self, X, target, feats, content_free=content_free)
+        self.alpha_, self.cv_loss_, self.coef_, self.intercept_ = fitted
         self.offset_ = offset
-        self.coef_, self.intercept_ = coef.float(), intercept.float()
         self._set_classes(X)
         return self
 
@@ -146,7 +157,7 @@ class ScoreLogisticRegression(BaseDecoder):
         return (label_scores(X) - self.offset_) @ self.coef_ + self.intercept_  # (n, K)
 
     def _check_state(self, k: int) -> None:
-        check_shapes({"offset_": (k,), "coef_": (k, k), "intercept_": (k,)}, self)
+        check_shapes({"offset_": (k,), "coef_": (k, k), "intercept_": (k,)}, vars(self))
 
 
 class LinearProbe(BaseDecoder):
@@ -230,13 +241,8 @@ class LinearProbe(BaseDecoder):
         h = hidden_states(X)  # (n, d)
         mean, scale = fit_standardizer(h, prior_rows=self.scale_prior)
         feats = ((h - mean) / scale).double()  # (n, d)
-        with torch_threads(self.n_threads):
-            self.alpha_, self.cv_loss_ = _choose_alpha(self, X, target)
-            coef, intercept = fit_logistic_regression(
-                feats, target, len(X.labels), alpha=self.alpha_, max_iter=self.max_iter
-            )
+        self.alpha_, self.cv_loss_, self.coef_, self.intercept_ = _fit_head(self, X, target, feats)
         self.mean_, self.scale_ = mean, scale
-        self.coef_, self.intercept_ = coef.float(), intercept.float()
         self._set_classes(X)
         return self
 
@@ -247,4 +253,6 @@ class LinearProbe(BaseDecoder):
 
     def _check_state(self, k: int) -> None:
         d = self.coef_.shape[0]
-        check_shapes({"mean_": (d,), "scale_": (d,), "coef_": (d, k), "intercept_": (k,)}, self)
+        check_shapes(
+            {"mean_": (d,), "scale_": (d,), "coef_": (d, k), "intercept_": (k,)}, vars(self)
+        )

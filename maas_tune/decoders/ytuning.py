@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigurationError
-from ..estimator import torch_seed
+from ..estimator import check_at_least_one, state_tensors, torch_seed
 from ..scores import Scores
 from ._label_attention import init_label_network, label_network_logits, layer_names
-from ._math import shrunk_variance
+from ._math import descend, shrunk_variance
 from ._select import choose_value
-from .base import BaseDecoder, check_shapes, torch_threads
+from .base import BaseDecoder, check_shapes, check_width, torch_threads
 
 __all__ = ["YTuning", "feature_scale", "position_features"]
 
@@ -213,11 +213,11 @@ class YTuning(BaseDecoder):
         optimizer = torch.optim.AdamW(
             list(params.values()), lr=self.learning_rate, weight_decay=self.weight_decay_
         )
-        for _ in range(self.epochs):
-            optimizer.zero_grad(set_to_none=True)
-            logits = self._logits(params, feats, mask, generator)
-            F.cross_entropy(logits, target).backward()
-            optimizer.step()
+        descend(
+            optimizer,
+            lambda: F.cross_entropy(self._logits(params, feats, mask, generator), target),
+            self.epochs,
+        )
         return {name: p.detach() for name, p in params.items()}
 
     def _logits(
@@ -239,18 +239,11 @@ class YTuning(BaseDecoder):
 
     def _decision_function(self, X: Scores) -> torch.Tensor:
         feats, mask = position_features(X)
-        if feats.shape[-1] != self.mean_.shape[0]:
-            raise ConfigurationError(
-                f"X has features of width {feats.shape[-1]} but this YTuning was fitted on "
-                f"width {self.mean_.shape[0]} (token states of another model?); score X with "
-                "the provider and task it was fitted with"
-            )
+        check_width(feats, self.mean_.shape[0], type(self).__name__, "token states")
         return self._logits(self.params_, (feats - self.mean_) / self.scale_, mask)  # (n, K)
 
     def _check_params(self) -> None:
-        for name in ("d_model", "n_heads", "n_layers", "epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_at_least_one(self, ("d_model", "n_heads", "n_layers", "epochs"))
         if self.d_model % self.n_heads:
             raise ConfigurationError(
                 f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})"
@@ -260,15 +253,14 @@ class YTuning(BaseDecoder):
 
     # ------------------------------------------------------------------ persistence
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        self._check_fitted()
+        self._check_fitted("saving it")
         tensors = {"mean_": self.mean_, "scale_": self.scale_}
         tensors.update({PARAM_PREFIX + k: v for k, v in self.params_.items()})
-        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        return state_tensors(tensors)
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        expected = {"mean_", "scale_", *(PARAM_PREFIX + n for n in self._param_tensor_names())}
-        if set(tensors) != expected:
-            raise ValueError(f"tensors expected {sorted(expected)}, got {sorted(tensors)}")
+        names = self._param_tensor_names()
+        self._check_tensor_names(tensors, ["mean_", "scale_", *(PARAM_PREFIX + n for n in names)])
         classes = self._saved_classes(meta)
         self.mean_, self.scale_ = tensors["mean_"], tensors["scale_"]
         n = len(PARAM_PREFIX)
@@ -284,12 +276,8 @@ class YTuning(BaseDecoder):
         d = self.mean_.shape[0]
         m = self.d_model
         expected = {"in_proj": (d, m), "labels": (k, m), "head": (m,), "head_bias": (k,)}
-        check_shapes({"mean_": (d,), "scale_": (d,)}, self)
-        for name, shape in expected.items():
-            if tuple(self.params_[name].shape) != shape:
-                raise ValueError(
-                    f"{name} has shape {tuple(self.params_[name].shape)}, expected {shape}"
-                )
+        check_shapes({"mean_": (d,), "scale_": (d,)}, vars(self))
+        check_shapes(expected, self.params_)
         self._check_layers(d, k)
 
     def _check_layers(self, d: int, k: int) -> None:
@@ -301,9 +289,5 @@ class YTuning(BaseDecoder):
         """
         with torch.device("meta"):
             expected = init_label_network(d, self.d_model, k, self.n_layers, torch.Generator())
-        for name, reference in expected.items():
-            got = tuple(self.params_[name].shape)
-            if got != tuple(reference.shape):
-                raise ValueError(
-                    f"{PARAM_PREFIX}{name} has shape {got}, expected {tuple(reference.shape)}"
-                )
+        shapes = {name: tuple(reference.shape) for name, reference in expected.items()}
+        check_shapes(shapes, self.params_, prefix=PARAM_PREFIX)

@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from ..scores import Scores
-from ._math import normalize_scores
-from .base import BaseDecoder, content_free_tensor
+from .base import BaseDecoder, check_shapes, content_free_tensor, label_scores
 
 __all__ = ["ContextualCalibration", "ZeroShot"]
 
@@ -39,7 +38,7 @@ class ZeroShot(BaseDecoder):
         return self
 
     def _decision_function(self, X: Scores) -> torch.Tensor:
-        return normalize_scores(torch.as_tensor(X.label_logprobs, dtype=torch.float32))  # (n, K)
+        return label_scores(X)  # (n, K)
 
 
 class ContextualCalibration(BaseDecoder):
@@ -96,11 +95,7 @@ class ContextualCalibration(BaseDecoder):
         return self
 
     def _decision_function(self, X: Scores) -> torch.Tensor:
-        lp = normalize_scores(torch.as_tensor(X.label_logprobs, dtype=torch.float32))  # (n, K)
-        return lp - self.content_free_  # (n, K)
+        return label_scores(X) - self.content_free_  # (n, K)
 
     def _check_state(self, k: int) -> None:
-        if tuple(self.content_free_.shape) != (k,):
-            raise ValueError(
-                f"content_free_ has shape {tuple(self.content_free_.shape)}, expected ({k},)"
-            )
+        check_shapes({"content_free_": (k,)}, vars(self))

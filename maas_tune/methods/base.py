@@ -12,11 +12,20 @@ import torch
 
 from ..client import Client, Usage
 from ..data import Example
-from ..errors import ConfigurationError, NotFittedError
+from ..errors import ConfigurationError
 from ..estimator import Estimator
 from ..task import Task
 
-__all__ = ["PromptMethod", "class_log_probs", "fit_kwargs", "quiet", "usage_since"]
+__all__ = [
+    "PromptMethod",
+    "batches",
+    "class_log_probs",
+    "fit_kwargs",
+    "joined_text",
+    "quiet",
+    "step_bar",
+    "usage_since",
+]
 
 
 def usage_since(client: Client, before: Usage) -> Usage:
@@ -58,9 +67,7 @@ class PromptMethod(Estimator):
 
     #: Needs the model's weights (runs only with an in-process provider).
     white_box: ClassVar[bool] = False
-    #: What the learned state holds besides ``task_`` / ``classes_`` (for saving).
-    _tensor_attrs: ClassVar[tuple[str, ...]] = ()
-    _meta_attrs: ClassVar[tuple[str, ...]] = ()
+    _fit_call: ClassVar[str] = "fit(client, task, examples)"
 
     @property
     def uses_corpus(self) -> bool:
@@ -95,13 +102,6 @@ class PromptMethod(Estimator):
         self.task_ = task
         self.classes_ = np.array(labels)
         return out
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "classes_"):
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet; "
-                "call fit(client, task, examples) before using it"
-            )
 
     # ------------------------------------------------------------------ prediction
     def fit(
@@ -150,16 +150,6 @@ class PromptMethod(Estimator):
         return float(np.mean(self.predict(client, examples) == truth))
 
     # ------------------------------------------------------------------ persistence hooks
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        """Learned tensors by name (contiguous, on CPU)."""
-        self._check_fitted()
-        return {n: getattr(self, n).detach().cpu().contiguous() for n in self._tensor_attrs}
-
-    def _state_meta(self) -> dict[str, Any]:
-        """Learned JSON values by name (the task and classes are saved by the caller)."""
-        self._check_fitted()
-        return {name: getattr(self, name) for name in self._meta_attrs}
-
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Set the learned state from saved tensors and JSON values (``meta["task"]`` a Task).
 
@@ -168,16 +158,8 @@ class PromptMethod(Estimator):
         ValueError
             If a tensor or value is missing or inconsistent.
         """
-        if set(tensors) != set(self._tensor_attrs):
-            raise ValueError(
-                f"tensors expected {sorted(self._tensor_attrs)}, got {sorted(tensors)}"
-            )
-        for name in self._meta_attrs:
-            if name not in meta:
-                raise ValueError(f"metadata lacks the learned value {name!r}")
-            setattr(self, name, meta[name])
-        for name in self._tensor_attrs:
-            setattr(self, name, tensors[name])
+        self._check_tensor_names(tensors)
+        self._set_learned(tensors, meta)
         self.task_ = meta["task"]
         self.classes_ = np.array(self.task_.labels)
         self._check_state()
@@ -195,7 +177,30 @@ def fit_kwargs(method: PromptMethod, pool: Sequence[Example]) -> dict[str, Any]:
     """
     if not method.uses_corpus:
         return {}
-    return {"corpus": [e.text if e.text_b is None else f"{e.text} {e.text_b}" for e in pool]}
+    return {"corpus": [joined_text(e) for e in pool]}
+
+
+def joined_text(example: Example) -> str:
+    """The example's text, and its second text (of a pair) after a space."""
+    return example.text if example.text_b is None else f"{example.text} {example.text_b}"
+
+
+def step_bar(desc: str, epochs: int, n: int, batch_size: int, progress: bool | None) -> Any:
+    """A tqdm bar over the ``epochs * ceil(n / batch_size)`` steps of a training loop.
+
+    ``progress`` None shows it on terminals only; use it as a context manager.
+    """
+    from tqdm.auto import tqdm
+
+    steps = epochs * -(-n // batch_size)
+    disable = None if progress is None else not progress
+    return tqdm(total=steps, desc=desc, unit="step", disable=disable)
+
+
+def batches(order: Sequence[int] | np.ndarray | torch.Tensor, size: int) -> Iterator[Any]:
+    """Consecutive slices of ``order`` (an epoch's row order), ``size`` rows each but the last."""
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
 
 
 @contextlib.contextmanager

@@ -14,13 +14,21 @@ import torch.nn.functional as F
 from ..client import Client
 from ..data import Example
 from ..errors import BudgetExceeded, ConfigurationError
-from ..estimator import torch_seed
+from ..estimator import check_at_least_one, check_positive, torch_seed
 from ..task import Task
 from ._policy import mode, policy_gradient, project_simplex, sample_prompts
 from ._prompts import prefixed_task
 from ._split import Split, Tried, split_examples
 from ._vocab import prompt_vocabulary
-from .base import PromptMethod, class_log_probs, quiet, usage_since
+from .base import (
+    PromptMethod,
+    batches,
+    class_log_probs,
+    joined_text,
+    quiet,
+    step_bar,
+    usage_since,
+)
 
 __all__ = ["BDPL"]
 
@@ -245,7 +253,7 @@ class BDPL(PromptMethod):
     def _vocabulary(self, examples: Sequence[Example], corpus: Sequence[str] | None) -> list[str]:
         texts = corpus
         if texts is None and self.vocabulary == "shots":
-            texts = [_joined(e) for e in examples]
+            texts = [joined_text(e) for e in examples]
         return prompt_vocabulary(
             texts, self.n_candidates, max_n=self.max_n, min_count=self.min_count
         )
@@ -260,20 +268,14 @@ class BDPL(PromptMethod):
     ) -> None:
         """The optimisation loop: updates ``param`` in place, appends every scored prompt to
         ``tried`` (so both hold the progress made when the budget interrupts it)."""
-        from tqdm.auto import tqdm
-
         examples, target = train
         n = len(examples)
         generator = torch.Generator().manual_seed(torch_seed(self.random_state))
         rng = np.random.default_rng(self.random_state)
         optimizer = torch.optim.Adam([param], lr=self.learning_rate)
-        steps = self.epochs * -(-n // self.batch_size)
-        disable = None if self.progress is None else not self.progress
-        with tqdm(total=steps, desc="BDPL", unit="step", disable=disable) as bar:
+        with step_bar("BDPL", self.epochs, n, self.batch_size, self.progress) as bar:
             for epoch in range(self.epochs):
-                order = rng.permutation(n)
-                for start in range(0, n, self.batch_size):
-                    rows = order[start : start + self.batch_size]
+                for rows in batches(rng.permutation(n), self.batch_size):
                     samples = sample_prompts(param.detach(), self.sample_size, generator)  # (I, L)
                     losses = []
                     for prompt in samples:
@@ -359,16 +361,13 @@ class BDPL(PromptMethod):
         return class_log_probs(scores.label_logprobs)
 
     def _check_params(self) -> None:
-        for name in ("prompt_length", "n_candidates", "batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_at_least_one(self, ("prompt_length", "n_candidates", "batch_size", "epochs"))
         if self.sample_size < 2:
             raise ConfigurationError(
                 f"sample_size must be >= 2 (the variance-reduced gradient compares samples), "
                 f"got {self.sample_size}"
             )
-        if not self.learning_rate > 0:
-            raise ConfigurationError(f"learning_rate must be > 0, got {self.learning_rate}")
+        check_positive("learning_rate", self.learning_rate)
         if self.vocabulary not in VOCABULARIES:
             raise ConfigurationError(
                 f"vocabulary must be one of {', '.join(VOCABULARIES)}, got {self.vocabulary!r}"
@@ -389,7 +388,3 @@ class BDPL(PromptMethod):
             )
         if int(self.prompt_indices_.min()) < 0 or int(self.prompt_indices_.max()) >= n:
             raise ValueError("prompt_indices_ lie outside the candidate vocabulary")
-
-
-def _joined(example: Example) -> str:
-    return example.text if example.text_b is None else f"{example.text} {example.text_b}"

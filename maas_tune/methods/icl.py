@@ -13,6 +13,7 @@ import torch
 from ..client import Client, Usage
 from ..data import Example
 from ..errors import ConfigurationError
+from ..estimator import check_at_least_one
 from ..task import Task
 from ._prompts import (
     fit_demonstrations,
@@ -134,8 +135,7 @@ class InContextLearning(PromptMethod):
 
         ``content_free`` and ``corpus`` are ignored (the keywords of every prompt method).
         """
-        if self.demos_per_class < 1:
-            raise ConfigurationError(f"demos_per_class must be >= 1, got {self.demos_per_class}")
+        check_at_least_one(self, ("demos_per_class",))
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise ConfigurationError(
                 f"max_prompt_tokens must be >= 1 or None, got {self.max_prompt_tokens}"

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from ..client import Client
 from ..data import Example
 from ..errors import ConfigurationError
-from ..estimator import torch_seed
+from ..estimator import check_at_least_one, torch_seed
 from ..providers.base import Provider
 from ..task import Task
 from ._soft_prompt import class_scores, embed_with_prompt, frozen, initial_prompt
-from .base import PromptMethod, class_log_probs, usage_since
+from .base import PromptMethod, batches, class_log_probs, step_bar, usage_since
 
 __all__ = ["PromptTuning", "require_white_box"]
 
@@ -186,18 +186,13 @@ class PromptTuning(PromptMethod):
         soft: torch.Tensor,
         generator: torch.Generator,
     ) -> None:
-        from tqdm.auto import tqdm
-
         optimizer = self._optimizer(soft)
         n = len(prompts)
-        steps = self.epochs * -(-n // self.batch_size)
-        disable = None if self.progress is None else not self.progress
-        with tqdm(total=steps, desc="prompt tuning", unit="step", disable=disable) as bar:
+        with step_bar("prompt tuning", self.epochs, n, self.batch_size, self.progress) as bar:
             for _ in range(self.epochs):
                 order = torch.randperm(n, generator=generator)
                 total = 0.0
-                for start in range(0, n, self.batch_size):
-                    rows = order[start : start + self.batch_size]
+                for rows in batches(order, self.batch_size):
                     optimizer.zero_grad(set_to_none=True)
                     scores = self._scores(
                         client, model, tokenizer, [prompts[i] for i in rows], soft
@@ -218,9 +213,7 @@ class PromptTuning(PromptMethod):
         return torch.optim.Adam([soft], lr=self.learning_rate)
 
     def _check_params(self) -> None:
-        for name in ("n_tokens", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_at_least_one(self, ("n_tokens", "epochs", "batch_size"))
         if self.optimizer not in OPTIMIZERS:
             raise ConfigurationError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"

@@ -71,10 +71,27 @@ def _module_name(path: Path) -> str:
 MODULES: dict[str, Path] = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _imports(name: str, path: Path) -> Iterator[str]:
-    """The ``maas_tune`` modules that module ``name`` (file ``path``) imports."""
+def _at_import(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """The statements of ``body`` that run when the module is imported: not function or
+    class bodies, not ``if TYPE_CHECKING:`` blocks."""
+    for node in body:
+        if isinstance(node, ast.If):
+            if "TYPE_CHECKING" not in ast.unparse(node.test):
+                yield from _at_import(node.body)
+            yield from _at_import(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, *(h.body for h in node.handlers), node.orelse):
+                yield from _at_import(block)
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield node
+
+
+def _imports(name: str, path: Path, *, deferred: bool = True) -> Iterator[str]:
+    """The ``maas_tune`` modules that module ``name`` (file ``path``) imports (with
+    ``deferred=False``, only those imported when it is imported)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree) if deferred else _at_import(tree.body):
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names if a.name.split(".")[0] == "maas_tune")
         elif isinstance(node, ast.ImportFrom):
@@ -89,6 +106,10 @@ def _imports(name: str, path: Path) -> Iterator[str]:
 
 
 GRAPH: dict[str, set[str]] = {m: set(_imports(m, p)) for m, p in MODULES.items()}
+#: Only the imports that run when a module is imported.
+AT_IMPORT: dict[str, set[str]] = {
+    m: set(_imports(m, p, deferred=False)) for m, p in MODULES.items()
+}
 
 
 def _room(module: str) -> str | None:
@@ -165,6 +186,19 @@ def test_no_import_cycle_between_rooms() -> None:
         + "\n"
         + ("\n".join(p for a, b in zip(cycle or [], (cycle or [])[1:]) for p in edges[(a, b)]))
     )
+
+
+def test_no_import_cycle_between_modules_at_import_time() -> None:
+    """No two modules need each other to be imported; a deferred import (a factory that
+    picks a backend, matplotlib loaded for a plot) is the only way a module reaches back."""
+    edges = {
+        (module, target)
+        for module, imported in AT_IMPORT.items()
+        for target in imported
+        if not module.startswith(target + ".")  # a module's own package is imported first
+    }
+    cycle = _cycle(edges)
+    assert cycle is None, "import cycle at import time: " + " -> ".join(cycle or [])
 
 
 def _owner(module: str) -> str | None:

@@ -21,8 +21,9 @@ from ..errors import ConfigurationError
 from ..providers.base import Provider
 from ..providers.extras import parse_pairs
 from ..providers.http import is_secret_name, public_url
+from ..providers.options import HTTPOptions
 from ..providers.session import BASE_URL_ENV, resolve_base_url
-from ..providers.spec import HTTPOptions, ProviderSpec, pairs
+from ..providers.spec import ProviderSpec, pairs
 
 if TYPE_CHECKING:
     from ..providers.device import Placement

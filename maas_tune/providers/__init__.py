@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ..scores import ProviderAnswer
 from .base import Provider
-from .spec import HTTPOptions, ProviderSpec
+from .options import HTTPOptions
+from .spec import ProviderSpec
 from .tokenizers import load_tokenizer
 
 __all__ = ["HTTPOptions", "Provider", "ProviderAnswer", "ProviderSpec", "load_tokenizer"]

@@ -31,6 +31,7 @@ from ._strategies import (
     score_top_logprobs,
 )
 from .base import check_token_features
+from .options import HTTPOptions
 from .ratelimit import RateLimit, RateLimiter
 from .remote import RemoteProvider, Tokenizer
 from .session import (
@@ -39,7 +40,6 @@ from .session import (
     DEFAULT_TIMEOUT_S,
     check_count,
 )
-from .spec import HTTPOptions
 
 __all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "OpenAICompletionsProvider"]
 

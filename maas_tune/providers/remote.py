@@ -25,7 +25,7 @@ from .session import APISession
 from .tokenizers import check_single_tokens
 
 if TYPE_CHECKING:
-    from .spec import HTTPOptions
+    from .options import HTTPOptions
 
 __all__ = ["RemoteProvider", "Tokenizer"]
 

@@ -11,7 +11,7 @@ import re
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -26,18 +26,21 @@ from ._answers import usage_tokens
 from ._batch import Batch, Events
 from ._facts import FactAccess
 from ._fanout import LoopState, payload_bound, request_key, run_scripts
-from ._options import (
-    DEFAULT_CONCURRENCY,
-    RATE_LIMITED_CONCURRENCY,
-    check_api_options,
-    check_count,
-    concurrency_for,
-)
 from ._retry import RetryPolicy
 from ._script import Post, Script
 from ._tokenizer import TokenizerAccess
 from .extras import BASE_URL_ENV, resolve_base_url
 from .http import public_url
+from .options import (
+    API_KEY_ENV,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT_S,
+    RATE_LIMITED_CONCURRENCY,
+    HTTPOptions,
+    check_api_options,
+    check_count,
+    concurrency_for,
+)
 from .ratelimit import (
     DEFAULT_PENALTY_S,
     RateLimiter,
@@ -49,8 +52,6 @@ from .secrets import check_api_key
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from .spec import HTTPOptions
 
 __all__ = [
     "API_KEY_ENV",
@@ -67,10 +68,6 @@ __all__ = [
     "resolve_base_url",
 ]
 
-#: Environment variables read for the API key, first match wins.
-API_KEY_ENV = ("MAAS_TUNE_API_KEY", "OPENAI_API_KEY")
-#: Default per-request timeout in seconds (connect, read, write and pool alike).
-DEFAULT_TIMEOUT_S = 30.0
 #: Characters per token assumed when no tokenizer is reachable (an upper-ish estimate).
 CHARS_PER_TOKEN_ESTIMATE = 3
 

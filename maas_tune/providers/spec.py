@@ -10,23 +10,18 @@ pickled, so it never reaches Ray's object store or a log.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from .._constants import DEFAULT_MODEL_NAME, DEFAULT_TOP_LOGPROBS, LOCAL_BATCH_SIZE, MAX_RETRIES
+from .._constants import DEFAULT_MODEL_NAME, DEFAULT_TOP_LOGPROBS, LOCAL_BATCH_SIZE
 from ..errors import ConfigurationError
 from .base import Provider
-from .extras import extra_headers, extra_query
-from .http import is_secret_name, public_url
+from .http import public_url
+from .options import HTTPOptions, Pairs
 from .ratelimit import RateLimit, RateLimiter, as_limiter
 from .session import (
     API_KEY_ENV,
-    DEFAULT_TIMEOUT_S,
-    check_api_options,
-    concurrency_for,
-    resolve_base_url,
 )
 
 __all__ = ["HTTP_KINDS", "KINDS", "HTTPOptions", "ProviderSpec", "pairs"]
@@ -34,126 +29,6 @@ __all__ = ["HTTP_KINDS", "KINDS", "HTTPOptions", "ProviderSpec", "pairs"]
 HTTP_KINDS = ("completions", "chat")
 #: Every kind a spec builds: the model in process, or an OpenAI-compatible API.
 KINDS = ("local", *HTTP_KINDS)
-
-Pairs = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class HTTPOptions:
-    """How every request to the API is sent: the options all HTTP providers share.
-
-    Attributes
-    ----------
-    timeout : float
-        Per-request timeout in seconds.
-    max_retries : int
-        Retries of a failed request (connect errors, timeouts, 408/409/429/5xx).
-    rate_limit : RateLimit, RateLimiter or None
-        The account's limit, paced on the client side (None: no limit). A spec that is
-        pickled holds a :class:`RateLimit` (or a shared limiter, which pickles).
-    max_concurrency : int or None
-        Requests in flight at most; None follows the rate limit (4 without one, up to
-        256 with one).
-    api_key_env : str or None
-        Environment variable holding the key in the process that builds the provider;
-        None reads ``MAAS_TUNE_API_KEY``, else ``OPENAI_API_KEY``.
-    headers, query : tuple of (name, value)
-        Sent with every request (openai-python's ``default_headers`` / ``default_query``).
-    """
-
-    timeout: float = DEFAULT_TIMEOUT_S
-    max_retries: int = MAX_RETRIES
-    rate_limit: RateLimit | RateLimiter | None = None
-    max_concurrency: int | None = None
-    api_key_env: str | None = None
-    headers: Pairs = ()
-    query: Pairs = ()
-
-    def __repr__(self) -> str:
-        def shown(found: Pairs) -> Pairs:
-            return tuple((n, "***" if is_secret_name(n) else v) for n, v in found)
-
-        return (
-            f"HTTPOptions(timeout={self.timeout!r}, max_retries={self.max_retries!r}, "
-            f"rate_limit={self.rate_limit!r}, max_concurrency={self.max_concurrency!r}, "
-            f"api_key_env={self.api_key_env!r}, headers={shown(self.headers)!r}, "
-            f"query={shown(self.query)!r})"
-        )
-
-    def api_key(self) -> str | None:
-        """The key from :attr:`api_key_env` in this process (None: the providers read
-        their default variables).
-
-        Raises
-        ------
-        ConfigurationError
-            ``api_key_env`` names a variable that is not set here.
-        """
-        if self.api_key_env is None:
-            return None
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise ConfigurationError(
-                f"the environment variable {self.api_key_env} is not set in this process; set "
-                "it where the provider is built (on Ray: on every node, not through "
-                "runtime_env, which Ray stores)"
-            )
-        return key
-
-    def keywords(self, limiter: RateLimit | RateLimiter | None) -> dict[str, Any]:
-        """The keyword arguments of every HTTP provider's constructor, key included."""
-        found: dict[str, Any] = {
-            "api_key": self.api_key(),
-            "timeout": self.timeout,
-            "max_retries": self.max_retries,
-            "rate_limit": limiter,
-            "max_concurrency": self.max_concurrency,
-        }
-        if self.headers:
-            found["default_headers"] = dict(self.headers)
-        if self.query:
-            found["default_query"] = dict(self.query)
-        return found
-
-    @classmethod
-    def for_api(
-        cls,
-        base_url: str | None,
-        model: str,
-        timeout: float,
-        max_retries: int,
-        rate_limit: RateLimit | RateLimiter | None,
-        max_concurrency: int | None,
-        default_headers: Mapping[str, str] | None,
-        default_query: Mapping[str, str] | None,
-    ) -> tuple[str, HTTPOptions]:
-        """What every HTTP provider's constructor does with the arguments they share
-        (openai-python's): the base URL (``base_url=None`` reads ``MAAS_TUNE_BASE_URL``,
-        else ``OPENAI_BASE_URL``) and the options its session takes, checked — the
-        requests-in-flight cap follows the rate limit when not given, and headers and query
-        parameters are checked by :func:`~maas_tune.providers.extras.extra_headers`.
-
-        Raises
-        ------
-        ConfigurationError
-            Naming the argument that is wrong and what to pass (a credential is not shown).
-        """
-        base_url = resolve_base_url(base_url)
-        concurrency = concurrency_for(max_concurrency, rate_limit)
-        check_api_options(base_url, model, concurrency, timeout)
-        options = cls(
-            timeout=timeout,
-            max_retries=max_retries,
-            rate_limit=rate_limit,
-            max_concurrency=concurrency,
-            headers=tuple(extra_headers(default_headers)),
-            query=tuple(extra_query(default_query)),
-        )
-        return base_url, options
-
-    def carries_credentials(self) -> bool:
-        """Whether a header or query parameter has a credential-like name."""
-        return any(is_secret_name(name) for name, _ in (*self.headers, *self.query))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .._constants import MAX_RETRIES
 from ..client import CLIENT_CHUNK_SIZE
 from ..errors import ConfigurationError, MissingDependencyError
+from ..providers.options import HTTPOptions
 from ..providers.ratelimit import RateLimit, RateLimiter
 from ..providers.session import (
     API_KEY_ENV,
@@ -33,7 +34,7 @@ from ..providers.session import (
     check_count,
     concurrency_for,
 )
-from ..providers.spec import HTTP_KINDS, HTTPOptions, ProviderSpec
+from ..providers.spec import HTTP_KINDS, ProviderSpec
 from ..storage.budget import QueryBudget
 from ..task import Task
 from .actors import BucketActor, Predictor, Scorer, SharedRateLimiter, WorkerSetup

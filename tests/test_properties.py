@@ -11,10 +11,10 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maas_tune._template import Slot
 from maas_tune.data import Example, parse_examples
 from maas_tune.errors import DataError, TaskError
 from maas_tune.task import Task
+from maas_tune.task._template import Slot
 
 WORDS = {"pos": ["positive"], "neg": ["negative"]}
 LABELS = ["pos", "neg"]

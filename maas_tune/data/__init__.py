@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from ._files import file_errors
+from .._files import file_errors
+from ..errors import ConfigurationError, DataError
 from ._records import LABEL_FIELD, PAIR_FIELD, TEXT_FIELD, records_csv, records_jsonl
-from .errors import ConfigurationError, DataError
 
 if TYPE_CHECKING:
-    from .frames import Columns
+    from ..frames import Columns
 
 __all__ = [
     "Dataset",
@@ -189,7 +189,7 @@ def load_examples(
         Naming the file and line: missing or non-string field, unknown label,
         invalid JSON, invalid UTF-8, empty file, unsupported suffix.
     """
-    from .frames import load_table, resolve_columns
+    from ..frames import load_table, resolve_columns
 
     names: dict[str, Any] = {
         "text": text,

@@ -9,14 +9,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from ._constants import LABEL_WORD_PREFIX
-from ._files import file_errors
-from ._task_file import parse_task_text, refuse_surrogates
+from .._constants import LABEL_WORD_PREFIX
+from .._files import file_errors
+from ..errors import TaskError
+from ._file import parse_task_text, refuse_surrogates
 from ._template import PLACEHOLDERS, Segment, Slot, validate_template
-from .errors import TaskError
 
 if TYPE_CHECKING:
-    from .data import Example
+    from ..data import Example
 
 __all__ = ["Task"]
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ._constants import MAX_RECORD_CHARS
-from .errors import DataError
+from .._constants import MAX_RECORD_CHARS
+from ..errors import DataError
 
 __all__ = ["LABEL_FIELD", "PAIR_FIELD", "TEXT_FIELD", "records_csv", "records_jsonl"]
 

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from .errors import TaskError
+from ..errors import TaskError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -6,8 +6,8 @@ import difflib
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from ._constants import LABEL_WORD_PREFIX
-from .errors import TaskError
+from .._constants import LABEL_WORD_PREFIX
+from ..errors import TaskError
 
 __all__ = ["PLACEHOLDERS", "Segment", "Slot", "parse_template", "validate_template"]
 

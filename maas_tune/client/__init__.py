@@ -120,9 +120,8 @@ class _Core(ChunkPipeline):
         """Let the provider probe its API before any sample is sent, charged to the budget
         (reserved first, so the probe can never pass a cap)."""
         bound = self.provider.setup_requests()
-        if not bound or self.offline:  # offline: the probe must come from the cache
-            if bound:
-                self.provider.prepare()
+        if not bound or self.offline:  # nothing to send: known, or (offline) from the cache
+            self.provider.prepare()  # the strategy is selected here all the same
             return
         reservation = None
         if self.budget is not None:

@@ -240,6 +240,35 @@ def findings(grid: GridResults) -> str:
     return "\n".join(lines)
 
 
+def prompt_findings(grid: GridResults) -> str:
+    """DecT against every prompt method on the same test inputs and seeds (the ``@200``
+    rows), with the noise of each gap."""
+    lines = [
+        (
+            "| dataset | prompt method | its accuracy | DecT on the same inputs | DecT − it "
+            "| standard error of the difference (paired over seeds) | verdict |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in sorted(grid.summaries, key=lambda s: (s.dataset, s.row)):
+        dect = grid.get("dect@200", s.dataset, s.shots)
+        if not s.method.startswith((*INPUT_SIDE, "icl")) or dect is None:
+            continue
+        se, gap = _paired_se(grid, dect, s), dect.accuracy_mean - s.accuracy_mean
+        verdict = (
+            "one seed"
+            if math.isnan(se)
+            else "within two standard errors"
+            if abs(gap) <= 2 * se
+            else ("DecT ahead" if gap > 0 else "DecT behind")
+        )
+        name = f"{s.row} (white-box)" if is_white_box(s.method) else s.row
+        lines.append(
+            f"| {s.dataset} | {name} | {_pm(s)} | {_pm(dect)} | {gap:+.3f} | {se:.3f} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
 def _paired_se(grid: GridResults, a: Summary, b: Summary) -> float:
     """Standard error of the mean per-seed difference of two rows (same shots, same inputs)."""
     acc: dict[tuple[str, int], float] = {

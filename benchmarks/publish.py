@@ -80,6 +80,7 @@ def blocks() -> list[Block]:
             end=END_MARKER,
         ),
         Block("grid-findings", "docs/benchmarks.md", lambda r, gr: g.findings(gr)),
+        Block("grid-prompt-findings", "docs/benchmarks.md", lambda r, gr: g.prompt_findings(gr)),
         Block("grid-cost", "docs/benchmarks.md", lambda r, gr: g.cost_ratios(gr)),
         Block("speed", "docs/benchmarks.md", lambda r, gr: s.speed(r)),
         Block("accuracy", "docs/benchmarks.md", lambda r, gr: g.accuracy(gr)),

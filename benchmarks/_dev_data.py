@@ -99,9 +99,14 @@ class DevData:
     content_free: np.ndarray  # (K,) label log-probabilities of the content-free input
 
 
+#: Token states per answer: what Y-Tuning attends over (the grid's ``ytuning`` block's).
+TOKEN_FEATURES = 32
+
+
 def build(names: Sequence[str], provider: object | None = None) -> dict[str, DevData]:
-    """Score every dataset's pool (and its content-free input) through the cached client."""
-    provider = provider or mt.TransformersProvider(batch_size=16)
+    """Score every dataset's pool (and its content-free input) through the cached client,
+    with the last :data:`TOKEN_FEATURES` token states of each input (Y-Tuning's features)."""
+    provider = provider or mt.TransformersProvider(batch_size=16, token_features=TOKEN_FEATURES)
     store = mt.Store(DEV_STORE)
     client = mt.Client(provider, cache=mt.ScoreCache(store), progress=False)  # type: ignore[arg-type]
     out = {}

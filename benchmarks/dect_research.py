@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,9 +111,15 @@ def run_one(make: Factory, data: DevData, shots: int, seed: int) -> tuple[float,
     return float(np.mean(predicted == np.asarray(data.labels)[data.y[rest]])), seconds
 
 
-def accuracy_table(args: argparse.Namespace, data: dict[str, DevData]) -> None:
-    """Print a markdown table: method x dataset, mean ± std dev accuracy over the seeds."""
+#: Where ``--result NAME`` writes its table (docs/dect-research.md is made from them).
+RESULTS = Path(__file__).resolve().parent / "results" / "dect_research"
+
+
+def accuracy_table(args: argparse.Namespace, data: dict[str, DevData]) -> list[dict[str, Any]]:
+    """Print a markdown table: method x dataset, mean ± std dev accuracy over the seeds;
+    return its rows."""
     names = list(data)
+    rows: list[dict[str, Any]] = []
     print(
         f"dev protocol: seeds 0..{args.seeds - 1}; pool sizes {[len(d.y) for d in data.values()]}"
     )
@@ -128,10 +137,40 @@ def accuracy_table(args: argparse.Namespace, data: dict[str, DevData]) -> None:
                 cells.append(f"{np.mean(accs):.3f} ± {np.std(accs):.3f}")
             row = " | ".join(cells) + f" | {np.mean(means):.3f} | {np.mean(times):.3f} |"
             print(f"| {name} | {shots} | {row}", flush=True)
+            rows.append(
+                {
+                    "method": name,
+                    "shots": shots,
+                    "accuracy": dict(zip(names, [float(m) for m in means])),
+                    "std": dict(zip(names, [float(c.split(" ± ")[1]) for c in cells])),
+                    "mean": float(np.mean(means)),
+                    "fit_seconds": float(np.mean(times)),
+                }
+            )
+    return rows
 
 
-def timing_table(data: DevData, repeats: int = 20) -> None:
-    """Fit seconds of DecT on one dataset, 16 shots per class: median / max over repeats."""
+def write_result(
+    name: str, argv: Sequence[str], seeds: int, data: dict[str, DevData], rows: list
+) -> Path:
+    """Keep one run's table as ``results/dect_research/<name>.json`` (with its command)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    found = {
+        "command": "python benchmarks/dect_research.py " + " ".join(argv),
+        "seeds": seeds,
+        "pools": {d.name: len(d.y) for d in data.values()},
+        "rows": rows,
+    }
+    path.write_text(json.dumps(found, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def timing_table(data: DevData, repeats: int = 20) -> list[dict[str, Any]]:
+    """Fit seconds of DecT on one dataset, 16 shots per class: median / max over repeats;
+    return the rows."""
+    rows: list[dict[str, Any]] = []
+    load_before = os.getloadavg()[0]
     print(f"load average before: {os.getloadavg()}; torch threads: {torch.get_num_threads()}")
     DecT(random_state=0).fit(data.scores.subset(np.arange(64)), data.y[:64])  # warm-up
     print("| method | n_threads | wall median s | wall max s | cpu median s |")
@@ -151,7 +190,18 @@ def timing_table(data: DevData, repeats: int = 20) -> None:
                 f"| {np.median(cpus):.3f} |",
                 flush=True,
             )
+            rows.append(
+                {
+                    "method": name,
+                    "n_threads": n_threads,
+                    "wall_median_s": float(np.median(walls)),
+                    "wall_max_s": float(np.max(walls)),
+                    "cpu_median_s": float(np.median(cpus)),
+                    "load_average": [load_before, os.getloadavg()[0]],
+                }
+            )
     print(f"load average after: {os.getloadavg()}")
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,12 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
     parser.add_argument("--methods", default=",".join(METHODS), help="METHODS or VARIANTS names")
     parser.add_argument("--timing", action="store_true", help="time DecT fits on agnews instead")
+    parser.add_argument(
+        "--result", help="also write the table to benchmarks/results/dect_research/RESULT.json"
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     data = build(["agnews"] if args.timing else args.datasets.split(","))
-    if args.timing:
-        timing_table(data["agnews"])
-    else:
-        accuracy_table(args, data)
+    rows = timing_table(data["agnews"]) if args.timing else accuracy_table(args, data)
+    if args.result:
+        print(f"wrote {write_result(args.result, argv, args.seeds, data, rows)}")
     return 0
 
 

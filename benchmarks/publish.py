@@ -27,6 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: the sibling modules are importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _published_dev as dev_blocks
 import _published_grid as grid_blocks
 import _published_scripts as script_blocks
 from _published_grid import GridResults
@@ -94,6 +95,11 @@ def blocks() -> list[Block]:
         Block("agreement", "docs/http.md", lambda r, gr: s.agreement(r)),
         Block("reliability-memory", "docs/reliability.md", lambda r, gr: s.server_memory(r)),
         Block("scale-out", "docs/scale-out.md", lambda r, gr: s.scale_out(r)),
+        Block("dev-commands", "docs/dect-research.md", lambda r, gr: dev_blocks.commands(r)),
+        Block("dev-candidates", "docs/dect-research.md", lambda r, gr: dev_blocks.candidates(r)),
+        Block("dev-prior", "docs/dect-research.md", lambda r, gr: dev_blocks.prior(r)),
+        Block("dev-defaults", "docs/dect-research.md", lambda r, gr: dev_blocks.defaults(r)),
+        Block("dev-timing", "docs/dect-research.md", lambda r, gr: dev_blocks.timing(r)),
     ]
 
 

@@ -139,3 +139,22 @@ def test_a_page_without_its_markers_names_them(publish: ModuleType, tmp_path: Pa
 
     with pytest.raises(ValueError, match=r"README.md must hold the lines .*readme-accuracy end"):
         publish.check(root)
+
+
+def test_the_dev_tables_say_when_a_candidate_beats_its_default(
+    publish: ModuleType, tmp_path: Path
+) -> None:
+    """The dev protocol's rule (the best five-dataset mean becomes the default) is read
+    from the result files, so a result where a candidate wins says so on the page."""
+    dev = importlib.import_module("_published_dev")
+    root = _copy_repo(tmp_path)
+    results = root / "benchmarks" / "results"
+    said = dev.candidates(results)
+    assert "LR: default" in said and "LR, alpha 0.01 (default before)" in said
+    path = results / "dect_research" / "dev_16shot.json"
+    data = json.loads(path.read_text("utf-8"))
+    old = next(r for r in data["rows"] if r["method"] == "lr:alpha=0.01")
+    old["mean"] = 0.999
+    path.write_text(json.dumps(data), "utf-8")
+    assert "best candidate LR, alpha 0.01 (default before) (0.999)" in dev.candidates(results)
+    assert publish.check(root) != []  # the page no longer matches its results

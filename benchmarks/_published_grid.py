@@ -216,13 +216,7 @@ def findings(grid: GridResults) -> str:
         dect, best = pair
         se = _paired_se(grid, dect, best)
         gap = dect.accuracy_mean - best.accuracy_mean
-        verdict = (
-            "one seed, no standard error"
-            if math.isnan(se)
-            else "within two standard errors"
-            if abs(gap) <= 2 * se
-            else ("ahead" if gap > 0 else "behind")
-        )
+        verdict = _verdict(gap, se, ("one seed, no standard error", "ahead", "behind"))
         verdicts[verdict].append(d)
         lines.append(
             f"| {d} | {dect.n_test:,} | {dect.seeds} | {_pm(dect)} | {best.row} | {_pm(best)} "
@@ -255,18 +249,22 @@ def prompt_findings(grid: GridResults) -> str:
         if not s.method.startswith((*INPUT_SIDE, "icl")) or dect is None:
             continue
         se, gap = _paired_se(grid, dect, s), dect.accuracy_mean - s.accuracy_mean
-        verdict = (
-            "one seed"
-            if math.isnan(se)
-            else "within two standard errors"
-            if abs(gap) <= 2 * se
-            else ("DecT ahead" if gap > 0 else "DecT behind")
-        )
+        verdict = _verdict(gap, se, ("one seed", "DecT ahead", "DecT behind"))
         name = f"{s.row} (white-box)" if is_white_box(s.method) else s.row
         lines.append(
             f"| {s.dataset} | {name} | {_pm(s)} | {_pm(dect)} | {gap:+.3f} | {se:.3f} | {verdict} |"
         )
     return "\n".join(lines)
+
+
+def _verdict(gap: float, se: float, words: tuple[str, str, str]) -> str:
+    """What a gap says given its standard error: ``words`` name no standard error, ahead
+    and behind; a gap within two standard errors is no ranking."""
+    if math.isnan(se):
+        return words[0]
+    if abs(gap) <= 2 * se:
+        return "within two standard errors"
+    return words[1] if gap > 0 else words[2]
 
 
 def _paired_se(grid: GridResults, a: Summary, b: Summary) -> float:

@@ -128,13 +128,14 @@ def accuracy_table(args: argparse.Namespace, data: dict[str, DevData]) -> list[d
     for name in args.methods.split(","):
         make = factory(name)
         for shots in [int(s) for s in args.shots.split(",")]:
-            cells, means, times = [], [], []
+            cells, means, stds, times = [], [], [], []
             for d in data.values():
                 runs = [run_one(make, d, shots, seed) for seed in range(args.seeds)]
                 times += [sec for _, sec in runs]
                 accs = [acc for acc, _ in runs]
                 means.append(np.mean(accs))
-                cells.append(f"{np.mean(accs):.3f} ± {np.std(accs):.3f}")
+                stds.append(round(float(np.std(accs)), 3))  # as printed
+                cells.append(f"{means[-1]:.3f} ± {np.std(accs):.3f}")
             row = " | ".join(cells) + f" | {np.mean(means):.3f} | {np.mean(times):.3f} |"
             print(f"| {name} | {shots} | {row}", flush=True)
             rows.append(
@@ -142,7 +143,7 @@ def accuracy_table(args: argparse.Namespace, data: dict[str, DevData]) -> list[d
                     "method": name,
                     "shots": shots,
                     "accuracy": dict(zip(names, [float(m) for m in means])),
-                    "std": dict(zip(names, [float(c.split(" ± ")[1]) for c in cells])),
+                    "std": dict(zip(names, stds)),
                     "mean": float(np.mean(means)),
                     "fit_seconds": float(np.mean(times)),
                 }

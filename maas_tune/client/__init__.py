@@ -120,17 +120,16 @@ class _Core(ChunkPipeline):
         """Let the provider probe its API before any sample is sent, charged to the budget
         (reserved first, so the probe can never pass a cap)."""
         bound = self.provider.setup_requests()
-        if not bound or self.offline:  # nothing to send: known, or (offline) from the cache
-            self.provider.prepare()  # the strategy is selected here all the same
-            return
+        sending = bool(bound) and not self.offline  # offline: the probe comes from the cache
         reservation = None
-        if self.budget is not None:
+        if sending and self.budget is not None:
             reservation = self.budget.reserve(bound, bound * PROBE_TOKENS_BOUND)
         try:
-            cost = self.provider.prepare()
+            cost = self.provider.prepare()  # selects the strategy, sending only if needed
         except BaseException as exc:
             outcome = charge_of(exc)
-            spent = (outcome.billable, outcome.prompt_tokens) if outcome else (bound, 0)
+            lost = (bound if sending else 0, 0)  # what may have been sent, unanswered
+            spent = (outcome.billable, outcome.prompt_tokens) if outcome else lost
             self._charge_probe(reservation, *spent)
             raise
         self._charge_probe(reservation, cost.requests, cost.prompt_tokens)

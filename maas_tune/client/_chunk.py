@@ -45,18 +45,19 @@ class ChunkSender:
         claims: Claims,
         event: Callable[[str], None] | None = None,
     ) -> dict[str, ProviderAnswer]:
-        """Reserve, send and commit one claimed chunk; its claims are dropped either way."""
-        committed: list[bool] = []  # the commit's transaction dropped the claims
+        """Reserve, send and commit one claimed chunk; its claims are dropped either way
+        (by the commit's transaction, or here when it did not happen)."""
         try:
-            return await self._send_chunk(chunk, labels, model, claims, event, committed)
+            result, error = await self._send_chunk(chunk, labels, model, claims, event)
         except BaseException:
-            if committed:  # an error after the commit: nothing left to drop
-                raise
             try:  # the answers were not cached: let another worker (or a rerun) send them
                 claims.release(list(chunk))
             except Exception as exc:  # noqa: BLE001 - the original error matters more
                 log.warning("could not drop claims (they expire by themselves): %s", exc)
             raise
+        if error is not None:  # raised after the commit: what arrived is kept and charged
+            raise error
+        return result
 
     async def _send_chunk(
         self,
@@ -64,12 +65,12 @@ class ChunkSender:
         labels: list[str],
         model: str,
         claims: Claims,
-        event: Callable[[str], None] | None = None,
-        committed: list[bool] | None = None,
-    ) -> dict[str, ProviderAnswer]:
+        event: Callable[[str], None] | None,
+    ) -> tuple[dict[str, ProviderAnswer], BaseException | None]:
         """Send one chunk; whatever ends it, keep every answer that arrived and charge
-        exactly the requests that were (or may have been) billed, then re-raise (after
-        appending True to ``committed`` once the commit has dropped the chunk's claims)."""
+        exactly the requests that were (or may have been) billed. Returns the answers
+        committed and the error that ended the chunk (None), for the caller to raise; an
+        error before the commit leaves this method (the claims are then still held)."""
         keys, prompts = list(chunk), list(chunk.values())
         hold = await _off_loop(
             partial(self._hold, prompts, labels),
@@ -109,18 +110,12 @@ class ChunkSender:
         kept, problem = _checked(answers, len(labels))
         result = {keys[i]: a for i, a in kept.items()}
         await _off_loop(partial(self._commit_chunk, result, hold, spent, claims, keys, model))
-        if committed is not None:
-            committed.append(True)
         self.usage.samples_sent += len(result)
         self.usage.queries_lost += max(
             0, spent[0] - sum(_count(a.queries) for a in result.values())
         )
         log.debug("sent %d queries (%d prompt tokens); %d answers kept", *spent, len(result))
-        if error is not None:
-            raise error
-        if problem is not None:
-            raise problem
-        return result
+        return result, error if error is not None else problem
 
     def _hold(self, prompts: list[str], labels: list[str]) -> ChunkHold:
         """The chunk's worst case, reserved before sending (nothing without a budget);

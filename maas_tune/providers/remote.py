@@ -345,16 +345,13 @@ class RemoteProvider(Provider):
             "model": self.model,
             "reading": reading,
         }
-        served = getattr(self._probe_or_none(), "served_model", None)
+        with self._lock:
+            served = getattr(self._probe, "served_model", None)
         if served:
             found["served_model"] = served
         if options:
             found["options"] = options
         return found
-
-    def _probe_or_none(self) -> Any:
-        with self._lock:
-            return self._probe
 
     # -- plumbing -----------------------------------------------------------------
     def attach_facts(self, facts: FactStore, *, offline: bool = False) -> None:

@@ -18,11 +18,8 @@ from .._constants import DEFAULT_MODEL_NAME, DEFAULT_TOP_LOGPROBS, LOCAL_BATCH_S
 from ..errors import ConfigurationError
 from .base import Provider
 from .http import public_url
-from .options import HTTPOptions, Pairs
+from .options import API_KEY_ENV, HTTPOptions, Pairs
 from .ratelimit import RateLimit, RateLimiter, as_limiter
-from .session import (
-    API_KEY_ENV,
-)
 
 __all__ = ["HTTP_KINDS", "KINDS", "HTTPOptions", "ProviderSpec", "pairs"]
 #: Kinds of provider reached over HTTP: legacy completions or chat completions.

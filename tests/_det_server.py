@@ -87,12 +87,17 @@ def completion(body: JSON, *, extension: bool) -> JSON:
 def client_ports(pid: int) -> set[int]:
     """Local TCP ports of the sockets process ``pid`` holds open (Linux ``/proc``).
 
-    Read just before killing a worker, they name its connections to the server, so that
-    :meth:`DetServer.duplicates_by_first_port` can say which duplicates were its requests
-    sent again by whoever took over.
+    Read while a worker runs and once more after stopping it, they name its connections
+    to the server, so that :meth:`DetServer.duplicates_by_first_port` can say which
+    duplicates were its requests sent again by whoever took over. Empty once the process
+    is gone.
     """
     inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # no such process (any more)
+        return set()
+    for fd in fds:
         try:
             target = os.readlink(fd)
         except OSError:  # closed meanwhile

@@ -154,27 +154,45 @@ def test_predictions_match_a_single_process_client_and_decoder(
     )
 
 
+def _a_scoring_actor_pid() -> int | None:
+    from ray._private import state  # the actor table with pids; no dashboard needed
+
+    pids = [
+        a["Pid"]
+        for a in state.actors().values()
+        if a["State"] == "ALIVE" and "MapWorker" in str(a.get("ActorClassName"))
+    ]
+    return pids[0] if pids else None
+
+
 def _kill_one_scoring_actor(
     server: DetServer, after: int, killed: list[tuple[int, set[int]]]
 ) -> None:
     """SIGKILL one scoring actor's process (as a crash would) once ``after`` requests were
     answered; the server holds further answers until then (``hold_after``), so the run
-    cannot finish first however slow the machine is."""
-    from ray._private import state  # the actor table with pids; no dashboard needed
+    cannot finish first however slow the machine is.
 
+    The ports of every connection the actor held while it ran are collected (a connection
+    idle past its keep-alive may close before the kill, yet its prompt be sent again), and
+    it is stopped before the last read, so that it opens none between that read and its
+    death: on a busy machine the actor killed may be one that only starts sending then,
+    and its first requests, all on new connections, are the ones sent again."""
     try:
         deadline = time.monotonic() + 120
+        victim: int | None = None
+        ports: set[int] = set()
         while server.received < after and time.monotonic() < deadline:
+            if victim is None:
+                victim = _a_scoring_actor_pid()
+            if victim is not None:
+                ports |= client_ports(victim)
             time.sleep(0.01)
-        pids = [
-            a["Pid"]
-            for a in state.actors().values()
-            if a["State"] == "ALIVE" and "MapWorker" in str(a.get("ActorClassName"))
-        ]
-        if pids:
-            ports = client_ports(pids[0])  # its connections to the server, requests in flight
-            os.kill(pids[0], signal.SIGKILL)
-            killed.append((pids[0], ports))
+        victim = victim or _a_scoring_actor_pid()
+        if victim is not None:
+            os.kill(victim, signal.SIGSTOP)
+            ports |= client_ports(victim)  # its connections to the server, requests in flight
+            os.kill(victim, signal.SIGKILL)
+            killed.append((victim, ports))
     finally:
         server.release()
 

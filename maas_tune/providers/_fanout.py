@@ -7,9 +7,9 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -20,17 +20,13 @@ from ._batch import Batch, Cancelled, bound_tokens
 from ._script import Script, adrive
 from ._wire import DirectSender, WireTransport, wire_applies
 from .http import TOTAL_TIMEOUT_FACTOR
-from .ratelimit import book, estimate_request_tokens
+from .ratelimit import RateLimiter, book, estimate_request_tokens
 
-if TYPE_CHECKING:
-    from .session import APISession
-
-__all__ = ["LoopState", "gather", "payload_bound", "request_key", "run_scripts"]
+__all__ = ["LoopState", "Send", "gather", "payload_bound", "request_key", "run_scripts"]
 
 #: Connections per httpx pool (a session holds ceil(max_concurrency / this) pools).
 POOL_CONNECTIONS = 4
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 
@@ -91,24 +87,38 @@ class LoopState:
         return pool
 
 
+class Send(Protocol):
+    """POST one request body (with retries), its first attempt at ``booked`` if given."""
+
+    def __call__(
+        self, payload: dict[str, Any], *, booked: float | None
+    ) -> Awaitable[dict[str, Any]]: ...
+
+
 async def run_scripts(
-    session: APISession,
-    one: Callable[[T], Script[R]],
-    items: Sequence[T],
+    scripts: Sequence[Script[R]],
+    *,
+    send: Send,
+    wait_turn: Callable[[float | None], Awaitable[None]],
+    gate: asyncio.Semaphore,
+    limiter: RateLimiter | None,
     path: str,
     model: str,
     batch: Batch,
     results: dict[int, R],
 ) -> None:
-    """Drive every item's script; each first request's turn is booked in one call."""
-    scripts = [one(item) for item in items]
+    """Drive every script; each first request's turn is booked in one call.
+
+    ``send`` posts a request (the session's retrying POST to ``path``); ``wait_turn``
+    waits for a booked turn (and any 429 pause); ``gate`` bounds the requests in
+    flight; ``limiter`` books the first requests' turns (None: no limit).
+    """
     firsts: dict[int, dict[str, Any]] = {}
     for index, script in enumerate(scripts):
         try:
             firsts[index] = next(script)
         except StopIteration as stop:  # needs no request
             results[index] = stop.value
-    limiter = session.rate_limiter
     waits = (
         book(limiter, [(1, estimate_request_tokens(p)) for p in firsts.values()])
         if (limiter is not None and firsts)
@@ -116,21 +126,18 @@ async def run_scripts(
     )
     now = time.monotonic()
     turns = dict(zip(firsts, (now + w for w in waits))) if waits is not None else {}
-    gate, failed = session._state().gate, asyncio.Event()
-    loaded = session._load_answered()
+    failed = asyncio.Event()
 
     async def run(index: int) -> None:
         last: list[str] = []  # the key of the request this item sent last
 
         async def post(payload: dict[str, Any]) -> dict[str, Any]:
-            body = await session.apost(
-                path, payload, batch=batch, booked=turns.pop(index, None), recall=not loaded
-            )
+            body = await send(payload, booked=turns.pop(index, None))
             last[:] = [request_key(path, payload)]
             check_model(body, model)  # never cache another model's answer under this one
             return body
 
-        await session._turn(None, 0, turns.get(index))  # its booked turn, before the gate
+        await wait_turn(turns.get(index))  # its booked turn, before the gate
         async with gate:
             if failed.is_set() or batch.cancelled:
                 return

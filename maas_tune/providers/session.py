@@ -10,7 +10,7 @@ import os
 import re
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -314,7 +314,22 @@ class APISession(FactAccess, TokenizerAccess):
         batch = batch if batch is not None else Batch(events, max_requests)
         results = results if results is not None else {}
         try:
-            await run_scripts(self, one, items, path, model, batch, results)
+            recall = not self._load_answered()
+
+            def send(payload: dict[str, Any], *, booked: float | None) -> Awaitable[dict[str, Any]]:
+                return self.apost(path, payload, batch=batch, booked=booked, recall=recall)
+
+            await run_scripts(
+                [one(item) for item in items],
+                send=send,
+                wait_turn=lambda booked: self._turn(None, 0, booked),
+                gate=self._state().gate,
+                limiter=self.rate_limiter,
+                path=path,
+                model=model,
+                batch=batch,
+                results=results,
+            )
         except BaseException as exc:
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                 batch.cancel()  # in flight now: counted as spent, nothing more is sent

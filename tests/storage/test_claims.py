@@ -19,6 +19,7 @@ from maas_tune.data import Example
 from maas_tune.errors import ConfigurationError, ProviderError
 from maas_tune.scores import ProviderAnswer
 from maas_tune.storage import Store
+from maas_tune.storage import claims as claims_module
 from maas_tune.storage.budget import QueryBudget
 from maas_tune.storage.cache import ScoreCache, cache_key
 from maas_tune.storage.claims import Claims
@@ -31,6 +32,9 @@ from .test_budget import SUBPROCESS_TIMEOUT_S, _python
 TASK = Task("claims", "Review: {text}\nSentiment:", {"neg": ["bad"], "pos": ["good"]})
 #: Seconds each provider call takes: long enough for the other worker to meet the claims.
 SLOW_CALL_S = 0.15
+#: A ghost's lease: no stall of a busy machine outlasts it, so it runs out only when a test
+#: moves the claims' clock past it.
+LEASE_S = 60.0
 
 
 class SlowProvider(FakeProvider):
@@ -39,6 +43,27 @@ class SlowProvider(FakeProvider):
     def score(self, prompts: Sequence[str], labels: Sequence[str]) -> list[ProviderAnswer]:
         time.sleep(SLOW_CALL_S)
         return super().score(prompts, labels)
+
+
+class _Clock:
+    """The claims' wall clock, moved on by the test. A real lease of 50 ms ran out between
+    two statements on a busy machine (an fsync of the first claim took longer)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    moved = _Clock()
+    monkeypatch.setattr(claims_module, "time", moved)
+    return moved
 
 
 @pytest.fixture
@@ -73,11 +98,13 @@ def test_a_key_is_held_by_one_owner_until_released(store: Store) -> None:
         Claims(store, lease_s=0)
 
 
-def test_an_expired_claim_is_taken_over(store: Store, caplog: pytest.LogCaptureFixture) -> None:
-    ghost = Claims(store, lease_s=0.05, owner="ghost-worker")
+def test_an_expired_claim_is_taken_over(
+    store: Store, caplog: pytest.LogCaptureFixture, clock: _Clock
+) -> None:
+    ghost = Claims(store, lease_s=LEASE_S, owner="ghost-worker")
     assert ghost.acquire(["k"]) == {"k"}
     assert Claims(store).acquire(["k"]) == set()  # still within its lease
-    time.sleep(0.1)
+    clock.advance(2 * LEASE_S)
     with caplog.at_level(logging.WARNING, logger="maas_tune.storage.claims"):
         assert Claims(store).acquire(["k"]) == {"k"}
     assert "taken over from ghost-worker" in caplog.text
@@ -129,18 +156,19 @@ def test_claims_of_an_exited_process_on_this_host_are_taken_over_at_once(store: 
     assert Claims(store).acquire(["k1", "k2"]) == {"k1", "k2"}  # no wait for the lease
 
 
-def test_prompts_of_a_worker_that_died_are_sent_after_its_lease(store: Store) -> None:
+def test_prompts_of_a_worker_that_died_are_sent_after_its_lease(
+    store: Store, clock: _Clock
+) -> None:
     provider = FakeProvider()
     texts = [f"review {i}" for i in range(6)]
-    lease = 0.3
-    ghost = Claims(store, lease_s=lease, owner="crashed-worker")  # claimed, then never sent
+    ghost = Claims(store, lease_s=LEASE_S, owner="crashed-worker")  # claimed, never sent
     assert ghost.acquire(_keys(provider, texts[:3])) == set(_keys(provider, texts[:3]))
     client = Client(provider, cache=ScoreCache(store), progress=False, chunk_size=2)
     waited: list[float] = []
-    client._sleep = lambda s: (waited.append(s), time.sleep(s))  # type: ignore[method-assign]
-    began = time.monotonic()
+    client._sleep = lambda s: (waited.append(s), clock.advance(s))  # type: ignore[method-assign]
+    began = clock.time()
     scores = client.score(TASK, texts)
-    assert time.monotonic() - began >= lease * 0.9 and waited  # it waited for the lease
+    assert clock.time() - began >= LEASE_S * 0.9 and waited  # it waited for the lease
     assert collections.Counter(provider.sent) == collections.Counter(
         TASK.render(Example(text=t)) for t in texts
     )  # each once, the ghost's ones too

@@ -284,6 +284,19 @@ def test_a_cancelled_chunk_commits_in_one_transaction_not_one_per_answered_reque
     )
     writes: list[str] = []
     real = SQLiteStore.transaction
+    observe, arrived = client._observer, threading.Semaphore(0)
+
+    def observer(bar):  # type: ignore[no-untyped-def]
+        event = observe(bar)
+
+        def seen(kind: str) -> None:
+            event(kind)
+            if kind == "answered":  # the answer is the client's: the chunk will keep it
+                arrived.release()
+
+        return seen
+
+    client._observer = observer  # type: ignore[method-assign]
 
     def counted(self):  # type: ignore[no-untyped-def]
         writes.append("w")
@@ -295,7 +308,8 @@ def test_a_cancelled_chunk_commits_in_one_transaction_not_one_per_answered_reque
             assert await asyncio.to_thread(answered.acquire, True, GUARD_S)
         while len(api.received) < 8:
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # the seven answers reach the client
+        for _ in range(7):  # the seven answers reach the client (a fixed 0.2 s was too short)
+            assert await asyncio.to_thread(arrived.acquire, True, GUARD_S)
         monkeypatch.setattr(SQLiteStore, "transaction", counted)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -20,6 +20,8 @@ from .._servers import free_port, serve_in_thread, wait_until_up
 
 MODEL = "gemma-3-270m"
 PROMPT = "Review: a wonderful, moving film.\nSentiment:"
+#: Long enough for any busy machine; a test that waits this long has failed.
+GUARD_S = 60.0
 
 
 def _extension_body(label_ids):
@@ -99,13 +101,35 @@ def test_bodies_over_the_limit_get_413_declared_or_streamed():
         assert small.status_code == 503  # under the limit: reaches the (never loaded) model
 
 
+def _wait_until_refused(port: int) -> None:
+    """Wait until the server on ``port`` stops taking connections (it is shutting down)."""
+    deadline = time.monotonic() + GUARD_S
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=GUARD_S)
+        except httpx.TransportError:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"the server still took connections {GUARD_S:.0f} s after it was told to exit")
+
+
 @pytest.mark.model
 def test_shutdown_lets_in_flight_requests_finish(gemma):
     from maas_tune.server import create_app
     from maas_tune.server.engine import Engine
 
     label_ids = gemma.label_token_ids(["positive", "negative"])
-    app = create_app(Engine(gemma, MODEL), max_batch_size=64, max_wait_ms=1500)
+    engine, gate = Engine(gemma, MODEL), threading.Event()
+    score = engine.score
+
+    def held(*args):  # the model answers once the server is shutting down
+        assert gate.wait(GUARD_S)
+        return score(*args)
+
+    # Held, the eight wait however spread out they arrive: with a timed batch alone, those
+    # later than its 1.5 s wait (a busy machine) were answered before the test looked.
+    engine.score = held  # type: ignore[method-assign]
+    app = create_app(engine, max_batch_size=64, max_wait_ms=1500)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -121,26 +145,56 @@ def test_shutdown_lets_in_flight_requests_finish(gemma):
             )
             for _ in range(8)
         ]
-        deadline = time.monotonic() + 20
-        while app.state.batcher.pending < 8:  # all eight wait in the batcher
-            assert time.monotonic() < deadline, "requests did not reach the batcher"
-            time.sleep(0.01)
-        server.should_exit = True  # what uvicorn's SIGTERM handler does
+        try:
+            deadline = time.monotonic() + GUARD_S
+            while app.state.batcher.pending < 8:  # all eight wait in the batcher
+                assert time.monotonic() < deadline, "requests did not reach the batcher"
+                time.sleep(0.01)
+            server.should_exit = True  # what uvicorn's SIGTERM handler does
+            _wait_until_refused(port)
+        finally:
+            gate.set()
         statuses = [f.result().status_code for f in futures]
     thread.join(timeout=30)
     assert statuses == [200] * 8
     assert not thread.is_alive()
 
 
+#: ``maas-tune serve`` (argv[2:]), touching argv[1] as a request reaches the batcher.
+_SERVE_AND_SAY = """
+import sys
+from pathlib import Path
+from maas_tune.cli import main
+from maas_tune.server.batching import ScoreBatcher
+
+submit = ScoreBatcher.submit
+
+async def said(self, *args, **kwargs):
+    Path(sys.argv[1]).touch()
+    return await submit(self, *args, **kwargs)
+
+ScoreBatcher.submit = said
+raise SystemExit(main(sys.argv[2:]))
+"""
+
+
+def _wait_for(path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + GUARD_S
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no request reached the batcher"
+        time.sleep(0.01)
+
+
 @pytest.mark.model
-def test_sigterm_stops_maas_tune_serve_cleanly_with_a_request_in_flight(gemma):
+def test_sigterm_stops_maas_tune_serve_cleanly_with_a_request_in_flight(gemma, tmp_path):
     label_ids = gemma.label_token_ids(["positive", "negative"])
-    port = free_port()
+    port, arrived = free_port(), tmp_path / "arrived"
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "maas_tune",
+            "-c",
+            _SERVE_AND_SAY,
+            str(arrived),
             "serve",
             "--port",
             str(port),
@@ -162,7 +216,9 @@ def test_sigterm_stops_maas_tune_serve_cleanly_with_a_request_in_flight(gemma):
                 json=_extension_body(label_ids),
                 timeout=60,
             )
-            time.sleep(0.8)  # the request now waits up to 2 s in the batcher
+            # The request now waits up to 2 s in the batcher (a fixed 0.8 s sleep here let
+            # the SIGTERM land first on a busy machine: the request was refused).
+            _wait_for(arrived, proc)
             os.kill(proc.pid, signal.SIGTERM)
             response = pending.result()
         assert response.status_code == 200

@@ -153,20 +153,43 @@ def test_hostile_values_get_a_400_that_names_the_field(
 
 
 # -- floods and hang-ups ----------------------------------------------------------------
-async def _flood(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+async def _flood(
+    url: str, bodies: list[dict[str, Any]], refused: threading.Event
+) -> list[httpx.Response]:
+    """Send ``bodies`` at once; set ``refused`` as the first 429 comes back."""
     limits = httpx.Limits(max_connections=len(bodies))
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        return list(
-            await asyncio.gather(
-                *(client.post(f"{url}/v1/completions", json=body) for body in bodies)
-            )
-        )
+
+        async def post(body: dict[str, Any]) -> httpx.Response:
+            response = await client.post(f"{url}/v1/completions", json=body)
+            if response.status_code == 429:
+                refused.set()
+            return response
+
+        return list(await asyncio.gather(*(post(body) for body in bodies)))
+
+
+def _held(engine: FakeEngine, until: threading.Event) -> None:
+    """Make ``engine`` score nothing before ``until`` is set (a minute at most)."""
+    score = engine.score
+
+    def held(*args: Any) -> Any:
+        until.wait(60)
+        return score(*args)
+
+    engine.score = held  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("kind", ["scoring", "generation"])
 def test_a_flood_gets_429s_not_a_crash_and_memory_stays_bounded(kind: str) -> None:
     n_requests, max_queue = 300, 24
-    engine = FakeEngine(delay_s=0.05)  # slow enough that a flood outruns it on a busy machine
+    # Scoring: the model answers nothing until the server has refused a request, so the
+    # flood outruns it however slowly a busy machine sends (eight prompts a 0.05 s pass kept
+    # up with a slow enough sender: nothing was refused). Generation, one prompt a pass,
+    # 20 a second, is not held: held, it would take every worker thread, and the requests
+    # behind it, waiting for one to tokenize, would never reach the queue to be refused.
+    engine, refused = FakeEngine(delay_s=0.05), threading.Event()
+    _held(engine, refused)
     app = create_app(engine, max_batch_size=8, max_wait_ms=1, max_queue=max_queue)
     if kind == "scoring":
         bodies = [extension(f"flood {i}") for i in range(n_requests)]
@@ -185,8 +208,9 @@ def test_a_flood_gets_429s_not_a_crash_and_memory_stays_bounded(kind: str) -> No
     with serve_in_thread(app) as url:
         watcher.start()
         try:
-            responses = asyncio.run(_flood(url, bodies))
+            responses = asyncio.run(_flood(url, bodies, refused))
         finally:
+            refused.set()
             stop.set()
             watcher.join()
         after = httpx.post(f"{url}/v1/completions", json=bodies[0])

@@ -138,7 +138,7 @@ async def create_chat_completion(
     prompt, prompt_tokens = await asyncio.to_thread(_render, engine, req)
     params = _params(engine, req, prompt_tokens, max_generated_tokens)
     with batcher.admitting(1):  # waits for the model like queued prompts: same bound
-        done = await asyncio.to_thread(engine.complete, prompt, params)
+        done = await batcher.generate(engine.complete, prompt, params)
     choice = ChatChoice(
         index=0,
         message=ChatResponseMessage(content=done.text),

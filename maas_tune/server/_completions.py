@@ -194,7 +194,7 @@ async def create_completion(
         extensions = await _extension(batcher, req, prompts, lengths)
         for index, (prompt, ext, n_tokens) in enumerate(zip(prompts, extensions, lengths)):
             if forward:
-                done = await asyncio.to_thread(engine.complete, prompt, params)
+                done = await batcher.generate(engine.complete, prompt, params)
             else:  # e.g. an extension request with max_tokens=0: no thread hop, no re-tokenizing
                 done = empty_completion(prompt, n_tokens, params)
             prompt_tokens += done.prompt_tokens

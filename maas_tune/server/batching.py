@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from ..errors import MaasTuneError
 from ..providers.packing import pack_runs
@@ -20,6 +22,11 @@ __all__ = ["QueueFull", "ScoreBatcher", "TooManyPrompts"]
 BATCH_SIZE_HISTORY = 1024
 #: Default longest wait of a prompt for company of its length.
 DEFAULT_MAX_DELAY_MS = 1000.0
+
+#: Threads that run admitted generations (as many as asyncio's default executor has).
+GENERATION_THREADS = min(32, (os.cpu_count() or 1) + 4)
+
+T = TypeVar("T")
 
 #: ``score(prompts, token_ids)``, or ``score(prompts, token_ids, n)`` when a prompt of the
 #: pass asks for the states of its last ``n`` tokens.
@@ -126,6 +133,7 @@ class ScoreBatcher:
         self.batch_sizes: deque[int] = deque(maxlen=BATCH_SIZE_HISTORY)
         self._pending = 0
         self._generating = 0
+        self._generation: ThreadPoolExecutor | None = None  # runs admitted generations
 
     @property
     def pending(self) -> int:
@@ -167,6 +175,20 @@ class ScoreBatcher:
             yield
         finally:
             self._generating -= n
+
+    async def generate(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)``, a blocking generation admitted by :meth:`admitting`, on the
+        generation threads.
+
+        Not on asyncio's default executor: there a generation holds a thread for its
+        whole length, and the requests behind it, waiting for a thread to tokenize them,
+        would reach neither the model nor the queue bound (no 429, no answer).
+        """
+        if self._generation is None:
+            self._generation = ThreadPoolExecutor(
+                max_workers=GENERATION_THREADS, thread_name_prefix="maas-tune-generate"
+            )
+        return await asyncio.get_running_loop().run_in_executor(self._generation, fn, *args)
 
     async def submit(
         self,
@@ -225,9 +247,10 @@ class ScoreBatcher:
             if not item.future.done():
                 item.future.set_exception(QueueFull("the server is shutting down; retry later"))
         self._worker = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+        for executor in (self._executor, self._generation):
+            if executor is not None:
+                executor.shutdown(wait=False)
+        self._executor = self._generation = None
 
     # -- internals --------------------------------------------------------------
     def _start(self) -> asyncio.Queue[_Item]:

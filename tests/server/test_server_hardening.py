@@ -169,27 +169,30 @@ async def _flood(
         return list(await asyncio.gather(*(post(body) for body in bodies)))
 
 
-def _held(engine: FakeEngine, until: threading.Event) -> None:
-    """Make ``engine`` score nothing before ``until`` is set (a minute at most)."""
-    score = engine.score
+def _held(engine: FakeEngine, until: threading.Event, late: list[str]) -> None:
+    """Make ``engine`` score and generate nothing before ``until`` is set (a minute at
+    most: then each call that waited in vain is noted in ``late``)."""
+    for name in ("score", "complete"):
+        run = getattr(engine, name)
 
-    def held(*args: Any) -> Any:
-        until.wait(60)
-        return score(*args)
+        def held(*args: Any, run: Any = run, name: str = name) -> Any:
+            if not until.wait(60):
+                late.append(name)
+            return run(*args)
 
-    engine.score = held  # type: ignore[method-assign]
+        setattr(engine, name, held)
 
 
 @pytest.mark.parametrize("kind", ["scoring", "generation"])
 def test_a_flood_gets_429s_not_a_crash_and_memory_stays_bounded(kind: str) -> None:
     n_requests, max_queue = 300, 24
-    # Scoring: the model answers nothing until the server has refused a request, so the
-    # flood outruns it however slowly a busy machine sends (eight prompts a 0.05 s pass kept
-    # up with a slow enough sender: nothing was refused). Generation, one prompt a pass,
-    # 20 a second, is not held: held, it would take every worker thread, and the requests
-    # behind it, waiting for one to tokenize, would never reach the queue to be refused.
-    engine, refused = FakeEngine(delay_s=0.05), threading.Event()
-    _held(engine, refused)
+    # The model answers nothing until the server has refused a request, so the flood
+    # outruns it however slowly a busy machine sends (eight prompts a 0.05 s pass kept up
+    # with a slow enough sender: nothing was refused). Held generations once took every
+    # thread of asyncio's default executor, and the requests behind them, waiting for one
+    # to tokenize, reached neither the model nor the queue bound: nothing was refused.
+    engine, refused, late = FakeEngine(delay_s=0.05), threading.Event(), []
+    _held(engine, refused, late)
     app = create_app(engine, max_batch_size=8, max_wait_ms=1, max_queue=max_queue)
     if kind == "scoring":
         bodies = [extension(f"flood {i}") for i in range(n_requests)]
@@ -216,6 +219,7 @@ def test_a_flood_gets_429s_not_a_crash_and_memory_stays_bounded(kind: str) -> No
         after = httpx.post(f"{url}/v1/completions", json=bodies[0])
         assert httpx.get(f"{url}/health").json() == {"status": "ok"}
     statuses = Counter(r.status_code for r in responses)
+    assert not late, "the held model was let go by its one-minute guard, not by a 429"
     assert set(statuses) <= {200, 429}, statuses
     assert statuses[429] > 0 and statuses[200] > 0, statuses
     for refused in (r for r in responses if r.status_code == 429):
@@ -231,6 +235,33 @@ def test_a_flood_gets_429s_not_a_crash_and_memory_stays_bounded(kind: str) -> No
         peak_waiting=peak[0],
         max_queue=max_queue,
     )
+
+
+def test_a_request_past_the_queue_is_refused_while_admitted_generations_wait() -> None:
+    # More admitted generations than asyncio's default executor has threads (at most 32):
+    # they once took them all, and the next request waited for a thread to be tokenized
+    # in, until a generation ended, instead of getting its 429.
+    max_queue = 40
+    engine, gate, late = FakeEngine(), threading.Event(), []
+    _held(engine, gate, late)
+    app = create_app(engine, max_queue=max_queue)
+    body = {"model": MODEL, "prompt": "held", "max_tokens": 1}
+    with serve_in_thread(app) as url, ThreadPoolExecutor(max_queue) as pool:
+        try:
+            admitted = [
+                pool.submit(httpx.post, f"{url}/v1/completions", json=body, timeout=120)
+                for _ in range(max_queue)
+            ]
+            deadline = time.monotonic() + 60
+            while app.state.batcher.generating < max_queue:
+                assert time.monotonic() < deadline, "the requests were not admitted"
+                time.sleep(0.01)
+            extra = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+        finally:
+            gate.set()
+        statuses = [f.result().status_code for f in admitted]
+    assert extra.status_code == 429, extra.text
+    assert statuses == [200] * max_queue and not late
 
 
 def test_a_client_that_hangs_up_does_not_break_the_batch_for_others() -> None:

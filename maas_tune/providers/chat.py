@@ -189,17 +189,26 @@ class OpenAIChatProvider(RemoteProvider):
         return result
 
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+        """Each prompt's tokens as sent: its messages, listing the label words that
+        :meth:`label_token_ids` was last asked for."""
+        return self._count_messages(prompts, self._choices)
+
+    def max_queries_per_prompt(self, n_labels: int) -> int:
+        return 1 + n_labels if self.strategy == "force" else 1
+
+    def max_prompt_tokens(self, prompts: Sequence[str], labels: Sequence[str]) -> int:
+        # The messages list the words given, not those last looked up (another task's).
+        per_prompt = self.max_queries_per_prompt(len(labels))
+        return sum(self._count_messages(prompts, labels)) * per_prompt
+
+    def _count_messages(self, prompts: Sequence[str], labels: Sequence[str]) -> list[int]:
         texts = [
-            "\n\n".join(m["content"] for m in self.chat_format.messages(p, self._choices))
-            for p in prompts
+            "\n\n".join(m["content"] for m in self.chat_format.messages(p, labels)) for p in prompts
         ]
         messages = 2 if self.chat_format.system else 1
         return [
             c + messages * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS for c in self._count(texts)
         ]
-
-    def max_queries_per_prompt(self, n_labels: int) -> int:
-        return 1 + n_labels if self.strategy == "force" else 1
 
     def _scoring(
         self, prompts: list[str], words: Sequence[str]

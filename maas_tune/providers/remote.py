@@ -82,7 +82,7 @@ class RemoteProvider(Provider):
         self._requested = strategy
         self._tokenizer = tokenizer
         self._label_ids: dict[tuple[str, tuple[str, ...]], list[int]] = {}  # (prefix, words)
-        self._choices: list[str] = []  # the last task's label words (chat prompts list them)
+        self._choices: list[str] = []  # the label words last looked up (chat count_tokens)
         self._lock = threading.RLock()
         self._batch: Batch | None = None
         self._probe: Any = None  # what the capability probe found (subclasses' type)

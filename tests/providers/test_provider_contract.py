@@ -80,3 +80,16 @@ def test_a_requested_strategy_is_known_without_selecting():
     provider = fake(server, strategy="top_logprobs")
     assert provider.strategy == "top_logprobs" and provider.plan.reason == "requested"
     assert [r for r in server.requests if r["path"] == CHAT] == []
+
+
+def test_chat_bounds_the_prompt_tokens_of_the_label_words_it_is_given():
+    """The chat provider's bound counted the messages with the label words looked up last
+    (another task's, a shorter list), not the ones it was asked to bound."""
+    provider = fake(FakeChat(), strategy="top_logprobs")
+    prompts = ["Review: ok.\nSentiment:", "Review: a long, slow film.\nSentiment:"]
+    words = ["Negative", "Positive", "Neutral", "Mixed"]
+    provider.label_token_ids(words)
+    alone = provider.max_prompt_tokens(prompts, words)
+    provider.label_token_ids(["Yes", "No"])  # another task's words, looked up since
+    assert provider.max_prompt_tokens(prompts, words) == alone
+    assert alone > provider.max_prompt_tokens(prompts, ["Yes", "No"])

@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's maas_tune, in the driver and (below) the workers
 
 import maas_tune as mt
+from maas_tune.providers.options import concurrency_for
 from maas_tune.providers.ratelimit import RateLimit
-from maas_tune.providers.session import concurrency_for
 from maas_tune.ray import BudgetSpec, ProviderConfig, score
 from tests._det_server import client_ports
 

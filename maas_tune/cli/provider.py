@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 from .._constants import DEFAULT_TOP_LOGPROBS
 from ..errors import ConfigurationError
 from ..providers.base import Provider
-from ..providers.extras import parse_pairs
+from ..providers.extras import BASE_URL_ENV, parse_pairs, resolve_base_url
 from ..providers.http import is_secret_name, public_url
 from ..providers.options import HTTPOptions
-from ..providers.session import BASE_URL_ENV, resolve_base_url
 from ..providers.spec import ProviderSpec, pairs
 
 if TYPE_CHECKING:
@@ -41,7 +40,7 @@ __all__ = [
     "resolve_cli_base_url",
 ]
 
-#: The ``--base-url`` value that reads :data:`~maas_tune.providers.session.BASE_URL_ENV`.
+#: The ``--base-url`` value that reads :data:`~maas_tune.providers.extras.BASE_URL_ENV`.
 ENV_BASE_URL = "env"
 #: Metadata key of the provider recorded by ``fit``.
 RECORD_KEY = "provider_config"

@@ -10,7 +10,7 @@ from ..errors import ConfigurationError
 from ._chat_strategies import chat_request, first_token, top_of
 from ._forcing import FORCE_BIAS, Label, bias_problem
 from ._probe import BIAS_VERDICTS, PROBE_WORDS, Plan, served_model, try_request
-from .session import Post
+from ._script import Post
 
 __all__ = [
     "BIAS_VERDICTS",

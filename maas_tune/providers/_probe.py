@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, ProviderStatusError
 from ._forcing import FORCE_BIAS, Label, bias_problem
-from .session import Post
+from ._script import Post
 
 __all__ = [
     "BIAS_VERDICTS",

@@ -21,13 +21,9 @@ from ._forcing import Label, LabelReading
 from ._probe import Plan, cached_probe
 from ._script import Script
 from .chat_format import ChatFormat
-from .options import HTTPOptions
+from .options import DEFAULT_TIMEOUT_S, HTTPOptions, check_count
 from .ratelimit import RateLimit, RateLimiter
 from .remote import RemoteProvider, Tokenizer
-from .session import (
-    DEFAULT_TIMEOUT_S,
-    check_count,
-)
 
 __all__ = ["CHAT_LABEL_PREFIX", "OpenAIChatProvider", "Tokenizer"]
 

@@ -17,13 +17,9 @@ from .._constants import MAX_RETRIES
 from ..errors import ConfigurationError, ProviderResponseError
 from ._script import Script
 from .http import public_url
-from .options import HTTPOptions
+from .options import DEFAULT_TIMEOUT_S, HTTPOptions
 from .ratelimit import RateLimit, RateLimiter
-from .session import (
-    CHARS_PER_TOKEN_ESTIMATE,
-    DEFAULT_TIMEOUT_S,
-    APISession,
-)
+from .session import CHARS_PER_TOKEN_ESTIMATE, APISession
 
 if TYPE_CHECKING:
     from typing_extensions import Self

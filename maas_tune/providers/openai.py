@@ -31,15 +31,10 @@ from ._strategies import (
     score_top_logprobs,
 )
 from .base import check_token_features
-from .options import HTTPOptions
+from .options import API_KEY_ENV, DEFAULT_TIMEOUT_S, HTTPOptions, check_count
 from .ratelimit import RateLimit, RateLimiter
 from .remote import RemoteProvider, Tokenizer
-from .session import (
-    API_KEY_ENV,
-    CHARS_PER_TOKEN_ESTIMATE,
-    DEFAULT_TIMEOUT_S,
-    check_count,
-)
+from .session import CHARS_PER_TOKEN_ESTIMATE
 
 __all__ = ["API_KEY_ENV", "CHARS_PER_TOKEN_ESTIMATE", "OpenAICompletionsProvider"]
 

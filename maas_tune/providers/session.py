@@ -27,20 +27,10 @@ from ._batch import Batch, Events
 from ._facts import FactAccess
 from ._fanout import LoopState, payload_bound, request_key, run_scripts
 from ._retry import RetryPolicy
-from ._script import Post, Script
+from ._script import Script
 from ._tokenizer import TokenizerAccess
-from .extras import BASE_URL_ENV, resolve_base_url
 from .http import public_url
-from .options import (
-    API_KEY_ENV,
-    DEFAULT_CONCURRENCY,
-    DEFAULT_TIMEOUT_S,
-    RATE_LIMITED_CONCURRENCY,
-    HTTPOptions,
-    check_api_options,
-    check_count,
-    concurrency_for,
-)
+from .options import API_KEY_ENV, HTTPOptions, concurrency_for
 from .ratelimit import (
     DEFAULT_PENALTY_S,
     RateLimiter,
@@ -53,20 +43,7 @@ from .secrets import check_api_key
 log = logging.getLogger(__name__)
 
 
-__all__ = [
-    "API_KEY_ENV",
-    "BASE_URL_ENV",
-    "CHARS_PER_TOKEN_ESTIMATE",
-    "DEFAULT_CONCURRENCY",
-    "DEFAULT_TIMEOUT_S",
-    "RATE_LIMITED_CONCURRENCY",
-    "APISession",
-    "Post",
-    "check_api_options",
-    "check_count",
-    "concurrency_for",
-    "resolve_base_url",
-]
+__all__ = ["CHARS_PER_TOKEN_ESTIMATE", "APISession"]
 
 #: Characters per token assumed when no tokenizer is reachable (an upper-ish estimate).
 CHARS_PER_TOKEN_ESTIMATE = 3

@@ -2,7 +2,7 @@
 the one :meth:`ProviderSpec.build` that the CLI, Ray and the benchmark build it with.
 
 A spec never holds a key: it names where the key is read (``api_key_env``, else
-:data:`~maas_tune.providers.session.API_KEY_ENV`), in the process that builds the
+:data:`~maas_tune.providers.options.API_KEY_ENV`), in the process that builds the
 provider. A spec that carries a credential anyway (``user:key@`` or ``?key=`` in the base
 URL, a credential-like header, as the CLI may) shows the URL without it and refuses to be
 pickled, so it never reaches Ray's object store or a log.

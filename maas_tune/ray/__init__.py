@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any
 from .._constants import MAX_RETRIES
 from ..client import CLIENT_CHUNK_SIZE
 from ..errors import ConfigurationError, MissingDependencyError
-from ..providers.options import HTTPOptions
-from ..providers.ratelimit import RateLimit, RateLimiter
-from ..providers.session import (
+from ..providers.options import (
     API_KEY_ENV,
     DEFAULT_TIMEOUT_S,
+    HTTPOptions,
     check_api_options,
     check_count,
     concurrency_for,
 )
+from ..providers.ratelimit import RateLimit, RateLimiter
 from ..providers.spec import HTTP_KINDS, ProviderSpec
 from ..storage.budget import QueryBudget
 from ..task import Task
@@ -98,7 +98,7 @@ class ProviderConfig(ProviderSpec):
     max_retries : int, default 4
     api_key_env : str or None
         Environment variable holding the key *on the workers*; None reads
-        :data:`~maas_tune.providers.session.API_KEY_ENV` (``MAAS_TUNE_API_KEY``,
+        :data:`~maas_tune.providers.options.API_KEY_ENV` (``MAAS_TUNE_API_KEY``,
         ``OPENAI_API_KEY``). The key is read in each worker process, so it never
         enters the Ray object store, task arguments or logs: set it on every node
         (e.g. from a secret), not through ``runtime_env``, which Ray stores.

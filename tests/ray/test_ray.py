@@ -24,7 +24,7 @@ from maas_tune import (
 )
 from maas_tune.errors import MissingDependencyError
 from maas_tune.providers.openai import OpenAICompletionsProvider
-from maas_tune.providers.session import concurrency_for
+from maas_tune.providers.options import concurrency_for
 from tests._det_server import PROBE_PROMPT, DetServer, client_ports
 from tests._ray_cluster import local_ray_cluster
 
